@@ -1,0 +1,240 @@
+"""The one command line: ``imbalance <stage> ...``.
+
+Exit status: 0 done; 2 bad input or configuration (one line on stderr naming the problem);
+1 anything else. Each handler parses its arguments and calls one plain function of a stage
+module; the same functions run under spark-submit through ``jobs/<stage>.py``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from typing import Callable, Sequence
+
+from pipeline.errors import InputError
+
+LABEL_HELP = "name of the label column (default: label)"
+
+
+def _target(text: str):
+    """Parse ``--target``: a keyword, a float, or a JSON dict label -> count."""
+    t = text.strip()
+    if t.startswith("{"):
+        try:
+            d = json.loads(t)
+        except json.JSONDecodeError as e:
+            raise argparse.ArgumentTypeError(f"--target is not valid JSON: {e.msg}") from None
+        if not isinstance(d, dict):
+            raise argparse.ArgumentTypeError("--target JSON must be an object label -> count")
+        return d
+    try:
+        return float(t)
+    except ValueError:
+        return t
+
+
+# ---------------------------------------------------------------- handlers
+def cmd_synth(a: argparse.Namespace) -> int:
+    from pipeline.data.synth import synthesize
+    from pipeline.engines import get_spark
+
+    info = synthesize(get_spark(), preset=a.preset, rows=a.rows, seed=a.seed, out=a.out,
+                      partitions=a.partitions)
+    print(f"wrote {info['rows']} rows, {info['n_classes']} classes to {a.out}")
+    return 0
+
+
+def cmd_profile(a: argparse.Namespace) -> int:
+    from pipeline.distribution import format_distribution, profile
+    from pipeline.engines import get_spark
+
+    dist = profile(get_spark(), a.input, a.out, label_col=a.label_col)
+    print(format_distribution(dist))
+    return 0
+
+
+def cmd_split(a: argparse.Namespace) -> int:
+    from pipeline.engines import get_spark
+    from pipeline.split import split_dataset
+
+    summary = split_dataset(get_spark(), a.input, a.out, val=a.val, test=a.test, seed=a.seed,
+                            label_col=a.label_col)
+    print(json.dumps(summary["counts"]))
+    if summary.get("rejected"):
+        print(f"rejected {summary['rejected']} rows: see {a.out}/rejected/", file=sys.stderr)
+    return 0
+
+
+def cmd_sample(a: argparse.Namespace) -> int:
+    from pipeline.engines import get_spark
+    from pipeline.sampling import format_manifest, sample_dataset
+
+    manifest = sample_dataset(get_spark(), a.input, a.out, strategy=a.strategy, target=a.target,
+                              cap=a.cap, floor=a.floor, seed=a.seed, label_col=a.label_col)
+    print(format_manifest(manifest))
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.train.trainer import train_from_config
+
+    cfg = load_config(a.config, a.overrides)
+    result = train_from_config(cfg)
+    print(result.get("model_dir", ""))
+    return 0
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.predict import predict_from_config
+
+    cfg = load_config(a.config, a.overrides)
+    out = predict_from_config(cfg)
+    print(out)
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from pipeline.engines import get_spark
+    from pipeline.evaluate import evaluate_predictions
+
+    metrics = evaluate_predictions(get_spark(), a.predictions, a.out, label_col=a.label_col,
+                                   pred_col=a.pred_col)
+    print(f"macro F1 {metrics['macro']['f1']:.4f}  balanced accuracy "
+          f"{metrics['balanced_accuracy']:.4f}  G-mean {metrics['g_mean']:.4f}  -> {a.out}/metrics.json")
+    return 0
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.run import run_pipeline
+
+    cfg = load_config(a.config, a.overrides)
+    run_dir = run_pipeline(cfg)
+    print(run_dir)
+    return 0
+
+
+def cmd_experiment(a: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.experiment import run_experiment
+
+    cfg = load_config(a.config, a.overrides)
+    out = run_experiment(cfg)
+    print(out)
+    return 0
+
+
+def cmd_retrain(a: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.retrain import retrain
+
+    cfg = load_config(a.config, a.overrides)
+    result = retrain(cfg)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="imbalance",
+        description="Distributed deep learning on class-imbalanced big data "
+                    "(Spark sampling and metrics, Petastorm streaming, Ray Train).")
+    p.add_argument("-v", "--verbose", action="store_true", help="show INFO logs")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("synth", help="generate a synthetic imbalanced data set (Parquet) with Spark")
+    s.add_argument("--preset", default="plankton", help="plankton (32x32 images, 103 classes) or tabular")
+    s.add_argument("--rows", type=int, default=20000, help="number of rows (default 20000)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--partitions", type=int, default=None, help="output files (default: by size)")
+    s.add_argument("--out", required=True, help="output Parquet directory")
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("profile", help="class distribution: counts, rho, minority classes, chart")
+    s.add_argument("--input", required=True, help="Parquet table")
+    s.add_argument("--out", required=True, help="output directory for distribution.json and the chart")
+    s.add_argument("--label-col", default="label", help=LABEL_HELP)
+    s.set_defaults(func=cmd_profile)
+
+    s = sub.add_parser("split", help="exact stratified train/val/test split, invalid rows to rejected/")
+    s.add_argument("--input", required=True, help="Parquet table")
+    s.add_argument("--out", required=True, help="output directory: train/ val/ test/ rejected/")
+    s.add_argument("--val", type=float, default=0.1, help="validation fraction per class (default 0.1)")
+    s.add_argument("--test", type=float, default=0.2, help="test fraction per class (default 0.2)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the (seed, id) hash (default 0)")
+    s.add_argument("--label-col", default="label", help=LABEL_HELP)
+    s.set_defaults(func=cmd_split)
+
+    s = sub.add_parser("sample", help="exact distributed RUS/ROS/threshold/floor/hybrid sampling")
+    s.add_argument("--input", required=True, help="Parquet table (usually split/train)")
+    s.add_argument("--strategy", required=True,
+                   help="none | rus | ros | threshold | floor | hybrid")
+    s.add_argument("--target", type=_target, default="auto",
+                   help="imbalanced-learn sampling_strategy: auto | majority | 'not minority' | "
+                        "'not majority' | all | FLOAT (binary) | JSON dict label->count")
+    s.add_argument("--cap", type=int, default=None, help="threshold/hybrid: cap every class at N rows")
+    s.add_argument("--floor", type=int, default=None, help="floor/hybrid: raise every class to M rows")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--out", required=True, help="output directory: data/ and manifest.json")
+    s.add_argument("--label-col", default="label", help=LABEL_HELP)
+    s.set_defaults(func=cmd_sample)
+
+    for name, func, text in (
+        ("train", cmd_train, "train a DNN on Ray Train workers streaming Petastorm shards"),
+        ("predict", cmd_predict, "batch prediction over a split, writing the predictions table"),
+        ("run", cmd_run, "run every stage into <run.root>/<run-id>/ (prints the run directory last)"),
+        ("experiment", cmd_experiment, "grid of methods x imbalance levels x seeds, with statistics"),
+        ("retrain", cmd_retrain, "scheduled retraining over a data lake, gated promotion"),
+    ):
+        s = sub.add_parser(name, help=text, description=text + ". Overrides are dotted config keys, "
+                           "e.g. run.root=runs-test train.epochs=2.")
+        s.add_argument("config", help="YAML config (see conf/)")
+        s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+        s.set_defaults(func=func)
+
+    s = sub.add_parser("evaluate", help="class-wise metrics (exact ROC AUC / PR AUC) with Spark")
+    s.add_argument("--predictions", required=True, help="predictions Parquet (id, label, probs, pred)")
+    s.add_argument("--out", required=True, help="output directory for metrics.json and the report")
+    s.add_argument("--label-col", default="label", help=LABEL_HELP)
+    s.add_argument("--pred-col", default="pred", help="column of predicted labels (default: pred)")
+    s.set_defaults(func=cmd_evaluate)
+    return p
+
+
+def _quiet(verbose: bool) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("py4j", "ray", "petastorm", "pyspark", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    if not verbose:
+        warnings.filterwarnings("ignore")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet(args.verbose)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except InputError as e:
+        print(f"imbalance {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"imbalance {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,310 @@
+"""Typed configuration: YAML presets validated into dataclasses, plus ``key=value`` overrides.
+
+A config file is a mapping of sections (``run``, ``spark``, ``ray``, ``data``, ``split``,
+``sample``, ``stream``, ``model``, ``train``, ``predict``, ``evaluate``, ``registry``,
+``retrain``, ``experiment``) to keys. Overrides use dotted keys: ``run.root=runs-test``,
+``train.epochs=3``, ``train.loss_params={gamma: 2}``; values are parsed as YAML. An unknown
+section or key, or a value of the wrong type, raises :class:`ConfigError` naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from pipeline.errors import ConfigError
+
+
+@dataclass
+class RunSection:
+    root: str = "runs"                  # run directories go to <root>/<id>/
+    id: Optional[str] = None            # default: the config file's stem
+    seed: int = 0                       # default seed for every stage that takes one
+
+
+@dataclass
+class SparkSection:
+    master: Optional[str] = None        # None: spark-submit's master if given, else local[*]
+    app_name: str = "imbalance-pipeline"
+    driver_memory: str = "4g"
+    shuffle_partitions: int = 16
+    ui: bool = False
+    log_level: str = "ERROR"
+    conf: dict = field(default_factory=dict)  # extra spark.* settings
+
+
+@dataclass
+class RaySection:
+    address: Optional[str] = None       # None: start a local Ray; "auto" or ray://host:port for a cluster
+    num_cpus: Optional[int] = None      # local Ray only
+    log_to_driver: bool = False
+
+
+@dataclass
+class DataSection:
+    input: Optional[str] = None         # source table (Parquet dir / lake path); None: synthesize
+    synth_preset: str = "plankton"      # used when input is None: plankton | tabular
+    rows: int = 20000
+    label_col: str = "label"
+    image_shape: Optional[list] = None  # raw uint8 images: [H, W] or [H, W, C]
+    train_path: Optional[str] = None    # data that already has a split, as separate paths
+    val_path: Optional[str] = None
+    test_path: Optional[str] = None
+    protocol: Optional[str] = None      # impose imbalance: None | step | linear
+    protocol_rho: float = 10.0
+    protocol_mu: float = 0.5            # step: fraction of classes that are minority
+
+
+@dataclass
+class SplitSection:
+    val: float = 0.1
+    test: float = 0.2
+    seed: Optional[int] = None          # default run.seed
+
+
+@dataclass
+class SampleSection:
+    strategy: str = "none"              # none | rus | ros | threshold | floor | hybrid
+    target: Any = "auto"                # auto | majority | not minority | not majority | all | float | dict
+    cap: Optional[int] = None
+    floor: Optional[int] = None
+    seed: Optional[int] = None
+
+
+@dataclass
+class StreamSection:
+    reader: str = "petastorm"           # petastorm | ray_data
+    row_group_mb: float = 32.0
+    batch_size: int = 256
+    shuffle: bool = True
+    workers_count: int = 2              # Petastorm reader threads per Ray worker
+
+
+@dataclass
+class ModelSection:
+    name: str = "lenet"                 # mlp | csdnn | lenet | resnet
+    hidden: list = field(default_factory=lambda: [128, 64])
+    depth: int = 18                     # resnet depth: 10 | 18 | 34 | 50
+    dropout: float = 0.0
+
+
+@dataclass
+class TrainSection:
+    loss: str = "ce"
+    loss_params: dict = field(default_factory=dict)
+    epochs: int = 3
+    batch_size: int = 256
+    lr: float = 1e-3
+    optimizer: str = "adam"             # adam | sgd
+    weight_decay: float = 0.0
+    num_workers: int = 2                # Ray Train workers
+    cpus_per_worker: float = 0.5        # 2-core machines: leave Ray Data a CPU
+    use_gpu: Optional[bool] = None      # None: use a GPU when Ray sees one
+    amp: bool = True                    # mixed precision on GPU
+    select_metric: str = "macro_f1"     # best-checkpoint / early-stopping metric on val
+    patience: Optional[int] = None      # early stopping after this many epochs without gain
+    max_failures: int = 1
+    method: str = "baseline"            # baseline | two_phase | ... (see pipeline.train.methods)
+    method_params: dict = field(default_factory=dict)
+    train_path: Optional[str] = None    # standalone `imbalance train`: materialized train data
+    val_path: Optional[str] = None
+    out: Optional[str] = None           # standalone: where checkpoints/model go
+    resume: bool = True
+
+
+@dataclass
+class PredictSection:
+    split: str = "test"
+    model: Optional[str] = None         # standalone `imbalance predict`: model dir
+    input: Optional[str] = None
+    out: Optional[str] = None
+    batch_size: int = 1024
+
+
+@dataclass
+class EvaluateSection:
+    threshold_moving: Optional[str] = None  # None | prior | cost | tuned
+    cost: Optional[list] = None             # binary cost threshold: [c10, c01]
+    tune_metric: str = "f1"
+
+
+@dataclass
+class RegistrySection:
+    root: str = "registry"
+
+
+@dataclass
+class RetrainSection:
+    lake: Optional[str] = None
+    partition_col: str = "ingest_date"
+    tolerance: float = 0.01
+    minority_recall_tolerance: float = 0.02
+
+
+@dataclass
+class ExperimentSection:
+    methods: list = field(default_factory=list)
+    levels: list = field(default_factory=list)
+    seeds: list = field(default_factory=lambda: [0, 1, 2])
+    out: Optional[str] = None
+
+
+@dataclass
+class Config:
+    run: RunSection = field(default_factory=RunSection)
+    spark: SparkSection = field(default_factory=SparkSection)
+    ray: RaySection = field(default_factory=RaySection)
+    data: DataSection = field(default_factory=DataSection)
+    split: SplitSection = field(default_factory=SplitSection)
+    sample: SampleSection = field(default_factory=SampleSection)
+    stream: StreamSection = field(default_factory=StreamSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    predict: PredictSection = field(default_factory=PredictSection)
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    registry: RegistrySection = field(default_factory=RegistrySection)
+    retrain: RetrainSection = field(default_factory=RetrainSection)
+    experiment: ExperimentSection = field(default_factory=ExperimentSection)
+    source: Optional[str] = None        # the file it was loaded from (not a YAML key)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("source", None)
+        return d
+
+    def section(self, name: str) -> dict:
+        return dataclasses.asdict(getattr(self, name))
+
+
+def _check_type(key: str, value: Any, annotation: Any) -> Any:
+    """Validate (and lightly coerce) ``value`` against a field annotation."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, vars(typing), {})  # noqa: S307 - annotations of this module only
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_type(key, value, a)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"config key '{key}': bad value {value!r}")
+    if annotation is Any:
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+    if annotation is list or origin is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+    if annotation is dict or origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.')}' must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in fields or key == "source":
+            raise ConfigError(f"unknown config key '{full}'")
+        f = fields[key]
+        if dataclasses.is_dataclass(f.type) or (isinstance(f.type, str) and f.type.endswith("Section")):
+            sub_cls = globals()[f.type] if isinstance(f.type, str) else f.type
+            kwargs[key] = _build(sub_cls, value or {}, f"{full}.")
+        else:
+            kwargs[key] = _check_type(full, value, f.type)
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` → (["a", "b"], parsed YAML value)."""
+    if "=" not in text:
+        raise ConfigError(f"bad override '{text}': expected key=value, e.g. run.root=runs-test")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"bad override '{text}': empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def merge_overrides(data: dict, overrides: list[str]) -> dict:
+    for ov in overrides:
+        parts, value = parse_override(ov)
+        node = data
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"bad override '{ov}': '{p}' is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """Load a YAML preset (or the defaults when ``path`` is None) and apply overrides."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must be a mapping of sections")
+        data = loaded
+    data = merge_overrides(data, list(overrides))
+    cfg = _build(Config, data, "")
+    if path is not None:
+        cfg.source = str(path)
+        if cfg.run.id is None:
+            cfg.run.id = Path(path).stem
+    if cfg.run.id is None:
+        cfg.run.id = "default"
+    return cfg
+
+
+def config_from_dict(data: dict) -> Config:
+    """Build a Config from a plain dict (as produced by :meth:`Config.to_dict`)."""
+    return _build(Config, dict(data), "")

@@ -1,0 +1,112 @@
+"""Engine start-up: one SparkSession and one Ray runtime per process.
+
+Local by default (Spark ``local[*]``, a local Ray instance); a master given by spark-submit (or
+``spark.master`` in the config) and a Ray address (``ray.address``) select a cluster instead.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import SparkSession
+
+    from pipeline.config import RaySection, SparkSection
+
+log = logging.getLogger(__name__)
+
+
+def _submitted_master() -> Optional[str]:
+    """The master spark-submit put in the JVM/conf, if this process was launched by it."""
+    from pyspark import SparkConf
+
+    conf = SparkConf()
+    return conf.get("spark.master", None)
+
+
+def get_spark(cfg: "SparkSection | None" = None) -> "SparkSession":
+    """Return the process's SparkSession, creating it on first use.
+
+    Spark's Python workers are pinned to the running interpreter (``spark.pyspark.python``),
+    otherwise they pick ``python3`` from PATH and fail with "No module named pyarrow".
+    """
+    from pyspark.sql import SparkSession
+
+    from pipeline.config import SparkSection
+
+    cfg = cfg or SparkSection()
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
+    master = cfg.master or _submitted_master() or "local[*]"
+    builder = (
+        SparkSession.builder.appName(cfg.app_name)
+        .master(master)
+        .config("spark.pyspark.python", sys.executable)
+        .config("spark.pyspark.driver.python", sys.executable)
+        .config("spark.ui.enabled", "true" if cfg.ui else "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.memory", cfg.driver_memory)
+        .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "10000")
+        .config("spark.sql.parquet.compression.codec", "snappy")
+        .config("spark.sql.session.timeZone", "UTC")
+        # Our stage markers are our own _SUCCESS files; Spark's empty ones would confuse readers.
+        .config("spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs", "false")
+        .config("spark.hadoop.parquet.enable.summary-metadata", "false")
+        .config("spark.driver.extraJavaOptions", "-Dlog4j2.level=ERROR")
+    )
+    for k, v in (cfg.conf or {}).items():
+        builder = builder.config(str(k), str(v))
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(cfg.log_level)
+    return spark
+
+
+def stop_spark() -> None:
+    from pyspark.sql import SparkSession
+
+    s = SparkSession.getActiveSession()
+    if s is not None:
+        s.stop()
+
+
+def get_ray(cfg: "RaySection | None" = None) -> None:
+    """Connect to (or start) the process's Ray runtime; a no-op when already initialised."""
+    import ray
+
+    from pipeline.config import RaySection
+
+    cfg = cfg or RaySection()
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    kwargs: dict = dict(
+        ignore_reinit_error=True,
+        log_to_driver=cfg.log_to_driver,
+        logging_level=logging.ERROR,
+        configure_logging=True,
+    )
+    if cfg.address:
+        kwargs["address"] = cfg.address
+    else:
+        kwargs["include_dashboard"] = False
+        if cfg.num_cpus is not None:
+            kwargs["num_cpus"] = cfg.num_cpus
+        # local workers must import this package and its interpreter's site-packages
+        kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
+    ray.init(**kwargs)
+
+
+def stop_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
