@@ -62,7 +62,9 @@ def cmd_split(a: argparse.Namespace) -> int:
 
     summary = split_dataset(get_spark(), a.input, a.out, val=a.val, test=a.test, seed=a.seed,
                             label_col=a.label_col)
-    print(json.dumps(summary["counts"]))
+    totals = {name: sum(c.values()) for name, c in summary["counts"].items()}
+    print(f"{len(summary['labels'])} classes; rows per split: "
+          + ", ".join(f"{k} {v:,}" for k, v in totals.items()) + f"; rejected {summary['rejected']:,} -> {a.out}")
     if summary.get("rejected"):
         print(f"rejected {summary['rejected']} rows: see {a.out}/rejected/", file=sys.stderr)
     return 0
@@ -80,9 +82,8 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
 def cmd_train(a: argparse.Namespace) -> int:
     from pipeline.config import load_config
-    from pipeline.train.trainer import train_from_config
-
     cfg = load_config(a.config, a.overrides)
+    from pipeline.train.trainer import train_from_config
     result = train_from_config(cfg)
     print(result.get("model_dir", ""))
     return 0
@@ -90,9 +91,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_predict(a: argparse.Namespace) -> int:
     from pipeline.config import load_config
-    from pipeline.predict import predict_from_config
-
     cfg = load_config(a.config, a.overrides)
+    from pipeline.predict import predict_from_config
     out = predict_from_config(cfg)
     print(out)
     return 0
@@ -103,17 +103,18 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from pipeline.evaluate import evaluate_predictions
 
     metrics = evaluate_predictions(get_spark(), a.predictions, a.out, label_col=a.label_col,
-                                   pred_col=a.pred_col)
+                                   pred_col=a.pred_col, n_classes=a.n_classes,
+                                   report=not a.no_report, distribution=a.distribution)
     print(f"macro F1 {metrics['macro']['f1']:.4f}  balanced accuracy "
-          f"{metrics['balanced_accuracy']:.4f}  G-mean {metrics['g_mean']:.4f}  -> {a.out}/metrics.json")
+          f"{metrics['balanced_accuracy']:.4f}  G-mean {metrics['g_mean']:.4f}  -> {a.out}/metrics.json"
+          + ("" if a.no_report else f", {a.out}/report.html"))
     return 0
 
 
 def cmd_run(a: argparse.Namespace) -> int:
     from pipeline.config import load_config
-    from pipeline.run import run_pipeline
-
     cfg = load_config(a.config, a.overrides)
+    from pipeline.run import run_pipeline
     run_dir = run_pipeline(cfg)
     print(run_dir)
     return 0
@@ -121,9 +122,8 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 def cmd_experiment(a: argparse.Namespace) -> int:
     from pipeline.config import load_config
-    from pipeline.experiment import run_experiment
-
     cfg = load_config(a.config, a.overrides)
+    from pipeline.experiment import run_experiment
     out = run_experiment(cfg)
     print(out)
     return 0
@@ -131,9 +131,8 @@ def cmd_experiment(a: argparse.Namespace) -> int:
 
 def cmd_retrain(a: argparse.Namespace) -> int:
     from pipeline.config import load_config
-    from pipeline.retrain import retrain
-
     cfg = load_config(a.config, a.overrides)
+    from pipeline.retrain import retrain
     result = retrain(cfg)
     print(json.dumps(result, indent=2, default=str))
     return 0
@@ -203,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output directory for metrics.json and the report")
     s.add_argument("--label-col", default="label", help=LABEL_HELP)
     s.add_argument("--pred-col", default="pred", help="column of predicted labels (default: pred)")
+    s.add_argument("--n-classes", type=int, default=None,
+                   help="number of classes (default: the table's _dataset.json, else len(probs))")
+    s.add_argument("--distribution", default=None,
+                   help="profile output for the report: its directory, distribution.json or the PNG chart")
+    s.add_argument("--no-report", action="store_true",
+                   help="write metrics.json / metrics.parquet only (no report.md / report.html)")
     s.set_defaults(func=cmd_evaluate)
     return p
 

@@ -83,14 +83,18 @@ class StreamSection:
     batch_size: int = 256
     shuffle: bool = True
     workers_count: int = 2              # Petastorm reader threads per Ray worker
+    shuffle_buffer: int = 0             # rows in the loader's shuffling queue (0: row groups + rows shuffled)
 
 
 @dataclass
 class ModelSection:
-    name: str = "lenet"                 # mlp | csdnn | lenet | resnet
-    hidden: list = field(default_factory=lambda: [128, 64])
-    depth: int = 18                     # resnet depth: 10 | 18 | 34 | 50
-    dropout: float = 0.0
+    name: str = "lenet"                 # mlp | csdnn | lenet | resnet (see pipeline.train.models)
+    hidden: list = field(default_factory=lambda: [128, 64])  # mlp hidden sizes ([] = logistic regression)
+    depth: int = 18                     # resnet depth: 10 | 18 | 34 | 50 (also 101 | 152)
+    dropout: float = 0.0                # on the deep features (and between mlp hidden layers)
+    width: int = 64                     # resnet base width: stages have width, 2w, 4w, 8w channels
+    batch_norm: bool = False            # mlp: BatchNorm1d after each hidden layer
+    classifier: str = "linear"          # linear | cosine (normalised head, for ldam's scale s=30)
 
 
 @dataclass
@@ -106,6 +110,10 @@ class TrainSection:
     cpus_per_worker: float = 0.5        # 2-core machines: leave Ray Data a CPU
     use_gpu: Optional[bool] = None      # None: use a GPU when Ray sees one
     amp: bool = True                    # mixed precision on GPU
+    amp_dtype: str = "bf16"             # bf16 | fp16 (fp16 adds a GradScaler)
+    momentum: float = 0.9               # sgd only
+    seed: Optional[int] = None          # default run.seed (model init, shuffling)
+    progress: bool = True               # tqdm bar per epoch with rows/s (rank 0)
     select_metric: str = "macro_f1"     # best-checkpoint / early-stopping metric on val
     patience: Optional[int] = None      # early stopping after this many epochs without gain
     max_failures: int = 1
@@ -135,7 +143,8 @@ class EvaluateSection:
 
 @dataclass
 class RegistrySection:
-    root: str = "registry"
+    root: str = "registry"              # local or mounted shared directory (see pipeline.registry)
+    lock_timeout: float = 600.0         # seconds to wait for another process's register/promote
 
 
 @dataclass

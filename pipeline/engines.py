@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from pipeline.config import RaySection, SparkSection
 
 log = logging.getLogger(__name__)
+LOG4J_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2.properties")
 
 
 def _submitted_master() -> Optional[str]:
@@ -43,6 +44,7 @@ def get_spark(cfg: "SparkSection | None" = None) -> "SparkSession":
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     master = cfg.master or _submitted_master() or "local[*]"
     builder = (
         SparkSession.builder.appName(cfg.app_name)
@@ -60,7 +62,8 @@ def get_spark(cfg: "SparkSection | None" = None) -> "SparkSession":
         # Our stage markers are our own _SUCCESS files; Spark's empty ones would confuse readers.
         .config("spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs", "false")
         .config("spark.hadoop.parquet.enable.summary-metadata", "false")
-        .config("spark.driver.extraJavaOptions", "-Dlog4j2.level=ERROR")
+        .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{LOG4J_FILE}")
+        .config("spark.executor.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{LOG4J_FILE}")
     )
     for k, v in (cfg.conf or {}).items():
         builder = builder.config(str(k), str(v))

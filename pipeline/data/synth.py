@@ -1,0 +1,223 @@
+"""Synthetic class-imbalanced data generated in parallel by Spark (never on the driver).
+
+Presets
+-------
+``plankton``
+    The shape reported for WHOI-Plankton (survey, Lee et al. and Table 18): 103 classes, the
+    largest 2.3M of 3.4M rows, the five largest ~90% of rows, the 5th largest ~1.3%, the smallest
+    ~3,500 (ρ = max/min ≈ 650). The same proportions at any ``rows``. Each row carries a 32×32
+    grayscale image (raw uint8 bytes, shape in ``_dataset.json``) drawn procedurally from a
+    class-specific shape, orientation, aspect and texture, with per-image jitter of position,
+    scale and rotation plus noise. Classes come in families that share a shape and differ only in
+    orientation/texture, so neighbouring rare classes overlap and are genuinely hard.
+``tabular``
+    ``features`` arrays (16 dims) from overlapping class-conditional Gaussians, 10 classes with
+    geometric imbalance ρ = 100: fast to train on, for tests.
+
+Class counts are exact: fractions × rows rounded by largest remainder (each class at least one
+row). Row ``i`` gets its class from an affine permutation of ``0..rows-1``, so every file holds
+a mix of classes, and its pixels from a generator seeded by (seed, partition), so a dataset is
+fully determined by (preset, rows, seed, partitions).
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from pipeline.data.schema import DatasetInfo, write_info
+from pipeline.errors import InputError
+from pipeline.io import atomic_dir, local_path, spark_uri
+
+PLANKTON_CLASSES = 103
+PLANKTON_ROWS = 3_400_000
+IMAGE_SIDE = 32
+TABULAR_CLASSES = 10
+TABULAR_DIM = 16
+PRESETS = ("plankton", "tabular")
+
+
+def plankton_fractions() -> np.ndarray:
+    """Class fractions of the plankton preset, largest first (sum 1).
+
+    Five head classes 2.3M, 400k, 200k, 105.6k, 44.2k of 3.4M (67.6%, 11.8%, 5.9%, 3.1%, 1.3%:
+    ~89.7% together); 98 tail classes from 3,900 down to 2.3M/650 ≈ 3,538 rows, log-spaced.
+    """
+    head = np.array([2_300_000, 400_000, 200_000, 105_600, 44_200], dtype=float)
+    tail = np.geomspace(3_900, 2_300_000 / 650, PLANKTON_CLASSES - 5)
+    counts = np.concatenate([head, tail])
+    return counts / counts.sum()
+
+
+def tabular_fractions(n_classes: int = TABULAR_CLASSES, rho: float = 100.0) -> np.ndarray:
+    """Geometric imbalance: class c has size ∝ rho^(-c/(C-1))."""
+    sizes = rho ** (-np.arange(n_classes) / (n_classes - 1))
+    return sizes / sizes.sum()
+
+
+def exact_counts(fractions: np.ndarray, rows: int) -> np.ndarray:
+    """Integer counts summing to ``rows`` (largest remainder), each class at least 1."""
+    k = len(fractions)
+    if rows < k:
+        raise InputError(f"--rows {rows} is smaller than the number of classes ({k})")
+    raw = fractions * rows
+    counts = np.floor(raw).astype(np.int64)
+    order = np.argsort(-(raw - counts), kind="stable")
+    counts[order[: rows - counts.sum()]] += 1
+    for i in np.nonzero(counts == 0)[0]:        # every class keeps at least one row
+        counts[i] = 1
+        counts[np.argmax(counts)] -= 1
+    return counts
+
+
+def plankton_class_counts(rows: int = PLANKTON_ROWS) -> np.ndarray:
+    """Exact per-class row counts of the plankton preset at ``rows`` rows, largest first."""
+    return exact_counts(plankton_fractions(), rows)
+
+
+def _coprime_step(rows: int) -> int:
+    """A multiplier coprime with ``rows`` near rows·(√5−1)/2, for an affine permutation."""
+    a = max(1, int(rows * 0.6180339887)) | 1
+    while math.gcd(a, rows) != 1:
+        a += 2
+    return a
+
+
+def _labels_for(ids: np.ndarray, cum: np.ndarray, rows: int, step: int) -> np.ndarray:
+    pos = (ids.astype(np.int64) * step + 12345) % rows  # object-free int64: rows*step < 2**63 for rows < 3e9
+    return np.searchsorted(cum, pos, side="right").astype(np.int64)
+
+
+# ---------------------------------------------------------------- plankton images
+def _class_params(n_classes: int, seed: int) -> dict:
+    """Per-class drawing parameters: shape family, orientation, aspect, texture, size."""
+    rng = np.random.default_rng(10_000 + seed)
+    shapes = np.arange(n_classes) % 8                  # 8 shape families
+    variant = np.arange(n_classes) // 8                # ~13 variants per family
+    angle = (variant * 0.42 + rng.uniform(0, 0.3, n_classes)) % np.pi
+    aspect = 0.45 + 0.5 * ((variant * 0.37) % 1.0)
+    freq = 0.6 + 1.6 * rng.random(n_classes)
+    size = 7.0 + 4.0 * rng.random(n_classes)
+    return dict(shape=shapes, angle=angle, aspect=aspect, freq=freq, size=size)
+
+
+def draw_images(labels: np.ndarray, rng: np.random.Generator, params: dict) -> np.ndarray:
+    """Vectorised procedural 32×32 uint8 images for ``labels`` (N,) → (N, 32, 32)."""
+    n = len(labels)
+    s = IMAGE_SIDE
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    yy = yy[None] - (s - 1) / 2
+    xx = xx[None] - (s - 1) / 2
+    theta = (params["angle"][labels] + rng.normal(0, 0.35, n)).astype(np.float32)[:, None, None]
+    scale = (params["size"][labels] * rng.uniform(0.75, 1.25, n)).astype(np.float32)[:, None, None]
+    aspect = params["aspect"][labels].astype(np.float32)[:, None, None]
+    dx = rng.normal(0, 2.0, n).astype(np.float32)[:, None, None]
+    dy = rng.normal(0, 2.0, n).astype(np.float32)[:, None, None]
+    c, si = np.cos(theta), np.sin(theta)
+    u = ((xx - dx) * c + (yy - dy) * si) / scale
+    v = (-(xx - dx) * si + (yy - dy) * c) / (scale * aspect)
+    shape = params["shape"][labels]
+    mask = np.zeros((n, s, s), dtype=bool)
+    for k in range(8):
+        idx = np.nonzero(shape == k)[0]
+        if len(idx):
+            mask[idx] = _shape_mask(k, u[idx], v[idx])
+    texture = 0.5 + 0.5 * np.sin(params["freq"][labels].astype(np.float32)[:, None, None] * 3.0 * u
+                                 + rng.uniform(0, 2 * np.pi, n).astype(np.float32)[:, None, None])
+    intensity = rng.uniform(0.55, 1.0, n).astype(np.float32)[:, None, None]
+    img = mask * (0.45 + 0.55 * texture) * intensity
+    img = img + (rng.standard_normal((n, s, s), dtype=np.float32) * 0.10 + 0.12)
+    return (np.clip(img, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def _shape_mask(k: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Mask of shape family ``k`` in rotated, scaled coordinates (u, v)."""
+    if k == 0:                                            # ellipse
+        return u * u + v * v < 1.0
+    if k == 1:                                            # ring
+        return np.abs(np.sqrt(u * u + v * v) - 0.8) < 0.22
+    if k == 2:                                            # rectangle
+        return (np.abs(u) < 1.0) & (np.abs(v) < 1.0)
+    if k == 3:                                            # cross
+        return ((np.abs(u) < 1.1) & (np.abs(v) < 0.25)) | ((np.abs(v) < 1.1) & (np.abs(u) < 0.25))
+    if k == 4:                                            # rod
+        return (np.abs(v) < 0.3) & (np.abs(u) < 1.4)
+    if k == 5:                                            # triangle
+        return (v > -0.8) & (np.abs(u) < (v + 0.8) * 0.6) & (v < 1.0)
+    if k == 6:                                            # three-lobed star
+        return (u * u + v * v < 1.0) & (np.cos(3 * np.arctan2(v, u)) > 0)
+    return np.abs(u) + np.abs(v) < 1.1                    # diamond
+
+
+def _plankton_batches(rows: int, seed: int, cum: np.ndarray, step: int, params: dict):
+    def gen(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for pdf in batches:
+            ids = pdf["id"].to_numpy()
+            if len(ids) == 0:
+                continue
+            labels = _labels_for(ids, cum, rows, step)
+            rng = np.random.default_rng([seed, int(ids[0]), len(ids)])
+            imgs = draw_images(labels, rng, params)
+            flat = imgs.reshape(len(ids), -1)
+            yield pd.DataFrame({"id": ids, "label": labels, "image": [r.tobytes() for r in flat]})
+    return gen
+
+
+def _tabular_batches(rows: int, seed: int, cum: np.ndarray, step: int, means: np.ndarray):
+    def gen(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for pdf in batches:
+            ids = pdf["id"].to_numpy()
+            if len(ids) == 0:
+                continue
+            labels = _labels_for(ids, cum, rows, step)
+            rng = np.random.default_rng([seed, int(ids[0]), len(ids)])
+            x = means[labels] + rng.normal(0, 1.0, (len(ids), means.shape[1]))
+            yield pd.DataFrame({"id": ids, "label": labels, "features": list(x.astype(np.float32))})
+    return gen
+
+
+def synthesize(spark, preset: str, rows: int, seed: int, out: str, partitions: int | None = None) -> dict:
+    """Generate ``rows`` rows of ``preset`` with Spark and write them as Parquet at ``out``.
+
+    Returns ``{"rows", "n_classes", "class_counts", "partitions"}``. Output is written to a
+    temporary directory and renamed into place, so a failure leaves nothing at ``out``.
+    """
+    if preset not in PRESETS:
+        raise InputError(f"unknown synth preset '{preset}' (choose from: {', '.join(PRESETS)})")
+    if rows <= 0:
+        raise InputError(f"--rows must be positive, got {rows}")
+    if preset == "plankton":
+        fractions = plankton_fractions()
+        bytes_per_row = IMAGE_SIDE * IMAGE_SIDE + 16
+    else:
+        fractions = tabular_fractions()
+        bytes_per_row = TABULAR_DIM * 4 + 16
+    counts = exact_counts(fractions, rows)
+    n_classes = len(counts)
+    cum = np.cumsum(counts)
+    step = _coprime_step(rows)
+    if partitions is None:
+        # ~64 MB of output per file, at least 2 files per core
+        cores = spark.sparkContext.defaultParallelism
+        partitions = max(2 * cores, math.ceil(rows * bytes_per_row / 64e6))
+        partitions = min(partitions, rows)
+    base = spark.range(0, rows, numPartitions=partitions)
+    if preset == "plankton":
+        params = _class_params(n_classes, seed)
+        fn = _plankton_batches(rows, seed, cum, step, params)
+        schema = "id long, label long, image binary"
+        info = DatasetInfo(kind="image", n_classes=n_classes, image_shape=[IMAGE_SIDE, IMAGE_SIDE])
+    else:
+        means = np.random.default_rng(20_000 + seed).normal(0, 1.1, (n_classes, TABULAR_DIM))
+        fn = _tabular_batches(rows, seed, cum, step, means)
+        schema = "id long, label long, features array<float>"
+        info = DatasetInfo(kind="features", n_classes=n_classes, n_features=TABULAR_DIM)
+    info.class_counts = {str(i): int(c) for i, c in enumerate(counts)}
+    df = base.mapInPandas(fn, schema)
+    with atomic_dir(local_path(out)) as tmp:
+        df.write.mode("overwrite").parquet(spark_uri(tmp))
+        write_info(tmp, info)
+    return {"rows": int(rows), "n_classes": n_classes, "class_counts": counts.tolist(),
+            "partitions": partitions}

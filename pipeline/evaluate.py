@@ -1,0 +1,720 @@
+"""Class-wise evaluation in Spark: exact one-vs-rest ROC AUC and average precision at scale.
+
+The survey's central demand is that a model trained on imbalanced data be judged class by class,
+never by accuracy alone. :func:`evaluate_predictions` reads a predictions table (``id``, ``label``
+index, ``probs`` array<double>, ``pred``, optional ``pred_adjusted``) and writes ``metrics.json``
+(the contract in DESIGN.md) and ``metrics.parquet`` (one row per class).
+
+How it scales without collecting predictions (two passes over the table, one shuffle):
+
+1. **Scan** (``mapInArrow`` + a small ``groupBy``): validates every row (ragged / NaN /
+   negative / non-normalised ``probs``, labels and predictions outside the class range), and
+   aggregates per partition the confusion matrix (K×K), the Brier sum and, per class, a
+   histogram of the scores over *fixed, monotone buckets* (the top bits of the IEEE-754 pattern:
+   exponent + 4 mantissa bits, i.e. 16 buckets per octave). The driver receives O(K² + K·buckets)
+   numbers, independent of the row count.
+2. **Groups**: the driver cuts each class's buckets, walking from the highest score down, into
+   contiguous *groups* of at most ``target_group_rows`` rows. Because the buckets are monotone in
+   the score and their exact (pos, neg) totals are known, every group knows its exact offsets: the
+   number of positives ``T`` and negatives ``F`` of its class that score *strictly above* it.
+   A class with 3.4M distinct scores is therefore split over many tasks (no window over a whole
+   class in one task), and tiny classes cost one small group.
+3. **Rank** (``mapInArrow`` + ``groupBy(group).applyInPandas``): every partition collapses its
+   rows to distinct ``(class, score)`` pairs with positive/negative counts (this removes ties
+   before the shuffle), the pairs are shuffled by group, and each group sorts its distinct scores
+   descending and adds its exact contribution:
+
+   * ROC AUC (Mann–Whitney with mid-ranks): ``AUC = Σ_k neg_k·(TP_{<k} + pos_k/2) / (P·N)``, where
+     ``TP_{<k}`` counts positives scoring strictly above threshold k (``T`` + the group's own
+     cumulative count). Kept as an exact integer (×2) until the final division. This equals the
+     trapezoidal area under scikit-learn's ``roc_curve`` (``roc_auc_score``), ties included.
+   * Average precision: ``AP = Σ_k (R_k − R_{k−1})·P_k = Σ_k pos_k/P · TP_k/(TP_k + FP_k)`` over
+     distinct thresholds in descending order, ``TP_k = T + cumsum(pos)``, ``FP_k = F +
+     cumsum(neg)`` — scikit-learn's ``average_precision_score`` (step-wise, not trapezoidal).
+
+   Both are sums of per-threshold terms whose only non-local inputs are the offsets, so the result
+   is exact whatever the partitioning. Only one row per group (and ≤ ~200 PR-curve points of a few
+   rare classes, for the report) comes back to the driver.
+
+Conventions (as scikit-learn / imbalanced-learn, and DESIGN.md): rows of ``confusion_matrix`` are
+true classes, columns predicted ones; a class absent from the labels gets ``null`` for rates that
+divide by its zero support (recall, F1, G-mean, balanced accuracy, ROC AUC, PR AUC); a present
+class that is never predicted has precision 0 (scikit-learn's ``zero_division`` default); macro and
+weighted averages and the multiclass ``balanced_accuracy`` / ``g_mean`` run over classes with
+support > 0.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from pipeline.errors import InputError
+from pipeline.io import atomic_dir, local_path, spark_uri, write_json
+
+log = logging.getLogger(__name__)
+
+PROBS_COL = "probs"
+ADJUSTED_COL = "pred_adjusted"
+PROB_TOLERANCE = 1e-4          # |Σ probs − 1| allowed (float32 softmax over 1000 classes stays well within)
+RATE_KEYS = ("precision", "recall", "specificity", "f1", "g_mean", "balanced_accuracy",
+             "roc_auc", "pr_auc")
+COUNT_KEYS = ("support", "tp", "fp", "fn", "tn")
+CURVE_POINTS = 200
+
+# Score buckets: top bits of the IEEE-754 double (exponent + MANTISSA_BITS), monotone in the value
+# for non-negative doubles. Scores below 2**-127 share bucket 0; [1, 2) and above share the last.
+MANTISSA_BITS = 4
+_SHIFT = 52 - MANTISSA_BITS
+_BASE = (1023 - 127) << MANTISSA_BITS
+N_BUCKETS = 129 << MANTISSA_BITS
+
+
+def score_bucket(scores: np.ndarray) -> np.ndarray:
+    """Monotone bucket index of non-negative float64 scores (equal scores share a bucket)."""
+    s = np.ascontiguousarray(scores, dtype=np.float64) + 0.0     # -0.0 -> 0.0
+    bits = s.view(np.int64) >> _SHIFT
+    return np.clip(bits - _BASE, 0, N_BUCKETS - 1)
+
+
+# ------------------------------------------------------------------------------ pure metric math
+def _div(a: float, b: float) -> Optional[float]:
+    return None if b == 0 else float(a) / float(b)
+
+
+def classwise_from_confusion(cm: np.ndarray) -> list[dict]:
+    """Per-class counts and threshold rates from a K×K confusion matrix (rows true, cols predicted).
+
+    precision = tp/(tp+fp) (0 for a present class never predicted, null for an absent class never
+    predicted); recall = tp/support; specificity = tn/(tn+fp); F1 = 2tp/(2tp+fp+fn);
+    G-mean = √(recall·specificity) and balanced accuracy = (recall+specificity)/2 in
+    imbalanced-learn's per-class (one-vs-rest) sense. Rates dividing by a zero support are null.
+    """
+    cm = np.asarray(cm, dtype=np.int64)
+    n = int(cm.sum())
+    rows = []
+    for c in range(cm.shape[0]):
+        tp = int(cm[c, c])
+        support = int(cm[c, :].sum())
+        predicted = int(cm[:, c].sum())
+        fn, fp = support - tp, predicted - tp
+        tn = n - tp - fn - fp
+        present = support > 0
+        recall = _div(tp, support)
+        spec = _div(tn, tn + fp)
+        if predicted > 0:
+            precision = tp / predicted
+        else:
+            precision = 0.0 if present else None
+        f1 = _div(2 * tp, 2 * tp + fp + fn) if present else None
+        gm = math.sqrt(recall * spec) if recall is not None and spec is not None else None
+        ba = (recall + spec) / 2 if recall is not None and spec is not None else None
+        rows.append(dict(label=c, support=support, tp=tp, fp=fp, fn=fn, tn=tn,
+                         precision=precision, recall=recall, specificity=spec, f1=f1,
+                         g_mean=gm, balanced_accuracy=ba, roc_auc=None, pr_auc=None))
+    return rows
+
+
+def summarize(per_class: list[dict], cm: np.ndarray, brier: Optional[float] = None,
+              keys: Sequence[str] = RATE_KEYS) -> dict:
+    """Macro/weighted averages, accuracy, multiclass balanced accuracy and G-mean, L5/rest F1.
+
+    Averages run over classes with support > 0 (null rates, e.g. an undefined specificity, are
+    skipped). ``g_mean`` is the geometric mean of the present classes' recalls (0 when any is 0),
+    imbalanced-learn's multiclass ``geometric_mean_score``. L5 are the five classes with the
+    largest support (ties: lower index first); ``rest`` the other present classes.
+    """
+    cm = np.asarray(cm, dtype=np.int64)
+    n = int(cm.sum())
+    present = [r for r in per_class if r["support"] > 0]
+    macro, weighted = {}, {}
+    for k in keys:
+        vals = [(r[k], r["support"]) for r in present if r.get(k) is not None]
+        macro[k] = float(np.mean([v for v, _ in vals])) if vals else None
+        wsum = sum(w for _, w in vals)
+        weighted[k] = float(sum(v * w for v, w in vals) / wsum) if wsum else None
+    recalls = np.array([r["recall"] for r in present], dtype=np.float64)
+    if len(recalls) == 0:
+        g_mean = None
+    elif np.any(recalls == 0):
+        g_mean = 0.0
+    else:
+        g_mean = float(np.exp(np.mean(np.log(recalls))))
+    order = sorted(present, key=lambda r: (-r["support"], r["label"]))
+    l5, rest = order[:5], order[5:]
+
+    def mean_f1(rs):
+        v = [r["f1"] for r in rs if r["f1"] is not None]
+        return float(np.mean(v)) if v else None
+
+    sizes = [r["support"] for r in present]
+    out = dict(
+        n_rows=n,
+        n_classes=int(cm.shape[0]),
+        n_present=len(present),
+        rho=(max(sizes) / min(sizes)) if sizes else None,
+        accuracy=_div(int(np.trace(cm)), n),
+        balanced_accuracy=float(np.mean(recalls)) if len(recalls) else None,
+        g_mean=g_mean,
+        brier=brier,
+        macro=macro,
+        weighted=weighted,
+        groups={"L5": {"f1": mean_f1(l5), "classes": [r["label"] for r in l5]},
+                "rest": {"f1": mean_f1(rest), "classes": [r["label"] for r in rest]}},
+        confusion_matrix=cm.tolist(),
+        per_class=per_class,
+    )
+    return out
+
+
+def group_contributions(scores: np.ndarray, pos: np.ndarray, neg: np.ndarray, T: int, F: int):
+    """Exact AUC and AP contributions of one group of (score, pos, neg) rows (duplicates allowed).
+
+    ``T``/``F``: positives/negatives of the class scoring strictly above every score in the group.
+    Returns ``(distinct scores descending, pos_k, neg_k, TP_k, FP_k, auc2, ap_sum)`` with
+    ``auc2 = Σ neg_k·(2·TP_{<k} + pos_k)`` (an exact integer: AUC = Σ auc2 / (2·P·N)) and
+    ``ap_sum = Σ pos_k·TP_k/(TP_k+FP_k)`` (AP = Σ ap_sum / P).
+    """
+    uniq, inv = np.unique(np.asarray(scores, dtype=np.float64) + 0.0, return_inverse=True)
+    p = np.bincount(inv, weights=pos, minlength=len(uniq)).astype(np.int64)[::-1]
+    q = np.bincount(inv, weights=neg, minlength=len(uniq)).astype(np.int64)[::-1]
+    s = uniq[::-1]
+    tp = T + np.cumsum(p)
+    fp = F + np.cumsum(q)
+    auc2 = int(np.sum(q * (2 * (tp - p) + p)))
+    hit = p > 0
+    ap_sum = float(np.sum(p[hit] * (tp[hit] / (tp[hit] + fp[hit]))))
+    return s, p, q, tp, fp, auc2, ap_sum
+
+
+def threshold_metric(name: str, tp, fp, P: int, N: int):
+    """Binary metric at thresholds from TP/FP counts (arrays): f1, balanced_accuracy, g_mean, accuracy."""
+    tp = np.asarray(tp, dtype=np.float64)
+    fp = np.asarray(fp, dtype=np.float64)
+    fn, tn = P - tp, N - fp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if name == "f1":
+            return np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+        tpr = tp / P if P else np.zeros_like(tp)
+        tnr = tn / N if N else np.zeros_like(tp)
+        if name == "balanced_accuracy":
+            return (tpr + tnr) / 2
+        if name == "g_mean":
+            return np.sqrt(tpr * tnr)
+        if name == "accuracy":
+            return (tp + tn) / (P + N)
+    raise InputError(f"unknown threshold metric '{name}' (f1, balanced_accuracy, g_mean, accuracy)")
+
+
+TUNE_METRICS = ("f1", "balanced_accuracy", "g_mean", "accuracy")
+
+
+# ------------------------------------------------------------------------------ loading
+@dataclass
+class Loaded:
+    df: object            # Spark DataFrame: label, probs (array<double>), pred, [pred_adjusted]
+    n_classes: int
+    class_names: Optional[list]
+    has_adjusted: bool
+
+
+def load_predictions(spark, predictions, label_col: str = "label", pred_col: Optional[str] = "pred",
+                     n_classes: Optional[int] = None, class_names=None) -> Loaded:
+    """Open a predictions table (path or DataFrame), check its schema, find the class count."""
+    from pyspark.sql import DataFrame, functions as F, types as T
+
+    if isinstance(predictions, DataFrame):
+        df = predictions
+        info = None
+    else:
+        path = local_path(predictions)
+        if "://" not in str(predictions) and not path.exists():
+            raise InputError(f"predictions not found: {predictions}")
+        try:
+            df = spark.read.parquet(spark_uri(predictions))
+        except Exception as e:  # noqa: BLE001 - Spark's AnalysisException and friends
+            raise InputError(f"cannot read predictions {predictions} as Parquet: "
+                             f"{str(e).splitlines()[0][:200]}") from None
+        from pipeline.data.schema import has_info, read_info
+        info = read_info(predictions) if has_info(predictions) else None
+
+    cols = set(df.columns)
+    needed = [label_col, PROBS_COL] + ([pred_col] if pred_col else [])
+    missing = [c for c in needed if c not in cols]
+    if missing:
+        raise InputError(f"predictions lack column(s) {', '.join(missing)} (have: {', '.join(df.columns)})")
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    ints = (T.ByteType, T.ShortType, T.IntegerType, T.LongType)
+    for c in [label_col] + ([pred_col] if pred_col else []) + ([ADJUSTED_COL] if ADJUSTED_COL in cols else []):
+        if not isinstance(fields[c], ints):
+            raise InputError(f"column '{c}' must hold integer class indices, found {fields[c].simpleString()}")
+    pt = fields[PROBS_COL]
+    if not (isinstance(pt, T.ArrayType) and isinstance(pt.elementType, (T.DoubleType, T.FloatType))):
+        raise InputError(f"column '{PROBS_COL}' must be array<double>, found {pt.simpleString()}")
+
+    has_adj = ADJUSTED_COL in cols and pred_col != ADJUSTED_COL
+    sel = [F.col(label_col).cast("long").alias("label"),
+           F.col(PROBS_COL).cast("array<double>").alias("probs")]
+    if pred_col:
+        sel.append(F.col(pred_col).cast("long").alias("pred"))
+    if has_adj:
+        sel.append(F.col(ADJUSTED_COL).cast("long").alias("pred_adjusted"))
+    df = df.select(*sel)
+
+    if n_classes is None and info is not None:
+        n_classes = int(info.n_classes)
+    if class_names is None and info is not None and info.labels:
+        class_names = list(info.labels)
+    if n_classes is None:
+        first = df.select(F.size("probs").alias("k")).where(F.col("probs").isNotNull()).first()
+        if first is None:
+            raise InputError("predictions table is empty")
+        n_classes = int(first["k"])
+    if n_classes < 2:
+        raise InputError(f"need at least 2 classes, probs have {n_classes}")
+    if class_names is not None and len(class_names) != n_classes:
+        raise InputError(f"{len(class_names)} class names for {n_classes} classes")
+    return Loaded(df, int(n_classes), class_names, has_adj)
+
+
+# ------------------------------------------------------------------------------ pass 1: scan
+_SCAN_SCHEMA = "kind string, i long, j long, a long, b long, x double, msg string"
+
+
+def _arrow_probs(col, k: int):
+    """(n, k) float64 view of an Arrow list<double> column, or an error message."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(col, pa.ChunkedArray):
+        col = pa.concat_arrays(col.chunks)
+    if col.null_count:
+        return None, f"{col.null_count} row(s) with null probs"
+    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+    if len(lengths) and (lengths.min() != k or lengths.max() != k):
+        bad = int(np.sum(lengths != k))
+        return None, (f"ragged probs: {bad} row(s) do not have {k} probabilities "
+                      f"(lengths {int(lengths.min())}..{int(lengths.max())})")
+    values = col.flatten()
+    if values.null_count:
+        return None, f"{values.null_count} null value(s) inside probs"
+    P = values.to_numpy(zero_copy_only=False).astype(np.float64, copy=False).reshape(len(col), k)
+    return P, None
+
+
+def _check_block(P, labels, preds: dict, k: int) -> Optional[str]:
+    if not np.all(np.isfinite(P)):
+        return f"{int(np.sum(~np.all(np.isfinite(P), axis=1)))} row(s) with NaN or infinite probs"
+    if np.any(P < 0):
+        return f"{int(np.sum(np.any(P < 0, axis=1)))} row(s) with negative probs"
+    dev = np.abs(P.sum(axis=1) - 1.0)
+    if np.any(dev > PROB_TOLERANCE):
+        return (f"probs not normalised: {int(np.sum(dev > PROB_TOLERANCE))} row(s) do not sum to 1 "
+                f"(worst sum {float(P.sum(axis=1)[np.argmax(dev)]):.6g})")
+    for name, arr in [("label", labels)] + list(preds.items()):
+        bad = (arr < 0) | (arr >= k)
+        if np.any(bad):
+            return (f"{int(bad.sum())} {name}(s) outside the class range 0..{k - 1} "
+                    f"(e.g. {int(arr[bad][0])})")
+    return None
+
+
+def _int_column(batch, name):
+    col = batch.column(name)
+    if col.null_count:
+        return None, f"{col.null_count} null value(s) in column '{name}'"
+    return col.to_numpy(zero_copy_only=False).astype(np.int64), None
+
+
+def _scan_fn(k: int, has_pred: bool, has_adj: bool):
+    """Per-partition validation and aggregates (confusion matrices, Brier sum, score histograms)."""
+
+    def fn(batches: Iterator) -> Iterator:
+        import pyarrow as pa
+
+        n = 0
+        brier = 0.0
+        cm = np.zeros(k * k, np.int64)
+        cma = np.zeros(k * k, np.int64) if has_adj else None
+        hist_tot = np.zeros(k * N_BUCKETS, np.int64)
+        hist_pos = np.zeros(k * N_BUCKETS, np.int64)
+        cls_off = (np.arange(k, dtype=np.int64) * N_BUCKETS)[None, :]
+        err = None
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            labels, err = _int_column(batch, "label")
+            if err:
+                break
+            preds = {}
+            for name, on in (("pred", has_pred), ("pred_adjusted", has_adj)):
+                if on:
+                    preds[name], err = _int_column(batch, name)
+                    if err:
+                        break
+            if err:
+                break
+            P, err = _arrow_probs(batch.column("probs"), k)
+            if err:
+                break
+            err = _check_block(P, labels, preds, k)
+            if err:
+                break
+            m = len(labels)
+            n += m
+            rows = np.arange(m)
+            D = P.copy()
+            D[rows, labels] -= 1.0
+            brier += float(np.einsum("ij,ij->", D, D))
+            if has_pred:
+                cm += np.bincount(labels * k + preds["pred"], minlength=k * k)
+            if has_adj:
+                cma += np.bincount(labels * k + preds["pred_adjusted"], minlength=k * k)
+            B = score_bucket(P) + cls_off
+            hist_tot += np.bincount(B.ravel(), minlength=k * N_BUCKETS)
+            hist_pos += np.bincount(B[rows, labels], minlength=k * N_BUCKETS)
+        out = {c: [] for c in ("kind", "i", "j", "a", "b", "x", "msg")}
+
+        def add(kind, i=0, j=0, a=0, b=0, x=0.0, msg=None):
+            for key, v in zip(out, (kind, i, j, a, b, x, msg)):
+                out[key].append(v)
+
+        if err:
+            add("err", msg=err, a=1)
+        else:
+            add("n", a=n, x=brier)
+            for name, arr in (("cm", cm), ("cma", cma)):
+                if arr is not None:
+                    for idx in np.flatnonzero(arr):
+                        add(name, int(idx // k), int(idx % k), int(arr[idx]))
+            for idx in np.flatnonzero(hist_tot):
+                add("hist", int(idx // N_BUCKETS), int(idx % N_BUCKETS),
+                    int(hist_pos[idx]), int(hist_tot[idx] - hist_pos[idx]))
+        schema = pa.schema([("kind", pa.string()), ("i", pa.int64()), ("j", pa.int64()),
+                            ("a", pa.int64()), ("b", pa.int64()), ("x", pa.float64()),
+                            ("msg", pa.string())])
+        yield pa.RecordBatch.from_pydict(out, schema=schema)
+
+    return fn
+
+
+@dataclass
+class Scan:
+    n: int
+    brier_sum: float
+    cm: Optional[np.ndarray]
+    cm_adjusted: Optional[np.ndarray]
+    hist_pos: np.ndarray      # (K, N_BUCKETS)
+    hist_neg: np.ndarray
+
+
+def scan_predictions(loaded: Loaded) -> Scan:
+    """Pass 1: validate every row and aggregate what is O(classes) (raises InputError on bad rows)."""
+    from pyspark.sql import functions as F
+
+    k = loaded.n_classes
+    has_pred = "pred" in loaded.df.columns
+    agg = (loaded.df.mapInArrow(_scan_fn(k, has_pred, loaded.has_adjusted), _SCAN_SCHEMA)
+           .groupBy("kind", "i", "j")
+           .agg(F.sum("a").alias("a"), F.sum("b").alias("b"), F.sum("x").alias("x"),
+                F.first("msg", ignorenulls=True).alias("msg"))
+           .toPandas())
+    errs = agg[agg.kind == "err"]
+    if len(errs):
+        raise InputError(str(errs.msg.iloc[0]))
+    nrow = agg[agg.kind == "n"]
+    n = int(nrow.a.sum()) if len(nrow) else 0
+    if n == 0:
+        raise InputError("predictions table is empty")
+
+    def matrix(kind):
+        m = np.zeros((k, k), np.int64)
+        part = agg[agg.kind == kind]
+        m[part.i.to_numpy(), part.j.to_numpy()] = part.a.to_numpy()
+        return m
+
+    h = agg[agg.kind == "hist"]
+    hp = np.zeros((k, N_BUCKETS), np.int64)
+    hn = np.zeros((k, N_BUCKETS), np.int64)
+    hp[h.i.to_numpy(), h.j.to_numpy()] = h.a.to_numpy()
+    hn[h.i.to_numpy(), h.j.to_numpy()] = h.b.to_numpy()
+    return Scan(n=n, brier_sum=float(nrow.x.sum()), cm=matrix("cm") if has_pred else None,
+                cm_adjusted=matrix("cma") if loaded.has_adjusted else None, hist_pos=hp, hist_neg=hn)
+
+
+# ------------------------------------------------------------------------------ pass 2: rank
+def plan_groups(hist_pos: np.ndarray, hist_neg: np.ndarray, classes: Sequence[int],
+                target_rows: int):
+    """Cut each class's buckets (highest score first) into contiguous groups of ≤ target rows.
+
+    Returns ``(bucket_to_group (K, N_BUCKETS) int32 with -1 for unselected classes, groups)``,
+    where ``groups[g] = (class, T, F, P, N)`` and T/F are the exact positives/negatives of the
+    class in higher buckets (a single bucket is never split, so a group may exceed the target).
+    """
+    k = hist_pos.shape[0]
+    b2g = np.full((k, N_BUCKETS), -1, np.int32)
+    groups = []
+    for c in classes:
+        tot = hist_pos[c] + hist_neg[c]
+        P, N = int(hist_pos[c].sum()), int(hist_neg[c].sum())
+        T = F = 0
+        acc = 0
+        current = None
+        for b in np.flatnonzero(tot)[::-1]:
+            if current is None or acc + tot[b] > target_rows and acc > 0:
+                current = len(groups)
+                groups.append([c, T, F, P, N])
+                acc = 0
+            b2g[c, b] = current
+            acc += int(tot[b])
+            T += int(hist_pos[c, b])
+            F += int(hist_neg[c, b])
+        # buckets between occupied ones map to the nearest group below: never used (no rows there)
+    return b2g, [tuple(g) for g in groups]
+
+
+_DEDUP_FLUSH_ROWS = 2_000_000
+
+
+def _dedupe(cls_idx, score, pos, tot):
+    """Collapse equal (class, score) pairs, summing positive and total counts."""
+    order = np.lexsort((score, cls_idx))
+    c, s, p, t = cls_idx[order], score[order], pos[order], tot[order]
+    new = np.ones(len(c), bool)
+    new[1:] = (c[1:] != c[:-1]) | (s[1:] != s[:-1])
+    starts = np.flatnonzero(new)
+    return c[starts], s[starts], np.add.reduceat(p, starts), np.add.reduceat(t, starts)
+
+
+def _rank_map_fn(classes: np.ndarray, b2g: np.ndarray):
+    """Per partition: distinct (group, score) pairs with positive / negative counts."""
+
+    def fn(batches: Iterator) -> Iterator:
+        import pyarrow as pa
+
+        schema = pa.schema([("g", pa.int32()), ("score", pa.float64()),
+                            ("pos", pa.int64()), ("neg", pa.int64())])
+        buf: list = []
+        held = 0
+        m = len(classes)
+
+        def emit(parts):
+            c, s, p, t = _dedupe(*[np.concatenate([x[i] for x in parts]) for i in range(4)])
+            g = b2g[classes[c], score_bucket(s)]
+            return c, s, p, t, pa.RecordBatch.from_arrays(
+                [pa.array(g.astype(np.int32)), pa.array(s), pa.array(p), pa.array(t - p)],
+                schema=schema)
+
+        for batch in batches:
+            n = batch.num_rows
+            if n == 0:
+                continue
+            labels = batch.column("label").to_numpy(zero_copy_only=False).astype(np.int64)
+            P, err = _arrow_probs(batch.column("probs"), int(b2g.shape[0]))
+            if err:  # validated in the scan pass; a changed table between passes is a bug
+                raise RuntimeError(err)
+            S = np.ascontiguousarray(P[:, classes].T) + 0.0          # (m, n)
+            order = np.argsort(S, axis=1)
+            S = np.take_along_axis(S, order, axis=1)
+            pos = (labels[order] == classes[:, None]).ravel().astype(np.int64)
+            new = np.ones(S.shape, bool)
+            new[:, 1:] = S[:, 1:] != S[:, :-1]
+            starts = np.flatnonzero(new.ravel())
+            tot = np.diff(np.append(starts, m * n))
+            buf.append((starts // n, S.ravel()[starts], np.add.reduceat(pos, starts), tot))
+            held += len(starts)
+            if held > _DEDUP_FLUSH_ROWS:
+                c, s, p, t, rb = emit(buf)
+                if len(c) > _DEDUP_FLUSH_ROWS // 2:   # ties do not shrink it further: ship it
+                    yield rb
+                    buf, held = [], 0
+                else:
+                    buf, held = [(c, s, p, t)], len(c)
+        if buf:
+            yield emit(buf)[-1]
+
+    return fn
+
+
+_RANK_SCHEMA = "kind string, g long, cls long, auc2 long, ap double, x double, y double, t long"
+
+
+def _rank_group_fn(groups: list, curve: set, tune: Optional[str], points: int):
+    """Per group: exact AUC/AP contributions, thinned PR-curve points, best tuned threshold."""
+    import pandas as pd
+
+    def fn(pdf: "pd.DataFrame") -> "pd.DataFrame":
+        g = int(pdf["g"].iloc[0])
+        c, T, F, P, N = groups[g]
+        s, p, q, tp, fp, auc2, ap = group_contributions(
+            pdf["score"].to_numpy(), pdf["pos"].to_numpy(), pdf["neg"].to_numpy(), T, F)
+        rows = [("sum", g, c, auc2, ap, float("nan"), float("nan"), 0)]
+        if c in curve and P > 0:
+            hit = p > 0
+            lvl_now = (tp * points) // P
+            lvl_before = ((tp - p) * points) // P
+            keep = np.flatnonzero(hit & (lvl_now > lvl_before))
+            for i in keep:
+                rows.append(("pt", g, c, 0, 0.0, float(tp[i]) / P, float(tp[i]) / float(tp[i] + fp[i]),
+                             int(tp[i])))
+        if tune is not None:
+            vals = threshold_metric(tune, tp, fp, P, N)
+            i = int(np.argmax(vals))           # first maximum = the largest threshold
+            rows.append(("best", g, c, 0, 0.0, float(vals[i]), float(s[i]), int(tp[i])))
+        return pd.DataFrame(rows, columns=["kind", "g", "cls", "auc2", "ap", "x", "y", "t"])
+
+    return fn
+
+
+def default_group_rows(spark, n_pairs: int) -> int:
+    """Rows per group: ~4 groups per core, between 50k and 2M rows (bounded pandas memory)."""
+    cores = max(1, int(spark.sparkContext.defaultParallelism))
+    return int(min(2_000_000, max(50_000, n_pairs // (4 * cores))))
+
+
+def ranking_stats(spark, loaded: Loaded, scan: Scan, classes: Sequence[int],
+                  curve_classes: Sequence[int] = (), tune: Optional[str] = None,
+                  target_group_rows: Optional[int] = None, points: int = CURVE_POINTS) -> dict:
+    """Pass 2: exact one-vs-rest ROC AUC / AP of ``classes`` (plus optional curves / tuning).
+
+    Returns ``{"roc_auc": {c: float|None}, "pr_auc": {...}, "curves": {c: {"recall": [...],
+    "precision": [...]}}, "best": (metric, threshold) | None}``.
+    """
+    classes = np.array(sorted(set(int(c) for c in classes)), dtype=np.int64)
+    out: dict = {"roc_auc": {}, "pr_auc": {}, "curves": {}, "best": None}
+    if len(classes) == 0:
+        return out
+    target = target_group_rows or default_group_rows(spark, scan.n * len(classes))
+    b2g, groups = plan_groups(scan.hist_pos, scan.hist_neg, classes, target)
+    log.info("ranking %d classes in %d groups (≤%d rows each)", len(classes), len(groups), target)
+    res = (loaded.df.select("label", "probs")
+           .mapInArrow(_rank_map_fn(classes, b2g), "g int, score double, pos long, neg long")
+           .groupBy("g")
+           .applyInPandas(_rank_group_fn(groups, set(int(c) for c in curve_classes), tune, points),
+                          _RANK_SCHEMA)
+           .toPandas())
+    sums = res[res.kind == "sum"]
+    for c in classes:
+        c = int(c)
+        P, N = int(scan.hist_pos[c].sum()), int(scan.hist_neg[c].sum())
+        part = sums[sums.cls == c]
+        auc2 = int(part.auc2.astype("int64").sum())
+        out["roc_auc"][c] = auc2 / (2.0 * P * N) if P > 0 and N > 0 else None
+        out["pr_auc"][c] = float(part.ap.sum()) / P if P > 0 else None
+    pts = res[res.kind == "pt"].sort_values(["cls", "t"])
+    for c, part in pts.groupby("cls"):
+        out["curves"][int(c)] = {"recall": [0.0] + part.x.tolist(),
+                                 "precision": [1.0] + part.y.tolist()}
+    best = res[res.kind == "best"]
+    if len(best):
+        b = best.sort_values(["x", "y"], ascending=[False, False]).iloc[0]
+        out["best"] = (float(b.x), float(b.y))
+    return out
+
+
+def pr_curves(spark, predictions, classes: Sequence[int], label_col: str = "label",
+              n_classes: Optional[int] = None, points: int = CURVE_POINTS) -> dict:
+    """Thinned exact PR-curve points of a few classes, computed in Spark (≤ ~``points`` each).
+
+    Returns ``{class: {"recall": [...], "precision": [...]}}`` starting at (0, 1); a point per
+    threshold where recall crosses a multiple of 1/points (every positive threshold when the
+    class has ≤ ``points`` positives), so the step area equals the class's average precision.
+    """
+    loaded = load_predictions(spark, predictions, label_col, None, n_classes)
+    scan = scan_predictions(loaded)
+    present = [int(c) for c in classes if scan.hist_pos[int(c)].sum() > 0]
+    return ranking_stats(spark, loaded, scan, present, curve_classes=present, points=points)["curves"]
+
+
+# ------------------------------------------------------------------------------ the stage
+def _threshold_block(cm: np.ndarray, names) -> dict:
+    per_class = classwise_from_confusion(cm)
+    if names is not None:
+        for r in per_class:
+            r["name"] = names[r["label"]]
+    return per_class
+
+
+def compute_metrics(spark, predictions, label_col: str = "label", pred_col: str = "pred",
+                    n_classes: Optional[int] = None, class_names=None, curve_classes: int = 4,
+                    target_group_rows: Optional[int] = None) -> dict:
+    """All metrics of a predictions table, without writing anything (see module docstring)."""
+    loaded = load_predictions(spark, predictions, label_col, pred_col, n_classes, class_names)
+    scan = scan_predictions(loaded)
+    k = loaded.n_classes
+    per_class = _threshold_block(scan.cm, loaded.class_names)
+    present = [r["label"] for r in per_class if r["support"] > 0]
+    rare = sorted(present, key=lambda c: (per_class[c]["support"], c))[:max(0, curve_classes)]
+    rank = ranking_stats(spark, loaded, scan, present, curve_classes=rare,
+                         target_group_rows=target_group_rows)
+    for r in per_class:
+        c = r["label"]
+        r["roc_auc"] = rank["roc_auc"].get(c)
+        r["pr_auc"] = rank["pr_auc"].get(c)
+    metrics = summarize(per_class, scan.cm, brier=scan.brier_sum / scan.n)
+    metrics = {"pred_col": pred_col, **metrics}
+    if loaded.class_names is not None:
+        metrics["class_names"] = loaded.class_names
+    metrics["pr_curves"] = {str(c): rank["curves"][c] for c in rare if c in rank["curves"]}
+    if scan.cm_adjusted is not None:
+        adj = _threshold_block(scan.cm_adjusted, loaded.class_names)
+        for r in adj:
+            r.pop("roc_auc")
+            r.pop("pr_auc")
+        metrics["adjusted"] = summarize(adj, scan.cm_adjusted, brier=None,
+                                        keys=tuple(k_ for k_ in RATE_KEYS if k_ not in ("roc_auc", "pr_auc")))
+        metrics["adjusted"].pop("brier")
+    assert len(per_class) == k
+    return metrics
+
+
+def _per_class_table(per_class: list[dict]):
+    import pyarrow as pa
+
+    cols = ["label"] + (["name"] if per_class and "name" in per_class[0] else []) + list(COUNT_KEYS)
+    cols += [k for k in RATE_KEYS if per_class and k in per_class[0]]
+    data = {}
+    for c in cols:
+        vals = [r.get(c) for r in per_class]
+        if c == "name":
+            data[c] = pa.array([None if v is None else str(v) for v in vals], pa.string())
+        elif c in ("label",) + COUNT_KEYS:
+            data[c] = pa.array(vals, pa.int64())
+        else:
+            data[c] = pa.array(vals, pa.float64())
+    return pa.table(data)
+
+
+def write_metrics(metrics: dict, directory) -> None:
+    """``metrics.json`` plus ``metrics.parquet`` (one row per class; ``metrics_adjusted.parquet``)."""
+    import pyarrow.parquet as pq
+
+    d = local_path(directory)
+    write_json(d / "metrics.json", metrics)
+    pq.write_table(_per_class_table(metrics["per_class"]), d / "metrics.parquet")
+    if "adjusted" in metrics:
+        pq.write_table(_per_class_table(metrics["adjusted"]["per_class"]), d / "metrics_adjusted.parquet")
+
+
+def evaluate_predictions(spark, predictions, out, label_col: str = "label", pred_col: str = "pred",
+                         n_classes: Optional[int] = None, class_names=None, *,
+                         report: bool = False, distribution=None, curve_classes: int = 4,
+                         target_group_rows: Optional[int] = None) -> dict:
+    """Evaluate a predictions table; write ``out/metrics.json`` and ``out/metrics.parquet``.
+
+    ``out`` is replaced atomically (and, with ``report=True``, holds ``report.md``/``report.html``
+    too); on bad input an :class:`InputError` is raised and nothing is written. ``n_classes``
+    defaults to the table's ``_dataset.json`` or the length of ``probs``.
+    """
+    metrics = compute_metrics(spark, predictions, label_col, pred_col, n_classes, class_names,
+                              curve_classes=curve_classes, target_group_rows=target_group_rows)
+    with atomic_dir(out) as tmp:
+        write_metrics(metrics, tmp)
+        if report:
+            from pipeline.report import write_report
+
+            write_report(tmp, tmp, distribution=distribution)
+    return metrics

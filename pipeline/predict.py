@@ -1,0 +1,135 @@
+"""Batch prediction: a trained model over a table, distributed with Spark, nothing collected.
+
+``predict`` reads the input Parquet with Spark and runs ``mapInPandas``: each Python worker
+loads the model once (cached per process, keyed by the model directory) and scores its
+partitions in batches, decoding image bytes / feature arrays with the same vectorised decoders as
+training (:mod:`pipeline.stream`). The output follows the predictions contract:
+
+``id`` (long), ``label`` (int class index, from the input's label column), ``probs``
+(array<double>, softmax over the classes), ``pred`` (int, argmax of ``probs``)
+
+and is written atomically (temporary sibling directory, renamed into place), with
+``_predictions.json`` beside the parts (model directory, input, classes and label names).
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator, Optional
+
+import numpy as np
+
+from pipeline.data.schema import DatasetInfo, has_info, read_info
+from pipeline.errors import InputError
+from pipeline.io import atomic_dir, is_local, local_path, spark_uri, write_json
+
+OUTPUT_SCHEMA = "id long, label int, probs array<double>, pred int"
+_MODEL_CACHE: dict = {}
+
+
+def _cached_model(model_dir: str):
+    """Load the model once per Python worker process (Spark reuses workers across tasks)."""
+    from pipeline.train.trainer import META_FILE, MODEL_FILE, load_model
+
+    d = local_path(model_dir)
+    key = (str(d), os.path.getmtime(d / MODEL_FILE), os.path.getmtime(d / META_FILE))
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE.clear()
+        _MODEL_CACHE[key] = load_model(str(d), device="cpu")
+    return _MODEL_CACHE[key]
+
+
+def predict_batches(frames: Iterator, model_dir: str, info: dict, batch_size: int) -> Iterator:
+    """The ``mapInPandas`` body: pandas frames (id, label, image|features) → prediction frames."""
+    import pandas as pd
+    import torch
+
+    from pipeline.stream import decode_features, decode_images, to_float
+
+    torch.set_num_threads(1)  # one Spark task per core already
+    model, _ = _cached_model(model_dir)
+    di = DatasetInfo(**info)
+    fc = di.feature_col
+    for frame in frames:
+        n = len(frame)
+        if n == 0:
+            continue
+        probs_out = np.empty((n, di.n_classes), dtype=np.float64)
+        for s in range(0, n, batch_size):
+            part = frame.iloc[s:s + batch_size]
+            col = part[fc].to_numpy()
+            x = decode_images(col, di.image_shape) if di.kind == "image" else decode_features(col, di.n_features)
+            with torch.no_grad():
+                logits = model(to_float(x))
+                probs_out[s:s + len(part)] = torch.softmax(logits.float(), dim=1).double().numpy()
+        label = frame["label"].to_numpy() if "label" in frame else np.full(n, None)
+        yield pd.DataFrame({
+            "id": frame["id"].to_numpy(dtype=np.int64),
+            "label": pd.array(label, dtype="Int32"),
+            "probs": list(probs_out),
+            "pred": probs_out.argmax(axis=1).astype(np.int32),
+        })
+
+
+def predict(spark, model_dir: str, input_path: str, out_path: str, batch_size: int = 1024,
+            label_col: Optional[str] = None) -> str:
+    """Score every row of ``input_path`` with the model in ``model_dir``; write ``out_path``; return it."""
+    from pyspark.sql import functions as F
+
+    from pipeline.train.trainer import META_FILE, MODEL_FILE
+    from pipeline.io import read_json
+
+    md = local_path(model_dir)
+    if not (md / MODEL_FILE).is_file() or not (md / META_FILE).is_file():
+        raise InputError(f"{model_dir} is not a model directory (needs {MODEL_FILE} and {META_FILE})")
+    if batch_size < 1:
+        raise InputError(f"predict.batch_size must be >= 1, got {batch_size}")
+    meta = read_json(md / META_FILE)
+    if is_local(input_path) and not local_path(input_path).exists():
+        raise InputError(f"input table not found: {input_path}")
+    info = read_info(input_path) if is_local(input_path) and has_info(input_path) else \
+        DatasetInfo(**meta["dataset"])
+    if info.n_classes != meta["n_classes"]:
+        raise InputError(f"{input_path} has {info.n_classes} classes, the model {meta['n_classes']}")
+    label_col = label_col or info.label_col
+    model_info = DatasetInfo(**{**meta["dataset"], "label_col": "label"})
+    try:
+        df = spark.read.parquet(spark_uri(input_path))
+    except Exception as e:  # AnalysisException: path does not exist / not Parquet
+        raise InputError(f"cannot read {input_path} as Parquet: {str(e).splitlines()[0]}") from None
+    fc = model_info.feature_col
+    for col in ("id", fc):
+        if col not in df.columns:
+            raise InputError(f"{input_path} has no '{col}' column (columns: {', '.join(df.columns)})")
+    label = F.col(label_col).cast("int") if label_col in df.columns else F.lit(None).cast("int")
+    df = df.select(F.col("id").cast("long").alias("id"), label.alias("label"), F.col(fc))
+    model_dir_abs = str(md.resolve())
+    info_d = model_info.to_dict()
+
+    def fn(frames):
+        return predict_batches(frames, model_dir_abs, info_d, batch_size)
+
+    preds = df.mapInPandas(fn, schema=OUTPUT_SCHEMA)
+    side = {"model_dir": model_dir_abs, "input": str(input_path), "n_classes": meta["n_classes"],
+            "labels": meta["dataset"].get("labels"), "columns": ["id", "label", "probs", "pred"]}
+    if is_local(out_path):
+        with atomic_dir(out_path) as tmp:
+            preds.write.mode("overwrite").parquet(spark_uri(tmp))
+            write_json(tmp / "_predictions.json", side)
+    else:  # remote stores: Spark's committer is the atomicity we get
+        preds.write.mode("overwrite").parquet(out_path)
+    return str(out_path)
+
+
+def predict_from_config(cfg) -> str:
+    """``imbalance predict CONFIG``: ``predict.model`` over ``predict.input`` → ``predict.out``."""
+    from pipeline.engines import get_spark
+
+    p = cfg.predict
+    for key in ("model", "input", "out"):
+        if not getattr(p, key):
+            raise InputError(f"predict.{key} is not set")
+    return predict(get_spark(cfg.spark), p.model, p.input, p.out, batch_size=p.batch_size,
+                   label_col=cfg.data.label_col if cfg.data.label_col != "label" else None)
+
+
+__all__ = ["predict", "predict_from_config", "predict_batches", "OUTPUT_SCHEMA"]

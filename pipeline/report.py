@@ -1,0 +1,361 @@
+"""A report people can read: ``report.md`` plus a self-contained ``report.html``.
+
+Built from ``metrics.json`` (the evaluate stage's output): a summary (accuracy beside the
+class-wise metrics the survey asks for), the per-class table sorted by class size with each
+class's ρ_c = n_max / n_c, and plots — per-class F1 and recall against class size (log x), the
+PR curves of the rarest classes (their thinned points come from the Spark ranking pass; only
+these few points reach the driver), a row-normalised confusion-matrix heatmap ordered by class
+size, before/after threshold moving when ``adjusted`` exists, and the profile stage's class
+distribution chart when given. Figures are PNG files under ``figures/`` for the Markdown and
+base64-embedded in the HTML, so the HTML is one file that can be mailed around.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from pipeline.errors import InputError
+from pipeline.io import local_path, read_json
+
+FIG_DIR = "figures"
+
+
+def _fmt(v, digits: int = 4) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        if np.isnan(v):
+            return "—"
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    _plt().close(fig)
+    data = buf.getvalue()
+    path.write_bytes(data)
+    return data
+
+
+def _name(r: dict) -> str:
+    return f"{r['label']}" + (f" ({r['name']})" if r.get("name") not in (None, "") and
+                              str(r.get("name")) != str(r["label"]) else "")
+
+
+# ------------------------------------------------------------------------------ figures
+def plot_vs_size(per_class: list[dict], path: Path) -> bytes:
+    plt = _plt()
+    present = [r for r in per_class if r["support"] > 0]
+    x = np.array([r["support"] for r in present], float)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for key, marker, color in (("f1", "o", "tab:blue"), ("recall", "^", "tab:orange")):
+        y = np.array([np.nan if r.get(key) is None else r[key] for r in present], float)
+        ax.scatter(x, y, marker=marker, s=22, alpha=0.75, color=color, label=key.upper() if key == "f1" else key)
+    ax.set_xscale("log")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("class size in the evaluated data (support, log scale)")
+    ax.set_ylabel("score")
+    ax.set_title("Per-class F1 and recall against class size")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def plot_pr_curves(curves: dict, per_class: list[dict], path: Path) -> bytes:
+    plt = _plt()
+    by = {r["label"]: r for r in per_class}
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for c, cur in sorted(curves.items(), key=lambda kv: by[int(kv[0])]["support"]):
+        r = by[int(c)]
+        ax.plot(cur["recall"], cur["precision"], drawstyle="steps-pre", lw=1.6,
+                label=f"class {_name(r)}: n={r['support']}, AP={_fmt(r.get('pr_auc'), 3)}")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(0, 1.03)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title("Precision–recall curves of the rarest classes (one-vs-rest)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    return _save(fig, path)
+
+
+def plot_confusion(cm: np.ndarray, per_class: list[dict], path: Path) -> bytes:
+    """Row-normalised confusion matrix, classes ordered by size; legible for ~100 classes."""
+    plt = _plt()
+    from matplotlib.colors import PowerNorm
+
+    cm = np.asarray(cm, float)
+    k = cm.shape[0]
+    order = sorted(range(k), key=lambda c: (-per_class[c]["support"], c))
+    m = cm[np.ix_(order, order)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm = m / m.sum(axis=1, keepdims=True)
+    side = float(np.clip(3 + 0.09 * k, 5, 14))
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("#dddddd")
+    im = ax.imshow(np.ma.masked_invalid(norm), cmap=cmap, norm=PowerNorm(0.5, vmin=0, vmax=1),
+                   interpolation="nearest", aspect="equal")
+    step = max(1, int(np.ceil(k / 35)))
+    ticks = list(range(0, k, step))
+    labels = [str(order[i]) for i in ticks]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(labels, rotation=90, fontsize=7 if k > 20 else 9)
+    ax.set_yticks(ticks)
+    ax.set_yticklabels(labels, fontsize=7 if k > 20 else 9)
+    if k <= 15:
+        for i in range(k):
+            for j in range(k):
+                if not np.isnan(norm[i, j]) and norm[i, j] > 0:
+                    ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] < 0.5 else "black")
+    ax.set_xlabel("predicted class (ordered by size, largest first)")
+    ax.set_ylabel("true class")
+    ax.set_title("Confusion matrix, row-normalised (diagonal = recall); grey: class absent")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class (sqrt scale)")
+    return _save(fig, path)
+
+
+def plot_threshold_moving(metrics: dict, path: Path) -> bytes:
+    plt = _plt()
+    adj = metrics["adjusted"]
+    names = ["accuracy", "balanced_accuracy", "g_mean", "macro F1", "macro precision", "L5 F1", "rest F1"]
+
+    def vals(m):
+        return [m.get("accuracy"), m.get("balanced_accuracy"), m.get("g_mean"), m["macro"].get("f1"),
+                m["macro"].get("precision"), m["groups"]["L5"]["f1"], m["groups"]["rest"]["f1"]]
+
+    raw, new = vals(metrics), vals(adj)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    x = np.arange(len(names))
+    a1.bar(x - 0.2, [np.nan if v is None else v for v in raw], 0.4, label="raw (pred)")
+    a1.bar(x + 0.2, [np.nan if v is None else v for v in new], 0.4, label="threshold moving (pred_adjusted)")
+    a1.set_xticks(x)
+    a1.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    a1.set_ylim(0, 1.05)
+    a1.set_title("Before / after threshold moving")
+    a1.legend(fontsize=8)
+    a1.grid(True, axis="y", alpha=0.3)
+    present = [r for r in metrics["per_class"] if r["support"] > 0]
+    by_adj = {r["label"]: r for r in adj["per_class"]}
+    xs = np.array([r["support"] for r in present], float)
+    a2.scatter(xs, [r["recall"] for r in present], s=18, alpha=0.7, label="recall, raw")
+    a2.scatter(xs, [by_adj[r["label"]]["recall"] for r in present], s=18, alpha=0.7, marker="^",
+               label="recall, adjusted")
+    a2.set_xscale("log")
+    a2.set_ylim(-0.03, 1.03)
+    a2.set_xlabel("class size (support, log scale)")
+    a2.set_title("Per-class recall before / after")
+    a2.grid(True, alpha=0.3)
+    a2.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_distribution_json(dist: dict, path: Path) -> bytes:
+    plt = _plt()
+    counts = [c["count"] for c in dist["classes"]]
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    ax.bar(np.arange(len(counts)), counts, width=1.0, color="tab:blue")
+    ax.set_yscale("log")
+    ax.set_xlabel("class (largest first)")
+    ax.set_ylabel("rows (log scale)")
+    rho = dist.get("rho")
+    ax.set_title(f"Class distribution: {dist.get('n_rows', sum(counts))} rows, "
+                 f"{len(counts)} classes" + (f", ρ = {rho:.1f}" if rho else ""))
+    return _save(fig, path)
+
+
+def _distribution_figure(distribution, figs: Path) -> Optional[bytes]:
+    """The profile stage's chart: a PNG path, a distribution.json path / dict, or the profile dir."""
+    if distribution is None:
+        return None
+    if isinstance(distribution, dict):
+        return plot_distribution_json(distribution, figs / "class_distribution.png")
+    p = local_path(distribution)
+    if p.is_dir():
+        png, js = p / "class_distribution.png", p / "distribution.json"
+        p = png if png.is_file() else js
+    if not p.is_file():
+        raise InputError(f"distribution not found: {distribution}")
+    if p.suffix.lower() == ".png":
+        data = p.read_bytes()
+        (figs / "class_distribution.png").write_bytes(data)
+        return data
+    try:
+        dist = read_json(p)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError(f"distribution {distribution} is neither a PNG nor distribution.json") from None
+    return plot_distribution_json(dist, figs / "class_distribution.png")
+
+
+# ------------------------------------------------------------------------------ the report
+def _table(metrics: dict) -> tuple[list[str], list[list[str]]]:
+    per_class = metrics["per_class"]
+    present = [r["support"] for r in per_class if r["support"] > 0]
+    nmax = max(present) if present else 0
+    adj = {r["label"]: r for r in metrics["adjusted"]["per_class"]} if "adjusted" in metrics else None
+    head = ["class", "support", "ρ_c", "precision", "recall", "specificity", "F1", "G-mean",
+            "ROC AUC", "PR AUC"] + (["recall (adj.)", "F1 (adj.)"] if adj else [])
+    rows = []
+    for r in sorted(per_class, key=lambda r: (-r["support"], r["label"])):
+        rho = nmax / r["support"] if r["support"] else None
+        row = [_name(r), str(r["support"]), _fmt(rho, 1), _fmt(r["precision"]), _fmt(r["recall"]),
+               _fmt(r["specificity"]), _fmt(r["f1"]), _fmt(r["g_mean"]), _fmt(r["roc_auc"]),
+               _fmt(r["pr_auc"])]
+        if adj:
+            row += [_fmt(adj[r["label"]]["recall"]), _fmt(adj[r["label"]]["f1"])]
+        rows.append(row)
+    return head, rows
+
+
+def _summary(metrics: dict) -> list[tuple[str, str, str]]:
+    adj = metrics.get("adjusted")
+
+    def both(get):
+        return _fmt(get(metrics)), (_fmt(get(adj)) if adj else "")
+
+    items = [
+        ("rows evaluated", str(metrics["n_rows"]), ""),
+        ("classes (present / total)", f"{metrics['n_present']} / {metrics['n_classes']}", ""),
+        ("ρ in the evaluated data (max/min support)", _fmt(metrics.get("rho"), 1), ""),
+        ("accuracy", *both(lambda m: m["accuracy"])),
+        ("balanced accuracy (mean recall)", *both(lambda m: m["balanced_accuracy"])),
+        ("G-mean (geometric mean of recalls)", *both(lambda m: m["g_mean"])),
+        ("macro F1", *both(lambda m: m["macro"]["f1"])),
+        ("weighted F1", *both(lambda m: m["weighted"]["f1"])),
+        ("macro ROC AUC (one-vs-rest, exact)", _fmt(metrics["macro"]["roc_auc"]), ""),
+        ("macro PR AUC (average precision, exact)", _fmt(metrics["macro"]["pr_auc"]), ""),
+        ("Brier score", _fmt(metrics.get("brier")), ""),
+        ("F1 of the 5 largest classes (L5)", *both(lambda m: m["groups"]["L5"]["f1"])),
+        ("F1 of the other classes (Rest)", *both(lambda m: m["groups"]["rest"]["f1"])),
+    ]
+    return items
+
+
+def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spark=None,
+                 label_col: str = "label", curve_classes: int = 4) -> dict:
+    """Write ``report.md``, ``report.html`` and ``figures/*.png`` into ``out_dir``.
+
+    ``metrics_dir`` holds ``metrics.json``. PR curves come from its ``pr_curves``; when it has
+    none and ``predictions`` is given they are computed in Spark for the rarest classes.
+    ``distribution``: the profile stage's chart (PNG), its ``distribution.json`` (path or dict),
+    or its output directory. Returns the paths written.
+    """
+    mpath = local_path(metrics_dir) / "metrics.json"
+    if not mpath.is_file():
+        raise InputError(f"no metrics.json in {metrics_dir}")
+    metrics = read_json(mpath)
+    out = local_path(out_dir)
+    figs = out / FIG_DIR
+    figs.mkdir(parents=True, exist_ok=True)
+    per_class = metrics["per_class"]
+
+    curves = metrics.get("pr_curves") or {}
+    if not curves and predictions is not None:
+        from pipeline.engines import get_spark
+        from pipeline.evaluate import pr_curves
+
+        present = [r["label"] for r in per_class if r["support"] > 0]
+        rare = sorted(present, key=lambda c: (per_class[c]["support"], c))[:curve_classes]
+        curves = {str(c): v for c, v in pr_curves(spark or get_spark(), predictions, rare,
+                                                  label_col=label_col,
+                                                  n_classes=metrics["n_classes"]).items()}
+
+    figures = []   # (title, file name, png bytes, caption)
+    figures.append(("Per-class F1 and recall vs class size", "f1_recall_vs_size.png",
+                    plot_vs_size(per_class, figs / "f1_recall_vs_size.png"),
+                    "Each point is a class; small classes sit on the left. The survey's point: "
+                    "accuracy hides what happens here."))
+    if curves:
+        figures.append(("PR curves of the rarest classes", "pr_curves.png",
+                        plot_pr_curves(curves, per_class, figs / "pr_curves.png"),
+                        "Exact curve points (thinned to ≤200 per class in Spark); the step area is "
+                        "the class's average precision."))
+    figures.append(("Confusion matrix (row-normalised)", "confusion_matrix.png",
+                    plot_confusion(np.array(metrics["confusion_matrix"]), per_class,
+                                   figs / "confusion_matrix.png"),
+                    "Rows: true class, columns: predicted class, both ordered by class size."))
+    if "adjusted" in metrics:
+        figures.append(("Before / after threshold moving", "threshold_moving.png",
+                        plot_threshold_moving(metrics, figs / "threshold_moving.png"),
+                        "Same scores, new decisions (pred_adjusted): no retraining."))
+    dist_png = _distribution_figure(distribution, figs)
+    if dist_png is not None:
+        figures.append(("Class distribution (profile stage)", "class_distribution.png", dist_png,
+                        "Class sizes of the profiled data, log scale."))
+
+    head, rows = _table(metrics)
+    summary = _summary(metrics)
+    has_adj = "adjusted" in metrics
+    title = "Class-wise evaluation report"
+
+    # --- Markdown
+    md = [f"# {title}", "", f"Predictions column: `{metrics.get('pred_col', 'pred')}`"
+          + ("; threshold moving in `pred_adjusted`." if has_adj else "."), "",
+          "| metric | value |" + (" after threshold moving |" if has_adj else ""),
+          "| --- | --- |" + (" --- |" if has_adj else "")]
+    for name, v, a in summary:
+        md.append(f"| {name} | {v} |" + (f" {a} |" if has_adj else ""))
+    md += ["", "## Per-class metrics (sorted by class size)", "",
+           "ρ_c = size of the largest class / size of this class. — : undefined (e.g. a class absent "
+           "from the labels).", "",
+           "| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
+    md += ["| " + " | ".join(r) + " |" for r in rows]
+    for t, fname, _, cap in figures:
+        md += ["", f"## {t}", "", f"![{t}]({FIG_DIR}/{fname})", "", cap]
+    _write_text(out / "report.md", "\n".join(md) + "\n")
+
+    # --- HTML (self-contained)
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>"
+             "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}"
+             "table{border-collapse:collapse;font-size:13px;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}"
+             "th{background:#f0f0f0;position:sticky;top:0}td:first-child,th:first-child{text-align:left}"
+             "img{max-width:100%;border:1px solid #eee}.cap{color:#555;font-size:13px}"
+             ".scroll{max-height:600px;overflow:auto;display:inline-block}"
+             "</style></head><body>", f"<h1>{e(title)}</h1>",
+             "<h2>Summary</h2><table><tr><th>metric</th><th>value</th>"
+             + ("<th>after threshold moving</th>" if has_adj else "") + "</tr>"]
+    for name, v, a in summary:
+        parts.append(f"<tr><td>{e(name)}</td><td>{e(v)}</td>" + (f"<td>{e(a)}</td>" if has_adj else "") + "</tr>")
+    parts.append("</table><h2>Per-class metrics (sorted by class size)</h2>"
+                 "<p class='cap'>ρ<sub>c</sub> = size of the largest class / size of this class; "
+                 "— : undefined (class absent from the labels).</p><div class='scroll'><table><tr>"
+                 + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>")
+    for r in rows:
+        parts.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>")
+    parts.append("</table></div>")
+    for t, fname, data, cap in figures:
+        b64 = base64.b64encode(data).decode("ascii")
+        parts.append(f"<h2>{e(t)}</h2><img alt='{e(t)}' src='data:image/png;base64,{b64}'>"
+                     f"<p class='cap'>{e(cap)}</p>")
+    parts.append("</body></html>")
+    _write_text(out / "report.html", "\n".join(parts) + "\n")
+    return {"markdown": str(out / "report.md"), "html": str(out / "report.html"),
+            "figures": [str(figs / f) for _, f, _, _ in figures]}

@@ -1,0 +1,185 @@
+"""Exact stratified splits (``imbalance split``) with row validation.
+
+Every valid row goes to exactly one of ``train/``, ``val/``, ``test/``: per class, the
+``round(n_c·test)`` rows of smallest hash rank (key ``xxhash64(seed, id)``, see
+:mod:`pipeline.keys`) are test, the next ``round(n_c·val)`` val, the rest train. The split is
+exact per class to one row, deterministic in (seed, id) and independent of how the input is
+partitioned. Invalid rows — null id or label, a duplicated id, a missing/NaN/infinite feature, an
+image whose bytes do not match its shape — go to ``rejected/`` with a ``reason`` column and are
+counted; nothing is dropped silently. The stage fails (InputError → exit 2) only on a wrong schema
+or when no valid row is left.
+
+Labels are mapped to dense indices ``0..C-1`` (sorted original values, ``labels.json``) so later
+stages can index tensors by label. Data that already carries a split — a ``split`` column with
+values train/val/test, or separate tables — keeps it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from pipeline.data.schema import FEATURES_COL, IMAGE_COL, DatasetInfo, write_info
+from pipeline.data.source import label_index, read_table, table_info, write_labels
+from pipeline.errors import InputError
+from pipeline.io import atomic_dir, local_path, spark_uri, write_json
+from pipeline.keys import BUCKET, KEY, assign_buckets, split_cutoffs
+
+SPLITS = ("train", "val", "test")
+SPLIT_COL = "split"
+
+
+def _reason_col(df: DataFrame, info: DatasetInfo, label_col: str) -> F.Column:
+    """A column with the first reason a row is invalid, or null when the row is valid."""
+    checks = [
+        (F.col("id").isNull(), "null id"),
+        (F.col(label_col).isNull(), f"null {label_col}"),
+    ]
+    if info.kind == "features":
+        x = F.col(FEATURES_COL)
+        checks += [
+            (x.isNull(), "missing features"),
+            (F.size(x) != int(info.n_features), f"features length is not {info.n_features}"),
+            (F.exists(x, lambda v: v.isNull()), "missing feature value"),
+            (F.exists(x, lambda v: F.isnan(v)), "NaN feature"),
+            (F.exists(x, lambda v: (v == float("inf")) | (v == float("-inf"))), "infinite feature"),
+        ]
+    else:
+        n_bytes = math.prod(int(s) for s in info.image_shape)
+        img = F.col(IMAGE_COL)
+        checks += [
+            (img.isNull(), "missing image"),
+            (F.length(img) != n_bytes, f"image does not decode as {'x'.join(map(str, info.image_shape))} uint8"),
+        ]
+    expr = F.lit(None).cast("string")
+    for cond, reason in reversed(checks):
+        expr = F.when(cond, F.lit(reason)).otherwise(expr)
+    return expr
+
+
+def validate_rows(df: DataFrame, info: DatasetInfo, label_col: str) -> DataFrame:
+    """Add a ``reason`` column: null for valid rows, else why the row is rejected."""
+    if "id" not in df.columns:
+        raise InputError("input has no 'id' column (a unique row id is required)")
+    if info.kind == "features" and FEATURES_COL not in df.columns:
+        raise InputError(f"input has no '{FEATURES_COL}' column")
+    if info.kind == "image" and IMAGE_COL not in df.columns:
+        raise InputError(f"input has no '{IMAGE_COL}' column")
+    df = df.withColumn("reason", _reason_col(df, info, label_col))
+    # Duplicated ids break (id, copy) uniqueness downstream: reject every row of such an id.
+    dups = df.groupBy("id").count().where("count > 1 and id is not null").select("id", F.lit(True).alias("_dup"))
+    df = df.join(F.broadcast(dups) if False else dups, on="id", how="left")
+    df = df.withColumn("reason", F.when(F.col("_dup") & F.col("reason").isNull(), F.lit("duplicate id"))
+                       .otherwise(F.col("reason"))).drop("_dup")
+    return df
+
+
+def _index_labels(df: DataFrame, label_col: str, mapping: dict) -> DataFrame:
+    pairs = []
+    for lab, idx in mapping.items():
+        pairs += [F.lit(lab), F.lit(idx)]
+    return df.withColumn(label_col, F.create_map(*pairs)[F.col(label_col)].cast("long"))
+
+
+def split_dataset(
+    spark,
+    input: str | dict,
+    out: str,
+    val: float = 0.1,
+    test: float = 0.2,
+    seed: int = 0,
+    label_col: str = "label",
+    image_shape: Optional[list] = None,
+) -> dict:
+    """Split ``input`` into ``out/{train,val,test}/`` exactly per class; invalid rows to ``out/rejected/``.
+
+    ``input`` is one table path, or a dict ``{"train": path, "val": path, "test": path}`` of
+    tables that are already split. A ``split`` column in a single table is honoured too.
+    Returns a summary ``{"counts": {split: {label_index: rows}}, "rejected": n, "labels": [...]}``
+    also written to ``out/split.json``.
+    """
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise InputError(f"split fractions must satisfy 0 <= val, test and val + test < 1 (val={val}, test={test})")
+    if isinstance(input, dict):
+        parts = []
+        first = None
+        for name in SPLITS:
+            path = input.get(name)
+            if path is None:
+                raise InputError(f"pre-split input is missing the '{name}' table")
+            part = read_table(spark, path, label_col)
+            first = first or (path, part)
+            parts.append(part.withColumn(SPLIT_COL, F.lit(name)))
+        cols = parts[0].columns
+        df = parts[0]
+        for p in parts[1:]:
+            df = df.unionByName(p.select(*cols))
+        info = table_info(first[0], first[1], label_col, image_shape)
+    else:
+        df = read_table(spark, input, label_col)
+        info = table_info(input, df, label_col, image_shape)
+
+    checked = validate_rows(df, info, label_col)
+    if SPLIT_COL in df.columns:
+        checked = checked.withColumn(
+            "reason", F.when(F.col("reason").isNull() & ~F.col(SPLIT_COL).isin(*SPLITS),
+                             F.lit("split is not train/val/test")).otherwise(F.col("reason")))
+    checked = checked.persist()
+    try:
+        valid = checked.where(F.col("reason").isNull()).drop("reason")
+        rejected = checked.where(F.col("reason").isNotNull())
+        counts = {r[0]: int(r[1]) for r in valid.groupBy(label_col).count().collect()}
+        n_rejected = rejected.count()
+        if not counts:
+            raise InputError(f"no valid row left in {input} ({n_rejected} rejected)")
+        mapping = label_index(counts)
+        labels = list(mapping)
+        indexed = _index_labels(valid, label_col, mapping)
+        idx_counts = {mapping[k]: v for k, v in counts.items()}
+
+        if SPLIT_COL in df.columns:
+            assigned = indexed
+        else:
+            cut = split_cutoffs(idx_counts, [test, val])
+            assigned = assign_buckets(indexed, label_col, idx_counts, cut, seed)
+            assigned = assigned.withColumn(
+                SPLIT_COL, F.element_at(F.array(*[F.lit(s) for s in ("test", "val", "train")]), F.col(BUCKET) + 1)
+            ).drop(BUCKET, KEY)
+
+        out_p = local_path(out)
+        info.n_classes = len(labels)
+        info.labels = labels
+        with atomic_dir(out_p) as tmp:
+            data_cols = [c for c in assigned.columns if c != SPLIT_COL]
+            assigned.write.partitionBy(SPLIT_COL).parquet(spark_uri(tmp / "_all"))
+            split_counts = {}
+            for name in SPLITS:
+                part_dir = tmp / "_all" / f"{SPLIT_COL}={name}"
+                target = tmp / name
+                if part_dir.exists():
+                    part_dir.rename(target)
+                    part = spark.read.parquet(spark_uri(target))
+                    c = {int(r[0]): int(r[1]) for r in part.groupBy(label_col).count().collect()}
+                else:
+                    spark.createDataFrame([], assigned.select(*data_cols).schema).write.parquet(spark_uri(target))
+                    c = {}
+                split_counts[name] = {str(k): c.get(k, 0) for k in range(len(labels))}
+                part_info = DatasetInfo(**{**info.to_dict(), "class_counts": split_counts[name]})
+                write_info(target, part_info)
+            import shutil
+
+            shutil.rmtree(tmp / "_all", ignore_errors=True)
+            rejected.write.parquet(spark_uri(tmp / "rejected"))
+            write_labels(tmp, labels)
+            summary = {"counts": split_counts, "rejected": int(n_rejected), "labels": labels,
+                       "seed": seed, "val": val, "test": test, "label_col": label_col,
+                       "presplit": SPLIT_COL in df.columns, "data_cols": data_cols}
+            if n_rejected:
+                summary["rejected_reasons"] = {r[0]: int(r[1]) for r in
+                                               rejected.groupBy("reason").count().collect()}
+            write_json(tmp / "split.json", summary)
+    finally:
+        checked.unpersist()
+    return summary

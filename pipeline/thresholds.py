@@ -1,0 +1,175 @@
+"""Post-hoc threshold moving (survey, "Output thresholding"): new decisions without retraining.
+
+Rules (each adds ``pred_adjusted`` to a predictions table; ``probs`` and ``pred`` are kept):
+
+* ``prior`` — Buda et al. (2018): divide each class output by its prior probability in the
+  *training* data and renormalise, ``p̃_c = (p_c / π_c) / Σ_j (p_j / π_j)`` with
+  ``π_c = n_c / Σ_j n_j``; ``pred_adjusted = argmax_c p̃_c`` (first maximum on ties). It lowers the
+  bar for rare classes in proportion to their rarity.
+* ``cost`` — binary only, survey Eq. 10 (Ling & Sheng): with the cost matrix of Table 2,
+  ``c10`` = cost of a false positive and ``c01`` = cost of a false negative, the cost-minimising
+  threshold on the positive-class probability is ``p* = c10 / (c10 + c01)``; predict the positive
+  class (index 1) when ``p_1 ≥ p*``.
+* ``tuned`` — binary only: a threshold chosen on the *validation* predictions to maximise a metric
+  (F1 by default) over every distinct score, computed exactly in Spark by
+  :func:`tune_threshold`; predict positive when ``p_1 ≥ t``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from pipeline.errors import InputError
+from pipeline.io import atomic_dir, local_path, spark_uri
+
+RULES = ("prior", "cost", "tuned")
+
+
+# ------------------------------------------------------------------------------ pure parts
+def class_priors(class_counts, n_classes: int) -> np.ndarray:
+    """π_c = n_c / Σ n from training counts (a list by index or a dict index -> count)."""
+    if class_counts is None:
+        raise InputError("the prior rule needs the training class counts")
+    if isinstance(class_counts, dict):
+        counts = np.zeros(n_classes, np.float64)
+        for key, v in class_counts.items():
+            try:
+                i = int(key)
+            except (TypeError, ValueError):
+                raise InputError(f"class_counts key {key!r} is not a class index") from None
+            if not 0 <= i < n_classes:
+                raise InputError(f"class_counts key {i} outside the class range 0..{n_classes - 1}")
+            counts[i] = float(v)
+    else:
+        counts = np.asarray(list(class_counts), dtype=np.float64)
+        if len(counts) != n_classes:
+            raise InputError(f"class_counts has {len(counts)} entries for {n_classes} classes")
+    if np.any(~np.isfinite(counts)) or np.any(counts <= 0):
+        bad = int(np.flatnonzero(~(counts > 0))[0])
+        raise InputError(f"class_counts must be positive for every class (class {bad}: {counts[bad]:g})")
+    return counts / counts.sum()
+
+
+def prior_adjust(probs: np.ndarray, priors: np.ndarray) -> np.ndarray:
+    """p̃ = (p / π) / Σ (p / π), row-wise (Buda et al.)."""
+    q = np.asarray(probs, np.float64) / np.asarray(priors, np.float64)[None, :]
+    return q / q.sum(axis=1, keepdims=True)
+
+
+def cost_threshold(c10: float, c01: float) -> float:
+    """Survey Eq. 10: p* = c10 / (c10 + c01) (c10: false-positive cost, c01: false-negative cost)."""
+    c10, c01 = float(c10), float(c01)
+    if c10 < 0 or c01 < 0 or c10 + c01 <= 0:
+        raise InputError(f"costs must be non-negative and not both zero (c10={c10:g}, c01={c01:g})")
+    return c10 / (c10 + c01)
+
+
+def adjusted_pred(probs: np.ndarray, rule: str, priors: Optional[np.ndarray] = None,
+                  threshold: Optional[float] = None) -> np.ndarray:
+    """Adjusted class indices for a block of probabilities (rows) under one rule."""
+    probs = np.asarray(probs, np.float64)
+    if rule == "prior":
+        return np.argmax(probs / priors[None, :], axis=1).astype(np.int64)
+    return (probs[:, 1] >= threshold).astype(np.int64)
+
+
+# ------------------------------------------------------------------------------ Spark
+def _resolve(rule: str, n_classes: int, class_counts, cost, threshold):
+    if rule not in RULES:
+        raise InputError(f"unknown threshold-moving rule '{rule}' (choose: {', '.join(RULES)})")
+    priors = None
+    if rule == "prior":
+        priors = class_priors(class_counts, n_classes)
+    else:
+        if n_classes != 2:
+            raise InputError(f"the '{rule}' rule is for binary problems; these predictions have "
+                             f"{n_classes} classes (use 'prior')")
+        if rule == "cost":
+            if cost is None or len(cost) != 2:
+                raise InputError("the cost rule needs cost = [c10, c01] (false-positive, false-negative cost)")
+            threshold = cost_threshold(*cost)
+        elif threshold is None:
+            raise InputError("the tuned rule needs a threshold: run tune_threshold on validation predictions")
+        threshold = float(threshold)
+        if not 0.0 <= threshold <= 1.0:
+            raise InputError(f"threshold {threshold:g} outside [0, 1]")
+    return priors, threshold
+
+
+def add_pred_adjusted(df, rule: str, n_classes: int, class_counts=None,
+                      cost: Optional[Sequence[float]] = None, threshold: Optional[float] = None):
+    """Return ``df`` with a ``pred_adjusted`` column (long) computed from ``probs`` in Spark."""
+    from pyspark.sql import types as T
+
+    priors, threshold = _resolve(rule, n_classes, class_counts, cost, threshold)
+    if "pred_adjusted" in df.columns:
+        df = df.drop("pred_adjusted")
+    schema = T.StructType(df.schema.fields + [T.StructField("pred_adjusted", T.LongType(), True)])
+    k = n_classes
+
+    def fn(batches):
+        import pyarrow as pa
+
+        from pipeline.evaluate import _arrow_probs
+
+        for batch in batches:
+            if batch.num_rows == 0:
+                yield batch.append_column("pred_adjusted", pa.array([], pa.int64()))
+                continue
+            P, err = _arrow_probs(batch.column("probs"), k)
+            if err:
+                raise ValueError(err)
+            pred = adjusted_pred(P, rule, priors, threshold)
+            yield batch.append_column("pred_adjusted", pa.array(pred, pa.int64()))
+
+    return df.mapInArrow(fn, schema)
+
+
+def apply_threshold_moving(spark, predictions_path, out_path, rule: str, class_counts=None,
+                           cost: Optional[Sequence[float]] = None,
+                           threshold: Optional[float] = None,
+                           n_classes: Optional[int] = None) -> str:
+    """Read predictions, add ``pred_adjusted`` under ``rule``, write them to ``out_path`` atomically.
+
+    The input is validated first (the evaluate stage's checks: ragged/NaN/non-normalised probs,
+    labels outside the range), so a bad table raises :class:`InputError` and writes nothing.
+    """
+    import shutil
+
+    from pipeline.data.schema import INFO_FILE, has_info
+    from pipeline.evaluate import load_predictions, scan_predictions
+
+    loaded = load_predictions(spark, predictions_path, pred_col=None, n_classes=n_classes)
+    _resolve(rule, loaded.n_classes, class_counts, cost, threshold)   # fail before any Spark work
+    scan_predictions(loaded)
+    df = spark.read.parquet(spark_uri(predictions_path))
+    out = add_pred_adjusted(df, rule, loaded.n_classes, class_counts, cost, threshold)
+    with atomic_dir(out_path) as tmp:
+        out.write.mode("overwrite").parquet(spark_uri(tmp))
+        if has_info(predictions_path):
+            shutil.copy(local_path(predictions_path) / INFO_FILE, tmp / INFO_FILE)
+    return str(out_path)
+
+
+def tune_threshold(spark, val_predictions_path, metric: str = "f1", label_col: str = "label",
+                   target_group_rows: Optional[int] = None) -> float:
+    """Exact best threshold t on validation predictions (binary): argmax over distinct p_1 of metric.
+
+    Candidates are the distinct scores of the positive class (index 1), with the rule "positive
+    iff p_1 ≥ t"; ties in the metric go to the largest threshold. Metrics: f1,
+    balanced_accuracy, g_mean, accuracy. Uses the evaluate stage's exact ranking pass.
+    """
+    from pipeline.evaluate import TUNE_METRICS, load_predictions, ranking_stats, scan_predictions
+
+    if metric not in TUNE_METRICS:
+        raise InputError(f"unknown tuning metric '{metric}' (choose: {', '.join(TUNE_METRICS)})")
+    loaded = load_predictions(spark, val_predictions_path, label_col=label_col, pred_col=None)
+    if loaded.n_classes != 2:
+        raise InputError(f"threshold tuning is for binary problems; these predictions have "
+                         f"{loaded.n_classes} classes")
+    scan = scan_predictions(loaded)
+    if scan.hist_pos[1].sum() == 0 or scan.hist_neg[1].sum() == 0:
+        raise InputError("validation predictions need both classes to tune a threshold")
+    res = ranking_stats(spark, loaded, scan, [1], tune=metric, target_group_rows=target_group_rows)
+    return float(res["best"][1])

@@ -1,0 +1,446 @@
+"""The per-worker training loop: plain PyTorch, runnable in one process or inside Ray Train.
+
+:func:`run_training` trains one model on this worker's shard of the training table and validates
+it on the validation table every epoch. It knows nothing about Ray: distribution comes from an
+already initialised ``torch.distributed`` process group (Ray's ``TorchTrainer`` sets one up;
+without one it trains alone), checkpoints go through two small hooks:
+
+* ``resume_dir`` — a checkpoint directory to continue from (Ray: ``ray.train.get_checkpoint()``);
+* ``report_fn(metrics, checkpoint_dir_or_None)`` — called by every rank once per epoch (rank 0
+  passes the directory it just wrote). Without a hook the loop keeps its checkpoints itself in
+  ``<out_dir>/checkpoints/epoch-NNNN`` and resumes from the newest one.
+
+A checkpoint directory holds ``state.pt`` (model, optimizer, scaler; loaded with
+``torch.load(..., weights_only=True)``), ``best_model.pt`` (the best epoch's weights so far) and
+``progress.json`` (epoch, history, best epoch and its validation metrics, early-stopping counter).
+
+Per epoch: a tqdm bar with rows/s (rank 0), mixed precision on GPU (bf16 autocast, or fp16 with
+a ``GradScaler``), validation macro-F1 and per-class recall from a confusion matrix summed over
+workers, best-epoch selection and early stopping on ``train.select_metric`` with
+``train.patience``, and LDAM-DRW (deferred re-weighting, Cao et al. 2019): from epoch
+``drw_epoch`` on, the LDAM loss uses the class-balanced weights of :func:`losses.drw_weights`.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pipeline.data.schema import DatasetInfo, read_info
+from pipeline.errors import InputError
+from pipeline.io import read_json, write_json
+from pipeline.stream import check_table, make_loader, to_float
+
+CRASH_ENV = "IMBALANCE_TEST_CRASH_AT"        # test-only: "epoch:step:rank" → os._exit(1) once
+METRICS_HIGHER = ("macro_f1", "balanced_accuracy", "accuracy", "g_mean", "macro_recall")
+METRICS_LOWER = ("val_loss",)
+DRW_KEYS = ("drw_epoch", "drw_beta")
+
+
+# ------------------------------------------------------------------ metrics
+def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """C×C counts: row = true class, column = predicted class."""
+    idx = y_true.long() * n_classes + y_pred.long()
+    return torch.bincount(idx, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def metrics_from_confusion(cm: np.ndarray) -> dict:
+    """Accuracy, macro-F1, balanced accuracy, G-mean and per-class recall/F1 from a confusion matrix.
+
+    Averages run over the classes present in the data (support > 0), as the evaluate stage does;
+    a class never predicted has precision 0 (scikit-learn's ``zero_division=0``).
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    present = support > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recall = np.where(support > 0, tp / np.maximum(support, 1), 0.0)
+        precision = np.where(predicted > 0, tp / np.maximum(predicted, 1), 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-300), 0.0)
+    n = cm.sum()
+    rec_p = recall[present]
+    return {
+        "n": int(n),
+        "accuracy": float(tp.sum() / n) if n else 0.0,
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "balanced_accuracy": float(rec_p.mean()) if present.any() else 0.0,
+        "macro_recall": float(rec_p.mean()) if present.any() else 0.0,
+        "g_mean": float(np.exp(np.mean(np.log(np.maximum(rec_p, 1e-300))))) if present.any() and rec_p.min() > 0
+        else 0.0,
+        "recall": [float(r) if s > 0 else None for r, s in zip(recall, support)],
+        "f1": [float(v) if s > 0 else None for v, s in zip(f1, support)],
+        "support": [int(s) for s in support],
+    }
+
+
+def metric_better(name: str, new: float, old: Optional[float]) -> bool:
+    if old is None:
+        return True
+    return new < old if name in METRICS_LOWER else new > old
+
+
+# ------------------------------------------------------------------ pieces
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    if _distributed():
+        dist.all_reduce(t)
+    return t
+
+
+def pick_device(device=None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_optimizer(params, train_cfg) -> torch.optim.Optimizer:
+    name = str(train_cfg.optimizer).lower()
+    if name == "adam":
+        return torch.optim.Adam(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=train_cfg.lr, momentum=train_cfg.momentum,
+                               weight_decay=train_cfg.weight_decay)
+    raise InputError(f"unknown train.optimizer '{train_cfg.optimizer}' (known: adam, adamw, sgd)")
+
+
+def split_loss_params(train_cfg) -> tuple[dict, dict]:
+    """(parameters for build_loss, DRW schedule) — ``drw_epoch``/``drw_beta`` may sit in
+    ``train.loss_params`` or ``train.method_params``."""
+    params = dict(train_cfg.loss_params or {})
+    drw = {k: params.pop(k) for k in DRW_KEYS if k in params}
+    for k in DRW_KEYS:
+        if k in (train_cfg.method_params or {}) and k not in drw:
+            drw[k] = train_cfg.method_params[k]
+    if drw.get("drw_epoch") is not None:
+        if str(train_cfg.loss).lower() != "ldam":
+            raise InputError(f"train drw_epoch needs train.loss=ldam (got '{train_cfg.loss}')")
+        e = drw["drw_epoch"]
+        if isinstance(e, bool) or not isinstance(e, int) or e < 0:
+            raise InputError(f"train drw_epoch must be a non-negative integer, got {e!r}")
+    return params, drw
+
+
+def class_counts_array(info: DatasetInfo) -> np.ndarray:
+    if not info.class_counts:
+        raise InputError("the training table's _dataset.json has no class_counts (needed by the loss)")
+    counts = np.zeros(info.n_classes, dtype=np.float64)
+    for k, v in info.class_counts.items():
+        i = int(k)
+        if 0 <= i < info.n_classes:
+            counts[i] = float(v)
+    return counts
+
+
+def _crash_spec(crash_at: Optional[str]):
+    spec = crash_at if crash_at is not None else os.environ.get(CRASH_ENV)
+    if not spec:
+        return None
+    e, s, r = (int(v) for v in spec.split(":"))
+    return e, s, r
+
+
+def _maybe_crash(spec, epoch: int, step: int, rank: int, out_dir: Path) -> None:
+    """Test-only: kill this worker process (``os._exit(1)``) at (epoch, step, rank), once."""
+    if spec is None or (epoch, step, rank) != spec:
+        return
+    marker = out_dir / f".crashed-{epoch}-{step}-{rank}"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("crashed here once (test hook)\n")
+    os._exit(1)
+
+
+def _config_fingerprint(cfg, train_path, val_path, init_from) -> str:
+    """What a local checkpoint must match to be resumed (epochs may grow; paths, model, loss may not)."""
+    from pipeline.io import fingerprint
+
+    train = cfg.section("train")
+    for k in ("epochs", "resume", "progress", "max_failures", "patience", "out", "num_workers",
+              "cpus_per_worker"):
+        train.pop(k, None)
+    return fingerprint(cfg.section("model"), train, cfg.stream.reader, str(train_path), str(val_path),
+                       str(init_from))[:16]
+
+
+def _autocast(device: torch.device, train_cfg):
+    if device.type != "cuda" or not train_cfg.amp:
+        return torch.autocast(device_type=device.type, enabled=False), None
+    dt = str(train_cfg.amp_dtype).lower()
+    if dt in ("fp16", "float16", "half"):
+        return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
+    if dt in ("bf16", "bfloat16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16), None
+    raise InputError(f"train.amp_dtype must be bf16 or fp16, got {train_cfg.amp_dtype!r}")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _cpu_state(model: nn.Module) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(model).state_dict().items()}
+
+
+def load_weights(path: str | Path) -> dict:
+    """A state_dict saved by this package (``weights_only=True``: no pickled code runs)."""
+    return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+# ------------------------------------------------------------------ validation
+@torch.no_grad()
+def evaluate_table(model: nn.Module, path: str, info: DatasetInfo, device: torch.device, batch_size: int,
+                   reader: str = "petastorm", rank: int = 0, world_size: int = 1,
+                   autocast=None, workers_count: int = 2) -> tuple[np.ndarray, float]:
+    """(confusion matrix, mean cross-entropy) over the whole table, each row once, summed over workers.
+
+    Workers read their own Petastorm shard; a table with fewer row groups than workers (or the
+    Ray Data reader, whose validation set is not split) is read by rank 0 alone.
+    """
+    net = _unwrap(model)
+    was_training = net.training
+    net.eval()
+    c = info.n_classes
+    cm = torch.zeros(c * c, dtype=torch.float64)
+    loss_sum = torch.zeros(1, dtype=torch.float64)
+    from pipeline.stream import row_group_rows
+
+    sharded = reader == "petastorm" and world_size > 1 and len(row_group_rows(path)) >= world_size
+    if sharded or rank == 0:
+        loader = make_loader(path, info, rank if sharded else 0, world_size if sharded else 1, batch_size,
+                             epoch=0, seed=0, shuffle=False, reader=reader, fill=False, raw=True,
+                             workers_count=workers_count, dataset_name="val")
+        for x, y in loader:
+            x = to_float(x, device, non_blocking=True)
+            y = y.to(device)
+            with (autocast if autocast is not None else torch.autocast(device.type, enabled=False)):
+                logits = net(x)
+            logits = logits.float()
+            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double().cpu()
+            cm += confusion_matrix(y, logits.argmax(1), c).reshape(-1).double().cpu()
+    both = torch.cat([cm, loss_sum])
+    if _distributed():
+        both = both.to(device if device.type == "cuda" else "cpu")
+        dist.all_reduce(both)
+        both = both.cpu()
+    cm = both[:-1].reshape(c, c).numpy()
+    n = cm.sum()
+    net.train(was_training)
+    return cm, float(both[-1].item() / n) if n else float("nan")
+
+
+# ------------------------------------------------------------------ checkpoints
+def save_checkpoint(directory: Path, model, optimizer, scaler, progress: dict, best_state: Optional[dict]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else {}}, directory / "state.pt")
+    if best_state is not None:
+        torch.save(best_state, directory / "best_model.pt")
+    write_json(directory / "progress.json", progress)
+
+
+def latest_local_checkpoint(out_dir: Path) -> Optional[Path]:
+    d = out_dir / "checkpoints"
+    if not d.is_dir():
+        return None
+    done = sorted(p for p in d.iterdir() if p.name.startswith("epoch-") and (p / "progress.json").is_file())
+    return done[-1] if done else None
+
+
+# ------------------------------------------------------------------ the loop
+def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, rank: int = 0,
+                 world_size: int = 1, device=None, init_from: Optional[str] = None,
+                 report_fn: Optional[Callable[[dict, Optional[str]], None]] = None,
+                 resume_dir: Optional[str] = None, epochs: Optional[int] = None,
+                 crash_at: Optional[str] = None) -> dict:
+    """Train ``cfg.model`` with ``cfg.train`` on this worker's shard; return the run's summary.
+
+    ``report_fn=None`` (plain process): checkpoints go to ``<out_dir>/checkpoints/`` and, with
+    ``train.resume``, the newest one is continued. ``init_from``: a model directory
+    (``model.pt`` + ``model.json``) whose weights start training (warm start: same architecture,
+    fresh optimizer). ``epochs`` overrides ``train.epochs``. Returns ``{"history", "best_epoch",
+    "best_metrics", "epochs_run", "stopped_early", "best_state" (rank 0: state_dict on CPU)}``.
+    """
+    from pipeline.train.losses import build_loss, drw_weights
+    from pipeline.train.models import build_model
+
+    tc = cfg.train
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(device)
+    check_table(train_path)
+    info = read_info(train_path)
+    n_epochs = int(epochs if epochs is not None else tc.epochs)
+    if n_epochs < 1:
+        raise InputError(f"train.epochs must be >= 1, got {n_epochs}")
+    if tc.batch_size < 1:
+        raise InputError(f"train.batch_size must be >= 1, got {tc.batch_size}")
+    select = tc.select_metric
+    if select not in METRICS_HIGHER + METRICS_LOWER:
+        raise InputError(f"train.select_metric must be one of {', '.join(METRICS_HIGHER + METRICS_LOWER)}, "
+                         f"got {select!r}")
+    seed = tc.seed if tc.seed is not None else cfg.run.seed
+    reader = cfg.stream.reader
+
+    counts = class_counts_array(info)
+    loss_params, drw = split_loss_params(tc)
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, info.input_shape, info.n_classes)
+    if init_from:
+        model.load_state_dict(load_weights(Path(init_from) / "model.pt"))
+    model.to(device)
+    loss_fn = build_loss(tc.loss, counts, **loss_params).to(device)
+    if _distributed():
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    optimizer = build_optimizer(model.parameters(), tc)
+    autocast, scaler = _autocast(device, tc)
+
+    # ---- resume
+    config_fp = _config_fingerprint(cfg, train_path, val_path, init_from)
+    if resume_dir is None and report_fn is None and tc.resume:
+        last = latest_local_checkpoint(out)
+        if last is not None and read_json(last / "progress.json").get("config") == config_fp:
+            resume_dir = str(last)
+    progress = {"config": config_fp, "epoch": -1, "history": [], "best_epoch": None, "best_value": None, "best_metrics": None,
+                "bad_epochs": 0, "stopped_early": False}
+    best_state = None
+    if resume_dir:
+        rd = Path(resume_dir)
+        st = torch.load(str(rd / "state.pt"), map_location="cpu", weights_only=True)
+        _unwrap(model).load_state_dict(st["model"])
+        optimizer.load_state_dict(st["optimizer"])
+        if scaler is not None and st.get("scaler"):
+            scaler.load_state_dict(st["scaler"])
+        progress = read_json(rd / "progress.json")
+        if (rd / "best_model.pt").is_file():
+            best_state = load_weights(rd / "best_model.pt")
+    start = progress["epoch"] + 1
+    crash = _crash_spec(crash_at)
+    eval_bs = max(tc.batch_size, cfg.stream.batch_size)
+
+    for epoch in range(start, n_epochs):
+        if progress.get("stopped_early"):
+            break
+        if drw.get("drw_epoch") is not None and hasattr(loss_fn, "set_weight"):
+            use = epoch >= drw["drw_epoch"]
+            loss_fn.set_weight(drw_weights(counts, drw.get("drw_beta", 0.9999)) if use else None)
+        model.train()
+        loader = make_loader(train_path, info, rank, world_size, tc.batch_size, epoch=epoch, seed=seed,
+                             shuffle=cfg.stream.shuffle, reader=reader, raw=True,
+                             workers_count=cfg.stream.workers_count, shuffle_buffer=cfg.stream.shuffle_buffer)
+        bar = None
+        if rank == 0 and tc.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{n_epochs}", unit="batch", leave=False,
+                       mininterval=1.0)
+        t0 = time.perf_counter()
+        rows = 0
+        loss_sum = torch.zeros((), device=device)
+        steps = 0
+        for step, (x, y) in enumerate(loader):
+            _maybe_crash(crash, epoch, step, rank, out)
+            x = to_float(x, device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            with autocast:
+                logits = model(x)
+            loss = loss_fn(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            loss_sum += loss.detach()
+            rows += len(y)
+            steps += 1
+            if bar is not None:
+                bar.update(1)
+                if steps % 20 == 0:
+                    bar.set_postfix(rows_s=f"{rows * world_size / (time.perf_counter() - t0):.0f}")
+        if bar is not None:
+            bar.close()
+        train_time = time.perf_counter() - t0
+        stats = torch.tensor([loss_sum.item(), float(steps), float(rows)], dtype=torch.float64)
+        _all_reduce(stats)
+        entry = {"epoch": epoch, "train_loss": stats[0].item() / max(stats[1].item(), 1),
+                 "steps": steps, "rows": int(stats[2].item()), "train_seconds": round(train_time, 3),
+                 "rows_per_s": round(stats[2].item() / max(train_time, 1e-9), 1)}
+        if val_path:
+            cm, vloss = evaluate_table(model, val_path, read_info(val_path), device, eval_bs, reader, rank,
+                                       world_size, autocast, cfg.stream.workers_count)
+            m = metrics_from_confusion(cm)
+            m["val_loss"] = vloss
+            entry.update({"val_" + k if k in ("n", "accuracy", "macro_f1", "balanced_accuracy", "g_mean",
+                                               "macro_recall") else k: v for k, v in m.items()
+                          if k not in ("f1", "support")})
+            entry["val_recall"] = entry.pop("recall")
+            entry["val_f1_per_class"] = m["f1"]
+            value = m[select] if select in m else vloss
+        else:
+            value = -entry["train_loss"] if select not in METRICS_LOWER else entry["train_loss"]
+        progress["history"].append(entry)
+        progress["epoch"] = epoch
+        if metric_better(select, value, progress["best_value"]) or progress["best_epoch"] is None:
+            progress.update(best_epoch=epoch, best_value=value, best_metrics=entry, bad_epochs=0)
+            best_state = _cpu_state(model)
+        else:
+            progress["bad_epochs"] += 1
+        if tc.patience is not None and progress["bad_epochs"] >= tc.patience and epoch + 1 < n_epochs:
+            progress["stopped_early"] = True
+        if rank == 0 and tc.progress:
+            v = entry.get("val_macro_f1")
+            print(f"epoch {epoch + 1}/{n_epochs}: loss {entry['train_loss']:.4f}"
+                  + (f"  val macro-F1 {v:.4f}" if v is not None else "")
+                  + f"  {entry['rows_per_s']:.0f} rows/s", flush=True)
+        _checkpoint(out, model, optimizer, scaler, progress, best_state, rank, report_fn, epoch)
+        if progress["stopped_early"]:
+            break
+
+    return {"history": progress["history"], "best_epoch": progress["best_epoch"],
+            "best_metrics": progress["best_metrics"], "epochs_run": progress["epoch"] + 1,
+            "stopped_early": progress["stopped_early"], "best_state": best_state if rank == 0 else None,
+            "select_metric": select, "info": info.to_dict(), "class_counts": counts.tolist()}
+
+
+def _checkpoint(out: Path, model, optimizer, scaler, progress, best_state, rank, report_fn, epoch) -> None:
+    metrics = {k: v for k, v in progress["history"][-1].items() if not isinstance(v, list)}
+    metrics.update(best_epoch=progress["best_epoch"], stopped_early=progress["stopped_early"])
+    if report_fn is None:  # plain process: keep our own checkpoints
+        if rank == 0:
+            d = out / "checkpoints" / f"epoch-{epoch:04d}"
+            tmp = out / "checkpoints" / f".epoch-{epoch:04d}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_checkpoint(tmp, model, optimizer, scaler, progress, best_state)
+            shutil.rmtree(d, ignore_errors=True)
+            tmp.rename(d)
+            for old in sorted((out / "checkpoints").glob("epoch-*"))[:-2]:
+                shutil.rmtree(old, ignore_errors=True)
+        return
+    if rank == 0:
+        with tempfile.TemporaryDirectory(prefix="imb-ckpt-") as tmp:
+            save_checkpoint(Path(tmp), model, optimizer, scaler, progress, best_state)
+            report_fn(metrics, tmp)
+    else:
+        report_fn(metrics, None)
+
+
+__all__ = ["run_training", "evaluate_table", "metrics_from_confusion", "confusion_matrix", "load_weights",
+           "build_optimizer", "split_loss_params", "CRASH_ENV"]

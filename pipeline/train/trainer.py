@@ -1,0 +1,254 @@
+"""Ray Train wiring: run :func:`pipeline.train.loop.run_training` on ``TorchTrainer`` workers.
+
+Ray 2.55 runs **Ray Train V2** by default (``RAY_TRAIN_V2_ENABLED`` defaults to 1; V1 is
+deprecated), and this module uses it as it comes:
+
+* ``ScalingConfig(num_workers=train.num_workers, use_gpu=..., resources_per_worker={"CPU":
+  train.cpus_per_worker})`` — a fractional CPU per worker (default 0.5) leaves Ray Data a CPU on
+  small machines, where two workers holding a whole CPU each make the run hang;
+* ``RunConfig(storage_path=<out>/ray, name=train-<fingerprint>, failure_config=
+  FailureConfig(max_failures=train.max_failures))``: a worker that dies (even mid-epoch) makes the
+  controller restart the worker group, and ``ray.train.get_checkpoint()`` hands the new workers
+  the last epoch's checkpoint, so the run still completes its configured epochs;
+* the run name is a fingerprint of the model/train/stream config and the data paths, so running
+  the same training again into the same ``out`` directory **resumes** the stopped run (V2 restores
+  its checkpoint manager from the snapshot in the run's storage folder), while a changed config
+  starts afresh.
+
+At the end the best epoch's weights become the model artifact ``<out>/model/`` (written
+atomically): ``model.pt`` (a state_dict, loaded with ``torch.load(..., weights_only=True)``) and
+``model.json`` (model section, input shape, classes, dataset info, class counts, loss, best epoch
+and its validation metrics, history). :func:`load_model` reads it back.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from pipeline.config import Config, ModelSection, config_from_dict
+from pipeline.data.schema import read_info
+from pipeline.errors import InputError
+from pipeline.io import atomic_dir, fingerprint, local_path, read_json, write_json
+from pipeline.stream import check_table
+from pipeline.train.loop import CRASH_ENV, load_weights, run_training
+
+log = logging.getLogger(__name__)
+MODEL_FILE = "model.pt"
+META_FILE = "model.json"
+
+
+# ------------------------------------------------------------------ the per-worker function
+def _train_worker(config: dict) -> None:
+    """Runs on every Ray Train worker: the plain loop with Ray's rank, device and checkpoints."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = config_from_dict(config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+
+    def report(metrics: dict, ckpt_dir: Optional[str]) -> None:
+        ckpt = ray.train.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None
+        ray.train.report(metrics, checkpoint=ckpt)
+
+    resume_tmp = None
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        resume_tmp = tempfile.mkdtemp(prefix="imb-resume-")
+        ckpt.to_directory(resume_tmp)
+    try:
+        run_training(cfg, config["train_path"], config["val_path"], config["out_dir"], rank=rank,
+                     world_size=world, device=device, init_from=config["init_from"], report_fn=report,
+                     resume_dir=resume_tmp, epochs=config["epochs"], crash_at=config["crash_at"])
+    finally:
+        if resume_tmp:
+            shutil.rmtree(resume_tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ driver side
+def run_name(cfg: Config, train_path: str, val_path: Optional[str], init_from: Optional[str],
+             epochs: Optional[int]) -> str:
+    """``train-<fingerprint>`` of what determines the run: rerunning it resumes, changing it restarts."""
+    train = cfg.section("train")
+    for k in ("resume", "max_failures", "progress", "num_workers", "cpus_per_worker", "out", "train_path",
+              "val_path"):
+        train.pop(k, None)
+    fp = fingerprint(cfg.section("model"), train, cfg.section("stream"), cfg.run.seed,
+                     str(local_path(train_path).resolve()),
+                     str(local_path(val_path).resolve()) if val_path else None,
+                     str(init_from) if init_from else None, epochs)
+    return f"train-{fp[:12]}"
+
+
+def _check_inputs(train_path: str, val_path: Optional[str], init_from: Optional[str]) -> None:
+    check_table(train_path)
+    read_info(train_path)
+    if val_path:
+        check_table(val_path)
+        read_info(val_path)
+    if init_from and not (Path(init_from) / MODEL_FILE).is_file():
+        raise InputError(f"init_from {init_from} has no {MODEL_FILE}: not a model directory")
+
+
+def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: str,
+                init_from: Optional[str] = None, epochs: Optional[int] = None) -> dict:
+    """Train on Ray Train workers streaming Petastorm (or Ray Data) shards; write ``out_dir/model/``.
+
+    Returns ``{"model_dir", "best_epoch", "best_metrics", "history", "epochs_run", "run_dir",
+    "train_seconds"}``.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.engines import get_ray
+
+    _check_inputs(train_path, val_path, init_from)
+    tc = cfg.train
+    if tc.num_workers < 1:
+        raise InputError(f"train.num_workers must be >= 1, got {tc.num_workers}")
+    if tc.cpus_per_worker <= 0:
+        raise InputError(f"train.cpus_per_worker must be > 0, got {tc.cpus_per_worker}")
+    get_ray(cfg.ray)
+    import ray
+
+    use_gpu = tc.use_gpu if tc.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    out = local_path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    name = run_name(cfg, train_path, val_path, init_from, epochs)
+    resources = {"CPU": float(tc.cpus_per_worker)}
+    if use_gpu:
+        resources["GPU"] = 1
+    datasets, data_config = None, None
+    if cfg.stream.reader == "ray_data":
+        from pipeline.stream import ray_dataset
+
+        datasets = {"train": ray_dataset(train_path, read_info(train_path))}
+        if val_path:
+            datasets["val"] = ray_dataset(val_path, read_info(val_path))
+        data_config = ray.train.DataConfig(datasets_to_split=["train"])
+    loop_config = {
+        "cfg": cfg.to_dict(),
+        "train_path": str(local_path(train_path).resolve()),
+        "val_path": str(local_path(val_path).resolve()) if val_path else None,
+        "out_dir": str(out),
+        "init_from": str(local_path(init_from).resolve()) if init_from else None,
+        "epochs": epochs,
+        "crash_at": os.environ.get(CRASH_ENV),
+    }
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=int(tc.num_workers), use_gpu=bool(use_gpu),
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=str(out / "ray"),
+            failure_config=ray.train.FailureConfig(max_failures=int(tc.max_failures)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+        datasets=datasets, dataset_config=data_config)
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    seconds = time.perf_counter() - t0
+    if result.error is not None:  # pragma: no cover - fit() raises in V2; kept for V1
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {name} ended without a checkpoint")
+    with tempfile.TemporaryDirectory(prefix="imb-final-") as tmp:
+        result.checkpoint.to_directory(tmp)
+        progress = read_json(Path(tmp) / "progress.json")
+        best_state = load_weights(Path(tmp) / "best_model.pt")
+    summary = _summary_from_progress(progress)
+    model_dir = write_model_artifact(out / "model", cfg, train_path, val_path, best_state, summary,
+                                     init_from=init_from, world_size=int(tc.num_workers))
+    return {"model_dir": str(model_dir), "run_dir": str(out / "ray" / name), "train_seconds": round(seconds, 2),
+            **summary}
+
+
+def train_local(cfg: Config, train_path: str, val_path: Optional[str], out_dir: str,
+                init_from: Optional[str] = None, epochs: Optional[int] = None, device=None) -> dict:
+    """The same training in this process, without Ray (one worker, CPU or GPU); same artifact."""
+    _check_inputs(train_path, val_path, init_from)
+    out = local_path(out_dir).resolve()
+    t0 = time.perf_counter()
+    r = run_training(cfg, train_path, val_path, str(out), device=device, init_from=init_from, epochs=epochs)
+    summary = {k: r[k] for k in ("best_epoch", "best_metrics", "history", "epochs_run", "stopped_early",
+                                 "select_metric")}
+    model_dir = write_model_artifact(out / "model", cfg, train_path, val_path, r["best_state"], summary,
+                                     init_from=init_from, world_size=1)
+    return {"model_dir": str(model_dir), "train_seconds": round(time.perf_counter() - t0, 2), **summary}
+
+
+def _summary_from_progress(progress: dict) -> dict:
+    return {"best_epoch": progress["best_epoch"], "best_metrics": progress["best_metrics"],
+            "history": progress["history"], "epochs_run": progress["epoch"] + 1,
+            "stopped_early": progress.get("stopped_early", False)}
+
+
+def write_model_artifact(model_dir: Path, cfg: Config, train_path: str, val_path: Optional[str],
+                         state_dict: dict, summary: dict, init_from: Optional[str] = None,
+                         world_size: int = 1) -> Path:
+    """``model.pt`` (best weights) + ``model.json`` (everything needed to rebuild and judge it)."""
+    info = read_info(train_path)
+    meta = {
+        "format": 1,
+        "model": cfg.section("model"),
+        "input_shape": list(info.input_shape),
+        "n_classes": info.n_classes,
+        "dataset": info.to_dict(),
+        "class_counts": [info.class_counts.get(str(i), 0) for i in range(info.n_classes)]
+        if info.class_counts else None,
+        "loss": cfg.train.loss,
+        "loss_params": cfg.train.loss_params,
+        "train": cfg.section("train"),
+        "select_metric": cfg.train.select_metric,
+        "best_epoch": summary["best_epoch"],
+        "best_metrics": summary["best_metrics"],
+        "epochs_run": summary["epochs_run"],
+        "stopped_early": summary.get("stopped_early", False),
+        "history": summary["history"],
+        "train_path": str(train_path),
+        "val_path": str(val_path) if val_path else None,
+        "init_from": str(init_from) if init_from else None,
+        "world_size": world_size,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    with atomic_dir(model_dir) as tmp:
+        torch.save(state_dict, tmp / MODEL_FILE)
+        write_json(tmp / META_FILE, meta)
+    return Path(model_dir)
+
+
+def load_model(model_dir: str, device="cpu") -> tuple[torch.nn.Module, dict]:
+    """(network with the best weights, in eval mode; its ``model.json``) from a model directory."""
+    from pipeline.train.models import build_model
+
+    d = local_path(model_dir)
+    if not (d / MODEL_FILE).is_file() or not (d / META_FILE).is_file():
+        raise InputError(f"{model_dir} is not a model directory (needs {MODEL_FILE} and {META_FILE})")
+    meta = read_json(d / META_FILE)
+    known = set(ModelSection.__dataclass_fields__)
+    section = ModelSection(**{k: v for k, v in meta["model"].items() if k in known})
+    model = build_model(section, tuple(meta["input_shape"]), meta["n_classes"])
+    model.load_state_dict(load_weights(d / MODEL_FILE))
+    model.to(device).eval()
+    return model, meta
+
+
+def train_from_config(cfg: Config) -> dict:
+    """``imbalance train CONFIG``: ``train.train_path`` / ``train.val_path`` → ``train.out``."""
+    tc = cfg.train
+    if not tc.train_path:
+        raise InputError("train.train_path is not set (the materialized training table)")
+    if not tc.out:
+        raise InputError("train.out is not set (where checkpoints and the model go)")
+    return train_model(cfg, tc.train_path, tc.val_path, tc.out)
+
+
+__all__ = ["train_model", "train_local", "train_from_config", "load_model", "write_model_artifact", "run_name"]

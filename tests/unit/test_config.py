@@ -1,0 +1,58 @@
+"""Config loading: presets, overrides, and one clear error per bad key or value."""
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
+
+
+def test_defaults_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("run:\n  root: runs-a\ntrain:\n  epochs: 4\n")
+    cfg = load_config(p, ["run.root=runs-test", "train.loss_params={gamma: 2.0}", "split.val=0.25"])
+    assert cfg.run.root == "runs-test"
+    assert cfg.run.id == "c"                       # defaults to the file stem
+    assert cfg.train.epochs == 4
+    assert cfg.train.loss_params == {"gamma": 2.0}
+    assert cfg.split.val == 0.25
+    assert cfg.split.test == 0.2                   # untouched default
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("train.epochz=3", "train.epochz"),
+    ("nosuch.key=1", "nosuch"),
+    ("train.epochs=three", "train.epochs"),
+    ("train.amp=maybe", "train.amp"),
+    ("model.hidden=5", "model.hidden"),
+    ("noequals", "key=value"),
+])
+def test_bad_override_names_the_key(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_yaml_file(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_every_preset_in_conf_loads():
+    from pathlib import Path
+
+    presets = sorted((Path(__file__).parents[2] / "conf").glob("*.yaml"))
+    assert presets, "conf/ has no presets"
+    for p in presets:
+        load_config(p)
+
+
+def test_cli_bad_key_exits_2(capsys, tmp_path):
+    rc = main(["run", str(tmp_path / "missing.yaml")])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "config file not found" in err[0]
