@@ -30,7 +30,7 @@ Conventions shared by all losses
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ from pipeline.errors import InputError
 
 __all__ = [
     "LOSS_NAMES",
+    "LOSS_PARAMS",
     "build_loss",
     "drw_weights",
     "class_balanced_weights",
@@ -205,6 +206,11 @@ class ImbalanceLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"n_classes={self.n_classes}, reduction={self.reduction!r}"
+
+
+def _onehot(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """One-hot rows shaped like ``like`` (N, C). Unlike F.one_hot, no range check, so no GPU sync."""
+    return torch.zeros_like(like).scatter_(1, y[:, None], 1.0)
 
 
 def _ce(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -375,7 +381,7 @@ class MeanFalseError(ImbalanceLoss):
 
     def per_sample(self, z, y):
         c = self.n_classes
-        onehot = F.one_hot(y, c).to(z.dtype)
+        onehot = _onehot(y, z)
         l = 0.5 * (torch.softmax(z, dim=1) - onehot).pow(2).sum(dim=1)
         n = onehot.sum(dim=0)                                   # n_c^B, batch class counts
         share = l / n.clamp_min(1.0)[y]
@@ -419,7 +425,7 @@ class LDAMLoss(ImbalanceLoss):
 
     def per_sample(self, z, y):
         m = self._f32(self.margins, z)[y]
-        shifted = z - m[:, None] * F.one_hot(y, self.n_classes).to(z.dtype)
+        shifted = z - m[:, None] * _onehot(y, z)
         return self._f32(self.weight, z)[y] * _ce(self.scale * shifted, y)
 
     def extra_repr(self):
