@@ -1,0 +1,301 @@
+"""``imbalance run``: every stage, in order, into ``<run.root>/<run-id>/``.
+
+::
+
+    source → profile → split → sample → materialize → train → predict → evaluate → report
+
+Each stage writes into its own directory and, last, a ``_SUCCESS`` marker holding a fingerprint
+of its inputs (the upstream markers) and of the config keys it depends on. A rerun skips a stage
+whose marker matches and redoes one that does not (and therefore everything downstream of it).
+Stage functions write to a temporary path and rename it into place, so a crash leaves no
+half-written output; the training stage also resumes from its last per-epoch checkpoint.
+
+Methods (``train.method``):
+
+``baseline``
+    train on ``sample`` (``sample.strategy``, default ``none``: the imbalanced training split).
+``two_phase`` (Lee et al.'s two-phase learning; Buda et al.)
+    pre-train on a sampled set (``train.method_params.pretrain``: a ``sample`` mapping, default
+    ``{strategy: threshold, cap: 5000}`` — Lee et al.'s thresholded set), for
+    ``method_params.pretrain_epochs`` epochs, then fine-tune all layers on the full training
+    split for ``train.epochs`` epochs, starting from the pre-trained weights.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from pipeline.config import Config, SampleSection
+from pipeline.errors import ConfigError, InputError
+from pipeline.io import fingerprint, local_path, path_fingerprint, read_json, read_success, write_json, write_success
+
+METHODS = ("baseline", "two_phase")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class StageRunner:
+    """Runs stages with ``_SUCCESS`` fingerprints; remembers what ran and what was skipped."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.ran: list[str] = []
+        self.skipped: list[str] = []
+        self.timings: dict[str, float] = {}
+        self.t0 = time.time()
+
+    def stage(self, name: str, key: Any, fn: Callable[[Path], Any]) -> str:
+        """Run ``fn(stage_dir)`` unless the stage's marker matches ``key``; return the stage's fingerprint."""
+        d = self.run_dir / name
+        fp = fingerprint(name, key)
+        if read_success(d) == fp:
+            self.skipped.append(name)
+            log(f"[{time.time() - self.t0:7.1f}s] {name}: up to date, skipped")
+            return fp
+        marker = d / "_SUCCESS"
+        if marker.exists():
+            marker.unlink()  # stale: the stage is redone, so it is not complete until the new marker
+        log(f"[{time.time() - self.t0:7.1f}s] {name}: running")
+        t = time.time()
+        fn(d)
+        d.mkdir(parents=True, exist_ok=True)
+        write_success(d, fp)
+        self.timings[name] = time.time() - t
+        self.ran.append(name)
+        log(f"[{time.time() - self.t0:7.1f}s] {name}: done in {self.timings[name]:.1f}s")
+        return fp
+
+
+def _sample_section(raw: Optional[dict], default: SampleSection) -> SampleSection:
+    if raw is None:
+        return default
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key 'train.method_params.pretrain' must be a mapping, got {raw!r}")
+    known = {f.name for f in dataclasses.fields(SampleSection)}
+    for k in raw:
+        if k not in known:
+            raise ConfigError(f"unknown config key 'train.method_params.pretrain.{k}'")
+    return SampleSection(**{**dataclasses.asdict(default), **raw})
+
+
+def run_pipeline(cfg: Config) -> str:
+    """Run (or resume) every stage of ``cfg``; return the run directory."""
+    from pipeline.data.schema import read_info
+    from pipeline.engines import get_spark
+
+    method = cfg.train.method
+    if method not in METHODS:
+        raise ConfigError(f"config key 'train.method': unknown method '{method}' (choose from: {', '.join(METHODS)})")
+    run_dir = local_path(cfg.run.root) / str(cfg.run.id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", cfg.to_dict())
+    runner = StageRunner(run_dir)
+    spark = get_spark(cfg.spark)
+    seed = cfg.run.seed
+    label = cfg.data.label_col
+    log(f"run directory: {run_dir}")
+
+    # ---- source: a given table (or pre-split tables), else the synthetic generator
+    presplit = None
+    if cfg.data.train_path or cfg.data.val_path or cfg.data.test_path:
+        presplit = {"train": cfg.data.train_path, "val": cfg.data.val_path, "test": cfg.data.test_path}
+        missing = [k for k, v in presplit.items() if not v]
+        if missing:
+            raise ConfigError(f"config keys data.train_path/val_path/test_path: '{missing[0]}' is missing")
+        source = presplit["train"]
+        source_fp = fingerprint({k: path_fingerprint(v) for k, v in presplit.items()})
+    elif cfg.data.input:
+        source = cfg.data.input
+        source_fp = fingerprint(path_fingerprint(source))
+    else:
+        from pipeline.data.synth import synthesize
+
+        source = str(run_dir / "source")
+        key = {"preset": cfg.data.synth_preset, "rows": cfg.data.rows, "seed": seed}
+        source_fp = runner.stage("source", key, lambda d: synthesize(
+            spark, cfg.data.synth_preset, cfg.data.rows, seed, str(d)))
+
+    if cfg.data.protocol:
+        from pipeline.data.protocols import impose_protocol
+        from pipeline.data.source import read_table
+        from pipeline.io import atomic_dir, spark_uri
+
+        def _protocol(d: Path) -> None:
+            df = read_table(spark, source, label)
+            out = impose_protocol(df, cfg.data.protocol, cfg.data.protocol_rho, cfg.data.protocol_mu, seed, label)
+            with atomic_dir(d) as tmp:
+                out.write.parquet(spark_uri(tmp))
+                src_info = local_path(source) / "_dataset.json"
+                if src_info.is_file():
+                    (tmp / "_dataset.json").write_text(src_info.read_text())
+
+        key = {"source": source_fp, "protocol": cfg.data.protocol, "rho": cfg.data.protocol_rho,
+               "mu": cfg.data.protocol_mu, "seed": seed}
+        source_fp = runner.stage("protocol", key, _protocol)
+        source = str(run_dir / "protocol")
+
+    # ---- profile
+    from pipeline.distribution import format_distribution, profile
+
+    profile_fp = runner.stage("profile", {"source": source_fp, "label": label},
+                              lambda d: profile(spark, source, str(d), label_col=label))
+    dist = read_json(run_dir / "profile" / "distribution.json")
+    log(format_distribution(dist, top=4))
+
+    # ---- split
+    from pipeline.split import split_dataset
+
+    split_seed = cfg.split.seed if cfg.split.seed is not None else seed
+    split_fp = runner.stage(
+        "split", {"source": source_fp, "split": cfg.section("split"), "seed": split_seed, "label": label,
+                  "image_shape": cfg.data.image_shape},
+        lambda d: split_dataset(spark, presplit or source, str(d), val=cfg.split.val, test=cfg.split.test,
+                                seed=split_seed, label_col=label, image_shape=cfg.data.image_shape))
+    train_split = str(run_dir / "split" / "train")
+    val_split = str(run_dir / "split" / "val")
+    test_split = str(run_dir / "split" / "test")
+
+    # ---- sample + materialize (one pair per training set)
+    def sampled_set(name: str, sample_cfg: SampleSection) -> tuple[str, str]:
+        from pipeline.materialize import materialize
+        from pipeline.sampling import format_manifest, sample_dataset
+
+        s_seed = sample_cfg.seed if sample_cfg.seed is not None else seed
+        s_key = {"split": split_fp, "sample": dataclasses.asdict(sample_cfg), "seed": s_seed}
+
+        def _sample(d: Path) -> None:
+            m = sample_dataset(spark, train_split, str(d), strategy=sample_cfg.strategy, target=sample_cfg.target,
+                               cap=sample_cfg.cap, floor=sample_cfg.floor, seed=s_seed, label_col=label)
+            log(format_manifest(m))
+
+        sample_fp = runner.stage(name, s_key, _sample)
+        mat_name = name.replace("sample", "materialize")
+        mat_fp = runner.stage(mat_name, {"sample": sample_fp, "row_group_mb": cfg.stream.row_group_mb, "seed": seed},
+                              lambda d: materialize(spark, str(run_dir / name / "data"), str(d), seed=seed,
+                                                    row_group_mb=cfg.stream.row_group_mb, label_col=label))
+        return str(run_dir / mat_name), mat_fp
+
+    train_data, train_data_fp = sampled_set("sample", cfg.sample)
+    pretrain_data = pretrain_fp = None
+    if method == "two_phase":
+        pre_cfg = _sample_section(cfg.train.method_params.get("pretrain"),
+                                  SampleSection(strategy="threshold", cap=5000))
+        pretrain_data, pretrain_fp = sampled_set("sample_pretrain", pre_cfg)
+
+    # ---- train
+    from pipeline.train.trainer import train_model
+
+    train_key = {"data": train_data_fp, "pretrain": pretrain_fp, "val": split_fp, "model": cfg.section("model"),
+                 "train": cfg.section("train"), "stream": cfg.section("stream")}
+
+    def _train(d: Path) -> None:
+        init = None
+        if method == "two_phase":
+            epochs = int(cfg.train.method_params.get("pretrain_epochs", max(1, cfg.train.epochs)))
+            log(f"two-phase learning: pre-training for {epochs} epochs on {pretrain_data}")
+            pre = train_model(cfg, pretrain_data, val_split, str(d / "pretrain"), epochs=epochs)
+            init = pre["model_dir"]
+            log(f"two-phase learning: fine-tuning on all training data from {init}")
+        res = train_model(cfg, train_data, val_split, str(d), init_from=init)
+        write_json(d / "train_summary.json", {k: v for k, v in res.items() if k != "history"} | {
+            "history": res.get("history")})
+
+    train_fp = runner.stage("train", train_key, _train)
+    model_dir = str(run_dir / "train" / "model")
+
+    # ---- predict (test, and val for tuned thresholds)
+    from pipeline.predict import predict
+
+    def _predict(d: Path) -> None:
+        d.mkdir(parents=True, exist_ok=True)
+        for split_name, path in (("test", test_split), ("val", val_split)):
+            predict(spark, model_dir, path, str(d / split_name), batch_size=cfg.predict.batch_size)
+
+    predict_fp = runner.stage("predict", {"train": train_fp, "split": split_fp, "predict": cfg.section("predict")},
+                              _predict)
+
+    # ---- evaluate (+ threshold moving)
+    from pipeline.evaluate import evaluate_predictions
+
+    labels = read_json(run_dir / "split" / "labels.json")["labels"]
+
+    def _evaluate(d: Path) -> None:
+        preds = str(run_dir / "predict" / "test")
+        rule = cfg.evaluate.threshold_moving
+        if rule:
+            from pipeline.thresholds import apply_threshold_moving, tune_threshold
+
+            counts = read_info(train_data).class_counts
+            threshold = None
+            if rule == "tuned":
+                threshold = tune_threshold(spark, str(run_dir / "predict" / "val"), metric=cfg.evaluate.tune_metric)
+            adjusted = str(run_dir / "evaluate_tmp_adjusted")
+            apply_threshold_moving(spark, preds, adjusted, rule, class_counts=counts, cost=cfg.evaluate.cost,
+                                   threshold=threshold, n_classes=len(labels))
+            preds = adjusted
+        evaluate_predictions(spark, preds, str(d), label_col=label, n_classes=len(labels), class_names=labels)
+        if rule:
+            import shutil
+
+            shutil.rmtree(adjusted, ignore_errors=True)
+
+    evaluate_fp = runner.stage("evaluate", {"predict": predict_fp, "evaluate": cfg.section("evaluate")}, _evaluate)
+
+    # ---- report
+    from pipeline.report import write_report
+
+    runner.stage("report", {"evaluate": evaluate_fp, "profile": profile_fp},
+                 lambda d: write_report(str(run_dir / "evaluate"), str(d),
+                                        distribution=str(run_dir / "profile" / "distribution.json"),
+                                        predictions=str(run_dir / "predict" / "test"), spark=spark, label_col=label))
+
+    summary = _summary(run_dir, runner)
+    write_json(run_dir / "summary.json", summary)
+    print(_format_summary(summary))
+    return str(run_dir)
+
+
+def _summary(run_dir: Path, runner: StageRunner) -> dict:
+    metrics = read_json(run_dir / "evaluate" / "metrics.json")
+    head = {
+        "macro_f1": metrics["macro"]["f1"],
+        "balanced_accuracy": metrics["balanced_accuracy"],
+        "g_mean": metrics["g_mean"],
+        "macro_roc_auc": metrics["macro"].get("roc_auc"),
+        "macro_pr_auc": metrics["macro"].get("pr_auc"),
+        "accuracy": metrics["accuracy"],
+        "l5_f1": metrics.get("groups", {}).get("L5", {}).get("f1"),
+        "rest_f1": metrics.get("groups", {}).get("rest", {}).get("f1"),
+    }
+    if "adjusted" in metrics:
+        adj = metrics["adjusted"]
+        head["adjusted_macro_f1"] = adj.get("macro", {}).get("f1")
+        head["adjusted_balanced_accuracy"] = adj.get("balanced_accuracy")
+    return {"run_dir": str(run_dir), "report": str(run_dir / "report" / "report.html"),
+            "metrics": head, "ran": runner.ran, "skipped": runner.skipped,
+            "seconds": {k: round(v, 2) for k, v in runner.timings.items()},
+            "total_seconds": round(time.time() - runner.t0, 2)}
+
+
+def _format_summary(s: dict) -> str:
+    m = s["metrics"]
+
+    def f(v):
+        return "n/a" if v is None else f"{v:.4f}"
+
+    lines = [
+        f"macro F1 {f(m['macro_f1'])} | balanced accuracy {f(m['balanced_accuracy'])} | G-mean {f(m['g_mean'])} | "
+        f"macro ROC AUC {f(m['macro_roc_auc'])} | macro PR AUC {f(m['macro_pr_auc'])} | accuracy {f(m['accuracy'])}",
+        f"L5 F1 {f(m['l5_f1'])} | rest F1 {f(m['rest_f1'])}",
+    ]
+    if "adjusted_macro_f1" in m:
+        lines.append(f"after threshold moving: macro F1 {f(m['adjusted_macro_f1'])} | "
+                     f"balanced accuracy {f(m['adjusted_balanced_accuracy'])}")
+    lines.append(f"stages run: {', '.join(s['ran']) or 'none'}; skipped (up to date): {', '.join(s['skipped']) or 'none'}")
+    lines.append(f"report: {s['report']}  ({s['total_seconds']:.0f}s)")
+    return "\n".join(lines)
