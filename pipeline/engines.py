@@ -62,6 +62,8 @@ def get_spark(cfg: "SparkSection | None" = None) -> "SparkSession":
         # Our stage markers are our own _SUCCESS files; Spark's empty ones would confuse readers.
         .config("spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs", "false")
         .config("spark.hadoop.parquet.enable.summary-metadata", "false")
+        # lake partition values (ingest_date=2026-11-26) stay strings, not dates
+        .config("spark.sql.sources.partitionColumnTypeInference.enabled", "false")
         .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{LOG4J_FILE}")
         .config("spark.executor.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{LOG4J_FILE}")
     )

@@ -1,0 +1,155 @@
+"""Scheduled retraining over a data lake (``imbalance retrain CONFIG``), with a promotion gate.
+
+The lake is a partitioned Parquet table, ``<retrain.lake>/<partition_col>=<value>/…`` (e.g.
+``ingest_date=2026-11-26``). One retrain:
+
+1. lists the lake's partitions and compares them with those the production model was trained on
+   (recorded in its registry entry); with no new partition it stops ("up to date");
+2. runs the whole pipeline (:func:`pipeline.run.run_pipeline`) on the lake as it is now — profile,
+   a fresh split (hash of (seed, id), so rows keep their split from one retrain to the next and
+   test rows never leak into training), sampling, training warm-started from the production
+   model (``retrain.warm_start``), prediction and evaluation — into ``<run.root>/retrain-<ts>/``;
+3. reports drift of the class distribution against the production model's training data
+   (``drift.json``: total-variation and Jensen–Shannon distances, ρ before/after, classes that
+   appeared or vanished, the largest changes in class share);
+4. scores the production model on the *same* fresh test split, so both are judged on equal terms;
+5. registers the candidate (always, with its metrics, config, data fingerprint and gate verdict)
+   and promotes it only if :func:`pipeline.registry.gate` passes: macro-F1 and the mean recall of
+   the minority classes may not be worse than production's beyond the configured tolerances.
+
+Concurrent retrains are safe: each has its own run directory, and the registry's lock serialises
+registration and promotion (see :mod:`pipeline.registry`).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from pathlib import Path
+
+from pipeline.config import Config
+from pipeline.errors import ConfigError, InputError
+from pipeline.io import local_path, path_fingerprint, read_json, write_json
+from pipeline.run import log, run_pipeline
+
+
+def lake_partitions(lake: str, partition_col: str) -> list[str]:
+    """Sorted partition values present in the lake (directories ``<col>=<value>`` with data)."""
+    root = local_path(lake)
+    if not root.is_dir():
+        raise InputError(f"lake not found: {lake}")
+    prefix = f"{partition_col}="
+    parts = sorted(p.name[len(prefix):] for p in root.iterdir()
+                   if p.is_dir() and p.name.startswith(prefix) and any(p.glob("*.parquet")))
+    if not parts:
+        raise InputError(f"lake {lake} has no partitions named {partition_col}=<value> holding Parquet files")
+    return parts
+
+
+def class_drift(before: dict, after: dict) -> dict:
+    """Distances between two class distributions given as label → count (pure)."""
+    labels = sorted(set(before) | set(after), key=str)
+    nb, na = sum(before.values()) or 1, sum(after.values()) or 1
+    p = [before.get(k, 0) / nb for k in labels]
+    q = [after.get(k, 0) / na for k in labels]
+    tvd = 0.5 * sum(abs(a - b) for a, b in zip(p, q))
+    m = [(a + b) / 2 for a, b in zip(p, q)]
+
+    def kl(x, y):
+        return sum(a * math.log2(a / b) for a, b in zip(x, y) if a > 0)
+
+    js = 0.5 * kl(p, m) + 0.5 * kl(q, m)
+
+    def rho(c):
+        vals = [v for v in c.values() if v > 0]
+        return max(vals) / min(vals) if vals else None
+
+    changes = sorted(((abs(b - a), k, a, b) for k, a, b in zip(labels, p, q)), reverse=True)[:5]
+    return {
+        "total_variation": tvd,
+        "jensen_shannon": js,
+        "rho_before": rho(before),
+        "rho_after": rho(after),
+        "new_classes": [k for k in labels if before.get(k, 0) == 0 and after.get(k, 0) > 0],
+        "vanished_classes": [k for k in labels if before.get(k, 0) > 0 and after.get(k, 0) == 0],
+        "largest_share_changes": [{"label": k, "before": a, "after": b} for _, k, a, b in changes],
+    }
+
+
+def _counts_from_distribution(dist: dict) -> dict:
+    return {str(c["label"]): int(c["count"]) for c in dist["classes"]}
+
+
+def retrain(cfg: Config) -> dict:
+    """One scheduled retrain; returns a summary (status, version, promoted, gate reasons, drift)."""
+    from pipeline.engines import get_spark
+    from pipeline.evaluate import evaluate_predictions
+    from pipeline.predict import predict
+    from pipeline.registry import ModelRegistry, gate
+
+    if not cfg.retrain.lake:
+        raise ConfigError("config key 'retrain.lake' is required: the partitioned lake table to train on")
+    registry = ModelRegistry(cfg.registry.root)
+    parts = lake_partitions(cfg.retrain.lake, cfg.retrain.partition_col)
+    prod_version = registry.production()
+    prod = registry.get(prod_version) if prod_version else None
+    trained = set((prod.info.get("notes", {}) if prod else {}).get("partitions", [])) if prod else set()
+    new = [p for p in parts if p not in trained]
+    if prod and not new:
+        log(f"retrain: no new partitions since {prod_version} ({len(parts)} trained): up to date")
+        return {"status": "up_to_date", "production": prod_version, "partitions": parts}
+    log(f"retrain: {len(new)} new partition(s): {', '.join(new[:10])}; production: {prod_version or 'none'}")
+
+    run_cfg = copy.deepcopy(cfg)
+    run_cfg.data.input = cfg.retrain.lake
+    run_cfg.data.train_path = run_cfg.data.val_path = run_cfg.data.test_path = None
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    run_cfg.run.id = f"retrain-{stamp}-{os.getpid()}"
+    if prod is not None and cfg.retrain.warm_start:
+        run_cfg.train.init_from = str(prod.model_dir)
+    run_dir = Path(run_pipeline(run_cfg))
+
+    # drift of the class distribution against the production model's training data
+    dist = read_json(run_dir / "profile" / "distribution.json")
+    now_counts = _counts_from_distribution(dist)
+    drift = class_drift(prod.info.get("notes", {}).get("class_counts", {}), now_counts) if prod else None
+    if drift:
+        write_json(run_dir / "drift.json", drift)
+        log(f"retrain: class-distribution drift TVD {drift['total_variation']:.4f}, "
+            f"JS {drift['jensen_shannon']:.4f}, rho {drift['rho_before']:.1f} -> {drift['rho_after']:.1f}")
+
+    candidate_metrics = read_json(run_dir / "evaluate" / "metrics.json")
+    production_metrics = None
+    if prod is not None:
+        spark = get_spark(cfg.spark)
+        labels = read_json(run_dir / "split" / "labels.json")["labels"]
+        prod_preds = run_dir / "production_eval" / "predictions"
+        predict(spark, str(prod.model_dir), str(run_dir / "split" / "test"), str(prod_preds),
+                batch_size=cfg.predict.batch_size)
+        production_metrics = evaluate_predictions(spark, str(prod_preds), str(run_dir / "production_eval"),
+                                                  label_col=cfg.data.label_col, n_classes=len(labels),
+                                                  class_names=labels)
+    minority = dist.get("minority_classes")
+    label_index = {str(lab): i for i, lab in enumerate(read_json(run_dir / "split" / "labels.json")["labels"])}
+    minority_idx = [label_index[str(m)] for m in minority if str(m) in label_index] if minority else None
+    passed, reasons = gate(candidate_metrics, production_metrics, cfg.retrain.tolerance,
+                           cfg.retrain.minority_recall_tolerance, minority_idx)
+    for r in reasons:
+        log(f"retrain gate: {r}")
+
+    notes = {"partitions": parts, "new_partitions": new, "class_counts": now_counts, "run_dir": str(run_dir),
+             "gate_passed": passed, "gate_reasons": reasons, "drift": drift}
+    version = registry.register(str(run_dir / "train" / "model"), candidate_metrics, run_cfg.to_dict(),
+                                path_fingerprint(cfg.retrain.lake), notes)
+    if passed:
+        registry.promote(version, reason="; ".join(reasons))
+        log(f"retrain: promoted {version} to production")
+    else:
+        log(f"retrain: {version} registered but NOT promoted; production stays {prod_version}")
+    summary = {"status": "promoted" if passed else "rejected", "version": version,
+               "production": registry.production(), "previous_production": prod_version,
+               "new_partitions": new, "gate_passed": passed, "gate_reasons": reasons,
+               "run_dir": str(run_dir), "drift": drift}
+    write_json(run_dir / "retrain.json", summary)
+    return summary

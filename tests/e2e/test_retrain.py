@@ -1,0 +1,83 @@
+"""Scheduled retraining over a partitioned lake, with the promotion gate and the registry."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import load_config
+from pipeline.registry import ModelRegistry
+from pipeline.retrain import class_drift, retrain
+
+pytestmark = pytest.mark.slow
+N_CLASSES, DIM = 4, 8
+
+
+def _write_partition(lake, date, id0, sizes, seed):
+    """One ``ingest_date=`` partition of Gaussian-class features with the given class sizes."""
+    rng = np.random.default_rng(seed)
+    means = np.random.default_rng(123).normal(0, 2.0, (N_CLASSES, DIM))
+    labels = np.repeat(np.arange(N_CLASSES), sizes)
+    x = means[labels] + rng.normal(size=(len(labels), DIM))
+    d = lake / f"ingest_date={date}"
+    d.mkdir(parents=True)
+    pq.write_table(pa.table({"id": pa.array(np.arange(id0, id0 + len(labels)), pa.int64()),
+                             "label": pa.array(labels, pa.int64()),
+                             "features": pa.array(list(x.astype(np.float32)), pa.list_(pa.float32()))}),
+                   d / "part-0.parquet")
+    return id0 + len(labels)
+
+
+def _cfg(tmp_path, *extra):
+    return load_config(None, [f"run.root={tmp_path / 'runs'}", f"registry.root={tmp_path / 'registry'}",
+                              f"retrain.lake={tmp_path / 'lake'}", "model.name=mlp", "model.hidden=[32]",
+                              "train.epochs=2", "train.lr=0.01", "stream.batch_size=64", "stream.row_group_mb=0.05",
+                              "retrain.tolerance=0.02", "retrain.minority_recall_tolerance=0.05", *extra])
+
+
+def test_retrain_promotes_then_gate_rejects_a_bad_model(spark, ray_local, tmp_path):
+    lake = tmp_path / "lake"
+    nxt = _write_partition(lake, "2026-11-01", 0, [900, 300, 60, 30], seed=1)
+    nxt = _write_partition(lake, "2026-11-02", nxt, [900, 300, 60, 30], seed=2)
+
+    first = retrain(_cfg(tmp_path))
+    assert first["status"] == "promoted" and first["version"] == "v0001"
+    reg = ModelRegistry(tmp_path / "registry")
+    assert reg.production() == "v0001"
+
+    again = retrain(_cfg(tmp_path))                    # nothing new in the lake
+    assert again["status"] == "up_to_date"
+
+    # a new partition where the rare classes became common: drift is reported, the warm-started
+    # candidate is judged against production on the same fresh test split
+    nxt = _write_partition(lake, "2026-11-03", nxt, [300, 300, 300, 300], seed=3)
+    second = retrain(_cfg(tmp_path))
+    assert second["drift"]["total_variation"] > 0.1
+    assert second["new_partitions"] == ["2026-11-03"]
+    assert second["status"] == "promoted", second["gate_reasons"]
+    assert reg.production() == second["version"] == "v0002"
+
+    # a config that trains badly (no warm start, learning rate 0: an untrained network) is rejected
+    _write_partition(lake, "2026-11-04", nxt, [400, 200, 100, 50], seed=4)
+    bad = retrain(_cfg(tmp_path, "retrain.warm_start=false", "train.lr=0.0"))
+    assert bad["status"] == "rejected"
+    assert any("worse" in r for r in bad["gate_reasons"])
+    assert reg.production() == "v0002"                 # the pointer did not move
+    assert reg.list_versions() == ["v0001", "v0002", "v0003"]
+    for v in reg.list_versions():
+        assert reg.verify(v) == []                     # every version complete and intact
+    notes = reg.get("v0003").info["notes"]
+    assert notes["gate_passed"] is False
+    assert json.loads((tmp_path / "registry" / "production").read_text())["version"] == "v0002"
+
+
+def test_class_drift_distances():
+    d = class_drift({"a": 50, "b": 50}, {"a": 90, "b": 10})
+    assert d["total_variation"] == pytest.approx(0.4)
+    assert 0 < d["jensen_shannon"] < 1
+    assert d["rho_before"] == 1 and d["rho_after"] == 9
+    d = class_drift({"a": 5}, {"a": 5, "c": 5})
+    assert d["new_classes"] == ["c"]

@@ -1,0 +1,142 @@
+"""End to end on real local Spark, Ray and Petastorm: `imbalance run`, reruns, a killed run, spark-submit."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGES = ["source", "profile", "split", "sample", "materialize", "sample_pretrain", "materialize_pretrain",
+          "train", "predict", "evaluate", "report"]
+# The demo preset, shrunk so the test takes about a minute: same stages, same two-phase method.
+TINY = ["data.rows=2500", "train.epochs=1", "train.method_params.pretrain_epochs=1",
+        "train.method_params.pretrain={strategy: threshold, cap: 60}", "stream.batch_size=64"]
+
+pytestmark = pytest.mark.slow
+
+
+def _imbalance(args, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=kw.pop("cwd", ROOT),
+                          capture_output=True, text=True, env=env, timeout=kw.pop("timeout", 900), **kw)
+
+
+def _markers(run_dir: Path) -> dict:
+    return {s: (run_dir / s / "_SUCCESS").read_text() for s in STAGES if (run_dir / s / "_SUCCESS").exists()}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    r = _imbalance(["run", "conf/demo.yaml", f"run.root={root}", *TINY])
+    assert r.returncode == 0, r.stderr[-4000:]
+    return root, r
+
+
+def test_demo_runs_every_stage_and_prints_run_dir_last(demo_run):
+    root, r = demo_run
+    run_dir = Path(r.stdout.strip().splitlines()[-1])
+    assert run_dir == root / "demo"
+    assert set(_markers(run_dir)) == set(STAGES)
+    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    for key in ("classes", "macro", "weighted", "accuracy", "balanced_accuracy", "g_mean", "brier",
+                "confusion_matrix", "groups"):
+        assert key in metrics, key
+    assert len(metrics["confusion_matrix"]) == 103
+    assert "adjusted" in metrics                      # demo preset moves thresholds by priors
+    assert (run_dir / "report" / "report.html").stat().st_size > 10_000
+    assert (run_dir / "profile" / "distribution.json").exists()
+    manifest = json.loads((run_dir / "sample_pretrain" / "manifest.json").read_text())
+    assert max(manifest["achieved"].values()) <= 60    # thresholded pre-training set
+    assert (run_dir / "train" / "pretrain" / "model" / "model.pt").exists()
+    assert "macro F1" in r.stdout and "report:" in r.stdout
+
+
+def test_rerun_recomputes_nothing(demo_run):
+    root, _ = demo_run
+    run_dir = root / "demo"
+    before = _markers(run_dir)
+    mtimes = {p: p.stat().st_mtime for p in (run_dir / "evaluate").iterdir()}
+    r = _imbalance(["run", "conf/demo.yaml", f"run.root={root}", *TINY])
+    assert r.returncode == 0, r.stderr[-4000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["ran"] == [] and set(summary["skipped"]) == set(STAGES)
+    assert _markers(run_dir) == before
+    assert {p: p.stat().st_mtime for p in (run_dir / "evaluate").iterdir()} == mtimes
+
+
+def test_changed_config_redoes_only_downstream(demo_run):
+    root, _ = demo_run
+    run_dir = root / "demo"
+    r = _imbalance(["run", "conf/demo.yaml", f"run.root={root}", *TINY, "evaluate.threshold_moving=null"])
+    assert r.returncode == 0, r.stderr[-4000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["ran"] == ["evaluate", "report"]
+    assert "adjusted" not in json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+
+
+def test_killed_run_resumes_with_correct_outputs(tmp_path):
+    root = tmp_path / "runs"
+    args = [sys.executable, "-m", "pipeline.cli", "run", "conf/tabular.yaml", f"run.root={root}",
+            "data.rows=3000", "train.epochs=2"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    run_dir = root / "tabular"
+    deadline = time.time() + 600
+    try:
+        # kill the whole process group (driver, Spark JVM, Ray) once training has started
+        while time.time() < deadline and not (run_dir / "materialize" / "_SUCCESS").exists():
+            time.sleep(0.5)
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(4)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (run_dir / "train" / "_SUCCESS").exists()
+    assert not (run_dir / "evaluate").exists()
+    r = _imbalance(["run", "conf/tabular.yaml", f"run.root={root}", "data.rows=3000", "train.epochs=2"])
+    assert r.returncode == 0, r.stderr[-4000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert {"source", "profile", "split", "sample", "materialize"} <= set(summary["skipped"])
+    assert {"train", "predict", "evaluate", "report"} <= set(summary["ran"])
+    train = json.loads((run_dir / "train" / "train_summary.json").read_text())
+    assert train["epochs_run"] == 2
+    preds = __import__("pyarrow.parquet", fromlist=["x"]).read_table(run_dir / "predict" / "test")
+    split = json.loads((run_dir / "split" / "split.json").read_text())
+    assert preds.num_rows == sum(split["counts"]["test"].values())
+    assert len(set(preds.column("id").to_pylist())) == preds.num_rows
+
+
+def test_bad_config_key_exit_2_one_line(tmp_path):
+    r = _imbalance(["run", "conf/demo.yaml", f"run.root={tmp_path}", "train.epochz=3"])
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["imbalance run: error: unknown config key 'train.epochz'"]
+    assert not any(tmp_path.iterdir())
+
+
+def test_spark_submit_profile_local(tmp_path):
+    import pyspark
+
+    from pipeline.config import SparkSection  # noqa: F401  (the job imports the package)
+
+    src = tmp_path / "src"
+    r = _imbalance(["synth", "--preset", "tabular", "--rows", "500", "--seed", "1", "--out", str(src)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    r = subprocess.run([str(submit), "--master", "local[2]", str(ROOT / "jobs" / "profile.py"),
+                        "--input", str(src), "--out", str(tmp_path / "prof")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    dist = json.loads((tmp_path / "prof" / "distribution.json").read_text())
+    assert dist["n_rows"] == 500 and dist["n_classes"] == 10
+    r = subprocess.run([str(submit), "--master", "local[1]", str(ROOT / "jobs" / "profile.py"),
+                        "--input", str(tmp_path / "missing"), "--out", str(tmp_path / "p2")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 2 and "input not found" in r.stderr
