@@ -225,7 +225,7 @@ class ModelRegistry:
             try:
                 while True:
                     try:
-                        pass
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                         break
                     except OSError as e:
                         if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
@@ -381,8 +381,14 @@ class ModelRegistry:
         p = self.root / POINTER
         if not p.is_file():
             return None
-        with open(p) as f:
-            return json.load(f)
+        try:
+            with open(p) as f:
+                ptr = json.load(f)
+            VERSION_RE.match(ptr["version"]).group(0)
+            return ptr
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise InputError(f"registry pointer {p} is damaged (edited by hand?): fix it or "
+                             f"remove it and promote a version again") from None
 
     def production(self) -> Optional[str]:
         """The production version id, or None before the first promotion."""

@@ -121,6 +121,14 @@ def test_bad_input(tmp_path):
     assert reg.list_versions() == []  # nothing half-made by the failures
 
 
+def test_damaged_pointer_is_a_clear_error(tmp_path):
+    reg = ModelRegistry(tmp_path / "reg")
+    reg.promote(reg.register(make_model(tmp_path / "m"), {}, {}, "fp"), "first")
+    (reg.root / "production").write_text('{"version": ')
+    with pytest.raises(InputError, match="pointer .* is damaged"):
+        reg.production()
+
+
 def test_verify_detects_tampering(tmp_path):
     reg = ModelRegistry(tmp_path / "reg")
     v = reg.register(make_model(tmp_path / "m"), {}, {}, "fp")
@@ -178,6 +186,13 @@ def _hold_lock(root: str, started: str) -> None:
         time.sleep(600)
 
 
+def _kill(proc) -> None:
+    """SIGKILL a child (if still running) and reap it, so a failing test leaves nothing behind."""
+    if proc.is_alive():
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.join(30)
+
+
 def _wait_for(path: Path, proc, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -195,9 +210,8 @@ def test_killed_register_leaves_no_version_and_no_lock(tmp_path):
     p.start()
     try:
         _wait_for(flag, p)
-        os.kill(p.pid, signal.SIGKILL)
     finally:
-        p.join(30)
+        _kill(p)
     assert p.exitcode == -signal.SIGKILL
     reg = ModelRegistry(root, lock_timeout=5)
     assert reg.list_versions() == []
@@ -214,9 +228,8 @@ def test_killed_register_leaves_no_version_and_no_lock(tmp_path):
         with pytest.raises(RegistryLockTimeout, match=rf"locked by another process \(pid {q.pid} on"):
             blocked.promote("v0001", "while locked")
         assert blocked.production() is None  # reads do not need the lock
-        os.kill(q.pid, signal.SIGKILL)
     finally:
-        q.join(30)
+        _kill(q)
     reg.promote("v0001", "after the holder died")
     assert reg.production() == "v0001"
 
@@ -261,8 +274,12 @@ def test_concurrent_registers_and_promotions_stay_consistent(tmp_path):
              for i in range(n_workers)]
     for p in procs:
         p.start()
-    for p in procs:
-        p.join(180)
+    try:
+        for p in procs:
+            p.join(180)
+    finally:
+        for p in procs:
+            _kill(p)
     assert [p.exitcode for p in procs] == [0] * n_workers
 
     got = [v for i in range(n_workers) for v in json.loads((tmp_path / f"out{i}.json").read_text())]
@@ -317,6 +334,7 @@ def test_pointer_always_names_a_complete_version(tmp_path):
             seen.add(v)
     finally:
         p.join(120)
+        _kill(p)
     assert p.exitcode == 0
     assert len(seen) >= 1
 
