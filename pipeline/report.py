@@ -117,8 +117,7 @@ def plot_confusion(cm: np.ndarray, per_class: list[dict], path: Path) -> bytes:
         norm = m / m.sum(axis=1, keepdims=True)
     side = float(np.clip(3 + 0.09 * k, 5, 14))
     fig, ax = plt.subplots(figsize=(side + 1.2, side))
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("#dddddd")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
     im = ax.imshow(np.ma.masked_invalid(norm), cmap=cmap, norm=PowerNorm(0.5, vmin=0, vmax=1),
                    interpolation="nearest", aspect="equal")
     step = max(1, int(np.ceil(k / 35)))

@@ -115,13 +115,14 @@ def add_pred_adjusted(df, rule: str, n_classes: int, class_counts=None,
 
         for batch in batches:
             if batch.num_rows == 0:
-                yield batch.append_column("pred_adjusted", pa.array([], pa.int64()))
-                continue
-            P, err = _arrow_probs(batch.column("probs"), k)
-            if err:
-                raise ValueError(err)
-            pred = adjusted_pred(P, rule, priors, threshold)
-            yield batch.append_column("pred_adjusted", pa.array(pred, pa.int64()))
+                pred = np.zeros(0, np.int64)
+            else:
+                P, err = _arrow_probs(batch.column("probs"), k)
+                if err:
+                    raise ValueError(err)
+                pred = adjusted_pred(P, rule, priors, threshold)
+            yield pa.RecordBatch.from_arrays(list(batch.columns) + [pa.array(pred, pa.int64())],
+                                             names=list(batch.schema.names) + ["pred_adjusted"])
 
     return df.mapInArrow(fn, schema)
 
@@ -173,3 +174,46 @@ def tune_threshold(spark, val_predictions_path, metric: str = "f1", label_col: s
         raise InputError("validation predictions need both classes to tune a threshold")
     res = ranking_stats(spark, loaded, scan, [1], tune=metric, target_group_rows=target_group_rows)
     return float(res["best"][1])
+
+
+def parse_class_counts(text: str):
+    """``--class-counts``: a JSON list/dict, or a table directory whose ``_dataset.json`` has counts."""
+    import json
+    import os
+
+    from pipeline.data.schema import has_info, read_info
+
+    t = text.strip()
+    if t.startswith("[") or t.startswith("{"):
+        try:
+            return json.loads(t)
+        except json.JSONDecodeError as e:
+            raise InputError(f"--class-counts is not valid JSON: {e.msg}") from None
+    if os.path.isdir(t) and has_info(t):
+        counts = read_info(t).class_counts
+        if counts:
+            return counts
+        raise InputError(f"{t}/_dataset.json has no class_counts")
+    raise InputError(f"--class-counts must be a JSON list/dict or a table directory with _dataset.json: {t}")
+
+
+def predictions_with_rule(spark, predictions, rule: str, class_counts=None, cost=None,
+                          threshold: Optional[float] = None, val_predictions=None,
+                          tune_metric: str = "f1", label_col: str = "label"):
+    """Validated predictions DataFrame with ``pred_adjusted`` added in Spark (nothing written).
+
+    For ``tuned`` without a threshold, it is tuned on ``val_predictions`` first. Returns
+    ``(DataFrame, n_classes, class_names)`` for :func:`pipeline.evaluate.evaluate_predictions`.
+    """
+    from pipeline.evaluate import load_predictions, scan_predictions
+
+    loaded = load_predictions(spark, predictions, label_col=label_col, pred_col=None)
+    if rule == "tuned" and threshold is None:
+        if val_predictions is None:
+            raise InputError("the tuned rule needs validation predictions (or a threshold)")
+        threshold = tune_threshold(spark, val_predictions, metric=tune_metric, label_col=label_col)
+    _resolve(rule, loaded.n_classes, class_counts, cost, threshold)
+    scan_predictions(loaded)
+    df = spark.read.parquet(spark_uri(predictions))
+    return (add_pred_adjusted(df, rule, loaded.n_classes, class_counts, cost, threshold),
+            loaded.n_classes, loaded.class_names)
