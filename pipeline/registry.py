@@ -469,9 +469,12 @@ def _macro_f1(metrics: dict, which: str) -> float:
 
 
 def _class_entries(metrics: dict, which: str) -> list[dict]:
-    classes = metrics.get("classes") if isinstance(metrics, dict) else None
+    # metrics.json keeps its per-class list under "per_class" ("classes" accepted too)
+    classes = None
+    if isinstance(metrics, dict):
+        classes = metrics.get("per_class", metrics.get("classes"))
     if not isinstance(classes, list):
-        raise InputError(f"gate: {which} metrics have no per-class list 'classes'")
+        raise InputError(f"gate: {which} metrics have no per-class list 'per_class'")
     return classes
 
 

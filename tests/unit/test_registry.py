@@ -27,7 +27,7 @@ def make_model(path: Path, payload: bytes = b"weights", n_files: int = 2) -> Pat
 def metrics(f1: float, recalls: dict) -> dict:
     """A metrics.json-shaped dict: macro.f1 and a per-class list with label/support/recall."""
     return {"macro": {"f1": f1},
-            "classes": [{"label": k, "support": s, "recall": r} for k, (s, r) in recalls.items()]}
+            "per_class": [{"label": k, "support": s, "recall": r} for k, (s, r) in recalls.items()]}
 
 
 # ----------------------------------------------------------------- round trip
