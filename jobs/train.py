@@ -1,17 +1,20 @@
-"""spark-submit / `ray job submit` entry point for the train stage: `python jobs/train.py CONFIG [key=value ...]`.
+"""spark-submit / `ray job submit` entry point for `imbalance train` (same arguments), e.g.
 
-Parses arguments like `imbalance train`, calls the stage function, prints its result; exit status 2
-(one line on stderr) on bad input or configuration, 1 on anything else.
+    python jobs/train.py conf/demo.yaml train.train_path=runs/x/materialize/train train.out=runs/x/train
+
+Parses arguments like the CLI and calls `pipeline.train.trainer.train_from_config`;
+exit status 2 (one line on stderr) on bad input or configuration, 1 on anything else.
 """
-from __future__ import annotations
-
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from _entry import run  # noqa: E402
 
-from pipeline.cli import main  # noqa: E402
-
+# jobs/ must not stay on sys.path: jobs/profile.py would shadow the stdlib `profile` module,
+# which pyspark and pyarrow import (cProfile -> profile).
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    run("train")

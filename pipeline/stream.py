@@ -59,17 +59,22 @@ ID_COL = "id"
 def decode_images(col, image_shape) -> torch.Tensor:
     """Raw uint8 image bytes (one per row, all the same length) → uint8 tensor (N, C, H, W).
 
-    ``col`` is a NumPy object array of ``bytes`` (Petastorm, pandas) or a ``pyarrow`` binary array
-    (read straight from its value buffer, no per-row objects at all).
+    ``col`` is a NumPy object array of ``bytes`` (Petastorm, pandas), a ``pyarrow`` binary array
+    (read straight from its value buffer, no per-row objects at all), or one contiguous buffer
+    (``bytes``/``memoryview``/uint8 ndarray) holding N images back to back.
     """
     shape = list(image_shape)
     h, w = int(shape[0]), int(shape[1])
     c = int(shape[2]) if len(shape) > 2 else 1
     per_row = h * w * c
-    n = len(col)
-    buf = _binary_values(col)
-    if buf is None:
-        buf = b"".join(col)
+    if isinstance(col, (bytes, bytearray, memoryview)) or (isinstance(col, np.ndarray) and col.dtype == np.uint8):
+        buf = memoryview(np.ascontiguousarray(col)).cast("B") if isinstance(col, np.ndarray) else col
+        n = len(buf) // per_row
+    else:
+        n = len(col)
+        buf = _binary_values(col)
+        if buf is None:
+            buf = b"".join(col)
     if len(buf) != n * per_row:
         raise InputError(f"image column holds {len(buf)} bytes for {n} rows; expected {per_row} bytes "
                          f"per row for image_shape {shape} (raw uint8)")
@@ -440,7 +445,7 @@ class RayDataLoader:
             kw = dict(local_shuffle_buffer_size=max(self.shuffle_buffer, self.batch_size * 4),
                       local_shuffle_seed=(self.seed * 1_000_003 + self.epoch * 101 + self.rank) % (2**31 - 1))
         for x, y, ids in self._iterator.iter_torch_batches(
-                batch_size=self.batch_size, collate_fn=_arrow_collate_cls()(self.info), device="cpu",
+                batch_size=self.batch_size, collate_fn=_arrow_collate_cls()(self.info),
                 prefetch_batches=2, **kw):
             if not self.raw:
                 x = to_float(x)

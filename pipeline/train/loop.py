@@ -22,6 +22,7 @@ workers, best-epoch selection and early stopping on ``train.select_metric`` with
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -94,9 +95,15 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _all_reduce(t: torch.Tensor) -> torch.Tensor:
-    if _distributed():
-        dist.all_reduce(t)
+def _all_reduce(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Sum a small CPU tensor over workers (through the device when the backend is NCCL)."""
+    if not _distributed():
+        return t
+    if dist.get_backend() == "nccl":
+        d = t.to(device)
+        dist.all_reduce(d)
+        return d.cpu()
+    dist.all_reduce(t)
     return t
 
 
@@ -133,6 +140,16 @@ def split_loss_params(train_cfg) -> tuple[dict, dict]:
         if isinstance(e, bool) or not isinstance(e, int) or e < 0:
             raise InputError(f"train drw_epoch must be a non-negative integer, got {e!r}")
     return params, drw
+
+
+def drw_weight_for_epoch(epoch: int, drw: dict, counts: np.ndarray) -> Optional[np.ndarray]:
+    """LDAM-DRW schedule (Cao et al. 2019): weights 1 (None) before ``drw_epoch``, then the
+    class-balanced weights (1 − β)/(1 − β^{n_c}) (normalised to sum to C) of ``losses.drw_weights``."""
+    from pipeline.train.losses import drw_weights
+
+    if drw.get("drw_epoch") is None or epoch < drw["drw_epoch"]:
+        return None
+    return drw_weights(counts, drw.get("drw_beta", 0.9999))
 
 
 def class_counts_array(info: DatasetInfo) -> np.ndarray:
@@ -233,11 +250,7 @@ def evaluate_table(model: nn.Module, path: str, info: DatasetInfo, device: torch
             logits = logits.float()
             loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double().cpu()
             cm += confusion_matrix(y, logits.argmax(1), c).reshape(-1).double().cpu()
-    both = torch.cat([cm, loss_sum])
-    if _distributed():
-        both = both.to(device if device.type == "cuda" else "cpu")
-        dist.all_reduce(both)
-        both = both.cpu()
+    both = _all_reduce(torch.cat([cm, loss_sum]), device)
     cm = both[:-1].reshape(c, c).numpy()
     n = cm.sum()
     net.train(was_training)
@@ -276,7 +289,7 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
     fresh optimizer). ``epochs`` overrides ``train.epochs``. Returns ``{"history", "best_epoch",
     "best_metrics", "epochs_run", "stopped_early", "best_state" (rank 0: state_dict on CPU)}``.
     """
-    from pipeline.train.losses import build_loss, drw_weights
+    from pipeline.train.losses import build_loss
     from pipeline.train.models import build_model
 
     tc = cfg.train
@@ -338,8 +351,7 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
         if progress.get("stopped_early"):
             break
         if drw.get("drw_epoch") is not None and hasattr(loss_fn, "set_weight"):
-            use = epoch >= drw["drw_epoch"]
-            loss_fn.set_weight(drw_weights(counts, drw.get("drw_beta", 0.9999)) if use else None)
+            loss_fn.set_weight(drw_weight_for_epoch(epoch, drw, counts))
         model.train()
         loader = make_loader(train_path, info, rank, world_size, tc.batch_size, epoch=epoch, seed=seed,
                              shuffle=cfg.stream.shuffle, reader=reader, raw=True,
@@ -379,7 +391,10 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
             bar.close()
         train_time = time.perf_counter() - t0
         stats = torch.tensor([loss_sum.item(), float(steps), float(rows)], dtype=torch.float64)
-        _all_reduce(stats)
+        stats = _all_reduce(stats, device)
+        if not math.isfinite(stats[0].item()):
+            raise RuntimeError(f"training diverged: the {tc.loss} loss is not finite in epoch {epoch} "
+                               f"(try a lower train.lr than {tc.lr})")
         entry = {"epoch": epoch, "train_loss": stats[0].item() / max(stats[1].item(), 1),
                  "steps": steps, "rows": int(stats[2].item()), "train_seconds": round(train_time, 3),
                  "rows_per_s": round(stats[2].item() / max(train_time, 1e-9), 1)}

@@ -9,11 +9,14 @@ deprecated), and this module uses it as it comes:
 * ``RunConfig(storage_path=<out>/ray, name=train-<fingerprint>, failure_config=
   FailureConfig(max_failures=train.max_failures))``: a worker that dies (even mid-epoch) makes the
   controller restart the worker group, and ``ray.train.get_checkpoint()`` hands the new workers
-  the last epoch's checkpoint, so the run still completes its configured epochs;
+  the last epoch's checkpoint, so the run still completes its configured epochs. After each
+  ``ray.train.report`` the workers wait for ``get_all_reported_checkpoints(COMMITTED)``: V2
+  registers reports only when its controller next polls the workers, and a worker that died
+  before that poll silently lost the epoch's checkpoint (the restart began from epoch 0);
 * the run name is a fingerprint of the model/train/stream config and the data paths, so running
   the same training again into the same ``out`` directory **resumes** the stopped run (V2 restores
   its checkpoint manager from the snapshot in the run's storage folder), while a changed config
-  starts afresh.
+  starts afresh (and ``train.resume: false`` deletes the old run first).
 
 At the end the best epoch's weights become the model artifact ``<out>/model/`` (written
 atomically): ``model.pt`` (a state_dict, loaded with ``torch.load(..., weights_only=True)``) and
@@ -58,6 +61,10 @@ def _train_worker(config: dict) -> None:
     def report(metrics: dict, ckpt_dir: Optional[str]) -> None:
         ckpt = ray.train.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None
         ray.train.report(metrics, checkpoint=ckpt)
+        # V2's controller registers reports when it next polls the workers; a worker that dies
+        # before that poll loses the epoch's checkpoint (the restart would begin from scratch).
+        # Waiting until the report is committed (snapshot written) makes every epoch durable.
+        ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
 
     resume_tmp = None
     ckpt = ray.train.get_checkpoint()
@@ -119,10 +126,20 @@ def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
     get_ray(cfg.ray)
     import ray
 
-    use_gpu = tc.use_gpu if tc.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    have = ray.cluster_resources()
+    use_gpu = tc.use_gpu if tc.use_gpu is not None else have.get("GPU", 0) > 0
+    if cfg.ray.address is None:  # a local Ray cannot grow: a request it cannot meet would wait forever
+        if use_gpu and have.get("GPU", 0) < tc.num_workers:
+            raise InputError(f"train.use_gpu is true but the local Ray has {int(have.get('GPU', 0))} GPU(s) "
+                             f"for {tc.num_workers} workers")
+        if tc.num_workers * tc.cpus_per_worker > have.get("CPU", 0):
+            raise InputError(f"train.num_workers × train.cpus_per_worker = {tc.num_workers * tc.cpus_per_worker:g} "
+                             f"CPUs, but the local Ray has {have.get('CPU', 0):g}")
     out = local_path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     name = run_name(cfg, train_path, val_path, init_from, epochs)
+    if not tc.resume and (out / "ray" / name).exists():  # train.resume=false: start this run afresh
+        shutil.rmtree(out / "ray" / name)
     resources = {"CPU": float(tc.cpus_per_worker)}
     if use_gpu:
         resources["GPU"] = 1
@@ -242,13 +259,14 @@ def load_model(model_dir: str, device="cpu") -> tuple[torch.nn.Module, dict]:
 
 
 def train_from_config(cfg: Config) -> dict:
-    """``imbalance train CONFIG``: ``train.train_path`` / ``train.val_path`` → ``train.out``."""
+    """``imbalance train CONFIG``: ``train.train_path`` / ``train.val_path`` → ``train.out``
+    (warm start from ``train.init_from`` when set)."""
     tc = cfg.train
     if not tc.train_path:
         raise InputError("train.train_path is not set (the materialized training table)")
     if not tc.out:
         raise InputError("train.out is not set (where checkpoints and the model go)")
-    return train_model(cfg, tc.train_path, tc.val_path, tc.out)
+    return train_model(cfg, tc.train_path, tc.val_path, tc.out, init_from=tc.init_from)
 
 
 __all__ = ["train_model", "train_local", "train_from_config", "load_model", "write_model_artifact", "run_name"]

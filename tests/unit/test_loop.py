@@ -1,0 +1,86 @@
+"""Pure parts of the training loop against independent references (scikit-learn, closed forms)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix as sk_confusion, f1_score, recall_score
+
+from pipeline.config import load_config
+from pipeline.errors import InputError
+from pipeline.train.loop import (
+    build_optimizer,
+    confusion_matrix,
+    drw_weight_for_epoch,
+    metric_better,
+    metrics_from_confusion,
+    split_loss_params,
+)
+from pipeline.stream import decode_features, decode_images, to_float
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_confusion_and_metrics_match_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    c = 5
+    y = rng.integers(0, c - 1, 300)              # class 4 never occurs (support 0)
+    p = np.where(rng.random(300) < 0.6, y, rng.integers(0, c, 300))
+    cm = confusion_matrix(torch.tensor(y), torch.tensor(p), c).numpy()
+    np.testing.assert_array_equal(cm, sk_confusion(y, p, labels=list(range(c))))
+    m = metrics_from_confusion(cm)
+    present = sorted(set(y.tolist()))
+    assert m["macro_f1"] == pytest.approx(f1_score(y, p, labels=present, average="macro", zero_division=0))
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, p))
+    assert m["accuracy"] == pytest.approx(float((y == p).mean()))
+    rec = recall_score(y, p, labels=present, average=None, zero_division=0)
+    assert [m["recall"][k] for k in present] == pytest.approx(rec.tolist())
+    assert m["recall"][4] is None and m["support"][4] == 0
+    assert m["g_mean"] == pytest.approx(float(np.prod(rec) ** (1 / len(rec))))
+
+
+def test_metric_direction():
+    assert metric_better("macro_f1", 0.6, 0.5) and not metric_better("macro_f1", 0.4, 0.5)
+    assert metric_better("val_loss", 0.4, 0.5) and not metric_better("val_loss", 0.6, 0.5)
+    assert metric_better("macro_f1", 0.0, None)
+
+
+def test_drw_schedule_and_params():
+    cfg = load_config(None, ["train.loss=ldam", "train.loss_params={max_margin: 0.5, drw_epoch: 2}"])
+    params, drw = split_loss_params(cfg.train)
+    assert params == {"max_margin": 0.5} and drw == {"drw_epoch": 2}
+    counts = np.array([1000.0, 100.0, 10.0])
+    assert drw_weight_for_epoch(0, drw, counts) is None and drw_weight_for_epoch(1, drw, counts) is None
+    w = drw_weight_for_epoch(2, drw, counts)
+    beta = 0.9999
+    ref = (1 - beta) / (1 - beta ** counts)        # Cui et al. effective-number weights, normalised to sum C
+    np.testing.assert_allclose(w, ref / ref.sum() * 3, rtol=1e-9)
+    cfg = load_config(None, ["train.loss=ce", "train.method_params={drw_epoch: 1}"])
+    with pytest.raises(InputError, match="ldam"):
+        split_loss_params(cfg.train)
+
+
+def test_optimizer_from_config():
+    net = torch.nn.Linear(3, 2)
+    cfg = load_config(None, ["train.optimizer=sgd", "train.lr=0.1", "train.momentum=0.5"])
+    opt = build_optimizer(net.parameters(), cfg.train)
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.5 and opt.defaults["lr"] == 0.1
+    with pytest.raises(InputError, match="train.optimizer"):
+        build_optimizer(net.parameters(), load_config(None, ["train.optimizer=lbfgs"]).train)
+
+
+def test_decoders_are_exact():
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (7, 3, 4, 2), dtype=np.uint8)           # N, H, W, C
+    col = np.array([im.tobytes() for im in imgs], dtype=object)
+    t = decode_images(col, [3, 4, 2])
+    assert t.shape == (7, 2, 3, 4) and t.dtype == torch.uint8
+    np.testing.assert_array_equal(t.numpy(), imgs.transpose(0, 3, 1, 2))
+    f = to_float(t)
+    assert f.dtype == torch.float32 and float(f.max()) <= 1.0
+    np.testing.assert_allclose(f.numpy(), imgs.transpose(0, 3, 1, 2) / 255.0, atol=1e-7)
+    feats = np.empty(3, dtype=object)
+    for i in range(3):
+        feats[i] = np.arange(4, dtype=np.float32) + i
+    np.testing.assert_array_equal(decode_features(feats).numpy(), np.stack(list(feats)))
+    with pytest.raises(InputError, match="bytes"):
+        decode_images(col, [3, 3])
