@@ -102,12 +102,26 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from pipeline.engines import get_spark
     from pipeline.evaluate import evaluate_predictions
 
-    metrics = evaluate_predictions(get_spark(), a.predictions, a.out, label_col=a.label_col,
-                                   pred_col=a.pred_col, n_classes=a.n_classes,
+    spark = get_spark()
+    preds, n_classes, names = a.predictions, a.n_classes, None
+    if a.threshold_moving:
+        from pipeline.thresholds import parse_class_counts, predictions_with_rule
+
+        counts = parse_class_counts(a.class_counts) if a.class_counts else None
+        preds, n_classes, names = predictions_with_rule(
+            spark, a.predictions, a.threshold_moving, class_counts=counts, cost=a.cost,
+            threshold=a.threshold, val_predictions=a.val_predictions, tune_metric=a.tune_metric,
+            label_col=a.label_col)
+    metrics = evaluate_predictions(spark, preds, a.out, label_col=a.label_col,
+                                   pred_col=a.pred_col, n_classes=n_classes, class_names=names,
                                    report=not a.no_report, distribution=a.distribution)
-    print(f"macro F1 {metrics['macro']['f1']:.4f}  balanced accuracy "
-          f"{metrics['balanced_accuracy']:.4f}  G-mean {metrics['g_mean']:.4f}  -> {a.out}/metrics.json"
-          + ("" if a.no_report else f", {a.out}/report.html"))
+    line = (f"macro F1 {metrics['macro']['f1']:.4f}  balanced accuracy "
+            f"{metrics['balanced_accuracy']:.4f}  G-mean {metrics['g_mean']:.4f}")
+    if "adjusted" in metrics:
+        adj = metrics["adjusted"]
+        line += (f"  | {a.threshold_moving}: macro F1 {adj['macro']['f1']:.4f}  balanced accuracy "
+                 f"{adj['balanced_accuracy']:.4f}  G-mean {adj['g_mean']:.4f}")
+    print(line + f"  -> {a.out}/metrics.json" + ("" if a.no_report else f", {a.out}/report.html"))
     return 0
 
 
@@ -208,6 +222,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="profile output for the report: its directory, distribution.json or the PNG chart")
     s.add_argument("--no-report", action="store_true",
                    help="write metrics.json / metrics.parquet only (no report.md / report.html)")
+    s.add_argument("--threshold-moving", choices=["prior", "cost", "tuned"], default=None,
+                   help="also evaluate post-hoc threshold moving (pred_adjusted): prior = p_c/pi_c "
+                        "(needs --class-counts), cost = p1 >= c10/(c10+c01) (binary, needs --cost), "
+                        "tuned = threshold tuned on --val-predictions (binary)")
+    s.add_argument("--class-counts", default=None,
+                   help="training class counts for 'prior': JSON list/dict or a table dir with _dataset.json")
+    s.add_argument("--cost", type=lambda t: [float(x) for x in t.split(",")], default=None,
+                   metavar="C10,C01", help="false-positive and false-negative costs for 'cost'")
+    s.add_argument("--threshold", type=float, default=None, help="fixed threshold for 'tuned'")
+    s.add_argument("--val-predictions", default=None, help="validation predictions to tune on ('tuned')")
+    s.add_argument("--tune-metric", default="f1",
+                   help="metric the tuned threshold maximises: f1, balanced_accuracy, g_mean, accuracy")
     s.set_defaults(func=cmd_evaluate)
     return p
 
