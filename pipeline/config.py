@@ -58,6 +58,7 @@ class DataSection:
     protocol: Optional[str] = None      # impose imbalance: None | step | linear
     protocol_rho: float = 10.0
     protocol_mu: float = 0.5            # step: fraction of classes that are minority
+    protocol_scope: str = "source"      # source: before the split | train: train and val only, test stays as is
 
 
 @dataclass
@@ -123,6 +124,7 @@ class TrainSection:
     val_path: Optional[str] = None
     out: Optional[str] = None           # standalone: where checkpoints/model go
     resume: bool = True
+    init_from: Optional[str] = None     # warm start: a model directory (same architecture)
 
 
 @dataclass
@@ -151,8 +153,9 @@ class RegistrySection:
 class RetrainSection:
     lake: Optional[str] = None
     partition_col: str = "ingest_date"
-    tolerance: float = 0.01
-    minority_recall_tolerance: float = 0.02
+    tolerance: float = 0.01             # gate: macro-F1 may drop at most this much
+    minority_recall_tolerance: float = 0.02  # gate: mean minority-class recall may drop at most this much
+    warm_start: bool = True             # start from the production model's weights
 
 
 @dataclass

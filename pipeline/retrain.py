@@ -90,7 +90,7 @@ def retrain(cfg: Config) -> dict:
 
     if not cfg.retrain.lake:
         raise ConfigError("config key 'retrain.lake' is required: the partitioned lake table to train on")
-    registry = ModelRegistry(cfg.registry.root)
+    registry = ModelRegistry.from_config(cfg.registry)
     parts = lake_partitions(cfg.retrain.lake, cfg.retrain.partition_col)
     prod_version = registry.production()
     prod = registry.get(prod_version) if prod_version else None

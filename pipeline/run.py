@@ -83,6 +83,26 @@ def _sample_section(raw: Optional[dict], default: SampleSection) -> SampleSectio
     return SampleSection(**{**dataclasses.asdict(default), **raw})
 
 
+def _impose(spark, cfg: Config, table: str, out: Path) -> None:
+    """Write ``table`` under-sampled to the configured imbalance protocol (step / linear) at ``out``."""
+    from pipeline.data.protocols import impose_protocol
+    from pipeline.data.schema import has_info, read_info, write_info
+    from pipeline.data.source import read_table
+    from pipeline.io import atomic_dir, spark_uri
+    from pipeline.keys import exact_counts
+
+    label = cfg.data.label_col
+    df = read_table(spark, table, label)
+    kept = impose_protocol(df, cfg.data.protocol, cfg.data.protocol_rho, cfg.data.protocol_mu, cfg.run.seed, label)
+    with atomic_dir(out) as tmp:
+        kept.write.parquet(spark_uri(tmp))
+        if has_info(table):
+            info = read_info(table)
+            counts = exact_counts(spark.read.parquet(spark_uri(tmp)), label)
+            info.class_counts = {str(k): int(v) for k, v in sorted(counts.items(), key=lambda kv: str(kv[0]))}
+            write_info(tmp, info)
+
+
 def run_pipeline(cfg: Config) -> str:
     """Run (or resume) every stage of ``cfg``; return the run directory."""
     from pipeline.data.schema import read_info
@@ -120,23 +140,13 @@ def run_pipeline(cfg: Config) -> str:
         source_fp = runner.stage("source", key, lambda d: synthesize(
             spark, cfg.data.synth_preset, cfg.data.rows, seed, str(d)))
 
-    if cfg.data.protocol:
-        from pipeline.data.protocols import impose_protocol
-        from pipeline.data.source import read_table
-        from pipeline.io import atomic_dir, spark_uri
-
-        def _protocol(d: Path) -> None:
-            df = read_table(spark, source, label)
-            out = impose_protocol(df, cfg.data.protocol, cfg.data.protocol_rho, cfg.data.protocol_mu, seed, label)
-            with atomic_dir(d) as tmp:
-                out.write.parquet(spark_uri(tmp))
-                src_info = local_path(source) / "_dataset.json"
-                if src_info.is_file():
-                    (tmp / "_dataset.json").write_text(src_info.read_text())
-
-        key = {"source": source_fp, "protocol": cfg.data.protocol, "rho": cfg.data.protocol_rho,
-               "mu": cfg.data.protocol_mu, "seed": seed}
-        source_fp = runner.stage("protocol", key, _protocol)
+    if cfg.data.protocol and cfg.data.protocol_scope not in ("source", "train"):
+        raise ConfigError(f"config key 'data.protocol_scope': expected source or train, got '{cfg.data.protocol_scope}'")
+    protocol_key = {"protocol": cfg.data.protocol, "rho": cfg.data.protocol_rho, "mu": cfg.data.protocol_mu,
+                    "seed": seed}
+    if cfg.data.protocol and cfg.data.protocol_scope == "source":
+        source_fp = runner.stage("protocol", {"source": source_fp, **protocol_key},
+                                 lambda d: _impose(spark, cfg, source, d))
         source = str(run_dir / "protocol")
 
     # ---- profile
@@ -159,6 +169,16 @@ def run_pipeline(cfg: Config) -> str:
     train_split = str(run_dir / "split" / "train")
     val_split = str(run_dir / "split" / "val")
     test_split = str(run_dir / "split" / "test")
+    if cfg.data.protocol and cfg.data.protocol_scope == "train":
+        # Buda et al.: imbalance the training (and validation) data, keep the test set as it is
+        def _protocol_splits(d: Path) -> None:
+            d.mkdir(parents=True, exist_ok=True)
+            _impose(spark, cfg, train_split, d / "train")
+            _impose(spark, cfg, val_split, d / "val")
+
+        split_fp = runner.stage("protocol", {"split": split_fp, **protocol_key}, _protocol_splits)
+        train_split = str(run_dir / "protocol" / "train")
+        val_split = str(run_dir / "protocol" / "val")
 
     # ---- sample + materialize (one pair per training set)
     def sampled_set(name: str, sample_cfg: SampleSection) -> tuple[str, str]:
@@ -194,11 +214,11 @@ def run_pipeline(cfg: Config) -> str:
                  "train": cfg.section("train"), "stream": cfg.section("stream")}
 
     def _train(d: Path) -> None:
-        init = None
+        init = cfg.train.init_from
         if method == "two_phase":
             epochs = int(cfg.train.method_params.get("pretrain_epochs", max(1, cfg.train.epochs)))
             log(f"two-phase learning: pre-training for {epochs} epochs on {pretrain_data}")
-            pre = train_model(cfg, pretrain_data, val_split, str(d / "pretrain"), epochs=epochs)
+            pre = train_model(cfg, pretrain_data, val_split, str(d / "pretrain"), epochs=epochs, init_from=init)
             init = pre["model_dir"]
             log(f"two-phase learning: fine-tuning on all training data from {init}")
         res = train_model(cfg, train_data, val_split, str(d), init_from=init)

@@ -10,6 +10,10 @@ Presets
     class-specific shape, orientation, aspect and texture, with per-image jitter of position,
     scale and rotation plus noise. Classes come in families that share a shape and differ only in
     orientation/texture, so neighbouring rare classes overlap and are genuinely hard.
+``digits``
+    Not synthetic: scikit-learn's bundled handwritten digits (``load_digits``: 1,797 8×8 images,
+    10 balanced classes, no download), as raw uint8 images (0..16 scaled to 0..255). ``rows`` is
+    ignored. Impose the survey's step/linear protocols on it (``data.protocol``) as Buda et al. did.
 ``tabular``
     ``features`` arrays (16 dims) from overlapping class-conditional Gaussians, 10 classes with
     geometric imbalance ρ = 100: fast to train on, for tests.
@@ -36,7 +40,7 @@ PLANKTON_ROWS = 3_400_000
 IMAGE_SIDE = 32
 TABULAR_CLASSES = 10
 TABULAR_DIM = 16
-PRESETS = ("plankton", "tabular")
+PRESETS = ("plankton", "tabular", "digits")
 
 
 def plankton_fractions() -> np.ndarray:
@@ -188,6 +192,8 @@ def synthesize(spark, preset: str, rows: int, seed: int, out: str, partitions: i
         raise InputError(f"unknown synth preset '{preset}' (choose from: {', '.join(PRESETS)})")
     if rows <= 0:
         raise InputError(f"--rows must be positive, got {rows}")
+    if preset == "digits":
+        return _write_digits(spark, out)
     if preset == "plankton":
         fractions = plankton_fractions()
         bytes_per_row = IMAGE_SIDE * IMAGE_SIDE + 16
@@ -221,3 +227,21 @@ def synthesize(spark, preset: str, rows: int, seed: int, out: str, partitions: i
         write_info(tmp, info)
     return {"rows": int(rows), "n_classes": n_classes, "class_counts": counts.tolist(),
             "partitions": partitions}
+
+
+def _write_digits(spark, out: str) -> dict:
+    """scikit-learn's bundled digits as a table (small enough to build on the driver: 1,797 rows)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    imgs = np.clip(np.rint(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8).reshape(len(d.target), -1)
+    pdf = pd.DataFrame({"id": np.arange(len(d.target), dtype=np.int64), "label": d.target.astype(np.int64),
+                        "image": [r.tobytes() for r in imgs]})
+    counts = np.bincount(d.target)
+    info = DatasetInfo(kind="image", n_classes=len(counts), image_shape=[8, 8],
+                       class_counts={str(i): int(c) for i, c in enumerate(counts)})
+    df = spark.createDataFrame(pdf, "id long, label long, image binary").repartition(2)
+    with atomic_dir(local_path(out)) as tmp:
+        df.write.mode("overwrite").parquet(spark_uri(tmp))
+        write_info(tmp, info)
+    return {"rows": int(len(d.target)), "n_classes": len(counts), "class_counts": counts.tolist(), "partitions": 2}
