@@ -45,7 +45,7 @@ def test_demo_runs_every_stage_and_prints_run_dir_last(demo_run):
     assert run_dir == root / "demo"
     assert set(_markers(run_dir)) == set(STAGES)
     metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
-    for key in ("classes", "macro", "weighted", "accuracy", "balanced_accuracy", "g_mean", "brier",
+    for key in ("per_class", "macro", "weighted", "accuracy", "balanced_accuracy", "g_mean", "brier",
                 "confusion_matrix", "groups"):
         assert key in metrics, key
     assert len(metrics["confusion_matrix"]) == 103
