@@ -19,29 +19,45 @@ How the rows are chosen (:func:`sample_dataset`) — exact, reproducible and ske
   i.i.d. bootstrap. ``copy`` numbers the instances 0, 1, … so ``(id, copy)`` is unique.
 * "The ``r`` smallest ranks" is decided by one threshold pair ``(k_c, id_c)`` per class, the
   ``r``-th smallest ``(k, id)``: a row is picked iff ``(k, id) <= (k_c, id_c)``. The thresholds
-  are found from counts, without sorting a class:
+  are found from counts, without sorting a class. Main path, **one narrow pass** (reads only
+  ``id`` and the label):
 
-  1. pass 1 (reads only ``id`` and the label): a histogram of the key's top ``bits`` bits per
-     class — O(classes × 2**bits) numbers to the driver, which also yields the class counts;
-  2. the driver finds, per class, the bin where the cumulative count crosses ``r`` and how many
-     rows ``m`` of that bin are needed;
-  3. pass 2 (again only ``id`` and label): the rows of those boundary bins (about
-     ``n_c / 2**bits`` per class, 560 rows for a 2.3M-row class at 12 bits) are ranked with a
-     window partitioned by class, and the ``m``-th row's ``(k, id)`` is the threshold —
-     O(classes) values to the driver.
+  1. class counts come from the table's ``_dataset.json`` (written by synth and split), else
+     from one ``groupBy(label).count()``; the plan follows from them;
+  2. keys are uniform, so the ``r``-th smallest of ``n`` keys lies near the quantile ``r/n``
+     (the number of keys below ``x`` is Binomial(n, x)). A window of ±(8·sqrt(min(r, n−r)+1)
+     + 64) expected ranks around it misses the r-th row with probability ~e^-64;
+  3. one grouped count by (class, zone, candidate key) — a code-generated hash aggregate —
+     returns the exact class counts (checking the hint), the rows below each window, and the
+     candidates (about 16·sqrt(r) + 128 per class, capped overall by ``CANDIDATE_LIMIT``);
+     the driver picks the candidate of rank ``r − below``.
 
-  The write pass is then map-only: a broadcast join of the O(classes) plan table, a filter and
-  an ``explode`` for the copies. No global sort, no window over a whole class, no shuffle of
-  the payload, so the largest class is never funnelled into one task and the driver's memory
-  does not grow with rows.
+  Fallback (a stale hint is re-planned on the real counts; a missed window, a key shared by
+  two candidates or too many candidates go here; ``method="histogram"`` forces it), **two
+  narrow passes**, driver memory O(classes × 64) whatever the size:
+
+  a. a histogram of the key's top 6 bits per class; the driver finds the bin where the
+     cumulative count crosses ``r`` and the rank ``m`` of the wanted row inside it;
+  b. a boundary bin holding more than ``boundary_limit`` (50,000) rows is refined by another
+     64-bin histogram of the next key bits, restricted to the boundary rows;
+  c. the boundary rows alone (``n_c / 64`` for one level) are ranked with a window
+     partitioned by class; the ``m``-th row is the threshold.
+
+  The write pass is then map-only: per-class constants as literals, a filter that reads only
+  label, id and the key (rows not picked never have their payload copied), and an ``explode``
+  for ROS copies. No global sort, no window over a whole class, no shuffle of the payload, so
+  the largest class is never funnelled into one task and the driver's memory does not grow
+  with rows. The achieved counts are measured on the written table (its label column).
 
 Spark's ``sampleBy`` (Bernoulli per row) only hits its counts in expectation; a window or sort
-per class gives exact ranks but puts the whole majority class into one task. The histogram +
-boundary approach keeps the extra cost to two scans of two narrow columns.
+per class gives exact ranks but puts the whole majority class into one task. Here exactness
+costs one scan of two narrow columns beyond what ``sampleBy`` needs (it, too, must count the
+classes to set its fractions), plus the count check on the output.
 """
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 import time
 from typing import Any, Mapping, Optional
@@ -52,7 +68,8 @@ log = logging.getLogger(__name__)
 
 STRATEGIES = ("none", "rus", "ros", "threshold", "floor", "hybrid")
 TARGET_KINDS = ("auto", "majority", "minority", "not minority", "not majority", "all")
-DEFAULT_BITS = 12          # 4096 key bins per class in pass 1
+DEFAULT_BITS = 6           # 64 key bins per class and histogram level
+BOUNDARY_LIMIT = 50_000    # boundary bins larger than this are refined by another histogram
 SALT = "sample"            # keeps the sampling key independent of the split's (seed, id) key
 
 _KEY, _BIN, _N = "_skey", "_sbin", "_ncopies"
@@ -237,10 +254,10 @@ def plan_counts(class_counts: Mapping, strategy: str, target: Any = "auto",
             if want < 0:
                 raise InputError(f"target for class {key!r} is negative ({want})")
             if over and want < counts[lab]:
-                raise InputError(f"ros cannot shrink class {key!r}: it has {counts[lab]} rows "
+                raise InputError(f"ros cannot shrink class {lab}: it has {counts[lab]} rows "
                                  f"and the target asks for {want}")
             if not over and want > counts[lab]:
-                raise InputError(f"rus cannot grow class {key!r}: it has {counts[lab]} rows "
+                raise InputError(f"rus cannot grow class {lab}: it has {counts[lab]} rows "
                                  f"and the target asks for {want}")
             plan[lab] = want
         return plan
@@ -282,24 +299,35 @@ def _id_expr(df):
     return F.col("id")
 
 
-def _with_key(df, seed: int, bits: int):
+def _with_key(df, seed: int):
     from pyspark.sql import functions as F
 
     key = F.xxhash64(F.lit(int(seed)).cast("long"), F.lit(SALT), _id_expr(df))
-    return (df.withColumn(_KEY, key)
-              .withColumn(_BIN, F.shiftright(F.col(_KEY), 64 - bits)))  # monotone in the key
+    return df.withColumn(_KEY, key)
+
+
+def _prefix(bits: int):
+    """The key's top ``bits`` bits; an arithmetic shift keeps the (signed) key order."""
+    from pyspark.sql import functions as F
+
+    return F.shiftright(F.col(_KEY), 64 - bits)
 
 
 def _native(v):
     return v.item() if hasattr(v, "item") else v
 
 
+def _bin_counts(keyed, label_col: str, bits: int):
+    """Rows per (class, top-``bits`` key prefix) as a pandas frame sorted by class and bin."""
+    pdf = keyed.groupBy(label_col, _prefix(bits).alias(_BIN)).count().toPandas()
+    return pdf
+
+
 def _histogram(df, label_col: str, seed: int, bits: int):
     """Pass 1: rows per (class, key bin). Returns ({label: count}, {label: (bins, counts)})."""
     import numpy as np
 
-    keyed = _with_key(df.select(label_col, "id"), seed, bits)
-    pdf = keyed.groupBy(label_col, _BIN).count().toPandas()
+    pdf = _bin_counts(_with_key(df.select(label_col, "id"), seed), label_col, bits)
     if pdf[label_col].isna().any():
         n_null = int(pdf.loc[pdf[label_col].isna(), "count"].sum())
         raise InputError(f"{n_null} rows have a null label in column '{label_col}'")
@@ -312,40 +340,219 @@ def _histogram(df, label_col: str, seed: int, bits: int):
     return counts, hist
 
 
-def _thresholds(spark, df, label_col: str, seed: int, bits: int, hist: dict,
-                extra: Mapping) -> dict:
-    """Pass 2: per class, the ``extra[c]``-th smallest (key, id) — the last row picked."""
+def _locate(bins, cnt, r: int) -> tuple:
+    """(bin holding the r-th smallest row, rank of that row inside the bin (1-based), bin size)."""
     import numpy as np
+
+    cum = np.cumsum(cnt)
+    i = int(np.searchsorted(cum, r))          # first bin whose cumulative count reaches r
+    before = int(cum[i - 1]) if i > 0 else 0
+    return int(bins[i]), r - before, int(cnt[i])
+
+
+def _thresholds(spark, df, label_col: str, seed: int, bits: int, hist: dict,
+                extra: Mapping, boundary_limit: int) -> dict:
+    """Per class, the ``extra[c]``-th smallest (key, id): the last row that gets an extra copy.
+
+    The boundary bin found in the pass-1 histogram is refined by further histograms of the next
+    ``bits`` key bits while it holds more than ``boundary_limit`` rows (only for very large
+    classes); then its rows alone are ranked exactly with a window partitioned by class.
+    """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    rows = []
-    for lab, r in extra.items():
-        if r <= 0:
-            continue
-        bins, cnt = hist[lab]
-        cum = np.cumsum(cnt)
-        i = int(np.searchsorted(cum, r))          # first bin whose cumulative count reaches r
-        before = int(cum[i - 1]) if i > 0 else 0
-        rows.append((lab, int(bins[i]), r - before))
-    if not rows:
-        return {}
     label_type = df.schema[label_col].dataType
-    bounds = spark.createDataFrame(rows, T.StructType([
-        T.StructField(label_col, label_type), T.StructField(_BIN, T.LongType()),
-        T.StructField("_m", T.LongType())]))
-    keyed = _with_key(df.select(label_col, "id"), seed, bits)
-    edge = keyed.join(F.broadcast(bounds), on=[label_col, _BIN], how="inner")
+    # state per class: (prefix bits, prefix value, rank wanted inside it, rows in it)
+    state = {}
+    for lab, r in extra.items():
+        if r > 0:
+            b, m, size = _locate(*hist[lab], r)
+            state[lab] = (bits, b, m, size)
+    if not state:
+        return {}
+    keyed = _with_key(df.select(label_col, "id"), seed)
+
+    def boundary_rows(st):
+        rows = [(lab, pb, pv) for lab, (pb, pv, _, _) in st.items()]
+        bounds = spark.createDataFrame(rows, T.StructType([
+            T.StructField(label_col, label_type), T.StructField("_pb", T.IntegerType()),
+            T.StructField("_pv", T.LongType())]))
+        j = keyed.join(F.broadcast(bounds), on=label_col, how="inner")
+        return j.filter(F.expr(f"shiftright({_KEY}, 64 - _pb)") == F.col("_pv"))
+
+    while max(size for _, _, _, size in state.values()) > boundary_limit:
+        big = {lab: v for lab, v in state.items() if v[3] > boundary_limit and v[0] < 64}
+        if not big:
+            break
+        # refine every oversized boundary by the next bits (classes may sit at different depths)
+        sub = boundary_rows(big).withColumn("_depth", F.least(F.col("_pb") + bits, F.lit(64)))
+        pdf = (sub.groupBy(label_col, F.expr(f"shiftright({_KEY}, 64 - _depth)").alias(_BIN))
+                  .count().toPandas())
+        for lab, grp in pdf.groupby(label_col, sort=True):
+            lab = _native(lab)
+            grp = grp.sort_values(_BIN)
+            old_bits, _, m, _ = state[lab]
+            b, m2, size = _locate(grp[_BIN].to_numpy(), grp["count"].to_numpy(), m)
+            state[lab] = (min(64, old_bits + bits), b, m2, size)
+
     w = Window.partitionBy(label_col).orderBy(_KEY, "id")
-    picked = (edge.withColumn("_rn", F.row_number().over(w))
-                  .filter(F.col("_rn") == F.col("_m"))
-                  .select(label_col, _KEY, "id").collect())
+    ranks = spark.createDataFrame([(lab, m) for lab, (_, _, m, _) in state.items()],
+                                  T.StructType([T.StructField(label_col, label_type),
+                                                T.StructField("_m", T.LongType())]))
+    picked = (boundary_rows(state)
+              .withColumn("_rn", F.row_number().over(w))
+              .join(F.broadcast(ranks), on=label_col, how="inner")
+              .filter(F.col("_rn") == F.col("_m"))
+              .select(label_col, _KEY, "id").collect())
     out = {_native(r[0]): (int(r[1]), r[2]) for r in picked}
-    missing = [lab for lab, _, _ in rows if lab not in out]
+    missing = [lab for lab in state if lab not in out]
     if missing:  # pragma: no cover - would mean the histogram and pass 2 disagree
         raise RuntimeError(f"no threshold row found for classes {missing}")
     return out
+
+
+def _hint_counts(input: str, df, label_col: str) -> Optional[dict]:
+    """Class counts recorded in the table's ``_dataset.json`` (keys cast to the label type)."""
+    from pyspark.sql import types as T
+
+    from pipeline.data.schema import has_info, read_info
+
+    try:
+        if not has_info(input):
+            return None
+        info = read_info(input)
+    except (InputError, OSError, ValueError, TypeError):
+        return None
+    if not info.class_counts or info.label_col != label_col:
+        return None
+    ltype = df.schema[label_col].dataType
+    try:
+        if isinstance(ltype, (T.ByteType, T.ShortType, T.IntegerType, T.LongType)):
+            return {int(k): int(v) for k, v in info.class_counts.items() if int(v) > 0}
+        if isinstance(ltype, T.StringType):
+            return {str(k): int(v) for k, v in info.class_counts.items() if int(v) > 0}
+    except (TypeError, ValueError):
+        return None
+    return None
+
+
+def _plain_counts(df, label_col: str) -> dict:
+    """Exact rows per class: one aggregation, O(classes) to the driver."""
+    rows = df.groupBy(label_col).count().collect()
+    nulls = sum(int(r[1]) for r in rows if r[0] is None)
+    if nulls:
+        raise InputError(f"{nulls} rows have a null label in column '{label_col}'")
+    return {_native(r[0]): int(r[1]) for r in rows}
+
+
+WINDOW_Z = 8.0             # candidate window half-width, in standard deviations (+ Z**2 rows)
+CANDIDATE_LIMIT = 1_000_000  # more expected candidates than this: use the histogram method
+
+
+def _window_margin(r: int, n: int) -> float:
+    return WINDOW_Z * math.sqrt(min(r, n - r) + 1) + WINDOW_Z ** 2
+
+
+def expected_candidates(counts: Mapping, extra: Mapping) -> int:
+    """Rows the one-pass method brings to the driver (about 16·sqrt(r) + 128 per class)."""
+    return int(sum(2 * _window_margin(r, counts[c]) for c, r in extra.items()
+                   if 0 < r < counts[c]))
+
+
+def _window_pass(df, label_col: str, seed: int, counts: Mapping, extra: Mapping):
+    """One pass: exact class counts and, per class, the ``extra[c]``-th smallest (key, id).
+
+    With ``n`` rows of uniform keys, the ``r``-th smallest key lies near the quantile ``r / n``
+    (the number of keys below ``x`` is Binomial(n, x)). Rows whose key falls in a window of
+    ``±(Z·sqrt(min(r, n−r)+1) + Z²)`` expected ranks around ``r`` (Z = 8) are the candidates.
+    One grouped count (Spark's code-generated hash aggregate) by (class, zone, candidate key)
+    gives the class counts, the rows below each window and the candidates themselves — about
+    ``16·sqrt(r) + 128`` per class, bounded by ``CANDIDATE_LIMIT`` overall — and the driver
+    picks the candidate of rank ``r − below``. Returns ``(counts, thresholds)``; thresholds are
+    ``None`` when some class's r-th row fell outside its window (probability ~e^-64), two
+    candidates share a key, or the counts differ from ``counts``.
+    """
+    import numpy as np
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    lo, hi, want = {}, {}, {}
+    for c, r in extra.items():
+        n = counts[c]
+        if r <= 0 or r >= n:
+            continue
+        margin = _window_margin(r, n)
+        lo[c] = _quantile_key((r - margin) / n)
+        hi[c] = _quantile_key((r + margin) / n)
+        want[c] = r
+    keyed = _with_key(df.select(label_col, "id"), seed)
+    key = F.col(_KEY)
+    lo_c = _lookup(label_col, lo, T.LongType())
+    hi_c = _lookup(label_col, hi, T.LongType())
+    zone = (F.when(lo_c.isNull(), F.lit(None).cast("int"))
+             .when(key < lo_c, F.lit(0)).when(key > hi_c, F.lit(2)).otherwise(F.lit(1)))
+    ident = _id_expr(df)
+    pdf = (keyed.withColumn("_zone", zone)
+                .groupBy(label_col, "_zone",
+                         # never null, so pandas keeps the 64-bit keys as int64 (not float)
+                         F.when(F.col("_zone") == 1, key).otherwise(F.lit(0).cast("long"))
+                          .alias("_ck"))
+                .agg(F.count(F.lit(1)).alias("_n"), F.min(ident).alias("_id"))
+                .toPandas())
+    if pdf[label_col].isna().any():
+        nulls = int(pdf.loc[pdf[label_col].isna(), "_n"].sum())
+        raise InputError(f"{nulls} rows have a null label in column '{label_col}'")
+    real = {_native(lab): int(n) for lab, n in pdf.groupby(label_col)["_n"].sum().items()}
+    if real != dict(counts):
+        return real, None
+    thr = {}
+    for lab, grp in pdf.groupby(label_col, sort=False):
+        lab = _native(lab)
+        if lab not in want:
+            continue
+        below = int(grp.loc[grp["_zone"] == 0, "_n"].sum())
+        cands = grp[grp["_zone"] == 1]
+        if (cands["_n"] > 1).any():        # a key shared by two rows: order needs the id too
+            return real, None
+        m = want[lab] - below
+        if not (1 <= m <= len(cands)):
+            return real, None
+        keys = cands["_ck"].to_numpy(np.int64)
+        i = int(np.argsort(keys, kind="stable")[m - 1])
+        ident_v = cands["_id"].iloc[i]
+        thr[lab] = (int(keys[i]), _native(ident_v))
+    return real, thr
+
+
+def _quantile_key(q: float) -> int:
+    """The signed 64-bit key at quantile ``q`` of the uniform key distribution (clamped)."""
+    k = math.floor(q * 2.0 ** 64) - 2 ** 63
+    return int(min(max(k, -(2 ** 63)), 2 ** 63 - 1))
+
+
+def _lookup(label_col: str, values: Mapping, dtype):
+    """A Column with ``values[label]`` for each row's label (null for labels not in ``values``).
+
+    Dense integer labels (the split stage's 0..K-1) index an array literal, O(1) per row; any
+    other labels use a map literal.
+    """
+    from pyspark.sql import functions as F
+
+    none = F.lit(None).cast(dtype)
+    if not values:
+        return none
+    labels = list(values)
+    if all(isinstance(c, int) and not isinstance(c, bool) for c in labels) \
+            and min(labels) >= 0 and max(labels) < 4 * len(labels) + 16:
+        arr = F.array(*[F.lit(values[i]).cast(dtype) if i in values else none
+                        for i in range(max(labels) + 1)])
+        label = F.col(label_col).cast("int")
+        return F.when((label >= 0) & (label <= max(labels)), arr[label]).otherwise(none)
+    pairs = []
+    for c in labels:
+        pairs += [F.lit(c), F.lit(values[c]).cast(dtype)]
+    return F.create_map(*pairs)[F.col(label_col)]
 
 
 def _counts_json(d: Mapping) -> dict:
@@ -354,12 +561,19 @@ def _counts_json(d: Mapping) -> dict:
 
 def sample_dataset(spark, input: str, out: str, strategy: str, target: Any = "auto",
                    cap: Optional[int] = None, floor: Optional[int] = None, seed: int = 0,
-                   label_col: str = "label", bits: int = DEFAULT_BITS) -> dict:
+                   label_col: str = "label", method: str = "auto", use_hint: bool = True,
+                   bits: int = DEFAULT_BITS,
+                   boundary_limit: int = BOUNDARY_LIMIT) -> dict:
     """Sample the Parquet table at ``input`` into ``out/data/`` and write ``out/manifest.json``.
 
     The output has the input's columns plus ``copy`` (0 for a row's first instance, 1, 2, …
     for ROS duplicates); achieved class sizes equal the plan exactly. Atomic: a failure leaves
     ``out`` as it was. Returns the manifest.
+
+    ``method``: ``auto`` (the one-pass window method, falling back to histograms when needed)
+    or ``histogram`` (always histograms; same rows, used to cross-check). ``use_hint``: take
+    the class counts from ``_dataset.json`` when present (they are verified). ``bits`` and
+    ``boundary_limit`` tune the histogram method.
     """
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
@@ -367,49 +581,83 @@ def sample_dataset(spark, input: str, out: str, strategy: str, target: Any = "au
     from pipeline.data.schema import has_info, read_info, write_info
     from pipeline.io import atomic_dir, spark_uri, write_json
 
-    if not (1 <= int(bits) <= 20):
-        raise InputError(f"bits must be in 1..20, got {bits}")
+    if not (1 <= int(bits) <= 16):
+        raise InputError(f"bits must be in 1..16, got {bits}")
+    if method not in ("auto", "histogram"):
+        raise InputError(f"method must be auto or histogram, got {method!r}")
     strategy, cap, floor = check_request(strategy, cap, floor)   # fail before touching data
     t0 = time.time()
     df = _read_input(spark, input, label_col)
-    counts, hist = _histogram(df, label_col, seed, bits)
-    if not counts:
-        raise InputError(f"input {input} has no rows")
-    plan = plan_counts(counts, strategy, target=target, cap=cap, floor=floor)
-    t_plan = time.time()
 
+    def make_plan(counts):
+        if not counts:
+            raise InputError(f"input {input} has no rows")
+        return plan_counts(counts, strategy, target=target, cap=cap, floor=floor)
+
+    thr, path = None, "histogram"
+    if method == "auto":
+        # Counts: the table's _dataset.json (written by synth/split) or one count pass; then
+        # one pass finds every threshold. A stale hint or a missed window falls back below.
+        counts = _hint_counts(input, df, label_col) if use_hint else None
+        path = "one-pass (counts from _dataset.json)" if counts else "count + one-pass"
+        if not counts:
+            counts = _plain_counts(df, label_col)
+        try:
+            plan = make_plan(counts)
+        except InputError:
+            if path == "count + one-pass":
+                raise
+            plan, path = None, "histogram (stale _dataset.json counts)"  # decide on real counts
+        if plan is not None and expected_candidates(
+                counts, {c: plan[c] % counts[c] for c in plan}) > CANDIDATE_LIMIT:
+            plan, path = None, "histogram (too many candidates for one pass)"
+        if plan is not None:
+            real, thr = _window_pass(df, label_col, seed, counts,
+                                     {c: plan[c] % counts[c] for c in plan})
+            if real != counts:                 # stale hint: plan again on the real counts
+                counts, plan = real, make_plan(real)
+                real, thr = _window_pass(df, label_col, seed, counts,
+                                         {c: plan[c] % counts[c] for c in plan})
+                path = "count + one-pass (stale _dataset.json counts)"
+            if thr is None:
+                path = "histogram (window missed)"
+    t_plan = time.time()
+    if thr is None:
+        counts, hist = _histogram(df, label_col, seed, bits)
+        plan = make_plan(counts)
+        t_plan = time.time()
+        thr = _thresholds(spark, df, label_col, seed, bits, hist,
+                          {c: plan[c] % counts[c] for c in plan}, boundary_limit)
     whole = {c: plan[c] // counts[c] for c in plan}       # copies every row gets
     extra = {c: plan[c] % counts[c] for c in plan}        # rows that get one more
-    thr = _thresholds(spark, df, label_col, seed, bits, hist, extra)
     t_thr = time.time()
 
-    # The plan table: O(classes) rows, broadcast to every task of the (map-only) write pass.
-    label_type = df.schema[label_col].dataType
+    # The plan as per-class constants (O(classes) literals in the query): the write pass is
+    # map-only, and the filter reads only label, id and the key, so rows that are not picked
+    # never have their payload copied.
     id_type = df.schema["id"].dataType
     integral = isinstance(id_type, (T.ByteType, T.ShortType, T.IntegerType, T.LongType))
-    plan_rows = [(c, int(whole[c]), thr[c][0] if c in thr else None,
-                  (int(thr[c][1]) if integral else thr[c][1]) if c in thr else None)
-                 for c in plan]
-    plan_df = spark.createDataFrame(plan_rows, T.StructType([
-        T.StructField(label_col, label_type), T.StructField("_q", T.LongType()),
-        T.StructField("_tk", T.LongType()),
-        T.StructField("_tid", T.LongType() if integral else id_type)]))
-
+    tid_type = T.LongType() if integral else id_type
+    q = _lookup(label_col, {c: int(whole[c]) for c in plan}, T.LongType())
+    tk = _lookup(label_col, {c: thr[c][0] for c in thr}, T.LongType())
+    tid = _lookup(label_col, {c: (int(thr[c][1]) if integral else thr[c][1]) for c in thr}, tid_type)
+    key = F.col(_KEY)
+    picked = tk.isNotNull() & ((key < tk) | ((key == tk) & (_id_expr(df) <= tid)))
+    ncopies = q + F.when(picked, F.lit(1)).otherwise(F.lit(0))
     cols = list(df.columns)
-    keyed = _with_key(df, seed, bits).join(F.broadcast(plan_df), on=label_col, how="inner")
-    picked = (F.col("_tk").isNotNull()
-              & ((F.col(_KEY) < F.col("_tk"))
-                 | ((F.col(_KEY) == F.col("_tk")) & (_id_expr(df) <= F.col("_tid")))))
-    ncopies = F.col("_q") + F.when(picked, F.lit(1)).otherwise(F.lit(0))
-    sampled = (keyed.withColumn(_N, ncopies)
-                    .filter(F.col(_N) > 0)
-                    .withColumn("copy", F.explode(F.sequence(F.lit(0), F.col(_N).cast("int") - 1)))
-                    .select(*cols, "copy"))
+    kept = _with_key(df, seed).withColumn(_N, ncopies).filter(F.col(_N) > 0)
+    max_copies = max(whole[c] + (1 if extra[c] else 0) for c in plan)
+    if max_copies > 1:   # ROS: one output row per copy
+        kept = kept.withColumn("copy", F.explode(F.sequence(F.lit(0), F.col(_N).cast("int") - 1)))
+    else:                # RUS / cap only: no generator on the hot path
+        kept = kept.withColumn("copy", F.lit(0))
+    sampled = kept.select(*cols, F.col("copy").cast("int").alias("copy"))
 
     with atomic_dir(out) as tmp:
         data = tmp / "data"
         sampled.write.mode("error").parquet(spark_uri(data))
         t_write = time.time()
+        # achieved counts, measured on what was written (reads only the label column)
         written = spark.read.parquet(spark_uri(data))
         achieved = {_native(r[0]): int(r[1])
                     for r in written.groupBy(label_col).count().collect()}
@@ -437,10 +685,9 @@ def sample_dataset(spark, input: str, out: str, strategy: str, target: Any = "au
             "planned": _counts_json(plan),
             "achieved": _counts_json(achieved),
             "output_rows": int(sum(achieved.values())),
-            "max_copies": int(max(whole[c] + (1 if extra[c] else 0) for c in plan)),
-            "method": "hash-rank: key=xxhash64(seed,'sample',id); per-class threshold from a "
-                      f"2^{bits}-bin key histogram + exact boundary-bin rank; "
-                      "copies = N//n (+1 for the N%n smallest keys)",
+            "max_copies": int(max_copies),
+            "method": "hash-rank: key=xxhash64(seed,'sample',id), rows ordered by (key, id); "
+                      "copies = N//n, +1 for the N%n smallest; thresholds by " + path,
             "seconds": {"plan": round(t_plan - t0, 3), "thresholds": round(t_thr - t_plan, 3),
                         "write": round(t_write - t_thr, 3),
                         "total": round(time.time() - t0, 3)},

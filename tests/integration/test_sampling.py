@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,7 +43,8 @@ def data(spark, tmp_path_factory):
     return {
         "rows": rows,
         "one": _write(spark, rows, base / "one", 1),
-        "many": _write(spark, rows, base / "many", 7, id_type="int"),
+        # no _dataset.json here: the sampler must count the classes itself
+        "many": _write(spark, rows, base / "many", 7, id_type="int", info=False),
         "base": base,
     }
 
@@ -70,21 +72,25 @@ def _check_output(spark, out, rows, manifest):
     assert len(pairs) == len(set(pairs)), "(id, copy) must be unique"
     label_of = {r[0]: r[1] for r in rows}
     assert all(label_of[i] == y for i, y, _ in got), "rows keep their label"
+    copies: dict = {}
+    for i, c in pairs:
+        copies.setdefault(i, []).append(c)
+    assert all(sorted(cs) == list(range(len(cs))) for cs in copies.values()), \
+        "copies of a row are numbered 0, 1, ..."
     mult = Counter(i for i, _, _ in got)
-    for i, m in mult.items():  # copies are numbered 0..m-1
-        assert sorted(c for j, c in pairs if j == i) == list(range(m)) if m < 4 else True
     achieved = Counter(str(y) for _, y, _ in got)
     assert manifest["achieved"] == {k: achieved.get(k, 0) for k in manifest["planned"]}
     assert manifest["achieved"] == manifest["planned"]
     assert manifest["output_rows"] == len(got)
     assert manifest["input_rows"] == len(rows)
-    on_disk = json.loads((__import__("pathlib").Path(out) / "manifest.json").read_text())
+    on_disk = json.loads((Path(out) / "manifest.json").read_text())
     assert on_disk["achieved"] == manifest["achieved"]
     return mult
 
 
-@pytest.mark.parametrize("target", ["auto", "majority", "not minority", "not majority", "all",
-                                    {"0": 500, "2": 100}])
+# Every keyword's plan is checked against imbalanced-learn in tests/unit/test_sampling_plan.py;
+# here a keyword and a dict run end to end through Spark.
+@pytest.mark.parametrize("target", ["not majority", {"0": 500, "2": 100}])
 def test_rus_matches_imblearn_and_never_repeats(spark, data, tmp_path, target):
     out = tmp_path / "out"
     m = sample_dataset(spark, data["many"], str(out), "rus", target=target, seed=3)
@@ -92,10 +98,17 @@ def test_rus_matches_imblearn_and_never_repeats(spark, data, tmp_path, target):
     assert m["planned"] == _imblearn(COUNTS, "rus", ref_target)
     mult = _check_output(spark, out, data["rows"], m)
     assert set(mult.values()) == {1}, "RUS never repeats a row"
-    assert {c for _, _, c in _read(spark, out / "data")} == {0}
+    got = _read(spark, out / "data")
+    assert {c for _, _, c in got} == {0}
+    # the kept rows are a hash-random subset of the class, not e.g. the smallest ids
+    cls = 0 if isinstance(target, dict) else 1
+    ids = sorted(r[0] for r in data["rows"] if r[1] == cls)
+    kept = sorted(i for i, y, _ in got if y == cls)
+    ranks = np.searchsorted(ids, kept) / len(ids)       # ~uniform on [0, 1) if random
+    assert abs(ranks.mean() - 0.5) < 0.1 and ranks.min() < 0.1 and ranks.max() > 0.9
 
 
-@pytest.mark.parametrize("target", ["auto", "minority", "not minority", "all", {"4": 100, "3": 300}])
+@pytest.mark.parametrize("target", ["auto", {"4": 100, "3": 300}])
 def test_ros_matches_imblearn_keeps_all_rows_with_even_copies(spark, data, tmp_path, target):
     out = tmp_path / "out"
     m = sample_dataset(spark, data["one"], str(out), "ros", target=target, seed=5)
@@ -122,11 +135,10 @@ def test_binary_float_target(spark, data, tmp_path):
     ("threshold", dict(cap=300), {0: 300, 1: 300, 2: 260, 3: 97, 4: 13}),
     ("floor", dict(floor=200), {0: 1200, 1: 430, 2: 260, 3: 200, 4: 200}),
     ("hybrid", dict(cap=400, floor=150), {0: 400, 1: 400, 2: 260, 3: 150, 4: 150}),
-    ("none", {}, COUNTS),
 ])
-def test_threshold_floor_hybrid_none(spark, data, tmp_path, strategy, kw, want):
+def test_threshold_floor_hybrid(spark, data, tmp_path, strategy, kw, want):
     out = tmp_path / "out"
-    m = sample_dataset(spark, data["many"], str(out), strategy, seed=2, **kw)
+    m = sample_dataset(spark, data["one"], str(out), strategy, seed=2, **kw)
     assert m["planned"] == {str(k): v for k, v in want.items()}
     mult = _check_output(spark, out, data["rows"], m)
     for cls, n in COUNTS.items():
@@ -146,25 +158,38 @@ def _pairs(spark, path):
     return sorted((i, c) for i, _, c in _read(spark, f"{path}/data"))
 
 
-@pytest.mark.parametrize("strategy,kw", [("rus", {}), ("ros", {}), ("hybrid", dict(cap=350, floor=120))])
-def test_partition_independent_and_seeded(spark, data, tmp_path, strategy, kw):
+def test_partition_independent_and_seeded(spark, data, tmp_path):
+    # hybrid exercises both paths: classes 0, 1 are under-sampled, 3, 4 over-sampled, 2 kept
+    strategy, kw = "hybrid", dict(cap=350, floor=120)
     a = sample_dataset(spark, data["one"], str(tmp_path / "a"), strategy, seed=11, **kw)
     b = sample_dataset(spark, data["many"], str(tmp_path / "b"), strategy, seed=11, **kw)
     assert a["achieved"] == b["achieved"]
     assert _pairs(spark, tmp_path / "a") == _pairs(spark, tmp_path / "b"), \
         "1-file and 7-file copies must give the same rows"
+    # the two ways of finding thresholds select exactly the same rows: the one-pass candidate
+    # window (default) and key histograms — here 1-bit bins refined level by level until a
+    # boundary holds <= 20 rows
+    d = sample_dataset(spark, data["many"], str(tmp_path / "d"), strategy, seed=11,
+                       method="histogram", bits=1, boundary_limit=20, **kw)
+    assert "histogram" in d["method"] and "one-pass" in a["method"]
+    assert d["achieved"] == a["achieved"]
+    assert _pairs(spark, tmp_path / "d") == _pairs(spark, tmp_path / "a")
     c = sample_dataset(spark, data["one"], str(tmp_path / "c"), strategy, seed=12, **kw)
     assert c["achieved"] == a["achieved"]
     assert _pairs(spark, tmp_path / "c") != _pairs(spark, tmp_path / "a"), "the seed matters"
 
 
-def test_rus_selection_is_spread_over_the_class(spark, data, tmp_path):
-    """The kept rows are a hash-random subset, not e.g. the smallest ids."""
-    sample_dataset(spark, data["one"], str(tmp_path / "o"), "rus", target={"0": 100}, seed=4)
-    ids = sorted(r[0] for r in data["rows"] if r[1] == 0)
-    kept = sorted(i for i, y, _ in _read(spark, tmp_path / "o" / "data") if y == 0)
-    ranks = np.searchsorted(ids, kept) / len(ids)       # uniform on [0, 1) if random
-    assert abs(ranks.mean() - 0.5) < 0.1 and ranks.min() < 0.1 and ranks.max() > 0.9
+def test_stale_dataset_json_counts_are_not_trusted(spark, data, tmp_path):
+    rows = data["rows"]
+    src = _write(spark, rows, tmp_path / "src", 2)
+    info = read_info(src)
+    info.class_counts = {"0": 50, "1": 50}                  # wrong, and a class missing
+    write_info(src, info)
+    m = sample_dataset(spark, src, str(tmp_path / "o"), "rus", target="all", seed=11)
+    assert m["input_counts"] == {str(k): v for k, v in COUNTS.items()}
+    assert m["achieved"] == {str(k): 13 for k in COUNTS} and "stale" in m["method"]
+    ref = sample_dataset(spark, data["many"], str(tmp_path / "r"), "rus", target="all", seed=11)
+    assert _pairs(spark, tmp_path / "o") == _pairs(spark, tmp_path / "r")
 
 
 def test_ros_extra_copies_follow_the_rus_rule(spark, data, tmp_path):
@@ -183,7 +208,7 @@ def test_ros_extra_copies_follow_the_rus_rule(spark, data, tmp_path):
     ("empty", "no rows"),
     ("single", "at least 2 classes"),
     ("missing", "input not found"),
-    ("grow", "rus cannot grow class 1"),
+    ("grow", "rus cannot grow class 1:"),
     ("strategy", "unknown sampling strategy"),
     ("negative_cap", "--cap must be at least 1"),
     ("null_label", "null label"),
@@ -232,7 +257,7 @@ def test_cli_exit_codes(spark, data, tmp_path, capsys):
     rc = main(["sample", "--input", data["many"], "--strategy", "hybrid", "--cap", "300",
                "--floor", "100", "--seed", "1", "--out", str(tmp_path / "ok")])
     printed = capsys.readouterr().out
-    assert rc == 0 and "1200 -> " in printed and (tmp_path / "ok" / "manifest.json").is_file()
+    assert rc == 0 and "rows 2000 -> 1060" in printed and (tmp_path / "ok" / "manifest.json").is_file()
     assert (tmp_path / "ok" / "data").is_dir()
 
     for args in (["--strategy", "bogus"], ["--strategy", "rus", "--target", '{"0": 99999}'],
