@@ -1,4 +1,7 @@
-"""spark-submit / ray job entry point for `imbalance experiment` (same arguments)."""
+"""spark-submit / `ray job submit` entry point for `imbalance experiment`: same arguments, same exit status.
+
+    spark-submit --master local[2] jobs/experiment.py --help
+"""
 import os
 import sys
 

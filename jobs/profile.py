@@ -1,4 +1,7 @@
-"""spark-submit / ray job entry point for `imbalance profile` (same arguments)."""
+"""spark-submit / `ray job submit` entry point for `imbalance profile`: same arguments, same exit status.
+
+    spark-submit --master local[2] jobs/profile.py --help
+"""
 import os
 import sys
 

@@ -1,4 +1,7 @@
-"""spark-submit / ray job entry point for `imbalance run` (same arguments)."""
+"""spark-submit / `ray job submit` entry point for `imbalance run`: same arguments, same exit status.
+
+    spark-submit --master local[2] jobs/run.py --help
+"""
 import os
 import sys
 

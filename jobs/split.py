@@ -1,4 +1,7 @@
-"""spark-submit / ray job entry point for `imbalance split` (same arguments)."""
+"""spark-submit / `ray job submit` entry point for `imbalance split`: same arguments, same exit status.
+
+    spark-submit --master local[2] jobs/split.py --help
+"""
 import os
 import sys
 

@@ -1,20 +1,12 @@
-"""spark-submit / `ray job submit` entry point for `imbalance train` (same arguments), e.g.
+"""spark-submit / `ray job submit` entry point for `imbalance train`: same arguments, same exit status.
 
-    python jobs/train.py conf/demo.yaml train.train_path=runs/x/materialize/train train.out=runs/x/train
-
-Parses arguments like the CLI and calls `pipeline.train.trainer.train_from_config`;
-exit status 2 (one line on stderr) on bad input or configuration, 1 on anything else.
+    spark-submit --master local[2] jobs/train.py --help
 """
 import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _entry import run  # noqa: E402
-
-# jobs/ must not stay on sys.path: jobs/profile.py would shadow the stdlib `profile` module,
-# which pyspark and pyarrow import (cProfile -> profile).
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
 
 if __name__ == "__main__":
     run("train")

@@ -95,7 +95,7 @@ def _impose(spark, cfg: Config, table: str, out: Path) -> None:
     df = read_table(spark, table, label)
     kept = impose_protocol(df, cfg.data.protocol, cfg.data.protocol_rho, cfg.data.protocol_mu, cfg.run.seed, label)
     with atomic_dir(out) as tmp:
-        kept.write.parquet(spark_uri(tmp))
+        kept.write.mode("overwrite").parquet(spark_uri(tmp))
         if has_info(table):
             info = read_info(table)
             counts = exact_counts(spark.read.parquet(spark_uri(tmp)), label)

