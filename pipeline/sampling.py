@@ -696,8 +696,12 @@ def sample_dataset(spark, input: str, out: str, strategy: str, target: Any = "au
     return manifest
 
 
-def format_manifest(manifest: Mapping) -> str:
-    """A before/after table of class sizes (largest input class first) for the CLI."""
+def format_manifest(manifest: Mapping, max_rows: int = 24) -> str:
+    """A before/after table of class sizes (largest input class first) for the CLI.
+
+    With more than ``max_rows`` classes only the largest and smallest ``max_rows // 2`` are
+    listed (the totals and ρ always cover every class; ``manifest.json`` has them all).
+    """
     before = manifest.get("input_counts", {})
     planned = manifest.get("planned", {})
     achieved = manifest.get("achieved", {})
@@ -706,7 +710,11 @@ def format_manifest(manifest: Mapping) -> str:
             f"{manifest.get('input_rows')} -> {manifest.get('output_rows')}")
     w = max([5] + [len(str(k)) for k in labels])
     lines = [head, f"{'class':>{w}}  {'before':>10}  {'planned':>10}  {'after':>10}  {'x':>8}"]
-    for k in labels:
+    shown = labels if len(labels) <= max_rows else labels[:max_rows // 2] + [None] + labels[-(max_rows // 2):]
+    for k in shown:
+        if k is None:
+            lines.append(f"{'...':>{w}}  ({len(labels) - 2 * (max_rows // 2)} more classes in manifest.json)")
+            continue
         b, p, a = int(before.get(k, 0)), int(planned.get(k, 0)), int(achieved.get(k, 0))
         factor = f"{a / b:.3g}" if b else "-"
         lines.append(f"{k:>{w}}  {b:>10}  {p:>10}  {a:>10}  {factor:>8}")

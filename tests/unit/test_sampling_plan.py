@@ -161,3 +161,15 @@ def test_format_manifest_table():
     row0 = lines[2].split()
     assert row0[:4] == ["0", "500", "9", "9"]          # largest class first
     assert lines[-1].endswith("55.6 -> 1.0")            # rho 500/9 -> 9/9
+
+
+def test_format_manifest_abbreviates_many_classes():
+    from pipeline.sampling import format_manifest
+
+    counts = {str(i): 1000 - i for i in range(103)}
+    m = {"strategy": "none", "seed": 0, "input_rows": sum(counts.values()), "output_rows": sum(counts.values()),
+         "input_counts": counts, "planned": counts, "achieved": counts}
+    text = format_manifest(m)
+    assert "79 more classes" in text
+    assert len(text.splitlines()) == 2 + 24 + 1 + 2
+    assert text.splitlines()[2].split()[0] == "0" and text.splitlines()[-3].split()[0] == "102"
