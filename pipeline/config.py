@@ -42,7 +42,7 @@ class SparkSection:
 class RaySection:
     address: Optional[str] = None       # None: start a local Ray; "auto" or ray://host:port for a cluster
     num_cpus: Optional[int] = None      # local Ray only
-    log_to_driver: bool = False
+    log_to_driver: bool = True          # shows the workers' per-epoch progress on the driver
 
 
 @dataclass

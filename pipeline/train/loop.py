@@ -183,6 +183,34 @@ def _maybe_crash(spec, epoch: int, step: int, rank: int, out_dir: Path) -> None:
     os._exit(1)
 
 
+class _RayBar:
+    """tqdm-like adapter over Ray's ``tqdm_ray``, which draws a worker's bar on the driver."""
+
+    def __init__(self, total: int, desc: str):
+        from ray.experimental.tqdm_ray import tqdm as ray_tqdm
+
+        self.desc = desc
+        self.bar = ray_tqdm(total=total, desc=desc)
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+    def set_postfix(self, **kw) -> None:
+        self.bar.set_description(self.desc + " " + " ".join(f"{k}={v}" for k, v in kw.items()))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _progress_bar(total: int, desc: str, in_ray: bool):
+    """A per-epoch progress bar: Ray's driver-side bar inside Ray Train, plain tqdm otherwise."""
+    if in_ray:
+        return _RayBar(total, desc)
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", leave=False, mininterval=1.0)
+
+
 def _config_fingerprint(cfg, train_path, val_path, init_from) -> str:
     """What a local checkpoint must match to be resumed (epochs may grow; paths, model, loss may not)."""
     from pipeline.io import fingerprint
@@ -358,9 +386,7 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
                              workers_count=cfg.stream.workers_count, shuffle_buffer=cfg.stream.shuffle_buffer)
         bar = None
         if rank == 0 and tc.progress:
-            from tqdm import tqdm
-            bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{n_epochs}", unit="batch", leave=False,
-                       mininterval=1.0)
+            bar = _progress_bar(len(loader), f"epoch {epoch + 1}/{n_epochs}", in_ray=report_fn is not None)
         t0 = time.perf_counter()
         rows = 0
         loss_sum = torch.zeros((), device=device)

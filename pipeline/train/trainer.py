@@ -48,11 +48,27 @@ META_FILE = "model.json"
 
 
 # ------------------------------------------------------------------ the per-worker function
+def _quiet_worker_logs() -> None:
+    """Keep the driver's console to progress bars and epoch summaries.
+
+    Ray Train V2 logs every report and checkpoint at INFO (its report logger is named after its
+    file), and Petastorm warns on every plain-Parquet table ("Failed loading Unischema…").
+    """
+    import logging
+
+    from ray.train.v2._internal.execution import context as v2_context
+    from ray.train.v2._internal.execution import storage as v2_storage
+
+    for name in (v2_context.__file__, v2_storage.__name__, "ray.train", "petastorm"):
+        logging.getLogger(name).setLevel(logging.WARNING if name != "petastorm" else logging.ERROR)
+
+
 def _train_worker(config: dict) -> None:
     """Runs on every Ray Train worker: the plain loop with Ray's rank, device and checkpoints."""
     import ray.train
     import ray.train.torch
 
+    _quiet_worker_logs()
     cfg = config_from_dict(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
