@@ -155,7 +155,8 @@ def _shape_mask(k: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.abs(u) + np.abs(v) < 1.1                    # diamond
 
 
-def _plankton_batches(rows: int, seed: int, cum: np.ndarray, step: int, params: dict):
+def _row_batches(rows: int, seed: int, cum: np.ndarray, step: int, payload):
+    """mapInPandas function: ids → (id, label, payload columns); ``payload(labels, rng) -> dict``."""
     def gen(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for pdf in batches:
             ids = pdf["id"].to_numpy()
@@ -163,23 +164,22 @@ def _plankton_batches(rows: int, seed: int, cum: np.ndarray, step: int, params: 
                 continue
             labels = _labels_for(ids, cum, rows, step)
             rng = np.random.default_rng([seed, int(ids[0]), len(ids)])
-            imgs = draw_images(labels, rng, params)
-            flat = imgs.reshape(len(ids), -1)
-            yield pd.DataFrame({"id": ids, "label": labels, "image": [r.tobytes() for r in flat]})
+            yield pd.DataFrame({"id": ids, "label": labels, **payload(labels, rng)})
     return gen
 
 
-def _tabular_batches(rows: int, seed: int, cum: np.ndarray, step: int, means: np.ndarray):
-    def gen(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for pdf in batches:
-            ids = pdf["id"].to_numpy()
-            if len(ids) == 0:
-                continue
-            labels = _labels_for(ids, cum, rows, step)
-            rng = np.random.default_rng([seed, int(ids[0]), len(ids)])
-            x = means[labels] + rng.normal(0, 1.0, (len(ids), means.shape[1]))
-            yield pd.DataFrame({"id": ids, "label": labels, "features": list(x.astype(np.float32))})
-    return gen
+def _plankton_payload(params: dict):
+    def payload(labels: np.ndarray, rng: np.random.Generator) -> dict:
+        flat = draw_images(labels, rng, params).reshape(len(labels), -1)
+        return {"image": [r.tobytes() for r in flat]}
+    return payload
+
+
+def _tabular_payload(means: np.ndarray):
+    def payload(labels: np.ndarray, rng: np.random.Generator) -> dict:
+        x = means[labels] + rng.normal(0, 1.0, (len(labels), means.shape[1]))
+        return {"features": list(x.astype(np.float32))}
+    return payload
 
 
 def synthesize(spark, preset: str, rows: int, seed: int, out: str, partitions: int | None = None) -> dict:
@@ -212,12 +212,12 @@ def synthesize(spark, preset: str, rows: int, seed: int, out: str, partitions: i
     base = spark.range(0, rows, numPartitions=partitions)
     if preset == "plankton":
         params = _class_params(n_classes, seed)
-        fn = _plankton_batches(rows, seed, cum, step, params)
+        fn = _row_batches(rows, seed, cum, step, _plankton_payload(params))
         schema = "id long, label long, image binary"
         info = DatasetInfo(kind="image", n_classes=n_classes, image_shape=[IMAGE_SIDE, IMAGE_SIDE])
     else:
         means = np.random.default_rng(20_000 + seed).normal(0, 1.1, (n_classes, TABULAR_DIM))
-        fn = _tabular_batches(rows, seed, cum, step, means)
+        fn = _row_batches(rows, seed, cum, step, _tabular_payload(means))
         schema = "id long, label long, features array<float>"
         info = DatasetInfo(kind="features", n_classes=n_classes, n_features=TABULAR_DIM)
     info.class_counts = {str(i): int(c) for i, c in enumerate(counts)}
