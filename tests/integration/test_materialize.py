@@ -65,8 +65,10 @@ def test_petastorm_two_shards_read_every_row_once(spark, sampled, tmp_path):
     stats = materialize(spark, data, str(out), seed=7, row_group_mb=0.05, min_files=4)
     total = sum(COUNTS[0] for _ in range(3))   # ROS auto: every class raised to the majority
     assert stats["rows"] == total
-    assert stats["files"] >= 4 and stats["row_groups"] >= stats["files"]
-    assert stats["row_groups"] > 4, "small row_group_mb must give several row groups"
+    assert stats["files"] >= 4 and stats["files"] % 4 == 0, "a multiple of min_files"
+    assert stats["row_groups"] == stats["files"], "one row group per file"
+    # equal row groups, so that round-robin sharding gives every worker the same share
+    assert stats["max_row_group_rows"] <= 1.25 * stats["min_row_group_rows"], stats
     assert stats["mb_per_s"] > 0 and stats["bytes"] > 0
     assert read_json(out / "_materialize.json")["rows"] == total
     assert read_info(out).image_shape == [8, 8]        # the description travels with the data
@@ -77,6 +79,7 @@ def test_petastorm_two_shards_read_every_row_once(spark, sampled, tmp_path):
     assert all(shards), "both shards get rows"
     assert not set(shards[0]) & set(shards[1]), "shards are disjoint"
     assert Counter(shards[0] + shards[1]) == Counter(want), "every (id, copy) exactly once"
+    assert abs(len(shards[0]) - len(shards[1])) <= 0.15 * total, "balanced shards"
 
 
 def test_rows_are_shuffled_and_copies_do_not_cluster(spark, sampled, tmp_path):
