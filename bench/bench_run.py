@@ -1,8 +1,8 @@
 """Wall time and peak memory of a whole `imbalance run`, stage by stage.
 
 Runs ``imbalance run CONFIG [overrides]`` in a child process and samples, once a second, the
-resident memory of its whole process tree split into the Python driver, the Spark JVM and Ray's
-processes (workers, raylet, GCS). Stage boundaries come from the run's stage banners on stderr,
+resident memory of its whole process tree split into Python processes (the driver and
+Spark's Python workers), the Spark JVM and Ray's processes (workers, raylet, GCS). Stage boundaries come from the run's stage banners on stderr,
 so each stage gets its wall time and the peak memory seen while it ran.
 
     python bench/bench_run.py conf/plankton.yaml run.root=/tmp/runs --markdown docs/bench-plankton-run.md
@@ -100,7 +100,7 @@ def main() -> None:
         lo, hi, status = stages[name]
         hi = hi if hi is not None else total
         rows.append((name, status, hi - lo, peak(lo, hi, 1), peak(lo, hi, 2), peak(lo, hi, 3), peak(lo, hi, 4)))
-    lines = ["| stage | wall (s) | peak driver (GB) | peak Spark JVM (GB) | peak Ray (GB) | peak total (GB) |",
+    lines = ["| stage | wall (s) | peak Python: driver + Spark Python workers (GB) | peak Spark JVM (GB) | peak Ray (GB) | peak total (GB) |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, status, wall, d, j, r, tot in rows:
         lines.append(f"| {name}{' (skipped)' if status == 'skipped' else ''} | {wall:.0f} | {d:.2f} | {j:.2f} | "
