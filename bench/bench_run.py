@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("config")
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--markdown")
+    ap.add_argument("--json", help="also write the stage rows and memory samples to this file")
     a = ap.parse_args()
     cmd = [sys.executable, "-m", "pipeline.cli", "run", a.config, *a.overrides]
     t0 = time.time()
@@ -115,8 +116,9 @@ def main() -> None:
         with open(a.markdown, "w") as f:
             f.write(f"## `imbalance run {a.config}` stage by stage\n\n`{command}`\n\n{text}\n\n"
                     f"Summary printed by the run:\n\n```\n{out.strip()}\n```\n")
-    with open((a.markdown or "bench-run") + ".json", "w") as f:
-        json.dump({"stages": rows, "total_s": total, "samples": samples[::5]}, f)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"stages": rows, "total_s": total, "samples": samples[::5]}, f)
 
 
 if __name__ == "__main__":
