@@ -119,7 +119,9 @@ class TrainSection:
     patience: Optional[int] = None      # early stopping after this many epochs without gain
     max_failures: int = 1
     method: str = "baseline"            # baseline | two_phase | ... (see pipeline.train.methods)
-    method_params: dict = field(default_factory=dict)
+    method_params: dict = field(default_factory=dict)  # e.g. dynamic_sampling, category_centers (docs/methods.md)
+    read_sampling: Optional[dict] = None  # per-epoch sampling in the reader: {strategy: ros|rus|threshold|floor|
+    #                                      hybrid|rates|dynamic, target, cap, floor, rates, seed, initial, epoch_rows}
     train_path: Optional[str] = None    # standalone `imbalance train`: materialized train data
     val_path: Optional[str] = None
     out: Optional[str] = None           # standalone: where checkpoints/model go

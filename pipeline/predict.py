@@ -10,6 +10,15 @@ training (:mod:`pipeline.stream`). The output follows the predictions contract:
 
 and is written atomically (temporary sibling directory, renamed into place), with
 ``_predictions.json`` beside the parts (model directory, input, classes and label names).
+
+**Category centers** (Zhang et al., survey "Category centers"): when the model directory holds
+``centroids.pt`` (``train.method_params.category_centers: true``), a row is classified by the
+nearest class centroid of its deep features (``model(x, return_features=True)``) instead of the
+classifier layer: ``pred`` = :func:`pipeline.train.methods.nearest_centroid_predict`, and
+``probs`` = softmax over the classes of the negative Euclidean distances divided by the
+temperature T (``method_params.centroid_temperature``, default 1),
+p_k = exp(−‖f − c_k‖₂ / T) / Σ_j exp(−‖f − c_j‖₂ / T) (cosine metric: exp(cos(f, c_k) / T)
+normalised), so ``pred`` is still the argmax of ``probs``; a class without a centroid gets 0.
 """
 from __future__ import annotations
 
@@ -28,14 +37,37 @@ _MODEL_CACHE: dict = {}
 
 def _cached_model(model_dir: str):
     """Load the model once per Python worker process (Spark reuses workers across tasks)."""
-    from pipeline.train.trainer import META_FILE, MODEL_FILE, load_model
+    from pipeline.train.trainer import META_FILE, MODEL_FILE, load_centroids, load_model
 
     d = local_path(model_dir)
     key = (str(d), os.path.getmtime(d / MODEL_FILE), os.path.getmtime(d / META_FILE))
     if key not in _MODEL_CACHE:
         _MODEL_CACHE.clear()
-        _MODEL_CACHE[key] = load_model(str(d), device="cpu")
+        model, meta = load_model(str(d), device="cpu")
+        _MODEL_CACHE[key] = (model, meta, load_centroids(str(d), meta))
     return _MODEL_CACHE[key]
+
+
+def centroid_probs(features, centroids, metric: str = "euclidean", temperature: float = 1.0):
+    """Category-center probabilities: softmax over classes of −distance / T (cosine: similarity / T).
+
+    Classes without a centroid (NaN row) get probability 0. Float64 throughout.
+    """
+    import torch
+
+    f = torch.as_tensor(features).to(torch.float64)
+    c = torch.as_tensor(centroids).to(torch.float64)
+    valid = ~torch.isnan(c).any(dim=1)
+    c0 = torch.nan_to_num(c, nan=0.0)
+    if metric == "cosine":
+        fn = f / f.norm(dim=1, keepdim=True).clamp_min(1e-300)
+        cn = c0 / c0.norm(dim=1, keepdim=True).clamp_min(1e-300)
+        score = fn @ cn.T
+    else:
+        score = -torch.cdist(f, c0)
+    score = score / float(temperature)
+    score[:, ~valid] = float("-inf")
+    return torch.softmax(score, dim=1)
 
 
 def predict_batches(frames: Iterator, model_dir: str, info: dict, batch_size: int) -> Iterator:
@@ -46,7 +78,10 @@ def predict_batches(frames: Iterator, model_dir: str, info: dict, batch_size: in
     from pipeline.stream import decode_features, decode_images, to_float
 
     torch.set_num_threads(1)  # one Spark task per core already
-    model, _ = _cached_model(model_dir)
+    from pipeline.train.methods import nearest_centroid_predict
+
+    model, meta, centroids = _cached_model(model_dir)
+    cc = meta.get("category_centers") or {}
     di = DatasetInfo(**info)
     fc = di.feature_col
     for frame in frames:
@@ -54,19 +89,28 @@ def predict_batches(frames: Iterator, model_dir: str, info: dict, batch_size: in
         if n == 0:
             continue
         probs_out = np.empty((n, di.n_classes), dtype=np.float64)
+        pred_out = np.empty(n, dtype=np.int32)
         for s in range(0, n, batch_size):
             part = frame.iloc[s:s + batch_size]
             col = part[fc].to_numpy()
             x = decode_images(col, di.image_shape) if di.kind == "image" else decode_features(col, di.n_features)
             with torch.no_grad():
-                logits = model(to_float(x))
-                probs_out[s:s + len(part)] = torch.softmax(logits.float(), dim=1).double().numpy()
+                if centroids is None:
+                    logits = model(to_float(x))
+                    p = torch.softmax(logits.float(), dim=1).double()
+                    pred_out[s:s + len(part)] = p.argmax(dim=1).numpy()
+                else:  # category centers: nearest centroid in deep-feature space
+                    _, feats = model(to_float(x), return_features=True)
+                    metric = cc.get("metric", "euclidean")
+                    p = centroid_probs(feats, centroids, metric, cc.get("temperature", 1.0))
+                    pred_out[s:s + len(part)] = nearest_centroid_predict(feats, centroids, metric).numpy()
+                probs_out[s:s + len(part)] = p.numpy()
         label = frame["label"].to_numpy() if "label" in frame else np.full(n, None)
         yield pd.DataFrame({
             "id": frame["id"].to_numpy(dtype=np.int64),
             "label": pd.array(label, dtype="Int32"),
             "probs": list(probs_out),
-            "pred": probs_out.argmax(axis=1).astype(np.int32),
+            "pred": pred_out,
         })
 
 
@@ -132,4 +176,4 @@ def predict_from_config(cfg) -> str:
                    label_col=cfg.data.label_col if cfg.data.label_col != "label" else None)
 
 
-__all__ = ["predict", "predict_from_config", "predict_batches", "OUTPUT_SCHEMA"]
+__all__ = ["predict", "predict_from_config", "predict_batches", "centroid_probs", "OUTPUT_SCHEMA"]

@@ -30,6 +30,18 @@ row ids and a boolean ``fill`` mask, which is how the tests check "every row exa
 
 The Ray Data reader splits with ``streaming_split(equal=True)`` (Ray Train's default), which gives
 every worker the same number of rows by dropping at most ``world_size - 1`` rows per epoch.
+
+**Read-time sampling** (issue 7 item 2; ROS / RUS / thresholds / floors / dynamic sampling without
+writing a duplicate to disk). With per-class ``rates`` the Petastorm reader emits every row
+:func:`pipeline.train.methods.row_multiplicity` times — ⌊r⌋ copies plus one more with probability
+frac(r), r = rates[label], decided by a hash of ``(sample_seed, epoch, id)`` — so the draw is the
+same on every worker and every rerun and changes from epoch to epoch. The copies of a chunk are
+mixed by a seeded block shuffle (blocks of ``max(shuffle_buffer, 8 × batch_size)`` rows). Equal
+steps stay exact: before the epoch every worker reads the ``id`` and label columns of all row
+groups (about 12 bytes a row, no features or images), computes every shard's exact sampled row
+count (:func:`sampled_shard_rows`), and runs ``ceil(max / batch_size)`` steps, topping up with fill
+rows drawn from its own sampled shard as above. Only the Petastorm reader samples
+(``streaming_split`` decides row placement at run time, so per-worker totals are not known ahead).
 """
 from __future__ import annotations
 
@@ -200,6 +212,59 @@ def _row_group_rows(url: str, _mtime_key: float) -> tuple:
     return tuple(rows)
 
 
+@lru_cache(maxsize=64)
+def _row_group_index(url: str, _mtime_key: float) -> tuple:
+    """((file path, row group index), ...) in Petastorm's enumeration order (footers only)."""
+    import pyarrow.parquet as pq
+    from petastorm.etl.dataset_metadata import load_row_groups
+    from petastorm.fs_utils import get_filesystem_and_path_or_paths
+
+    fs, p = get_filesystem_and_path_or_paths(url)
+    dataset = pq.ParquetDataset(p, filesystem=fs, validate_schema=False)
+    return tuple((piece.path, piece.row_group or 0) for piece in load_row_groups(dataset))
+
+
+def iter_row_group_columns(path: str, columns: list) -> Iterator[tuple]:
+    """``(row group number, pyarrow Table of columns)`` for every row group, in Petastorm's order.
+
+    Reads only the named columns (one row group at a time, so memory does not grow with rows).
+    """
+    import pyarrow.parquet as pq
+    from petastorm.fs_utils import get_filesystem_and_path_or_paths
+
+    url = file_url(path)
+    fs, _ = get_filesystem_and_path_or_paths(url)
+    open_path, handle, pf = None, None, None
+    try:
+        for i, (piece_path, rg) in enumerate(_row_group_index(url, _mtime(path))):
+            if piece_path != open_path:
+                if handle is not None:
+                    handle.close()
+                handle = fs.open(piece_path)
+                pf, open_path = pq.ParquetFile(handle), piece_path
+            yield i, pf.read_row_group(rg, columns=list(columns))
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def sampled_shard_rows(path: str, world_size: int, label_col: str, rates, seed: int, epoch: int) -> list[int]:
+    """Exact rows every shard emits in ``epoch`` under read-time sampling with per-class ``rates``.
+
+    Σ over the shard's rows of :func:`pipeline.train.methods.row_multiplicity` (row group ``i`` →
+    shard ``i % world_size``, as Petastorm assigns them). Reads the ``id`` and label columns only.
+    """
+    from pipeline.train.methods import row_multiplicity
+
+    r = np.asarray(rates, dtype=float)
+    out = [0] * world_size
+    for i, t in iter_row_group_columns(path, [ID_COL, label_col]):
+        ids = t.column(ID_COL).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        labels = t.column(label_col).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        out[i % world_size] += int(row_multiplicity(ids, labels, r, seed, epoch).sum())
+    return out
+
+
 def shard_rows(path: str, world_size: int) -> list[int]:
     """Rows per shard under Petastorm's assignment (row group ``i`` → shard ``i % world_size``)."""
     rows = row_group_rows(path)
@@ -301,6 +366,8 @@ class PetastormLoader:
     raw: bool = False             # images stay uint8 (convert on the device with to_float)
     workers_count: int = 2
     shuffle_buffer: int = 0       # BatchedDataLoader shuffling queue (rows); 0: row groups + rows shuffled
+    rates: Optional[tuple] = None  # read-time sampling: one rate per class (None: every row once)
+    sample_seed: int = 0          # read-time sampling: the seed of the (seed, epoch, id) hash
 
     def __post_init__(self):
         n_groups = len(row_group_rows(self.path))
@@ -312,7 +379,22 @@ class PetastormLoader:
                              f"{self.world_size} workers: rewrite it with more files or row groups")
         rows = shard_rows(self.path, self.world_size)
         self.shard_rows = rows[self.rank]
-        self.target_rows = max(rows) if self.fill else self.shard_rows
+        self.sampled_rows = None
+        if self.rates is not None:
+            r = np.asarray(self.rates, dtype=float).ravel()
+            if r.size != self.info.n_classes or np.any(~np.isfinite(r)) or np.any(r < 0):
+                raise InputError(f"read-time sampling needs {self.info.n_classes} finite rates >= 0 (one per "
+                                 f"class), got {r.tolist()[:8]}")
+            self.rates = tuple(float(v) for v in r)
+            sampled = sampled_shard_rows(self.path, self.world_size, self.info.label_col, self.rates,
+                                         self.sample_seed, self.epoch)
+            if max(sampled) == 0:
+                raise InputError(f"read-time sampling draws no row from {self.path} in epoch {self.epoch} "
+                                 f"(rates {list(self.rates)[:8]})")
+            self.sampled_rows = sampled
+            rows = sampled
+        emitted_rows = rows[self.rank]
+        self.target_rows = max(rows) if self.fill else emitted_rows
         self.steps = math.ceil(self.target_rows / self.batch_size)
 
     def __len__(self) -> int:
@@ -344,7 +426,44 @@ class PetastormLoader:
                 ids = b[ID_COL].long()
                 yield x, y, ids
 
+    def _sampled_chunks(self, num_epochs, seed, gen, counter: list) -> Iterator[tuple]:
+        """Chunks after read-time sampling: each row ``row_multiplicity`` times (0 = skipped), mixed
+        in seeded blocks so a row's copies spread out; one gather per block does both.
+
+        ``counter[0]`` counts the rows read before sampling (checked against the footers).
+        """
+        from pipeline.train.methods import row_multiplicity
+
+        block = max(self.shuffle_buffer, 8 * self.batch_size)
+        parts, mults, n = [], [], 0
+
+        def flush():
+            cols = [torch.cat([p[i] for p in parts]) if len(parts) > 1 else parts[0][i] for i in range(3)]
+            m = np.concatenate(mults)
+            idx = torch.from_numpy(np.repeat(np.arange(len(m)), m))
+            if self.shuffle:
+                idx = idx[torch.randperm(len(idx), generator=gen)]
+            return tuple(c[idx] for c in cols)
+
+        for x, y, ids in self._chunks(num_epochs, seed):
+            counter[0] += len(y)
+            m = row_multiplicity(ids.numpy(), y.numpy(), self.rates, self.sample_seed, self.epoch)
+            k = int(m.sum())
+            if k == 0:
+                continue
+            parts.append((x, y, ids))
+            mults.append(m)
+            n += k
+            if n >= block:
+                yield flush()
+                parts, mults, n = [], [], 0
+        if parts:
+            yield flush()
+
     def __iter__(self) -> Iterator[tuple]:
+        if self.rates is not None:
+            yield from self._iter_sampled()
+            return
         seed = (self.seed * 1_000_003 + self.epoch) % (2**31 - 1)
         reb = _Rebatcher(self.batch_size)
         seen = 0
@@ -360,6 +479,41 @@ class PetastormLoader:
         need = self.target_rows - seen
         if need > 0:  # top up with repeats of this shard (order does not matter: infinite reader)
             for x, y, ids in self._chunks(None, seed + 7919):
+                take = min(need, len(y))
+                need -= take
+                for b in reb.add((x[:take], y[:take], ids[:take], torch.ones(take, dtype=torch.bool))):
+                    emitted += 1
+                    yield self._out(b)
+                if need == 0:
+                    break
+        for b in reb.flush():
+            emitted += 1
+            yield self._out(b)
+        assert emitted == self.steps, (emitted, self.steps)
+
+    def _iter_sampled(self) -> Iterator[tuple]:
+        """One epoch under read-time sampling: this shard's sampled rows once (their exact number
+        known from :func:`sampled_shard_rows`), then fill rows from the sampled shard again (or from
+        the plain shard when sampling left it empty) up to the largest shard's count."""
+        seed = (self.seed * 1_000_003 + self.epoch) % (2**31 - 1)
+        gen = torch.Generator().manual_seed((seed * 7 + self.rank * 104_729 + 12_345) % (2**63 - 1))
+        reb = _Rebatcher(self.batch_size)
+        read = [0]
+        produced = emitted = 0
+        for x, y, ids in self._sampled_chunks(1, seed, gen, read):
+            produced += len(y)
+            for b in reb.add((x, y, ids, torch.zeros(len(y), dtype=torch.bool))):
+                emitted += 1
+                yield self._out(b)
+        mine = self.sampled_rows[self.rank]
+        if read[0] != self.shard_rows or produced != mine:
+            raise RuntimeError(f"shard {self.rank}/{self.world_size} of {self.path}: read {read[0]} rows "
+                               f"(footers say {self.shard_rows}), sampled {produced} (expected {mine})")
+        need = self.target_rows - produced
+        if need > 0:
+            source = self._sampled_chunks(None, seed + 7919, gen, [0]) if mine > 0 else \
+                self._chunks(None, seed + 7919)
+            for x, y, ids in source:
                 take = min(need, len(y))
                 need -= take
                 for b in reb.add((x[:take], y[:take], ids[:take], torch.ones(take, dtype=torch.bool))):
@@ -480,21 +634,26 @@ def ray_dataset(path: str, info: DatasetInfo):
 def make_loader(path: str, info: DatasetInfo, rank: int = 0, world_size: int = 1, batch_size: int = 256,
                 epoch: int = 0, seed: int = 0, shuffle: bool = True, reader: str = "petastorm", *,
                 fill: bool = True, with_ids: bool = False, raw: bool = False, workers_count: int = 2,
-                shuffle_buffer: int = 0, dataset_name: str = "train"):
+                shuffle_buffer: int = 0, dataset_name: str = "train", rates=None, sample_seed: int = 0):
     """An iterable of ``(x float tensor, y long tensor)`` batches over this worker's shard for one epoch.
 
     Every worker gets ``len(loader)`` batches (the same on all workers when ``fill`` is on).
     ``with_ids=True`` yields ``(x, y, ids, fill_mask)``; ``raw=True`` keeps images uint8 so the
-    loop can move 4x fewer bytes to the GPU and scale there (:func:`to_float`).
+    loop can move 4x fewer bytes to the GPU and scale there (:func:`to_float`). ``rates`` (one
+    per class) turns on read-time sampling for this epoch, keyed by ``(sample_seed, epoch, id)``
+    (Petastorm reader only; see the module docstring).
     """
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
     if not (0 <= rank < world_size):
         raise InputError(f"rank {rank} outside 0..{world_size - 1}")
+    if rates is not None and reader != "petastorm":
+        raise InputError(f"read-time sampling (train.read_sampling) needs stream.reader=petastorm, got {reader!r}")
     if reader == "petastorm":
         return PetastormLoader(path, info, rank, world_size, batch_size, epoch, seed, shuffle, fill=fill,
                                with_ids=with_ids, raw=raw, workers_count=workers_count,
-                               shuffle_buffer=shuffle_buffer)
+                               shuffle_buffer=shuffle_buffer, rates=None if rates is None else tuple(rates),
+                               sample_seed=sample_seed)
     if reader == "ray_data":
         return RayDataLoader(path, info, rank, world_size, batch_size, epoch, seed, shuffle, with_ids=with_ids,
                              raw=raw, dataset_name=dataset_name, shuffle_buffer=shuffle_buffer)
@@ -515,5 +674,6 @@ def check_table(path: str) -> None:
                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
 
-__all__ = ["make_loader", "steps_per_epoch", "shard_rows", "row_group_rows", "table_rows", "to_float",
+__all__ = ["make_loader", "steps_per_epoch", "shard_rows", "sampled_shard_rows", "iter_row_group_columns",
+           "row_group_rows", "table_rows", "to_float",
            "decode_images", "decode_features", "decode_columns", "ray_dataset", "check_table", "READERS"]

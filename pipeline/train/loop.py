@@ -19,6 +19,21 @@ a ``GradScaler``), validation macro-F1 and per-class recall from a confusion mat
 workers, best-epoch selection and early stopping on ``train.select_metric`` with
 ``train.patience``, and LDAM-DRW (deferred re-weighting, Cao et al. 2019): from epoch
 ``drw_epoch`` on, the LDAM loss uses the class-balanced weights of :func:`losses.drw_weights`.
+
+Two of the survey's methods run inside the loop (see ``docs/methods.md``):
+
+* **read-time sampling** (``train.read_sampling``; issue 7 item 2): per-class rates for the
+  streaming reader each epoch — ROS / RUS / threshold / floor / hybrid targets from
+  :func:`pipeline.sampling.plan_counts` (rate = target / n_c), explicit rates, or **dynamic
+  sampling** (Pouyanfar et al. 2018, survey Eq. 11; also ``train.method_params.dynamic_sampling:
+  true``): after each epoch's validation the per-class F1 (from the confusion matrix all-reduced
+  over workers, so every rank computes the same rates; rank 0's are broadcast anyway) gives the
+  next epoch's rates by :func:`methods.dynamic_sampling_rates`. Each epoch's rates are kept in the
+  history (``read_rates``) and a resumed run recomputes them from it;
+* **category centers** (Zhang et al.; ``train.method_params.category_centers: true``): after
+  training, one pass over the training table with the best weights computes each class's
+  centroid of the deep features (:class:`methods.CentroidAccumulator`, summed over workers); the
+  trainer saves them as ``model/centroids.pt`` and prediction assigns the nearest centroid.
 """
 from __future__ import annotations
 
@@ -44,6 +59,7 @@ CRASH_ENV = "IMBALANCE_TEST_CRASH_AT"        # test-only: "epoch:step:rank" → 
 METRICS_HIGHER = ("macro_f1", "balanced_accuracy", "accuracy", "g_mean", "macro_recall")
 METRICS_LOWER = ("val_loss",)
 DRW_KEYS = ("drw_epoch", "drw_beta")
+CENTROIDS_FILE = "centroids.pt"             # category centers in a checkpoint and in the model artifact
 
 
 # ------------------------------------------------------------------ metrics
@@ -211,6 +227,182 @@ def _progress_bar(total: int, desc: str, in_ray: bool):
     return tqdm(total=total, desc=desc, unit="batch", leave=False, mininterval=1.0)
 
 
+# ------------------------------------------------------------------ read-time sampling (issue 7 item 2)
+READ_STRATEGIES = ("none", "ros", "rus", "threshold", "floor", "hybrid", "rates", "dynamic")
+READ_KEYS = {"strategy", "target", "cap", "floor", "rates", "seed", "initial", "epoch_rows"}
+
+
+def read_sampling_spec(train_cfg) -> Optional[dict]:
+    """``train.read_sampling`` normalised (None: off), with ``method_params.dynamic_sampling: true``
+    meaning ``{strategy: dynamic}``. Raises :class:`ConfigError` naming the bad key."""
+    from pipeline.errors import ConfigError
+
+    raw = train_cfg.read_sampling
+    dyn = (train_cfg.method_params or {}).get("dynamic_sampling", False)
+    if not isinstance(dyn, bool):
+        raise ConfigError(f"config key 'train.method_params.dynamic_sampling': expected true/false, got {dyn!r}")
+    if raw is None:
+        return {"strategy": "dynamic"} if dyn else None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key 'train.read_sampling' must be a mapping or null, got {raw!r}")
+    for k in raw:
+        if k not in READ_KEYS:
+            raise ConfigError(f"unknown config key 'train.read_sampling.{k}' (known: {', '.join(sorted(READ_KEYS))})")
+    spec = dict(raw)
+    strategy = str(spec.get("strategy", "")).strip().lower()
+    if strategy not in READ_STRATEGIES:
+        raise ConfigError(f"config key 'train.read_sampling.strategy': expected one of "
+                          f"{', '.join(READ_STRATEGIES)}, got {spec.get('strategy')!r}")
+    if dyn and strategy != "dynamic":
+        raise ConfigError("train.method_params.dynamic_sampling is true but train.read_sampling.strategy is "
+                          f"'{strategy}': use one or the other")
+    spec["strategy"] = strategy
+    if strategy == "rates" and not isinstance(spec.get("rates"), (list, dict)):
+        raise ConfigError("config key 'train.read_sampling.rates': strategy 'rates' needs a list (one rate per "
+                          "class) or a mapping class → rate")
+    if spec.get("initial", "ones") not in ("ones", "balanced"):
+        raise ConfigError(f"config key 'train.read_sampling.initial': expected ones or balanced, "
+                          f"got {spec['initial']!r}")
+    s = spec.get("seed")
+    if s is not None and (isinstance(s, bool) or not isinstance(s, int)):
+        raise ConfigError(f"config key 'train.read_sampling.seed': expected an integer, got {s!r}")
+    e = spec.get("epoch_rows")
+    if e is not None and e != "table" and (isinstance(e, bool) or not isinstance(e, (int, float)) or e <= 0):
+        raise ConfigError(f"config key 'train.read_sampling.epoch_rows': expected a positive number or 'table', "
+                          f"got {e!r}")
+    return spec
+
+
+def static_read_rates(spec: dict, counts: np.ndarray) -> np.ndarray:
+    """Per-class rates of a fixed strategy: ``plan_counts`` target / class size (explicit ``rates``
+    as given; classes a mapping does not name keep rate 1). An empty class gets rate 0."""
+    from pipeline.sampling import plan_counts
+
+    k = len(counts)
+    strategy = spec["strategy"]
+    if strategy == "rates":
+        given = spec["rates"]
+        r = np.ones(k)
+        if isinstance(given, dict):
+            for lab, v in given.items():
+                i = int(lab)
+                if not 0 <= i < k:
+                    raise InputError(f"train.read_sampling.rates names class {lab!r}; classes are 0..{k - 1}")
+                r[i] = float(v)
+        else:
+            if len(given) != k:
+                raise InputError(f"train.read_sampling.rates has {len(given)} rates for {k} classes")
+            r = np.asarray(given, dtype=float)
+        if np.any(~np.isfinite(r)) or np.any(r < 0):
+            raise InputError(f"train.read_sampling.rates must be finite and >= 0, got {r.tolist()}")
+        return r
+    plan = plan_counts({i: int(n) for i, n in enumerate(counts)}, strategy, spec.get("target", "auto"),
+                       cap=spec.get("cap"), floor=spec.get("floor"))
+    rates = np.zeros(k)
+    for i, n in enumerate(counts):
+        if n > 0:
+            rates[i] = float(plan.get(i, n)) / float(n)
+    return rates
+
+
+def dynamic_n_star(spec: dict, counts: np.ndarray) -> float:
+    """N* of Eq. 11: the rows one epoch draws. Default the average class size (the survey's N*);
+    ``epoch_rows: table`` draws as many rows as the table has, a number that many rows."""
+    e = spec.get("epoch_rows")
+    if e is None:
+        return float(counts.mean())
+    if e == "table":
+        return float(counts.sum())
+    return float(e)
+
+
+def epoch_read_rates(spec: Optional[dict], counts: np.ndarray, epoch: int, history: list) -> Optional[np.ndarray]:
+    """This epoch's per-class read rates (None: read every row once).
+
+    Dynamic sampling (Pouyanfar et al., Eq. 11): epoch 0 uses rate 1 (``initial: ones``) or the
+    balanced draw N*/K per class (``initial: balanced``); every later epoch uses the previous
+    epoch's per-class validation F1 (a class without validation rows counts as F1 0).
+    """
+    from pipeline.train.methods import dynamic_sampling_rates
+
+    if spec is None or spec["strategy"] == "none":
+        return None
+    if spec["strategy"] != "dynamic":
+        return static_read_rates(spec, counts)
+    n_star = dynamic_n_star(spec, counts)
+    prev = history[-1] if history else None
+    if prev is None or epoch == 0:
+        if spec.get("initial", "ones") == "ones":
+            return np.where(counts > 0, 1.0, 0.0)
+        return dynamic_sampling_rates(np.zeros(len(counts)), counts, n_star)
+    f1 = [float("nan") if v is None else float(v) for v in prev["val_f1_per_class"]]
+    return dynamic_sampling_rates(f1, counts, n_star)
+
+
+def _same_on_all_ranks(values: np.ndarray, rank: int, device: torch.device) -> np.ndarray:
+    """Rank 0's values on every rank (a sum where the other ranks add zeros: exact)."""
+    if not _distributed():
+        return values
+    t = torch.tensor(values if rank == 0 else np.zeros_like(values), dtype=torch.float64)
+    return _all_reduce(t, device).numpy()
+
+
+# ------------------------------------------------------------------ category centers (Zhang et al.)
+def centers_params(train_cfg) -> Optional[dict]:
+    """``method_params.category_centers`` (true/false) with ``centroid_metric`` (euclidean | cosine)
+    and ``centroid_temperature`` (> 0, the softmax temperature of prediction's probabilities)."""
+    from pipeline.errors import ConfigError
+
+    mp = train_cfg.method_params or {}
+    on = mp.get("category_centers", False)
+    if not isinstance(on, bool):
+        raise ConfigError(f"config key 'train.method_params.category_centers': expected true/false, got {on!r}")
+    if not on:
+        return None
+    metric = mp.get("centroid_metric", "euclidean")
+    if metric not in ("euclidean", "cosine"):
+        raise ConfigError(f"config key 'train.method_params.centroid_metric': expected euclidean or cosine, "
+                          f"got {metric!r}")
+    temp = mp.get("centroid_temperature", 1.0)
+    if isinstance(temp, bool) or not isinstance(temp, (int, float)) or not temp > 0:
+        raise ConfigError(f"config key 'train.method_params.centroid_temperature': expected a number > 0, "
+                          f"got {temp!r}")
+    return {"metric": metric, "temperature": float(temp)}
+
+
+@torch.no_grad()
+def compute_centroids(net: nn.Module, path: str, info: DatasetInfo, device: torch.device, batch_size: int,
+                      reader: str = "petastorm", rank: int = 0, world_size: int = 1, autocast=None,
+                      workers_count: int = 2) -> torch.Tensor:
+    """Category centers (Zhang et al.): each class's mean deep feature over the table, every row once.
+
+    Every worker reads its own shard (rank 0 reads all when the table has fewer row groups than
+    workers) and the per-class sums are all-reduced, so all ranks return the same (C, d) tensor.
+    """
+    from pipeline.stream import row_group_rows
+    from pipeline.train.methods import CentroidAccumulator
+
+    net = _unwrap(net)
+    was_training = net.training
+    net.eval()
+    acc = CentroidAccumulator(info.n_classes, dim=int(net.feature_dim), device="cpu")
+    sharded = reader == "petastorm" and world_size > 1 and len(row_group_rows(path)) >= world_size
+    if sharded or rank == 0:
+        loader = make_loader(path, info, rank if sharded else 0, world_size if sharded else 1, batch_size,
+                             epoch=0, seed=0, shuffle=False, reader=reader, fill=False, raw=True,
+                             workers_count=workers_count, dataset_name="train")
+        for x, y in loader:
+            x = to_float(x, device, non_blocking=True)
+            with (autocast if autocast is not None else torch.autocast(device.type, enabled=False)):
+                _, feats = net(x, return_features=True)
+            acc.update(feats.float().cpu(), y)
+    if _distributed() and dist.get_backend() == "nccl":  # NCCL reduces device tensors only
+        acc.sums, acc.counts = acc.sums.to(device), acc.counts.to(device)
+    cent = acc.centroids().cpu()
+    net.train(was_training)
+    return cent
+
+
 def _config_fingerprint(cfg, train_path, val_path, init_from) -> str:
     """What a local checkpoint must match to be resumed (epochs may grow; paths, model, loss may not)."""
     from pipeline.io import fingerprint
@@ -340,6 +532,14 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
 
     counts = class_counts_array(info)
     loss_params, drw = split_loss_params(tc)
+    read_spec = read_sampling_spec(tc)
+    if read_spec is not None and read_spec["strategy"] == "dynamic" and not val_path:
+        raise InputError("dynamic sampling needs a validation table (its per-class F1 sets the next epoch's rates)")
+    if read_spec is not None and read_spec["strategy"] != "none" and reader != "petastorm":
+        raise InputError(f"train.read_sampling needs stream.reader=petastorm, got {reader!r}")
+    read_seed = int(read_spec.get("seed") if read_spec and read_spec.get("seed") is not None else seed)
+    epoch_read_rates(read_spec, counts, 0, [])  # a bad target/cap/rates fails now, not after an epoch
+    centers = centers_params(tc)
     torch.manual_seed(seed)
     model = build_model(cfg.model, info.input_shape, info.n_classes)
     if init_from:
@@ -381,9 +581,13 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
         if drw.get("drw_epoch") is not None and hasattr(loss_fn, "set_weight"):
             loss_fn.set_weight(drw_weight_for_epoch(epoch, drw, counts))
         model.train()
+        rates = epoch_read_rates(read_spec, counts, epoch, progress["history"])
+        if rates is not None:
+            rates = _same_on_all_ranks(rates, rank, device)
         loader = make_loader(train_path, info, rank, world_size, tc.batch_size, epoch=epoch, seed=seed,
                              shuffle=cfg.stream.shuffle, reader=reader, raw=True,
-                             workers_count=cfg.stream.workers_count, shuffle_buffer=cfg.stream.shuffle_buffer)
+                             workers_count=cfg.stream.workers_count, shuffle_buffer=cfg.stream.shuffle_buffer,
+                             rates=None if rates is None else rates.tolist(), sample_seed=read_seed)
         bar = None
         if rank == 0 and tc.progress:
             bar = _progress_bar(len(loader), f"epoch {epoch + 1}/{n_epochs}", in_ray=report_fn is not None)
@@ -424,6 +628,11 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
         entry = {"epoch": epoch, "train_loss": stats[0].item() / max(stats[1].item(), 1),
                  "steps": steps, "rows": int(stats[2].item()), "train_seconds": round(train_time, 3),
                  "rows_per_s": round(stats[2].item() / max(train_time, 1e-9), 1)}
+        if rates is not None:
+            from pipeline.train.methods import epoch_sampling_plan
+
+            entry["read_rates"] = [float(v) for v in rates]
+            entry["read_expected_rows"] = epoch_sampling_plan(counts, rates, read_seed, epoch)["expected_total"]
         if val_path:
             cm, vloss = evaluate_table(model, val_path, read_info(val_path), device, eval_bs, reader, rank,
                                        world_size, autocast, cfg.stream.workers_count)
@@ -455,10 +664,33 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
         if progress["stopped_early"]:
             break
 
+    centroids = None
+    if centers is not None:
+        import copy
+
+        net = copy.deepcopy(_unwrap(model))
+        if best_state is not None:
+            net.load_state_dict(best_state)
+        centroids = compute_centroids(net, train_path, info, device, eval_bs, reader, rank, world_size,
+                                      autocast, cfg.stream.workers_count)
+        del net
+        if report_fn is not None:  # hand the centroids to the driver in one more (final) checkpoint
+            metrics = {k: v for k, v in progress["history"][-1].items() if not isinstance(v, list)}
+            metrics.update(best_epoch=progress["best_epoch"], stopped_early=progress["stopped_early"],
+                           category_centers=True)
+            if rank == 0:
+                with tempfile.TemporaryDirectory(prefix="imb-ckpt-") as tmp:
+                    save_checkpoint(Path(tmp), model, optimizer, scaler, progress, best_state)
+                    torch.save(centroids, Path(tmp) / CENTROIDS_FILE)
+                    report_fn(metrics, tmp)
+            else:
+                report_fn(metrics, None)
+
     return {"history": progress["history"], "best_epoch": progress["best_epoch"],
             "best_metrics": progress["best_metrics"], "epochs_run": progress["epoch"] + 1,
             "stopped_early": progress["stopped_early"], "best_state": best_state if rank == 0 else None,
-            "select_metric": select, "info": info.to_dict(), "class_counts": counts.tolist()}
+            "select_metric": select, "info": info.to_dict(), "class_counts": counts.tolist(),
+            "centroids": centroids if rank == 0 else None, "category_centers": centers}
 
 
 def _checkpoint(out: Path, model, optimizer, scaler, progress, best_state, rank, report_fn, epoch) -> None:
@@ -484,4 +716,5 @@ def _checkpoint(out: Path, model, optimizer, scaler, progress, best_state, rank,
 
 
 __all__ = ["run_training", "evaluate_table", "metrics_from_confusion", "confusion_matrix", "load_weights",
-           "build_optimizer", "split_loss_params", "CRASH_ENV"]
+           "build_optimizer", "split_loss_params", "CRASH_ENV", "CENTROIDS_FILE", "read_sampling_spec",
+           "epoch_read_rates", "static_read_rates", "compute_centroids", "centers_params"]

@@ -21,7 +21,12 @@ deprecated), and this module uses it as it comes:
 At the end the best epoch's weights become the model artifact ``<out>/model/`` (written
 atomically): ``model.pt`` (a state_dict, loaded with ``torch.load(..., weights_only=True)``) and
 ``model.json`` (model section, input shape, classes, dataset info, class counts, loss, best epoch
-and its validation metrics, history). :func:`load_model` reads it back.
+and its validation metrics, history). :func:`load_model` reads it back. With category centers
+(``train.method_params.category_centers: true``; Zhang et al.) the artifact also holds
+``centroids.pt`` — the (n_classes, feature_dim) class centroids of the deep features computed by
+the workers after training (handed over in one last checkpoint) — and ``model.json`` says how
+prediction uses them (``category_centers``: file, metric, temperature); :func:`load_centroids`
+reads them (``weights_only=True``).
 """
 from __future__ import annotations
 
@@ -40,7 +45,7 @@ from pipeline.data.schema import read_info
 from pipeline.errors import InputError
 from pipeline.io import atomic_dir, fingerprint, local_path, read_json, write_json
 from pipeline.stream import check_table
-from pipeline.train.loop import CRASH_ENV, load_weights, run_training
+from pipeline.train.loop import CENTROIDS_FILE, CRASH_ENV, centers_params, load_weights, run_training
 
 log = logging.getLogger(__name__)
 MODEL_FILE = "model.pt"
@@ -197,9 +202,14 @@ def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
         result.checkpoint.to_directory(tmp)
         progress = read_json(Path(tmp) / "progress.json")
         best_state = load_weights(Path(tmp) / "best_model.pt")
+        centroids = None
+        if centers_params(tc) is not None:
+            if not (Path(tmp) / CENTROIDS_FILE).is_file():
+                raise RuntimeError(f"training run {name} ended without the category centers' checkpoint")
+            centroids = load_weights(Path(tmp) / CENTROIDS_FILE)
     summary = _summary_from_progress(progress)
     model_dir = write_model_artifact(out / "model", cfg, train_path, val_path, best_state, summary,
-                                     init_from=init_from, world_size=int(tc.num_workers))
+                                     init_from=init_from, world_size=int(tc.num_workers), centroids=centroids)
     return {"model_dir": str(model_dir), "run_dir": str(out / "ray" / name), "train_seconds": round(seconds, 2),
             **summary}
 
@@ -214,7 +224,7 @@ def train_local(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
     summary = {k: r[k] for k in ("best_epoch", "best_metrics", "history", "epochs_run", "stopped_early",
                                  "select_metric")}
     model_dir = write_model_artifact(out / "model", cfg, train_path, val_path, r["best_state"], summary,
-                                     init_from=init_from, world_size=1)
+                                     init_from=init_from, world_size=1, centroids=r.get("centroids"))
     return {"model_dir": str(model_dir), "train_seconds": round(time.perf_counter() - t0, 2), **summary}
 
 
@@ -226,8 +236,9 @@ def _summary_from_progress(progress: dict) -> dict:
 
 def write_model_artifact(model_dir: Path, cfg: Config, train_path: str, val_path: Optional[str],
                          state_dict: dict, summary: dict, init_from: Optional[str] = None,
-                         world_size: int = 1) -> Path:
-    """``model.pt`` (best weights) + ``model.json`` (everything needed to rebuild and judge it)."""
+                         world_size: int = 1, centroids: Optional[torch.Tensor] = None) -> Path:
+    """``model.pt`` (best weights) + ``model.json`` (everything needed to rebuild and judge it),
+    plus ``centroids.pt`` when category centers were computed."""
     info = read_info(train_path)
     meta = {
         "format": 1,
@@ -252,8 +263,14 @@ def write_model_artifact(model_dir: Path, cfg: Config, train_path: str, val_path
         "world_size": world_size,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if centroids is not None:
+        params = centers_params(cfg.train) or {"metric": "euclidean", "temperature": 1.0}
+        meta["category_centers"] = {"file": CENTROIDS_FILE, "metric": params["metric"],
+                                    "temperature": params["temperature"], "shape": list(centroids.shape)}
     with atomic_dir(model_dir) as tmp:
         torch.save(state_dict, tmp / MODEL_FILE)
+        if centroids is not None:
+            torch.save(centroids.detach().to("cpu", torch.float32).contiguous(), tmp / CENTROIDS_FILE)
         write_json(tmp / META_FILE, meta)
     return Path(model_dir)
 
@@ -274,6 +291,22 @@ def load_model(model_dir: str, device="cpu") -> tuple[torch.nn.Module, dict]:
     return model, meta
 
 
+def load_centroids(model_dir: str, meta: Optional[dict] = None) -> Optional[torch.Tensor]:
+    """The category centers of a model directory ((n_classes, d) float32), or None when it has none."""
+    d = local_path(model_dir)
+    meta = meta if meta is not None else read_json(d / META_FILE)
+    cc = meta.get("category_centers")
+    if not cc:
+        return None
+    f = d / cc.get("file", CENTROIDS_FILE)
+    if not f.is_file():
+        raise InputError(f"{model_dir}: model.json names category centers but {f.name} is missing")
+    c = load_weights(f)
+    if not isinstance(c, torch.Tensor) or c.dim() != 2 or c.shape[0] != meta["n_classes"]:
+        raise InputError(f"{f}: expected a ({meta['n_classes']}, d) tensor of class centroids")
+    return c.float()
+
+
 def train_from_config(cfg: Config) -> dict:
     """``imbalance train CONFIG``: ``train.train_path`` / ``train.val_path`` → ``train.out``
     (warm start from ``train.init_from`` when set)."""
@@ -285,4 +318,5 @@ def train_from_config(cfg: Config) -> dict:
     return train_model(cfg, tc.train_path, tc.val_path, tc.out, init_from=tc.init_from)
 
 
-__all__ = ["train_model", "train_local", "train_from_config", "load_model", "write_model_artifact", "run_name"]
+__all__ = ["train_model", "train_local", "train_from_config", "load_model", "load_centroids", "write_model_artifact",
+           "run_name"]
