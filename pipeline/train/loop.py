@@ -370,6 +370,26 @@ def centers_params(train_cfg) -> Optional[dict]:
     return {"metric": metric, "temperature": float(temp)}
 
 
+def _table_once(path: str, info: DatasetInfo, device: torch.device, batch_size: int, reader: str, rank: int,
+                world_size: int, workers_count: int, dataset_name: str):
+    """Batches (x on ``device``, y) covering the table once across workers, for evaluation passes.
+
+    Each worker reads its own Petastorm shard; a table with fewer row groups than workers (or the
+    Ray Data reader, whose evaluation set is not split) is read by rank 0 alone and the other
+    ranks get no batch. Callers all-reduce what they accumulate.
+    """
+    from pipeline.stream import row_group_rows
+
+    sharded = reader == "petastorm" and world_size > 1 and len(row_group_rows(path)) >= world_size
+    if not (sharded or rank == 0):
+        return
+    loader = make_loader(path, info, rank if sharded else 0, world_size if sharded else 1, batch_size,
+                         epoch=0, seed=0, shuffle=False, reader=reader, fill=False, raw=True,
+                         workers_count=workers_count, dataset_name=dataset_name)
+    for x, y in loader:
+        yield to_float(x, device, non_blocking=True), y
+
+
 @torch.no_grad()
 def compute_centroids(net: nn.Module, path: str, info: DatasetInfo, device: torch.device, batch_size: int,
                       reader: str = "petastorm", rank: int = 0, world_size: int = 1, autocast=None,
@@ -379,23 +399,16 @@ def compute_centroids(net: nn.Module, path: str, info: DatasetInfo, device: torc
     Every worker reads its own shard (rank 0 reads all when the table has fewer row groups than
     workers) and the per-class sums are all-reduced, so all ranks return the same (C, d) tensor.
     """
-    from pipeline.stream import row_group_rows
     from pipeline.train.methods import CentroidAccumulator
 
     net = _unwrap(net)
     was_training = net.training
     net.eval()
     acc = CentroidAccumulator(info.n_classes, dim=int(net.feature_dim), device="cpu")
-    sharded = reader == "petastorm" and world_size > 1 and len(row_group_rows(path)) >= world_size
-    if sharded or rank == 0:
-        loader = make_loader(path, info, rank if sharded else 0, world_size if sharded else 1, batch_size,
-                             epoch=0, seed=0, shuffle=False, reader=reader, fill=False, raw=True,
-                             workers_count=workers_count, dataset_name="train")
-        for x, y in loader:
-            x = to_float(x, device, non_blocking=True)
-            with (autocast if autocast is not None else torch.autocast(device.type, enabled=False)):
-                _, feats = net(x, return_features=True)
-            acc.update(feats.float().cpu(), y)
+    for x, y in _table_once(path, info, device, batch_size, reader, rank, world_size, workers_count, "train"):
+        with (autocast if autocast is not None else torch.autocast(device.type, enabled=False)):
+            _, feats = net(x, return_features=True)
+        acc.update(feats.float().cpu(), y)
     if _distributed() and dist.get_backend() == "nccl":  # NCCL reduces device tensors only
         acc.sums, acc.counts = acc.sums.to(device), acc.counts.to(device)
     cent = acc.centroids().cpu()
@@ -455,21 +468,13 @@ def evaluate_table(model: nn.Module, path: str, info: DatasetInfo, device: torch
     c = info.n_classes
     cm = torch.zeros(c * c, dtype=torch.float64)
     loss_sum = torch.zeros(1, dtype=torch.float64)
-    from pipeline.stream import row_group_rows
-
-    sharded = reader == "petastorm" and world_size > 1 and len(row_group_rows(path)) >= world_size
-    if sharded or rank == 0:
-        loader = make_loader(path, info, rank if sharded else 0, world_size if sharded else 1, batch_size,
-                             epoch=0, seed=0, shuffle=False, reader=reader, fill=False, raw=True,
-                             workers_count=workers_count, dataset_name="val")
-        for x, y in loader:
-            x = to_float(x, device, non_blocking=True)
-            y = y.to(device)
-            with (autocast if autocast is not None else torch.autocast(device.type, enabled=False)):
-                logits = net(x)
-            logits = logits.float()
-            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double().cpu()
-            cm += confusion_matrix(y, logits.argmax(1), c).reshape(-1).double().cpu()
+    for x, y in _table_once(path, info, device, batch_size, reader, rank, world_size, workers_count, "val"):
+        y = y.to(device)
+        with (autocast if autocast is not None else torch.autocast(device.type, enabled=False)):
+            logits = net(x)
+        logits = logits.float()
+        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double().cpu()
+        cm += confusion_matrix(y, logits.argmax(1), c).reshape(-1).double().cpu()
     both = _all_reduce(torch.cat([cm, loss_sum]), device)
     cm = both[:-1].reshape(c, c).numpy()
     n = cm.sum()
