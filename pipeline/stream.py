@@ -350,8 +350,8 @@ class _DecodingReader:
 
 
 @dataclass
-class PetastormLoader:
-    """Batches of one worker's Petastorm shard for one epoch; see the module docstring."""
+class _LoaderSpec:
+    """What every reader is asked for: one worker's batches of one epoch of a table."""
 
     path: str
     info: DatasetInfo
@@ -361,6 +361,12 @@ class PetastormLoader:
     epoch: int = 0
     seed: int = 0
     shuffle: bool = True
+
+
+@dataclass
+class PetastormLoader(_LoaderSpec):
+    """Batches of one worker's Petastorm shard for one epoch; see the module docstring."""
+
     fill: bool = True             # top up to the largest shard (training); False: the shard once (eval)
     with_ids: bool = False
     raw: bool = False             # images stay uint8 (convert on the device with to_float)
@@ -559,17 +565,9 @@ def _arrow_collate_cls():
 
 
 @dataclass
-class RayDataLoader:
+class RayDataLoader(_LoaderSpec):
     """Batches from a Ray Data shard (inside Ray Train) or the whole table (one process)."""
 
-    path: str
-    info: DatasetInfo
-    rank: int = 0
-    world_size: int = 1
-    batch_size: int = 256
-    epoch: int = 0
-    seed: int = 0
-    shuffle: bool = True
     with_ids: bool = False
     raw: bool = False
     dataset_name: str = "train"
