@@ -43,8 +43,10 @@ def _cached_model(model_dir: str):
     key = (str(d), os.path.getmtime(d / MODEL_FILE), os.path.getmtime(d / META_FILE))
     if key not in _MODEL_CACHE:
         _MODEL_CACHE.clear()
+        from pipeline.train.hooks import load_inference_state
+
         model, meta = load_model(str(d), device="cpu")
-        _MODEL_CACHE[key] = (model, meta, load_centroids(str(d), meta))
+        _MODEL_CACHE[key] = (model, meta, load_centroids(str(d), meta), load_inference_state(d))
     return _MODEL_CACHE[key]
 
 
@@ -80,7 +82,10 @@ def predict_batches(frames: Iterator, model_dir: str, info: dict, batch_size: in
     torch.set_num_threads(1)  # one Spark task per core already
     from pipeline.train.methods import nearest_centroid_predict
 
-    model, meta, centroids = _cached_model(model_dir)
+    from pipeline.train.hooks import predict_scores
+
+    model, meta, centroids, method_state = _cached_model(model_dir)
+    method, state = method_state if method_state else (None, None)
     cc = meta.get("category_centers") or {}
     di = DatasetInfo(**info)
     fc = di.feature_col
@@ -95,9 +100,8 @@ def predict_batches(frames: Iterator, model_dir: str, info: dict, batch_size: in
             col = part[fc].to_numpy()
             x = decode_images(col, di.image_shape) if di.kind == "image" else decode_features(col, di.n_features)
             with torch.no_grad():
-                if centroids is None:
-                    logits = model(to_float(x))
-                    p = torch.softmax(logits.float(), dim=1).double()
+                if centroids is None:  # softmax, or the training method's own scoring rule
+                    p = predict_scores(method, state, model, to_float(x))
                     pred_out[s:s + len(part)] = p.argmax(dim=1).numpy()
                 else:  # category centers: nearest centroid in deep-feature space
                     _, feats = model(to_float(x), return_features=True)

@@ -32,7 +32,7 @@ from pipeline.config import Config, SampleSection
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import fingerprint, local_path, path_fingerprint, read_json, read_success, write_json, write_success
 
-METHODS = ("baseline", "two_phase")
+from pipeline.train.hooks import PIPELINE_METHODS as METHODS  # noqa: E402  (baseline, two_phase)
 
 
 def log(msg: str) -> None:
@@ -108,9 +108,12 @@ def run_pipeline(cfg: Config) -> str:
     from pipeline.data.schema import read_info
     from pipeline.engines import get_spark
 
+    from pipeline.train.hooks import hook_names
+
     method = cfg.train.method
-    if method not in METHODS:
-        raise ConfigError(f"config key 'train.method': unknown method '{method}' (choose from: {', '.join(METHODS)})")
+    known = list(METHODS) + hook_names()
+    if method not in known:
+        raise ConfigError(f"config key 'train.method': unknown method '{method}' (choose from: {', '.join(known)})")
     run_dir = local_path(cfg.run.root) / str(cfg.run.id)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", cfg.to_dict())

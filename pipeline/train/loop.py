@@ -54,6 +54,7 @@ from pipeline.data.schema import DatasetInfo, read_info
 from pipeline.errors import InputError
 from pipeline.io import read_json, write_json
 from pipeline.stream import check_table, make_loader, to_float
+from pipeline.train.hooks import METHOD_STATE_FILE, EpochContext, MethodHook, build_hook
 
 CRASH_ENV = "IMBALANCE_TEST_CRASH_AT"        # test-only: "epoch:step:rank" → os._exit(1) once
 METRICS_HIGHER = ("macro_f1", "balanced_accuracy", "accuracy", "g_mean", "macro_recall")
@@ -483,12 +484,18 @@ def evaluate_table(model: nn.Module, path: str, info: DatasetInfo, device: torch
 
 
 # ------------------------------------------------------------------ checkpoints
-def save_checkpoint(directory: Path, model, optimizer, scaler, progress: dict, best_state: Optional[dict]) -> None:
+def save_checkpoint(directory: Path, model, optimizer, scaler, progress: dict, best_state: Optional[dict],
+                    method_state: Optional[dict] = None) -> None:
+    """``state.pt`` (model, optimizer, scaler), ``best_model.pt``, ``progress.json`` and, for a
+    method hook, ``method_state.pt`` = ``{"train": hook.state_dict(), "inference": the hook's
+    inference state at the best epoch}``."""
     directory.mkdir(parents=True, exist_ok=True)
     torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else {}}, directory / "state.pt")
     if best_state is not None:
         torch.save(best_state, directory / "best_model.pt")
+    if method_state is not None:
+        torch.save(method_state, directory / METHOD_STATE_FILE)
     write_json(directory / "progress.json", progress)
 
 
@@ -551,6 +558,7 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
         model.load_state_dict(load_weights(Path(init_from) / "model.pt"))
     model.to(device)
     loss_fn = build_loss(tc.loss, counts, **loss_params).to(device)
+    hook = build_hook(tc.method, tc.method_params, info.n_classes, counts, int(model.feature_dim))
     if _distributed():
         ids = [device.index] if device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
@@ -566,6 +574,7 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
     progress = {"config": config_fp, "epoch": -1, "history": [], "best_epoch": None, "best_value": None, "best_metrics": None,
                 "bad_epochs": 0, "stopped_early": False}
     best_state = None
+    best_inference = None  # the hook's inference state at the best epoch
     if resume_dir:
         rd = Path(resume_dir)
         st = torch.load(str(rd / "state.pt"), map_location="cpu", weights_only=True)
@@ -576,15 +585,27 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
         progress = read_json(rd / "progress.json")
         if (rd / "best_model.pt").is_file():
             best_state = load_weights(rd / "best_model.pt")
+        if (rd / METHOD_STATE_FILE).is_file():
+            ms = torch.load(str(rd / METHOD_STATE_FILE), map_location="cpu", weights_only=False)
+            hook.load_state_dict(ms["train"])
+            best_inference = ms.get("inference")
     start = progress["epoch"] + 1
     crash = _crash_spec(crash_at)
     eval_bs = max(tc.batch_size, cfg.stream.batch_size)
+
+    def _hook_state() -> Optional[dict]:
+        return None if type(hook) is MethodHook else {"train": hook.state_dict(), "inference": best_inference}
 
     for epoch in range(start, n_epochs):
         if progress.get("stopped_early"):
             break
         if drw.get("drw_epoch") is not None and hasattr(loss_fn, "set_weight"):
             loss_fn.set_weight(drw_weight_for_epoch(epoch, drw, counts))
+        hook.start_epoch(EpochContext(
+            model=_unwrap(model), epoch=epoch, n_classes=info.n_classes, class_counts=counts, device=device,
+            rank=rank, world_size=world_size, autocast=autocast, all_reduce=lambda t: _all_reduce(t, device),
+            table_once=lambda: _table_once(train_path, info, device, eval_bs, reader, rank, world_size,
+                                           cfg.stream.workers_count, "train")))
         model.train()
         rates = epoch_read_rates(read_spec, counts, epoch, progress["history"])
         if rates is not None:
@@ -604,9 +625,7 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
             _maybe_crash(crash, epoch, step, rank, out)
             x = to_float(x, device, non_blocking=True)
             y = y.to(device, non_blocking=True)
-            with autocast:
-                logits = model(x)
-            loss = loss_fn(logits, y)
+            loss = hook.batch_loss(model, x, y, loss_fn, autocast)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -615,6 +634,7 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
             else:
                 loss.backward()
                 optimizer.step()
+            hook.after_step()
             loss_sum += loss.detach()
             rows += len(y)
             steps += 1
@@ -656,6 +676,7 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
         if metric_better(select, value, progress["best_value"]) or progress["best_epoch"] is None:
             progress.update(best_epoch=epoch, best_value=value, best_metrics=entry, bad_epochs=0)
             best_state = _cpu_state(model)
+            best_inference = hook.inference_state()
         else:
             progress["bad_epochs"] += 1
         if tc.patience is not None and progress["bad_epochs"] >= tc.patience and epoch + 1 < n_epochs:
@@ -665,7 +686,7 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
             print(f"epoch {epoch + 1}/{n_epochs}: loss {entry['train_loss']:.4f}"
                   + (f"  val macro-F1 {v:.4f}" if v is not None else "")
                   + f"  {entry['rows_per_s']:.0f} rows/s", flush=True)
-        _checkpoint(out, model, optimizer, scaler, progress, best_state, rank, report_fn, epoch)
+        _checkpoint(out, model, optimizer, scaler, progress, best_state, rank, report_fn, epoch, _hook_state())
         if progress["stopped_early"]:
             break
 
@@ -685,7 +706,7 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
                            category_centers=True)
             if rank == 0:
                 with tempfile.TemporaryDirectory(prefix="imb-ckpt-") as tmp:
-                    save_checkpoint(Path(tmp), model, optimizer, scaler, progress, best_state)
+                    save_checkpoint(Path(tmp), model, optimizer, scaler, progress, best_state, _hook_state())
                     torch.save(centroids, Path(tmp) / CENTROIDS_FILE)
                     report_fn(metrics, tmp)
             else:
@@ -695,10 +716,12 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
             "best_metrics": progress["best_metrics"], "epochs_run": progress["epoch"] + 1,
             "stopped_early": progress["stopped_early"], "best_state": best_state if rank == 0 else None,
             "select_metric": select, "info": info.to_dict(), "class_counts": counts.tolist(),
-            "centroids": centroids if rank == 0 else None, "category_centers": centers}
+            "centroids": centroids if rank == 0 else None, "category_centers": centers,
+            "method_inference": best_inference if rank == 0 else None}
 
 
-def _checkpoint(out: Path, model, optimizer, scaler, progress, best_state, rank, report_fn, epoch) -> None:
+def _checkpoint(out: Path, model, optimizer, scaler, progress, best_state, rank, report_fn, epoch,
+                method_state: Optional[dict] = None) -> None:
     metrics = {k: v for k, v in progress["history"][-1].items() if not isinstance(v, list)}
     metrics.update(best_epoch=progress["best_epoch"], stopped_early=progress["stopped_early"])
     if report_fn is None:  # plain process: keep our own checkpoints
@@ -706,7 +729,7 @@ def _checkpoint(out: Path, model, optimizer, scaler, progress, best_state, rank,
             d = out / "checkpoints" / f"epoch-{epoch:04d}"
             tmp = out / "checkpoints" / f".epoch-{epoch:04d}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            save_checkpoint(tmp, model, optimizer, scaler, progress, best_state)
+            save_checkpoint(tmp, model, optimizer, scaler, progress, best_state, method_state)
             shutil.rmtree(d, ignore_errors=True)
             tmp.rename(d)
             for old in sorted((out / "checkpoints").glob("epoch-*"))[:-2]:
@@ -714,7 +737,7 @@ def _checkpoint(out: Path, model, optimizer, scaler, progress, best_state, rank,
         return
     if rank == 0:
         with tempfile.TemporaryDirectory(prefix="imb-ckpt-") as tmp:
-            save_checkpoint(Path(tmp), model, optimizer, scaler, progress, best_state)
+            save_checkpoint(Path(tmp), model, optimizer, scaler, progress, best_state, method_state)
             report_fn(metrics, tmp)
     else:
         report_fn(metrics, None)

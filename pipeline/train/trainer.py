@@ -45,6 +45,7 @@ from pipeline.data.schema import read_info
 from pipeline.errors import InputError
 from pipeline.io import atomic_dir, fingerprint, local_path, read_json, write_json
 from pipeline.stream import check_table
+from pipeline.train.hooks import METHOD_STATE_FILE, hook_module, save_inference_state
 from pipeline.train.loop import CENTROIDS_FILE, CRASH_ENV, centers_params, load_weights, run_training
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,10 @@ def _train_worker(config: dict) -> None:
     import ray.train.torch
 
     _quiet_worker_logs()
+    if config.get("hook_module"):  # a method hook registered outside pipeline.train (e.g. a user's module)
+        import importlib
+
+        importlib.import_module(config["hook_module"])
     cfg = config_from_dict(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -180,6 +185,7 @@ def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
         "init_from": str(local_path(init_from).resolve()) if init_from else None,
         "epochs": epochs,
         "crash_at": os.environ.get(CRASH_ENV),
+        "hook_module": hook_module(tc.method),
     }
     trainer = TorchTrainer(
         _train_worker,
@@ -207,9 +213,15 @@ def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
             if not (Path(tmp) / CENTROIDS_FILE).is_file():
                 raise RuntimeError(f"training run {name} ended without the category centers' checkpoint")
             centroids = load_weights(Path(tmp) / CENTROIDS_FILE)
+        method_inference = None
+        if (Path(tmp) / METHOD_STATE_FILE).is_file():
+            method_inference = torch.load(str(Path(tmp) / METHOD_STATE_FILE), map_location="cpu",
+                                          weights_only=False).get("inference")
     summary = _summary_from_progress(progress)
     model_dir = write_model_artifact(out / "model", cfg, train_path, val_path, best_state, summary,
-                                     init_from=init_from, world_size=int(tc.num_workers), centroids=centroids)
+                                     init_from=init_from, world_size=int(tc.num_workers), centroids=centroids,
+                                     method_inference=method_inference)
+    _after_fit(cfg, model_dir, val_path)
     return {"model_dir": str(model_dir), "run_dir": str(out / "ray" / name), "train_seconds": round(seconds, 2),
             **summary}
 
@@ -224,8 +236,18 @@ def train_local(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
     summary = {k: r[k] for k in ("best_epoch", "best_metrics", "history", "epochs_run", "stopped_early",
                                  "select_metric")}
     model_dir = write_model_artifact(out / "model", cfg, train_path, val_path, r["best_state"], summary,
-                                     init_from=init_from, world_size=1, centroids=r.get("centroids"))
+                                     init_from=init_from, world_size=1, centroids=r.get("centroids"),
+                                     method_inference=r.get("method_inference"))
+    _after_fit(cfg, model_dir, val_path)
     return {"model_dir": str(model_dir), "train_seconds": round(time.perf_counter() - t0, 2), **summary}
+
+
+def _after_fit(cfg: Config, model_dir, val_path: Optional[str]) -> None:
+    """A method's driver-side step after training (e.g. a cost search on the validation split)."""
+    from pipeline.train.hooks import HOOKS, hook_names
+
+    if cfg.train.method in hook_names():
+        HOOKS[cfg.train.method].after_fit(str(model_dir), cfg, val_path)
 
 
 def _summary_from_progress(progress: dict) -> dict:
@@ -236,7 +258,8 @@ def _summary_from_progress(progress: dict) -> dict:
 
 def write_model_artifact(model_dir: Path, cfg: Config, train_path: str, val_path: Optional[str],
                          state_dict: dict, summary: dict, init_from: Optional[str] = None,
-                         world_size: int = 1, centroids: Optional[torch.Tensor] = None) -> Path:
+                         world_size: int = 1, centroids: Optional[torch.Tensor] = None,
+                         method_inference: Optional[dict] = None) -> Path:
     """``model.pt`` (best weights) + ``model.json`` (everything needed to rebuild and judge it),
     plus ``centroids.pt`` when category centers were computed."""
     info = read_info(train_path)
@@ -263,6 +286,8 @@ def write_model_artifact(model_dir: Path, cfg: Config, train_path: str, val_path
         "world_size": world_size,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if method_inference is not None:
+        meta["train_method"] = {"name": cfg.train.method, "file": METHOD_STATE_FILE}
     if centroids is not None:
         params = centers_params(cfg.train) or {"metric": "euclidean", "temperature": 1.0}
         meta["category_centers"] = {"file": CENTROIDS_FILE, "metric": params["metric"],
@@ -271,6 +296,8 @@ def write_model_artifact(model_dir: Path, cfg: Config, train_path: str, val_path
         torch.save(state_dict, tmp / MODEL_FILE)
         if centroids is not None:
             torch.save(centroids.detach().to("cpu", torch.float32).contiguous(), tmp / CENTROIDS_FILE)
+        if method_inference is not None:
+            save_inference_state(tmp, cfg.train.method, method_inference)
         write_json(tmp / META_FILE, meta)
     return Path(model_dir)
 
