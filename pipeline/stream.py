@@ -374,6 +374,7 @@ class PetastormLoader(_LoaderSpec):
     shuffle_buffer: int = 0       # BatchedDataLoader shuffling queue (rows); 0: row groups + rows shuffled
     rates: Optional[tuple] = None  # read-time sampling: one rate per class (None: every row once)
     sample_seed: int = 0          # read-time sampling: the seed of the (seed, epoch, id) hash
+    augment: Optional[dict] = None  # read-time sampling: augment every copy after the first (pipeline.augment)
 
     def __post_init__(self):
         n_groups = len(row_group_rows(self.path))
@@ -438,6 +439,7 @@ class PetastormLoader(_LoaderSpec):
 
         ``counter[0]`` counts the rows read before sampling (checked against the footers).
         """
+        from pipeline.augment import augment_batch, copy_numbers
         from pipeline.train.methods import row_multiplicity
 
         block = max(self.shuffle_buffer, 8 * self.batch_size)
@@ -447,9 +449,17 @@ class PetastormLoader(_LoaderSpec):
             cols = [torch.cat([p[i] for p in parts]) if len(parts) > 1 else parts[0][i] for i in range(3)]
             m = np.concatenate(mults)
             idx = torch.from_numpy(np.repeat(np.arange(len(m)), m))
+            copies = copy_numbers(m) if self.augment is not None else None
             if self.shuffle:
-                idx = idx[torch.randperm(len(idx), generator=gen)]
-            return tuple(c[idx] for c in cols)
+                perm = torch.randperm(len(idx), generator=gen)
+                idx = idx[perm]
+                copies = copies[perm] if copies is not None else None
+            out = [c[idx] for c in cols]
+            if copies is not None:  # duplicates differ from their original (Lee et al.'s noise / augmentation)
+                dup = copies > 0
+                if bool(dup.any()):
+                    out[0][dup] = augment_batch(out[0][dup], self.augment, gen, image=self.info.kind == "image")
+            return tuple(out)
 
         for x, y, ids in self._chunks(num_epochs, seed):
             counter[0] += len(y)
@@ -632,14 +642,16 @@ def ray_dataset(path: str, info: DatasetInfo):
 def make_loader(path: str, info: DatasetInfo, rank: int = 0, world_size: int = 1, batch_size: int = 256,
                 epoch: int = 0, seed: int = 0, shuffle: bool = True, reader: str = "petastorm", *,
                 fill: bool = True, with_ids: bool = False, raw: bool = False, workers_count: int = 2,
-                shuffle_buffer: int = 0, dataset_name: str = "train", rates=None, sample_seed: int = 0):
+                shuffle_buffer: int = 0, dataset_name: str = "train", rates=None, sample_seed: int = 0,
+                augment: Optional[dict] = None):
     """An iterable of ``(x float tensor, y long tensor)`` batches over this worker's shard for one epoch.
 
     Every worker gets ``len(loader)`` batches (the same on all workers when ``fill`` is on).
     ``with_ids=True`` yields ``(x, y, ids, fill_mask)``; ``raw=True`` keeps images uint8 so the
     loop can move 4x fewer bytes to the GPU and scale there (:func:`to_float`). ``rates`` (one
     per class) turns on read-time sampling for this epoch, keyed by ``(sample_seed, epoch, id)``
-    (Petastorm reader only; see the module docstring).
+    (Petastorm reader only; see the module docstring); ``augment`` (:mod:`pipeline.augment`) then
+    transforms every copy of a row after the first as it is read.
     """
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
@@ -651,7 +663,7 @@ def make_loader(path: str, info: DatasetInfo, rank: int = 0, world_size: int = 1
         return PetastormLoader(path, info, rank, world_size, batch_size, epoch, seed, shuffle, fill=fill,
                                with_ids=with_ids, raw=raw, workers_count=workers_count,
                                shuffle_buffer=shuffle_buffer, rates=None if rates is None else tuple(rates),
-                               sample_seed=sample_seed)
+                               sample_seed=sample_seed, augment=augment if rates is not None else None)
     if reader == "ray_data":
         return RayDataLoader(path, info, rank, world_size, batch_size, epoch, seed, shuffle, with_ids=with_ids,
                              raw=raw, dataset_name=dataset_name, shuffle_buffer=shuffle_buffer)

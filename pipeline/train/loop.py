@@ -230,7 +230,7 @@ def _progress_bar(total: int, desc: str, in_ray: bool):
 
 # ------------------------------------------------------------------ read-time sampling (issue 7 item 2)
 READ_STRATEGIES = ("none", "ros", "rus", "threshold", "floor", "hybrid", "rates", "dynamic")
-READ_KEYS = {"strategy", "target", "cap", "floor", "rates", "seed", "initial", "epoch_rows"}
+READ_KEYS = {"strategy", "target", "cap", "floor", "rates", "seed", "initial", "epoch_rows", "augment"}
 
 
 def read_sampling_spec(train_cfg) -> Optional[dict]:
@@ -271,6 +271,9 @@ def read_sampling_spec(train_cfg) -> Optional[dict]:
     if e is not None and e != "table" and (isinstance(e, bool) or not isinstance(e, (int, float)) or e <= 0):
         raise ConfigError(f"config key 'train.read_sampling.epoch_rows': expected a positive number or 'table', "
                           f"got {e!r}")
+    from pipeline.augment import augment_spec
+
+    spec["augment"] = augment_spec(spec.get("augment"))
     return spec
 
 
@@ -613,7 +616,8 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
         loader = make_loader(train_path, info, rank, world_size, tc.batch_size, epoch=epoch, seed=seed,
                              shuffle=cfg.stream.shuffle, reader=reader, raw=True,
                              workers_count=cfg.stream.workers_count, shuffle_buffer=cfg.stream.shuffle_buffer,
-                             rates=None if rates is None else rates.tolist(), sample_seed=read_seed)
+                             rates=None if rates is None else rates.tolist(), sample_seed=read_seed,
+                             augment=read_spec.get("augment") if read_spec else None)
         bar = None
         if rank == 0 and tc.progress:
             bar = _progress_bar(len(loader), f"epoch {epoch + 1}/{n_epochs}", in_ray=report_fn is not None)
