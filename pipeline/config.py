@@ -166,6 +166,9 @@ class ExperimentSection:
     levels: list = field(default_factory=list)
     seeds: list = field(default_factory=lambda: [0, 1, 2])
     out: Optional[str] = None
+    parallel: Optional[int] = None      # trials at once as Ray tasks (None: one per CPU with in-process
+    #                                     training, else 1); trials that train on Ray Train hold no CPU themselves
+    metrics: list = field(default_factory=list)  # headline metrics to test (default: all the trial table has)
 
 
 @dataclass

@@ -20,18 +20,41 @@ Config (``experiment`` section)::
         - {name: baseline}
         - {name: ros, overrides: {sample.strategy: ros}}
 
-Trials run one after another in this process; each trial's training is itself data-parallel on
-Ray Train workers.
+      parallel: 2                   # trials at once (default: one per Ray CPU when trials train in-process)
+
+**Parallel trials on Ray.** Each trial is a Ray task running the whole pipeline in a Ray worker
+process (its own SparkSession, reused by later trials in that worker). A trial that trains in its
+own process (``train.num_workers: 0``, right for small data such as digits) reserves one CPU; a
+trial that trains on Ray Train workers reserves none itself, and Ray queues its training workers
+until CPUs are free, so one trial's Spark stages overlap another's training. At most
+``experiment.parallel`` trials are in flight. Each trial's log goes to ``trials/<id>/trial.log``.
+
+**Shared data stages.** Trials with the same data config and seed share one set of data stages
+(source, profile, split) under ``data/s<seed>__<fingerprint>/``, prepared first, so every method
+sees exactly the same rows; with a train-only protocol (Buda et al.) every imbalance level of a
+seed also shares the split, and has its own ``protocol-<fingerprint>`` stage there.
+
+**Threshold-moving variants.** A method entry may name ``threshold_variant: <name>``: its trial
+(which sets ``evaluate.threshold_moving``) is reported twice, as the method on its raw decisions
+and as ``<name>`` after threshold moving (same model, Buda et al.'s (F)/(G) rows without a second
+training). Without it, a trial that sets ``evaluate.threshold_moving`` reports the moved decisions.
+
+A trial that fails is recorded in ``trials.json`` with its one-line error and log; the others go
+on, the report covers the finished ones, and the command exits non-zero naming the failures.
 """
 from __future__ import annotations
 
 import copy
+import os
 import re
+import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.config import Config, config_from_dict, merge_overrides
-from pipeline.errors import ConfigError
-from pipeline.io import local_path, read_json, write_json
+from pipeline.errors import ConfigError, InputError
+from pipeline.io import fingerprint, local_path, read_json, write_json
 from pipeline.run import log, run_pipeline
 
 TRIAL_METRICS = ["macro_f1", "g_mean", "balanced_accuracy", "macro_roc_auc", "macro_pr_auc", "l5_f1", "rest_f1",
@@ -48,7 +71,7 @@ def _entries(raw, what: str) -> list[dict]:
             e = {"name": e}
         if not isinstance(e, dict) or "name" not in e:
             raise ConfigError(f"config key 'experiment.{what}[{i}]' needs a 'name'")
-        unknown = set(e) - {"name", "overrides", "rho"}
+        unknown = set(e) - {"name", "overrides", "rho", "threshold_variant"}
         if unknown:
             raise ConfigError(f"unknown config key 'experiment.{what}[{i}].{sorted(unknown)[0]}'")
         if not _NAME.match(str(e["name"])):
@@ -56,7 +79,11 @@ def _entries(raw, what: str) -> list[dict]:
         ov = e.get("overrides") or {}
         if not isinstance(ov, dict):
             raise ConfigError(f"config key 'experiment.{what}[{i}].overrides' must be a mapping key: value")
-        out.append({"name": str(e["name"]), "overrides": ov, "rho": e.get("rho")})
+        tv = e.get("threshold_variant")
+        if tv is not None and not _NAME.match(str(tv)):
+            raise ConfigError(f"config key 'experiment.{what}[{i}].threshold_variant': use letters, digits, . _ + - only")
+        out.append({"name": str(e["name"]), "overrides": ov, "rho": e.get("rho"),
+                    "threshold_variant": None if tv is None else str(tv)})
     return out
 
 
@@ -78,10 +105,130 @@ def _yaml(v) -> str:
     return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
 
 
+PROTOCOL_KEYS = ("protocol", "protocol_rho", "protocol_mu")
+
+
+def data_dir_for(tcfg: Config, out: Path) -> tuple[Path, str]:
+    """(shared data-stage directory, protocol stage name) of a trial.
+
+    One directory per (data config, split config, seed). A train-only protocol (Buda et al.) comes
+    after the split, so every imbalance level of one seed shares the split and has its own
+    ``protocol-<key>`` stage; a source protocol comes first, so each level has its own directory.
+    """
+    data = tcfg.section("data")
+    seed = tcfg.run.seed
+    if data.get("protocol") and data.get("protocol_scope") == "train":
+        pkey = fingerprint({k: data[k] for k in PROTOCOL_KEYS})
+        base = {k: v for k, v in data.items() if k not in PROTOCOL_KEYS}
+        key = fingerprint({"data": base, "split": tcfg.section("split"), "seed": seed})
+        return out / "data" / f"s{seed}__{key[:10]}", f"protocol-{pkey[:10]}"
+    key = fingerprint({"data": data, "split": tcfg.section("split"), "seed": seed})
+    return out / "data" / f"s{seed}__{key[:10]}", "protocol"
+
+
+@contextmanager
+def _output_to(log_path: Path):
+    """Send this process's stdout and stderr (Python and the JVM alike: file descriptors 1 and 2) to a file."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_path, "a") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _task_prepare(cfg_dict: dict, data_dir: str, protocol_name: str, log_path: str) -> dict:
+    """Ray task: the data stages of one level and seed; ``{"error", "bad_input"}`` when they fail."""
+    from pipeline.run import prepare_data
+
+    try:
+        with _output_to(Path(log_path)):
+            prepare_data(config_from_dict(cfg_dict), data_dir, protocol_name)
+        return {}
+    except Exception as e:  # noqa: BLE001 - reported on the driver in one line
+        return {"error": (str(e).strip().splitlines() or [type(e).__name__])[0],
+                "bad_input": isinstance(e, InputError)}
+
+
+def _task_trial(cfg_dict: dict, data_dir: str, protocol_name: str, log_path: str) -> dict:
+    """Ray task: one trial (the whole pipeline); returns its summary, or its error in one line."""
+    t0 = time.time()
+    try:
+        with _output_to(Path(log_path)):
+            run_dir = run_pipeline(config_from_dict(cfg_dict), data_dir=data_dir, protocol_name=protocol_name)
+        summary = read_json(Path(run_dir) / "summary.json")
+        summary.update(wall_seconds=round(time.time() - t0, 2), started=t0, finished=time.time())
+        return summary
+    except Exception as e:  # noqa: BLE001 - one trial's failure must not stop the others
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return {"error": f"{type(e).__name__}: {first}"[:500], "wall_seconds": round(time.time() - t0, 2)}
+
+
+def _parallelism(cfg: Config) -> int:
+    """Trials in flight: ``experiment.parallel``, default one per CPU of the Ray cluster."""
+    import ray
+
+    n = cfg.experiment.parallel
+    if n is None:
+        n = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    if int(n) < 1:
+        raise ConfigError(f"config key 'experiment.parallel' must be >= 1, got {n}")
+    return int(n)
+
+
+def _task_cpus(tcfg: Config) -> float:
+    """A trial that trains in its own process holds a CPU; one on Ray Train leaves them to its workers."""
+    return 1.0 if tcfg.train.num_workers == 0 else 0.0
+
+
+def _run_tasks(fn, jobs: list[tuple], cpus: list[float], parallel: int, done_cb) -> None:
+    """Run ``fn(*args)`` as Ray tasks, at most ``parallel`` at once; ``done_cb(job_index, result)``."""
+    import ray
+
+    remote = ray.remote(max_retries=0)(fn)
+    pending: dict = {}
+    queue = list(enumerate(jobs))
+    while queue or pending:
+        while queue and len(pending) < parallel:
+            i, args = queue.pop(0)
+            pending[remote.options(num_cpus=cpus[i]).remote(*args)] = i
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            done_cb(pending.pop(ref), ray.get(ref))
+
+
+def _rows_from(summary: dict, level: dict, method: dict, seed: int) -> list[dict]:
+    """The trial table's row(s) of one finished trial (two when it has a threshold-moving variant)."""
+    base = {"level": level["rho"] if level["rho"] is not None else level["name"], "level_name": level["name"],
+            "seed": seed, "run_dir": summary["run_dir"], "train_seconds": summary["seconds"].get("train"),
+            "trial_seconds": summary.get("wall_seconds"), "started": summary.get("started"),
+            "finished": summary.get("finished"), "data_dir": summary.get("data_dir")}
+    raw, adjusted = summary["metrics"], summary.get("metrics_adjusted")
+    if method["threshold_variant"]:
+        if adjusted is None:
+            raise ConfigError(f"experiment method '{method['name']}' names threshold_variant "
+                              f"'{method['threshold_variant']}' but its trial sets no evaluate.threshold_moving")
+        return [{"method": method["name"], **base, **{k: raw.get(k) for k in TRIAL_METRICS}},
+                {"method": method["threshold_variant"], **base, **{k: adjusted.get(k) for k in TRIAL_METRICS}}]
+    chosen = adjusted if adjusted is not None else raw
+    return [{"method": method["name"], **base, **{k: chosen.get(k) for k in TRIAL_METRICS}}]
+
+
 def run_experiment(cfg: Config) -> str:
-    """Run (or resume) every trial of the grid, then write the statistics report; return its directory."""
+    """Run (or resume) every trial of the grid on Ray, then write the statistics report; return its directory."""
     import pandas as pd
 
+    from pipeline.engines import get_ray
     from pipeline.experiment_stats import write_experiment_report
 
     exp = cfg.experiment
@@ -90,23 +237,91 @@ def run_experiment(cfg: Config) -> str:
     seeds = [int(s) for s in exp.seeds]
     if not seeds:
         raise ConfigError("config key 'experiment.seeds' must list at least one seed")
-    out = local_path(exp.out or Path(cfg.run.root) / f"experiment-{cfg.run.id}")
+    names = [m["name"] for m in methods] + [m["threshold_variant"] for m in methods if m["threshold_variant"]]
+    if len(set(names)) != len(names):
+        raise ConfigError("config key 'experiment.methods': method names (and threshold variants) must be unique")
+    out = local_path(exp.out or Path(cfg.run.root) / f"experiment-{cfg.run.id}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     # validate every trial's config before running anything
     grid = [(lv, m, s, trial_config(cfg, lv, m, s, out)) for lv in levels for m in methods for s in seeds]
-    rows = []
-    for i, (lv, m, s, tcfg) in enumerate(grid, 1):
-        log(f"experiment: trial {i}/{len(grid)}: level {lv['name']}, method {m['name']}, seed {s}")
-        run_dir = Path(run_pipeline(tcfg))
-        summary = read_json(run_dir / "summary.json")
-        row = {"method": m["name"], "level": lv["rho"] if lv["rho"] is not None else lv["name"],
-               "level_name": lv["name"], "seed": s, "run_dir": str(run_dir),
-               "train_seconds": summary["seconds"].get("train")}
-        row.update({k: summary["metrics"].get(k) for k in TRIAL_METRICS})
-        rows.append(row)
-        write_json(out / "trials.json", rows)
-    trials = pd.DataFrame(rows)
-    metrics = [m for m in TRIAL_METRICS if trials[m].notna().any()]
-    write_experiment_report(trials, out, metrics=metrics, title=f"Experiment {cfg.run.id}")
-    log(f"experiment: {len(rows)} trials; report: {out / 'report.html'}")
+    for lv, m, s, tcfg in grid:
+        if m["threshold_variant"] and not tcfg.evaluate.threshold_moving:
+            raise ConfigError(f"experiment method '{m['name']}' names threshold_variant "
+                              f"'{m['threshold_variant']}' but sets no evaluate.threshold_moving")
+    if exp.parallel is not None and (isinstance(exp.parallel, bool) or int(exp.parallel) < 1):
+        raise ConfigError(f"config key 'experiment.parallel' must be >= 1, got {exp.parallel}")
+    get_ray(cfg.ray)
+    parallel = _parallelism(cfg)
+    data_dirs = [data_dir_for(tcfg, out) for _, _, _, tcfg in grid]
+
+    # 1. the data stages, once per (level, seed): first one level of each shared split, then the
+    #    other levels' protocols on it (never two tasks writing one stage)
+    first, rest, seen = [], [], set()
+    for (lv, m, s, tcfg), (dd, proto) in zip(grid, data_dirs):
+        if (dd, proto) in seen:
+            continue
+        job = (tcfg.to_dict(), str(dd), proto, str(dd / f"prepare-{proto}.log"))
+        (rest if any(j[1] == str(dd) for j in first) else first).append(job)
+        seen.add((dd, proto))
+    # a failed data stage is a failure of the whole experiment (every trial of it would fail)
+    log(f"experiment: {len(grid)} trials ({len(levels)} levels x {len(methods)} methods x {len(seeds)} seeds) "
+        f"on {len(seen)} data sets, {parallel} at a time; out: {out}")
+
+    for jobs in (first, rest):
+        def prepared(i, res, jobs=jobs):
+            where = f"{Path(jobs[i][1]).name}/{jobs[i][2]}"
+            if res.get("error"):
+                raise (InputError if res["bad_input"] else RuntimeError)(
+                    f"experiment data {where}: {res['error']} (log: {jobs[i][3]})")
+            log(f"experiment: data {where} ready")
+
+        _run_tasks(_task_prepare, jobs, [1.0] * len(jobs), parallel, prepared)
+
+    # 2. the trials
+    results: dict[int, dict] = {}
+    t0 = time.time()
+
+    def finished(i, summary):
+        lv, m, s, tcfg = grid[i]
+        results[i] = summary
+        tag = f"{lv['name']} / {m['name']} / seed {s}"
+        if "error" in summary:
+            log(f"experiment: trial {len(results)}/{len(grid)} FAILED ({tag}): {summary['error']} "
+                f"(log: {out / 'trials' / tcfg.run.id / 'trial.log'})")
+        else:
+            head = summary.get("metrics_adjusted") if not m["threshold_variant"] and summary.get(
+                "metrics_adjusted") else summary["metrics"]
+            log(f"experiment: trial {len(results)}/{len(grid)} done ({tag}): macro-F1 {head['macro_f1']:.4f} "
+                f"in {summary['wall_seconds']:.0f}s [{time.time() - t0:.0f}s elapsed]")
+        _write_trials(out, grid, results)
+
+    jobs = [(tcfg.to_dict(), str(dd), proto, str(out / "trials" / tcfg.run.id / "trial.log"))
+            for (lv, m, s, tcfg), (dd, proto) in zip(grid, data_dirs)]
+    _run_tasks(_task_trial, jobs, [_task_cpus(g[3]) for g in grid], parallel, finished)
+
+    rows, failed = _write_trials(out, grid, results)
+    if rows:
+        trials = pd.DataFrame(rows)
+        wanted = [m for m in (exp.metrics or TRIAL_METRICS) if m in trials]
+        metrics = [m for m in wanted if trials[m].notna().any()]
+        write_experiment_report(trials, out, metrics=metrics, title=f"Experiment {cfg.run.id}")
+        log(f"experiment: {len(rows)} results from {len(grid) - len(failed)} trials; report: {out / 'report.html'}")
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(grid)} trials failed (see {out / 'trials.json'}): "
+                           + "; ".join(failed[:3]))
     return str(out)
+
+
+def _write_trials(out: Path, grid, results: dict) -> tuple[list[dict], list[str]]:
+    rows, failed, records = [], [], []
+    for i in sorted(results):
+        lv, m, s, tcfg = grid[i]
+        summary = results[i]
+        if "error" in summary:
+            failed.append(f"{tcfg.run.id}: {summary['error']}")
+            records.append({"trial": tcfg.run.id, "method": m["name"], "level_name": lv["name"], "seed": s,
+                            "error": summary["error"], "log": str(out / "trials" / tcfg.run.id / "trial.log")})
+            continue
+        rows.extend(_rows_from(summary, lv, m, s))
+    write_json(out / "trials.json", rows + records)
+    return rows, failed

@@ -16,9 +16,12 @@ Methods (``train.method``):
     train on ``sample`` (``sample.strategy``, default ``none``: the imbalanced training split).
 ``two_phase`` (Lee et al.'s two-phase learning; Buda et al.)
     pre-train on a sampled set (``train.method_params.pretrain``: a ``sample`` mapping, default
-    ``{strategy: threshold, cap: 5000}`` — Lee et al.'s thresholded set), for
-    ``method_params.pretrain_epochs`` epochs, then fine-tune all layers on the full training
-    split for ``train.epochs`` epochs, starting from the pre-trained weights.
+    ``{strategy: threshold, cap: 5000}`` — Lee et al.'s thresholded set) — or, with
+    ``method_params.pretrain_read_sampling`` (a ``train.read_sampling`` mapping, e.g. ``{strategy:
+    floor, floor: 1000, augment: noise}``: Lee et al.'s (E)/(F)), on the full set sampled and
+    augmented in the reader — for ``method_params.pretrain_epochs`` epochs, then fine-tune all
+    layers on the full training split for ``train.epochs`` epochs (learning rate
+    ``method_params.finetune_lr``, default ``train.lr``), starting from the pre-trained weights.
 """
 from __future__ import annotations
 
@@ -71,6 +74,12 @@ class StageRunner:
         return fp
 
 
+TWO_PHASE_KEYS = {"pretrain", "pretrain_epochs", "pretrain_read_sampling", "finetune_lr",
+                  # read by the training loop in both phases
+                  "dynamic_sampling", "drw_epoch", "drw_beta", "category_centers", "centroid_metric",
+                  "centroid_temperature"}
+
+
 def _sample_section(raw: Optional[dict], default: SampleSection) -> SampleSection:
     if raw is None:
         return default
@@ -103,26 +112,18 @@ def _impose(spark, cfg: Config, table: str, out: Path) -> None:
             write_info(tmp, info)
 
 
-def run_pipeline(cfg: Config) -> str:
-    """Run (or resume) every stage of ``cfg``; return the run directory."""
-    from pipeline.data.schema import read_info
-    from pipeline.engines import get_spark
+def data_stages(cfg: Config, spark, runner: "StageRunner", ddir: Path, protocol_name: str = "protocol") -> dict:
+    """The data stages (source, protocol, profile, split) into ``ddir``; return their outputs.
 
-    from pipeline.train.hooks import hook_names
+    ``protocol_name``: the directory of a train-only protocol stage, so that runs at several
+    imbalance levels can share one split (each level its own protocol directory).
 
-    method = cfg.train.method
-    known = list(METHODS) + hook_names()
-    if method not in known:
-        raise ConfigError(f"config key 'train.method': unknown method '{method}' (choose from: {', '.join(known)})")
-    run_dir = local_path(cfg.run.root) / str(cfg.run.id)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", cfg.to_dict())
-    runner = StageRunner(run_dir)
-    spark = get_spark(cfg.spark)
+    ``{"train", "val", "test"}``: the split tables training and evaluation read (after Buda et al.'s
+    train-only protocol when configured); ``split_fp`` / ``profile_fp``: fingerprints downstream
+    stages key on; ``labels``: the class names by index.
+    """
     seed = cfg.run.seed
     label = cfg.data.label_col
-    log(f"run directory: {run_dir}")
-
     # ---- source: a given table (or pre-split tables), else the synthetic generator
     presplit = None
     if cfg.data.train_path or cfg.data.val_path or cfg.data.test_path:
@@ -138,7 +139,7 @@ def run_pipeline(cfg: Config) -> str:
     else:
         from pipeline.data.synth import synthesize
 
-        source = str(run_dir / "source")
+        source = str(ddir / "source")
         key = {"preset": cfg.data.synth_preset, "rows": cfg.data.rows, "seed": seed}
         source_fp = runner.stage("source", key, lambda d: synthesize(
             spark, cfg.data.synth_preset, cfg.data.rows, seed, str(d)))
@@ -150,14 +151,14 @@ def run_pipeline(cfg: Config) -> str:
     if cfg.data.protocol and cfg.data.protocol_scope == "source":
         source_fp = runner.stage("protocol", {"source": source_fp, **protocol_key},
                                  lambda d: _impose(spark, cfg, source, d))
-        source = str(run_dir / "protocol")
+        source = str(ddir / "protocol")
 
     # ---- profile
     from pipeline.distribution import format_distribution, profile
 
     profile_fp = runner.stage("profile", {"source": source_fp, "label": label},
                               lambda d: profile(spark, source, str(d), label_col=label))
-    dist = read_json(run_dir / "profile" / "distribution.json")
+    dist = read_json(ddir / "profile" / "distribution.json")
     log(format_distribution(dist, top=4))
 
     # ---- split
@@ -169,9 +170,9 @@ def run_pipeline(cfg: Config) -> str:
                   "image_shape": cfg.data.image_shape},
         lambda d: split_dataset(spark, presplit or source, str(d), val=cfg.split.val, test=cfg.split.test,
                                 seed=split_seed, label_col=label, image_shape=cfg.data.image_shape))
-    train_split = str(run_dir / "split" / "train")
-    val_split = str(run_dir / "split" / "val")
-    test_split = str(run_dir / "split" / "test")
+    train_split = str(ddir / "split" / "train")
+    val_split = str(ddir / "split" / "val")
+    test_split = str(ddir / "split" / "test")
     if cfg.data.protocol and cfg.data.protocol_scope == "train":
         # Buda et al.: imbalance the training (and validation) data, keep the test set as it is
         def _protocol_splits(d: Path) -> None:
@@ -179,9 +180,53 @@ def run_pipeline(cfg: Config) -> str:
             _impose(spark, cfg, train_split, d / "train")
             _impose(spark, cfg, val_split, d / "val")
 
-        split_fp = runner.stage("protocol", {"split": split_fp, **protocol_key}, _protocol_splits)
-        train_split = str(run_dir / "protocol" / "train")
-        val_split = str(run_dir / "protocol" / "val")
+        split_fp = runner.stage(protocol_name, {"split": split_fp, **protocol_key}, _protocol_splits)
+        train_split = str(ddir / protocol_name / "train")
+        val_split = str(ddir / protocol_name / "val")
+
+    return {"train": train_split, "val": val_split, "test": test_split, "split_fp": split_fp,
+            "profile_fp": profile_fp, "labels": read_json(ddir / "split" / "labels.json")["labels"]}
+
+
+def prepare_data(cfg: Config, data_dir: str, protocol_name: str = "protocol") -> dict:
+    """Only the data stages of ``cfg``, into ``data_dir`` (shared by several runs)."""
+    from pipeline.engines import get_spark
+
+    ddir = local_path(data_dir)
+    ddir.mkdir(parents=True, exist_ok=True)
+    return data_stages(cfg, get_spark(cfg.spark), StageRunner(ddir), ddir, protocol_name)
+
+
+def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str = "protocol") -> str:
+    """Run (or resume) every stage of ``cfg``; return the run directory.
+
+    ``data_dir``: where the data stages (source, protocol, profile, split) live, when several runs
+    share them (the experiment's trials of one imbalance level and seed); default the run directory.
+    Their markers carry their own fingerprints, so a shared stage is reused only when it matches.
+    """
+    from pipeline.data.schema import read_info
+    from pipeline.engines import get_spark
+
+    from pipeline.train.hooks import hook_names
+
+    method = cfg.train.method
+    known = list(METHODS) + hook_names()
+    if method not in known:
+        raise ConfigError(f"config key 'train.method': unknown method '{method}' (choose from: {', '.join(known)})")
+    run_dir = local_path(cfg.run.root) / str(cfg.run.id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", cfg.to_dict())
+    runner = StageRunner(run_dir)
+    ddir = run_dir if data_dir is None else local_path(data_dir)
+    data_runner = runner if data_dir is None else StageRunner(ddir)
+    spark = get_spark(cfg.spark)
+    seed = cfg.run.seed
+    label = cfg.data.label_col
+    log(f"run directory: {run_dir}")
+
+    data = data_stages(cfg, spark, data_runner, ddir, protocol_name)
+    train_split, val_split, test_split = data["train"], data["val"], data["test"]
+    split_fp, profile_fp = data["split_fp"], data["profile_fp"]
 
     # ---- sample + materialize (one pair per training set)
     def sampled_set(name: str, sample_cfg: SampleSection) -> tuple[str, str]:
@@ -205,7 +250,17 @@ def run_pipeline(cfg: Config) -> str:
 
     train_data, train_data_fp = sampled_set("sample", cfg.sample)
     pretrain_data = pretrain_fp = None
+    mp = cfg.train.method_params or {}
     if method == "two_phase":
+        for k in mp:
+            if k not in TWO_PHASE_KEYS:
+                raise ConfigError(f"unknown config key 'train.method_params.{k}' for two_phase "
+                                  f"(known: {', '.join(sorted(TWO_PHASE_KEYS))})")
+        if "pretrain" in mp and "pretrain_read_sampling" in mp:
+            raise ConfigError("train.method_params: give two_phase either 'pretrain' (a sampled set) or "
+                              "'pretrain_read_sampling' (sampling in the reader), not both")
+    pre_read = mp.get("pretrain_read_sampling") if method == "two_phase" else None
+    if method == "two_phase" and pre_read is None:
         pre_cfg = _sample_section(cfg.train.method_params.get("pretrain"),
                                   SampleSection(strategy="threshold", cap=5000))
         pretrain_data, pretrain_fp = sampled_set("sample_pretrain", pre_cfg)
@@ -218,13 +273,24 @@ def run_pipeline(cfg: Config) -> str:
 
     def _train(d: Path) -> None:
         init = cfg.train.init_from
+        fine_cfg = cfg
         if method == "two_phase":
-            epochs = int(cfg.train.method_params.get("pretrain_epochs", max(1, cfg.train.epochs)))
-            log(f"two-phase learning: pre-training for {epochs} epochs on {pretrain_data}")
-            pre = train_model(cfg, pretrain_data, val_split, str(d / "pretrain"), epochs=epochs, init_from=init)
+            epochs = int(mp.get("pretrain_epochs", max(1, cfg.train.epochs)))
+            pre_cfg = cfg
+            if pre_read is not None:  # phase 1 samples (and may augment) in the reader over the full set
+                pre_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, read_sampling=pre_read))
+            where = pretrain_data or f"{train_data} sampled in the reader ({pre_read})"
+            log(f"two-phase learning: pre-training for {epochs} epochs on {where}")
+            pre = train_model(pre_cfg, pretrain_data or train_data, val_split, str(d / "pretrain"), epochs=epochs,
+                              init_from=init)
             init = pre["model_dir"]
+            if mp.get("finetune_lr") is not None:
+                lr = mp["finetune_lr"]
+                if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+                    raise ConfigError(f"config key 'train.method_params.finetune_lr': expected a number > 0, got {lr!r}")
+                fine_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=float(lr)))
             log(f"two-phase learning: fine-tuning on all training data from {init}")
-        res = train_model(cfg, train_data, val_split, str(d), init_from=init)
+        res = train_model(fine_cfg, train_data, val_split, str(d), init_from=init)
         write_json(d / "train_summary.json", {k: v for k, v in res.items() if k != "history"} | {
             "history": res.get("history")})
 
@@ -245,7 +311,7 @@ def run_pipeline(cfg: Config) -> str:
     # ---- evaluate (+ threshold moving)
     from pipeline.evaluate import evaluate_predictions
 
-    labels = read_json(run_dir / "split" / "labels.json")["labels"]
+    labels = data["labels"]
 
     def _evaluate(d: Path) -> None:
         preds = str(run_dir / "predict" / "test")
@@ -274,10 +340,15 @@ def run_pipeline(cfg: Config) -> str:
 
     runner.stage("report", {"evaluate": evaluate_fp, "profile": profile_fp},
                  lambda d: write_report(str(run_dir / "evaluate"), str(d),
-                                        distribution=str(run_dir / "profile" / "distribution.json"),
+                                        distribution=str(ddir / "profile" / "distribution.json"),
                                         predictions=str(run_dir / "predict" / "test"), spark=spark, label_col=label))
 
+    if data_runner is not runner:
+        runner.skipped = data_runner.skipped + runner.skipped
+        runner.ran = data_runner.ran + runner.ran
+        runner.timings = {**data_runner.timings, **runner.timings}
     summary = _summary(run_dir, runner)
+    summary["data_dir"] = str(ddir)
     write_json(run_dir / "summary.json", summary)
     print(_format_summary(summary))
     return str(run_dir)
@@ -295,12 +366,20 @@ def _summary(run_dir: Path, runner: StageRunner) -> dict:
         "l5_f1": metrics.get("groups", {}).get("L5", {}).get("f1"),
         "rest_f1": metrics.get("groups", {}).get("rest", {}).get("f1"),
     }
+    out = {}
     if "adjusted" in metrics:
         adj = metrics["adjusted"]
         head["adjusted_macro_f1"] = adj.get("macro", {}).get("f1")
         head["adjusted_balanced_accuracy"] = adj.get("balanced_accuracy")
+        # the same headline after threshold moving (it moves decisions, not scores: AUCs are unchanged)
+        out["metrics_adjusted"] = {
+            "macro_f1": adj.get("macro", {}).get("f1"), "balanced_accuracy": adj.get("balanced_accuracy"),
+            "g_mean": adj.get("g_mean"), "macro_roc_auc": head["macro_roc_auc"],
+            "macro_pr_auc": head["macro_pr_auc"], "accuracy": adj.get("accuracy"),
+            "l5_f1": adj.get("groups", {}).get("L5", {}).get("f1"),
+            "rest_f1": adj.get("groups", {}).get("rest", {}).get("f1")}
     return {"run_dir": str(run_dir), "report": str(run_dir / "report" / "report.html"),
-            "metrics": head, "ran": runner.ran, "skipped": runner.skipped,
+            "metrics": head, **out, "ran": runner.ran, "skipped": runner.skipped,
             "seconds": {k: round(v, 2) for k, v in runner.timings.items()},
             "total_seconds": round(time.time() - runner.t0, 2)}
 

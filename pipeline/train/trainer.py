@@ -135,6 +135,9 @@ def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
                 init_from: Optional[str] = None, epochs: Optional[int] = None) -> dict:
     """Train on Ray Train workers streaming Petastorm (or Ray Data) shards; write ``out_dir/model/``.
 
+    ``train.num_workers: 0`` trains in this process instead (:func:`train_local`), for data small
+    enough that Ray Train's start-up would dominate (e.g. experiment trials run as Ray tasks).
+
     Returns ``{"model_dir", "best_epoch", "best_metrics", "history", "epochs_run", "run_dir",
     "train_seconds"}``.
     """
@@ -145,8 +148,10 @@ def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
 
     _check_inputs(train_path, val_path, init_from)
     tc = cfg.train
-    if tc.num_workers < 1:
-        raise InputError(f"train.num_workers must be >= 1, got {tc.num_workers}")
+    if tc.num_workers == 0:  # small data: the same loop in this process (one experiment trial per CPU)
+        return train_local(cfg, train_path, val_path, out_dir, init_from=init_from, epochs=epochs)
+    if tc.num_workers < 0:
+        raise InputError(f"train.num_workers must be >= 0 (0: train in this process), got {tc.num_workers}")
     if tc.cpus_per_worker <= 0:
         raise InputError(f"train.cpus_per_worker must be > 0, got {tc.cpus_per_worker}")
     get_ray(cfg.ray)
