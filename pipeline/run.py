@@ -197,6 +197,23 @@ def prepare_data(cfg: Config, data_dir: str, protocol_name: str = "protocol") ->
     return data_stages(cfg, get_spark(cfg.spark), StageRunner(ddir), ddir, protocol_name)
 
 
+def prior_counts(run_dir: Path, train_data: str) -> dict:
+    """Class counts for threshold moving by priors: the *unique* training examples per class.
+
+    Buda et al. divide the network's outputs by p(i) = |i| / Σ_k |k| with |i| "the number of unique
+    examples of class i": after ROS that is the class's original count (copies are not new
+    examples), after RUS or a cap the kept count — per class min(input count, sampled count) from
+    the sample stage's manifest. Without a sample stage, the training table's counts.
+    """
+    from pipeline.data.schema import read_info
+
+    manifest = run_dir / "sample" / "manifest.json"
+    if manifest.is_file():
+        m = read_json(manifest)
+        return {k: min(int(v), int(m["achieved"].get(k, 0))) for k, v in m["input_counts"].items()}
+    return read_info(train_data).class_counts
+
+
 def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str = "protocol") -> str:
     """Run (or resume) every stage of ``cfg``; return the run directory.
 
@@ -204,7 +221,6 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
     share them (the experiment's trials of one imbalance level and seed); default the run directory.
     Their markers carry their own fingerprints, so a shared stage is reused only when it matches.
     """
-    from pipeline.data.schema import read_info
     from pipeline.engines import get_spark
 
     from pipeline.train.hooks import hook_names
@@ -319,7 +335,7 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
         if rule:
             from pipeline.thresholds import apply_threshold_moving, tune_threshold
 
-            counts = read_info(train_data).class_counts
+            counts = prior_counts(run_dir, train_data)
             threshold = None
             if rule == "tuned":
                 threshold = tune_threshold(spark, str(run_dir / "predict" / "val"), metric=cfg.evaluate.tune_metric)
@@ -333,7 +349,10 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
 
             shutil.rmtree(adjusted, ignore_errors=True)
 
-    evaluate_fp = runner.stage("evaluate", {"predict": predict_fp, "evaluate": cfg.section("evaluate")}, _evaluate)
+    evaluate_key = {"predict": predict_fp, "evaluate": cfg.section("evaluate")}
+    if cfg.evaluate.threshold_moving == "prior":
+        evaluate_key["priors"] = "unique examples per class"  # see prior_counts
+    evaluate_fp = runner.stage("evaluate", evaluate_key, _evaluate)
 
     # ---- report
     from pipeline.report import write_report
