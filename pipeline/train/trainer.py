@@ -131,6 +131,21 @@ def _check_inputs(train_path: str, val_path: Optional[str], init_from: Optional[
         raise InputError(f"init_from {init_from} has no {MODEL_FILE}: not a model directory")
 
 
+def _check_method(cfg: Config, train_path: str) -> None:
+    """Build the method hook once on the driver, so a bad ``train.method_params`` is one clear
+    error here rather than a failure on every Ray Train worker."""
+    from pipeline.train.hooks import PIPELINE_METHODS, build_hook
+    from pipeline.train.loop import class_counts_array
+    from pipeline.train.models import build_model
+
+    if cfg.train.method in PIPELINE_METHODS:
+        return
+    info = read_info(train_path)
+    net = build_model(cfg.model, info.input_shape, info.n_classes)
+    build_hook(cfg.train.method, cfg.train.method_params, info.n_classes, class_counts_array(info),
+               int(net.feature_dim))
+
+
 def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: str,
                 init_from: Optional[str] = None, epochs: Optional[int] = None) -> dict:
     """Train on Ray Train workers streaming Petastorm (or Ray Data) shards; write ``out_dir/model/``.
@@ -147,6 +162,7 @@ def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
     from pipeline.engines import get_ray
 
     _check_inputs(train_path, val_path, init_from)
+    _check_method(cfg, train_path)
     tc = cfg.train
     if tc.num_workers == 0:  # small data: the same loop in this process (one experiment trial per CPU)
         return train_local(cfg, train_path, val_path, out_dir, init_from=init_from, epochs=epochs)

@@ -127,3 +127,15 @@ def test_unknown_method_is_one_config_error(tmp_path):
     with pytest.raises(ConfigError, match="unknown method 'nonesuch'"):
         run_pipeline(cfg)
     assert "probe_hook" in HOOKS
+
+
+def test_bad_method_params_fail_on_the_driver_before_ray(tables, tmp_path):
+    """A bad key is one ConfigError from train_model itself (no Ray Train run is started)."""
+    from pipeline.errors import ConfigError
+    from pipeline.train.trainer import train_model
+
+    cfg = load_config(None, BASE + ["train.epochs=1", "train.num_workers=2", "train.method=lmle",
+                                    "train.method_params={clusterz: 3}"])
+    with pytest.raises(ConfigError, match="train.method_params.clusterz"):
+        train_model(cfg, str(tables / "train"), str(tables / "val"), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
