@@ -256,6 +256,43 @@ def _summary(metrics: dict) -> list[tuple[str, str, str]]:
     return items
 
 
+def learned_costs_section(predictions, per_class: list[dict]) -> Optional[tuple[list[str], str]]:
+    """The learned (CoSen) or searched (cost_search) class costs of the model that made
+    ``predictions`` (its ``_predictions.json`` names the model directory), as Markdown lines and
+    an HTML fragment; None when the model has no cost vector (or the predictions are not local)."""
+    if predictions is None:
+        return None
+    side = local_path(predictions) / "_predictions.json"
+    if not side.is_file():
+        return None
+    model_dir = read_json(side).get("model_dir")
+    if not model_dir:
+        return None
+    from pipeline.train.hooks import load_inference_state
+
+    loaded = load_inference_state(model_dir)
+    if loaded is None or not isinstance(loaded[1], dict) or "costs" not in loaded[1]:
+        return None
+    method, state = loaded
+    costs = np.asarray(state["costs"], dtype=float).ravel()
+    names = {r["label"]: _name(r) for r in per_class}
+    if method == "cost_search":
+        note = (f"Searched by differential evolution on the validation split ({state.get('val_rows', '?')} rows): "
+                f"{state.get('metric', '?')} {_fmt(state.get('score'))} with these costs, "
+                f"{_fmt(state.get('baseline_score'))} with the plain argmax.")
+    else:
+        note = (f"Learned jointly with the weights (CoSen, {len(state.get('updates', []))} cost updates); "
+                "prediction scales the softmax outputs by these costs.")
+    rows = [(names.get(i, str(i)), f"{c:.4g}") for i, c in enumerate(costs)]
+    md = ["", f"## Class costs ({method})", "", note, "", "| class | cost ξ_c |", "| --- | --- |"]
+    md += [f"| {n} | {c} |" for n, c in rows]
+    e = html.escape
+    frag = (f"<h2>Class costs ({e(method)})</h2><p class='cap'>{e(note)}</p><table><tr><th>class</th>"
+            "<th>cost ξ<sub>c</sub></th></tr>" + "".join(f"<tr><td>{e(n)}</td><td>{e(c)}</td></tr>" for n, c in rows)
+            + "</table>")
+    return md, frag
+
+
 def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spark=None,
                  label_col: str = "label", curve_classes: int = 4) -> dict:
     """Write ``report.md``, ``report.html`` and ``figures/*.png`` into ``out_dir``.
@@ -310,6 +347,7 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
 
     head, rows = _table(metrics)
     summary = _summary(metrics)
+    costs_section = learned_costs_section(predictions, per_class)
     has_adj = "adjusted" in metrics
     title = "Class-wise evaluation report"
 
@@ -325,6 +363,8 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
            "from the labels).", "",
            "| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
     md += ["| " + " | ".join(r) + " |" for r in rows]
+    if costs_section:
+        md += costs_section[0]
     for t, fname, _, cap in figures:
         md += ["", f"## {t}", "", f"![{t}]({FIG_DIR}/{fname})", "", cap]
     _write_text(out / "report.md", "\n".join(md) + "\n")
@@ -350,6 +390,8 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
     for r in rows:
         parts.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>")
     parts.append("</table></div>")
+    if costs_section:
+        parts.append(costs_section[1])
     for t, fname, data, cap in figures:
         b64 = base64.b64encode(data).decode("ascii")
         parts.append(f"<h2>{e(t)}</h2><img alt='{e(t)}' src='data:image/png;base64,{b64}'>"
