@@ -40,7 +40,11 @@ def _cached_model(model_dir: str):
     from pipeline.train.trainer import META_FILE, MODEL_FILE, load_centroids, load_model
 
     d = local_path(model_dir)
-    key = (str(d), os.path.getmtime(d / MODEL_FILE), os.path.getmtime(d / META_FILE))
+    from pipeline.train.hooks import METHOD_STATE_FILE
+
+    state_file = d / METHOD_STATE_FILE  # a cost search rewrites it after training
+    key = (str(d), os.path.getmtime(d / MODEL_FILE), os.path.getmtime(d / META_FILE),
+           os.path.getmtime(state_file) if state_file.is_file() else None)
     if key not in _MODEL_CACHE:
         _MODEL_CACHE.clear()
         from pipeline.train.hooks import load_inference_state

@@ -62,6 +62,7 @@ class MethodHook:
     """Default behaviour: plain training with ``loss_fn`` on the logits, softmax at prediction."""
 
     name = "baseline"
+    needs_validation = False  # True: the method cannot run without a validation table (checked before training)
 
     def __init__(self, params: dict, n_classes: int, class_counts, feature_dim: int):
         self.params = dict(params or {})

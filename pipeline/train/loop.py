@@ -460,8 +460,11 @@ def load_weights(path: str | Path) -> dict:
 @torch.no_grad()
 def evaluate_table(model: nn.Module, path: str, info: DatasetInfo, device: torch.device, batch_size: int,
                    reader: str = "petastorm", rank: int = 0, world_size: int = 1,
-                   autocast=None, workers_count: int = 2) -> tuple[np.ndarray, float]:
+                   autocast=None, workers_count: int = 2, predict_fn=None) -> tuple[np.ndarray, float]:
     """(confusion matrix, mean cross-entropy) over the whole table, each row once, summed over workers.
+
+    ``predict_fn(net, x) -> probabilities``: a method's own decision rule (e.g. CoSen's costs,
+    LMLE's cluster-wise kNN) for the confusion matrix; the cross-entropy is always the logits'.
 
     Workers read their own Petastorm shard; a table with fewer row groups than workers (or the
     Ray Data reader, whose validation set is not split) is read by rank 0 alone.
@@ -478,7 +481,8 @@ def evaluate_table(model: nn.Module, path: str, info: DatasetInfo, device: torch
             logits = net(x)
         logits = logits.float()
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double().cpu()
-        cm += confusion_matrix(y, logits.argmax(1), c).reshape(-1).double().cpu()
+        pred = logits.argmax(1) if predict_fn is None else predict_fn(net, x).argmax(1).to(y.device)
+        cm += confusion_matrix(y, pred, c).reshape(-1).double().cpu()
     both = _all_reduce(torch.cat([cm, loss_sum]), device)
     cm = both[:-1].reshape(c, c).numpy()
     n = cm.sum()
@@ -664,7 +668,8 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
             entry["read_expected_rows"] = epoch_sampling_plan(counts, rates, read_seed, epoch)["expected_total"]
         if val_path:
             cm, vloss = evaluate_table(model, val_path, read_info(val_path), device, eval_bs, reader, rank,
-                                       world_size, autocast, cfg.stream.workers_count)
+                                       world_size, autocast, cfg.stream.workers_count,
+                                       predict_fn=_method_predict_fn(hook, device))
             m = metrics_from_confusion(cm)
             m["val_loss"] = vloss
             entry.update({"val_" + k if k in ("n", "accuracy", "macro_f1", "balanced_accuracy", "g_mean",
@@ -722,6 +727,25 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
             "select_metric": select, "info": info.to_dict(), "class_counts": counts.tolist(),
             "centroids": centroids if rank == 0 else None, "category_centers": centers,
             "method_inference": best_inference if rank == 0 else None}
+
+
+def _method_predict_fn(hook: MethodHook, device):
+    """The hook's own prediction rule with its current inference state, for validation (None: argmax)."""
+    if type(hook).predict is MethodHook.predict:
+        return None
+    state = hook.inference_state()
+    if state is None:
+        return None
+
+    def to_device(v):
+        if isinstance(v, torch.Tensor):
+            return v.to(device)
+        if isinstance(v, dict):
+            return {k: to_device(w) for k, w in v.items()}
+        return v
+
+    state = to_device(state)
+    return lambda net, x: type(hook).predict(state, net, x)
 
 
 def _checkpoint(out: Path, model, optimizer, scaler, progress, best_state, rank, report_fn, epoch,

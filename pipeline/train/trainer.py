@@ -131,7 +131,7 @@ def _check_inputs(train_path: str, val_path: Optional[str], init_from: Optional[
         raise InputError(f"init_from {init_from} has no {MODEL_FILE}: not a model directory")
 
 
-def _check_method(cfg: Config, train_path: str) -> None:
+def _check_method(cfg: Config, train_path: str, val_path: Optional[str]) -> None:
     """Build the method hook once on the driver, so a bad ``train.method_params`` is one clear
     error here rather than a failure on every Ray Train worker."""
     from pipeline.train.hooks import PIPELINE_METHODS, build_hook
@@ -140,6 +140,10 @@ def _check_method(cfg: Config, train_path: str) -> None:
 
     if cfg.train.method in PIPELINE_METHODS:
         return
+    from pipeline.train.hooks import HOOKS, hook_names
+
+    if cfg.train.method in hook_names() and HOOKS[cfg.train.method].needs_validation and not val_path:
+        raise InputError(f"train.method {cfg.train.method} needs a validation table (train.val_path or the split's val)")
     info = read_info(train_path)
     net = build_model(cfg.model, info.input_shape, info.n_classes)
     build_hook(cfg.train.method, cfg.train.method_params, info.n_classes, class_counts_array(info),
@@ -162,7 +166,7 @@ def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
     from pipeline.engines import get_ray
 
     _check_inputs(train_path, val_path, init_from)
-    _check_method(cfg, train_path)
+    _check_method(cfg, train_path, val_path)
     tc = cfg.train
     if tc.num_workers == 0:  # small data: the same loop in this process (one experiment trial per CPU)
         return train_local(cfg, train_path, val_path, out_dir, init_from=init_from, epochs=epochs)
