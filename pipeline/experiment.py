@@ -304,7 +304,12 @@ def run_experiment(cfg: Config) -> str:
         trials = pd.DataFrame(rows)
         wanted = [m for m in (exp.metrics or TRIAL_METRICS) if m in trials]
         metrics = [m for m in wanted if trials[m].notna().any()]
-        write_experiment_report(trials, out, metrics=metrics, title=f"Experiment {cfg.run.id}")
+        # blocks are (level, seed): by ρ when every level has its own ρ, else by the level's name
+        rhos = [str(lv["rho"]) for lv in levels]
+        level_col = "level" if None not in [lv["rho"] for lv in levels] and len(set(rhos)) == len(rhos) \
+            else "level_name"
+        write_experiment_report(trials, out, metrics=metrics, by=("method", level_col),
+                                title=f"Experiment {cfg.run.id}")
         log(f"experiment: {len(rows)} results from {len(grid) - len(failed)} trials; report: {out / 'report.html'}")
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(grid)} trials failed (see {out / 'trials.json'}): "

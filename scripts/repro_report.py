@@ -26,9 +26,8 @@ def _fmt(mean, std, n) -> str:
 
 
 def metric_table(results: pd.DataFrame, metric: str, methods: list, levels: list) -> list[str]:
-    g = results.groupby(["method", "level"])[metric].agg(["mean", "std", "count"])
-    lines = ["| method | " + " | ".join(f"ρ={lv}" if str(lv).replace('.', '').isdigit() else str(lv) for lv in levels)
-             + " | mean |", "|---" * (len(levels) + 2) + "|"]
+    g = results.groupby(["method", "level_name"])[metric].agg(["mean", "std", "count"])
+    lines = ["| method | " + " | ".join(str(lv) for lv in levels) + " | mean |", "|---" * (len(levels) + 2) + "|"]
     for m in methods:
         cells = []
         for lv in levels:
@@ -57,7 +56,7 @@ def main(argv=None) -> None:
     results = pd.read_csv(exp / "results.csv")
     stats = json.loads((exp / "stats.json").read_text())
     methods = list(dict.fromkeys(results["method"]))
-    levels = sorted(results["level"].unique(), key=lambda v: (str(type(v)), v))
+    levels = list(dict.fromkeys(results["level_name"]))          # in the config's order
     seeds = sorted(results["seed"].unique())
     records = json.loads((exp / "trials.json").read_text())
     failed = [r for r in records if "error" in r]
