@@ -174,13 +174,16 @@ def _task_trial(cfg_dict: dict, data_dir: str, protocol_name: str, log_path: str
         return {"error": f"{type(e).__name__}: {first}"[:500], "wall_seconds": round(time.time() - t0, 2)}
 
 
-def _parallelism(cfg: Config) -> int:
-    """Trials in flight: ``experiment.parallel``, default one per CPU of the Ray cluster."""
+def _parallelism(cfg: Config, trial_cfgs: list) -> int:
+    """Trials in flight: ``experiment.parallel``, default as many as the Ray cluster's CPUs can train
+    at once (one CPU per in-process trial; ``num_workers × cpus_per_worker`` per Ray Train trial)."""
     import ray
 
     n = cfg.experiment.parallel
     if n is None:
-        n = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        per_trial = max(1.0 if t.train.num_workers == 0 else t.train.num_workers * t.train.cpus_per_worker
+                        for t in trial_cfgs)
+        n = max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
     if int(n) < 1:
         raise ConfigError(f"config key 'experiment.parallel' must be >= 1, got {n}")
     return int(n)
@@ -251,7 +254,7 @@ def run_experiment(cfg: Config) -> str:
     if exp.parallel is not None and (isinstance(exp.parallel, bool) or int(exp.parallel) < 1):
         raise ConfigError(f"config key 'experiment.parallel' must be >= 1, got {exp.parallel}")
     get_ray(cfg.ray)
-    parallel = _parallelism(cfg)
+    parallel = _parallelism(cfg, [g[3] for g in grid])
     data_dirs = [data_dir_for(tcfg, out) for _, _, _, tcfg in grid]
 
     # 1. the data stages, once per (level, seed): first one level of each shared split, then the
