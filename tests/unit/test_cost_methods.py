@@ -14,12 +14,6 @@ from pipeline.errors import ConfigError
 from pipeline.train import cost_methods as CM
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ---------------------------------------------------------------------------- the modulation

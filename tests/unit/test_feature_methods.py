@@ -14,12 +14,6 @@ from pipeline.errors import ConfigError
 from pipeline.train import feature_methods as fm
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ------------------------------------------------------------------ params

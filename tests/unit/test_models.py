@@ -10,13 +10,6 @@ from pipeline.errors import InputError
 from pipeline.train.losses import build_loss
 from pipeline.train.models import MODEL_NAMES, CosineLinear, build_model, count_parameters
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread is faster than two fighting over a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 N_CLASSES = 5
