@@ -35,7 +35,7 @@ from pipeline.config import Config, SampleSection
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import fingerprint, local_path, path_fingerprint, read_json, read_success, write_json, write_success
 
-from pipeline.train.hooks import PIPELINE_METHODS as METHODS  # noqa: E402  (baseline, two_phase)
+METHODS = ("baseline", "two_phase")  # pipeline-level methods; training methods are hooks (train/hooks.py)
 
 
 def log(msg: str) -> None:

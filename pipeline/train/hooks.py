@@ -38,8 +38,10 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
+from pipeline.run import METHODS as PIPELINE_METHODS  # handled by pipeline.run; the loop trains them plainly
+
 METHOD_STATE_FILE = "method_state.pt"
-PIPELINE_METHODS = ("baseline", "two_phase")  # handled by pipeline.run; the loop trains them plainly
+
 
 
 @dataclass
