@@ -268,11 +268,6 @@ class CoSenHook(MethodHook):
 
     name = "cosen"
 
-    @classmethod
-    def check_params(cls, params: Optional[dict]) -> dict:
-        """Validate ``train.method_params`` on the driver before training (ConfigError naming the key)."""
-        return cosen_params(params)
-
     def __init__(self, params, n_classes, class_counts, feature_dim):
         super().__init__(params, n_classes, class_counts, feature_dim)
         self.p = cosen_params(params)
@@ -643,11 +638,6 @@ class CostSearchHook(MethodHook):
 
     name = "cost_search"
     needs_validation = True
-
-    @classmethod
-    def check_params(cls, params: Optional[dict]) -> dict:
-        """Validate ``train.method_params`` on the driver before training (ConfigError naming the key)."""
-        return search_params(params)
 
     def __init__(self, params, n_classes, class_counts, feature_dim):
         super().__init__(params, n_classes, class_counts, feature_dim)

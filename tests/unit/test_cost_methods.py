@@ -239,12 +239,13 @@ def test_bad_params_are_one_config_error(fn, params, match):
         fn(params)
 
 
-def test_hooks_expose_the_driver_side_check():
-    from pipeline.train.hooks import HOOKS
+def test_hooks_check_their_params_when_built():
+    """build_hook is what the driver calls before training (trainer._check_method)."""
+    from pipeline.train.hooks import build_hook
 
     with pytest.raises(ConfigError, match=r"train\.method_params\.nope"):
-        HOOKS["cosen"].check_params({"nope": 1})
-    assert HOOKS["cost_search"].check_params({"population": 8})["population"] == 8
+        build_hook("cosen", {"nope": 1}, 3, np.array([10.0, 5.0, 1.0]), 8)
+    assert build_hook("cost_search", {"population": 8}, 3, np.array([10.0, 5.0, 1.0]), 8).p["population"] == 8
 
 
 def test_defaults_and_loop_keys_pass():
