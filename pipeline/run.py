@@ -373,30 +373,29 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
     return str(run_dir)
 
 
+def _headline(m: dict, aucs_from: dict) -> dict:
+    """The headline metrics of a ``metrics.json`` block; ROC/PR AUC from ``aucs_from`` (the raw
+    block: threshold moving moves decisions, not scores, so AUCs are unchanged by it)."""
+    return {
+        "macro_f1": m.get("macro", {}).get("f1"),
+        "balanced_accuracy": m.get("balanced_accuracy"),
+        "g_mean": m.get("g_mean"),
+        "macro_roc_auc": aucs_from["macro"].get("roc_auc"),
+        "macro_pr_auc": aucs_from["macro"].get("pr_auc"),
+        "accuracy": m.get("accuracy"),
+        "l5_f1": m.get("groups", {}).get("L5", {}).get("f1"),
+        "rest_f1": m.get("groups", {}).get("rest", {}).get("f1"),
+    }
+
+
 def _summary(run_dir: Path, runner: StageRunner) -> dict:
     metrics = read_json(run_dir / "evaluate" / "metrics.json")
-    head = {
-        "macro_f1": metrics["macro"]["f1"],
-        "balanced_accuracy": metrics["balanced_accuracy"],
-        "g_mean": metrics["g_mean"],
-        "macro_roc_auc": metrics["macro"].get("roc_auc"),
-        "macro_pr_auc": metrics["macro"].get("pr_auc"),
-        "accuracy": metrics["accuracy"],
-        "l5_f1": metrics.get("groups", {}).get("L5", {}).get("f1"),
-        "rest_f1": metrics.get("groups", {}).get("rest", {}).get("f1"),
-    }
+    head = _headline(metrics, metrics)
     out = {}
     if "adjusted" in metrics:
-        adj = metrics["adjusted"]
-        head["adjusted_macro_f1"] = adj.get("macro", {}).get("f1")
-        head["adjusted_balanced_accuracy"] = adj.get("balanced_accuracy")
-        # the same headline after threshold moving (it moves decisions, not scores: AUCs are unchanged)
-        out["metrics_adjusted"] = {
-            "macro_f1": adj.get("macro", {}).get("f1"), "balanced_accuracy": adj.get("balanced_accuracy"),
-            "g_mean": adj.get("g_mean"), "macro_roc_auc": head["macro_roc_auc"],
-            "macro_pr_auc": head["macro_pr_auc"], "accuracy": adj.get("accuracy"),
-            "l5_f1": adj.get("groups", {}).get("L5", {}).get("f1"),
-            "rest_f1": adj.get("groups", {}).get("rest", {}).get("f1")}
+        out["metrics_adjusted"] = adjusted = _headline(metrics["adjusted"], metrics)
+        head["adjusted_macro_f1"] = adjusted["macro_f1"]
+        head["adjusted_balanced_accuracy"] = adjusted["balanced_accuracy"]
     return {"run_dir": str(run_dir), "report": str(run_dir / "report" / "report.html"),
             "metrics": head, **out, "ran": runner.ran, "skipped": runner.skipped,
             "seconds": {k: round(v, 2) for k, v in runner.timings.items()},
