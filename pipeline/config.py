@@ -40,7 +40,7 @@ class SparkSection:
 
 @dataclass
 class RaySection:
-    address: Optional[str] = None       # None: start a local Ray; "auto" or ray://host:port for a cluster
+    address: Optional[str] = None       # None: a private local Ray (never joins a `ray start` cluster); "auto", host:port or ray://host:port for a cluster
     num_cpus: Optional[int] = None      # local Ray only
     log_to_driver: bool = True          # shows the workers' per-epoch progress on the driver
 
@@ -147,7 +147,7 @@ class EvaluateSection:
 
 @dataclass
 class RegistrySection:
-    root: str = "registry"              # local or mounted shared directory (see pipeline.registry)
+    root: str = "registry"              # local or mounted shared directory (see pipeline.flows.registry)
     lock_timeout: float = 600.0         # seconds to wait for another process's register/promote
 
 

@@ -19,12 +19,13 @@ log = logging.getLogger(__name__)
 LOG4J_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2.properties")
 
 
-def _submitted_master() -> Optional[str]:
-    """The master spark-submit put in the JVM/conf, if this process was launched by it."""
-    from pyspark import SparkConf
+def launched_by_spark_submit() -> bool:
+    """True when spark-submit started this process: its JVM (and the master it was given) is already up.
 
-    conf = SparkConf()
-    return conf.get("spark.master", None)
+    ``SparkConf().get("spark.master")`` cannot tell before a SparkContext exists (it returns None
+    even under ``spark-submit --master local[1]``); the gateway variables spark-submit exports can.
+    """
+    return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
 def get_spark(cfg: "SparkSection | None" = None) -> "SparkSession":
@@ -45,10 +46,15 @@ def get_spark(cfg: "SparkSection | None" = None) -> "SparkSession":
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    master = cfg.master or _submitted_master() or "local[*]"
+    builder = SparkSession.builder.appName(cfg.app_name)
+    # spark.master in the config wins; under spark-submit its --master stands (setting one here
+    # would override it); otherwise Spark runs embedded in this process.
+    if cfg.master:
+        builder = builder.master(cfg.master)
+    elif not launched_by_spark_submit():
+        builder = builder.master("local[*]")
     builder = (
-        SparkSession.builder.appName(cfg.app_name)
-        .master(master)
+        builder
         .config("spark.pyspark.python", sys.executable)
         .config("spark.pyspark.driver.python", sys.executable)
         .config("spark.ui.enabled", "true" if cfg.ui else "false")
@@ -102,6 +108,9 @@ def get_ray(cfg: "RaySection | None" = None) -> None:
     if cfg.address:
         kwargs["address"] = cfg.address
     else:
+        # "local": a private instance every time. With no address Ray would join whatever cluster
+        # `ray start` left on this machine (/tmp/ray/ray_current_cluster), and hang if it is gone.
+        kwargs["address"] = "local"
         kwargs["include_dashboard"] = False
         if cfg.num_cpus is not None:
             kwargs["num_cpus"] = cfg.num_cpus
