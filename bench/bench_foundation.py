@@ -26,8 +26,8 @@ import json, sys, time
 from pipeline.engines import get_spark
 from pipeline.config import SparkSection
 from pipeline.data.synth import synthesize
-from pipeline.distribution import profile
-from pipeline.split import split_dataset
+from pipeline.prep.profile import profile
+from pipeline.prep.split import split_dataset
 rows, out, do_split = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
 spark = get_spark(SparkSection(driver_memory="6g", shuffle_partitions=32))
 res = {}

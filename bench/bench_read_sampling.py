@@ -7,7 +7,7 @@ On one generated table (10 classes, ``bench_stream.make_table``) it times, for o
                    ``id``/label pre-pass, the per-chunk hash and the block shuffle;
 * ``ros_x3``     — rates 3 (three times the rows per epoch, nothing written);
 * ``rus_0.1``    — rates 0.1 (a tenth of the rows; the table is still read and decoded in full);
-* ``prepass``    — :func:`pipeline.stream.sampled_shard_rows` alone (reads ``id`` and ``label``).
+* ``prepass``    — :func:`pipeline.stream.readers.sampled_shard_rows` alone (reads ``id`` and ``label``).
 
 Figures: rows emitted per second of wall time (median of ``--repeat`` interleaved runs) and
 seconds per epoch.
@@ -42,7 +42,7 @@ def main() -> None:
     from bench_stream import make_table
 
     from pipeline.data.schema import read_info
-    from pipeline.stream import make_loader, sampled_shard_rows
+    from pipeline.stream.readers import make_loader, sampled_shard_rows
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-rs-"))
     try:

@@ -49,7 +49,7 @@ def ensure_data(spark, rows: int, data_dir: Path) -> str:
 
 
 def run_ours(spark, src, out, cap, seed, use_hint=True):
-    from pipeline.sampling import sample_dataset
+    from pipeline.prep.sampling import sample_dataset
 
     _rm(out)
     t = time.perf_counter()
@@ -98,7 +98,7 @@ def main(argv=None):
 
     from pipeline.config import SparkSection
     from pipeline.engines import get_spark
-    from pipeline.materialize import materialize
+    from pipeline.stream.materialize import materialize
 
     spark = get_spark(SparkSection())
     cores = spark.sparkContext.defaultParallelism

@@ -1,4 +1,4 @@
-"""Rows/s through the readers of ``pipeline.stream`` against raw pyarrow, and the compute ceiling.
+"""Rows/s through the readers of ``pipeline.stream.readers`` against raw pyarrow, and the compute ceiling.
 
 On one generated table of 32×32 uint8 images (raw bytes, as materialize writes them) it times:
 
@@ -60,7 +60,7 @@ def rate_pyarrow(path: Path, batch: int) -> float:
     import pyarrow.parquet as pq
 
     from pipeline.data.schema import read_info
-    from pipeline.stream import decode_columns, to_float
+    from pipeline.stream.readers import decode_columns, to_float
 
     info = read_info(path)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -79,7 +79,7 @@ def rate_pyarrow(path: Path, batch: int) -> float:
 
 def rate_loader(path: Path, batch: int, reader: str, workers: int, epoch: int = 0) -> float:
     from pipeline.data.schema import read_info
-    from pipeline.stream import make_loader
+    from pipeline.stream.readers import make_loader
 
     info = read_info(path)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -124,7 +124,7 @@ def rate_compute(batch: int, steps: int) -> float:
 
 def rate_train_petastorm(path: Path, batch: int, workers: int, max_rows: int) -> float:
     from pipeline.data.schema import read_info
-    from pipeline.stream import make_loader
+    from pipeline.stream.readers import make_loader
 
     model, opt, lossf = _lenet()
     info = read_info(path)

@@ -6,7 +6,7 @@ images — Parquet row groups when pyarrow is there (as materialize writes them)
 memmap — and times the training step of ``pipeline.train.loop`` (bf16 autocast, or fp16 with a
 GradScaler; Adam; cross-entropy) two ways:
 
-* ``fed``    — a background thread reads row groups and decodes them with ``pipeline.stream``'s
+* ``fed``    — a background thread reads row groups and decodes them with ``pipeline.stream.readers``'s
                vectorised decoder (one ``frombuffer`` per row group; uint8 kept on the CPU, pinned),
                the step moves uint8 to the GPU (4x fewer bytes than float) and scales there;
 * ``on_gpu`` — the same uint8 batches already resident on the GPU (the ceiling).
@@ -35,8 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 try:  # the project's decoder and models when importable (they need only torch/numpy)
-    from pipeline.stream import decode_images, to_float
-    DECODER = "pipeline.stream"
+    from pipeline.stream.readers import decode_images, to_float
+    DECODER = "pipeline.stream.readers"
 except Exception:  # pragma: no cover - a bare box without the package
     DECODER = "inline"
 

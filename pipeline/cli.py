@@ -48,7 +48,7 @@ def cmd_synth(a: argparse.Namespace) -> int:
 
 
 def cmd_profile(a: argparse.Namespace) -> int:
-    from pipeline.distribution import format_distribution, profile
+    from pipeline.prep.profile import format_distribution, profile
     from pipeline.engines import get_spark
 
     dist = profile(get_spark(), a.input, a.out, label_col=a.label_col)
@@ -58,7 +58,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
 
 def cmd_split(a: argparse.Namespace) -> int:
     from pipeline.engines import get_spark
-    from pipeline.split import split_dataset
+    from pipeline.prep.split import split_dataset
 
     summary = split_dataset(get_spark(), a.input, a.out, val=a.val, test=a.test, seed=a.seed,
                             label_col=a.label_col)
@@ -72,7 +72,7 @@ def cmd_split(a: argparse.Namespace) -> int:
 
 def cmd_sample(a: argparse.Namespace) -> int:
     from pipeline.engines import get_spark
-    from pipeline.sampling import format_manifest, sample_dataset
+    from pipeline.prep.sampling import format_manifest, sample_dataset
 
     manifest = sample_dataset(get_spark(), a.input, a.out, strategy=a.strategy, target=a.target,
                               cap=a.cap, floor=a.floor, seed=a.seed, label_col=a.label_col)
@@ -92,7 +92,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_predict(a: argparse.Namespace) -> int:
     from pipeline.config import load_config
     cfg = load_config(a.config, a.overrides)
-    from pipeline.predict import predict_from_config
+    from pipeline.train.predict import predict_from_config
     out = predict_from_config(cfg)
     print(out)
     return 0
@@ -100,12 +100,12 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from pipeline.engines import get_spark
-    from pipeline.evaluate import evaluate_predictions
+    from pipeline.evaluation.metrics import evaluate_predictions
 
     spark = get_spark()
     preds, n_classes, names = a.predictions, a.n_classes, None
     if a.threshold_moving:
-        from pipeline.thresholds import parse_class_counts, predictions_with_rule
+        from pipeline.evaluation.thresholds import parse_class_counts, predictions_with_rule
 
         counts = parse_class_counts(a.class_counts) if a.class_counts else None
         preds, n_classes, names = predictions_with_rule(
@@ -128,7 +128,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def cmd_run(a: argparse.Namespace) -> int:
     from pipeline.config import load_config
     cfg = load_config(a.config, a.overrides)
-    from pipeline.run import run_pipeline
+    from pipeline.flows.run import run_pipeline
     run_dir = run_pipeline(cfg)
     print(run_dir)
     return 0
@@ -137,7 +137,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 def cmd_experiment(a: argparse.Namespace) -> int:
     from pipeline.config import load_config
     cfg = load_config(a.config, a.overrides)
-    from pipeline.experiment import run_experiment
+    from pipeline.flows.experiment import run_experiment
     out = run_experiment(cfg)
     print(out)
     return 0
@@ -146,7 +146,7 @@ def cmd_experiment(a: argparse.Namespace) -> int:
 def cmd_retrain(a: argparse.Namespace) -> int:
     from pipeline.config import load_config
     cfg = load_config(a.config, a.overrides)
-    from pipeline.retrain import retrain
+    from pipeline.flows.retrain import retrain
     result = retrain(cfg)
     print(json.dumps(result, indent=2, default=str))
     return 0

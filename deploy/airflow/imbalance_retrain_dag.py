@@ -30,7 +30,7 @@ _path = f"export PATH={shlex.quote(BIN)}:$PATH && " if BIN else ""
 RETRAIN_COMMAND = (f"{_path}cd {shlex.quote(HOME)} && "
                    f"imbalance retrain {shlex.quote(CONFIG)}")
 REGISTRY_COMMAND = (f"{_path}cd {shlex.quote(HOME)} && "
-                    f"python -m pipeline.registry {shlex.quote(REGISTRY)} list")
+                    f"python -m pipeline.flows.registry {shlex.quote(REGISTRY)} list")
 
 try:  # Airflow 3 moved BashOperator to the standard provider; Airflow 2 has it in core.
     from airflow import DAG

@@ -714,7 +714,7 @@ def evaluate_predictions(spark, predictions, out, label_col: str = "label", pred
     with atomic_dir(out) as tmp:
         write_metrics(metrics, tmp)
         if report:
-            from pipeline.report import write_report
+            from pipeline.evaluation.report import write_report
 
             write_report(tmp, tmp, distribution=distribution)
     return metrics

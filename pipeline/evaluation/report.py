@@ -314,7 +314,7 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
     curves = metrics.get("pr_curves") or {}
     if not curves and predictions is not None:
         from pipeline.engines import get_spark
-        from pipeline.evaluate import pr_curves
+        from pipeline.evaluation.metrics import pr_curves
 
         present = [r["label"] for r in per_class if r["support"] > 0]
         rare = sorted(present, key=lambda c: (per_class[c]["support"], c))[:curve_classes]

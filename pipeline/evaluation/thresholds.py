@@ -111,7 +111,7 @@ def add_pred_adjusted(df, rule: str, n_classes: int, class_counts=None,
     def fn(batches):
         import pyarrow as pa
 
-        from pipeline.evaluate import _arrow_probs
+        from pipeline.evaluation.metrics import _arrow_probs
 
         for batch in batches:
             if batch.num_rows == 0:
@@ -139,7 +139,7 @@ def apply_threshold_moving(spark, predictions_path, out_path, rule: str, class_c
     import shutil
 
     from pipeline.data.schema import INFO_FILE, has_info
-    from pipeline.evaluate import load_predictions, scan_predictions
+    from pipeline.evaluation.metrics import load_predictions, scan_predictions
 
     loaded = load_predictions(spark, predictions_path, pred_col=None, n_classes=n_classes)
     _resolve(rule, loaded.n_classes, class_counts, cost, threshold)   # fail before any Spark work
@@ -161,7 +161,7 @@ def tune_threshold(spark, val_predictions_path, metric: str = "f1", label_col: s
     iff p_1 ≥ t"; ties in the metric go to the largest threshold. Metrics: f1,
     balanced_accuracy, g_mean, accuracy. Uses the evaluate stage's exact ranking pass.
     """
-    from pipeline.evaluate import TUNE_METRICS, load_predictions, ranking_stats, scan_predictions
+    from pipeline.evaluation.metrics import TUNE_METRICS, load_predictions, ranking_stats, scan_predictions
 
     if metric not in TUNE_METRICS:
         raise InputError(f"unknown tuning metric '{metric}' (choose: {', '.join(TUNE_METRICS)})")
@@ -205,7 +205,7 @@ def predictions_with_rule(spark, predictions, rule: str, class_counts=None, cost
     For ``tuned`` without a threshold, it is tuned on ``val_predictions`` first. Returns
     ``(DataFrame, n_classes, class_names)`` for :func:`pipeline.evaluate.evaluate_predictions`.
     """
-    from pipeline.evaluate import load_predictions, scan_predictions
+    from pipeline.evaluation.metrics import load_predictions, scan_predictions
 
     loaded = load_predictions(spark, predictions, label_col=label_col, pred_col=None)
     if rule == "tuned" and threshold is None:

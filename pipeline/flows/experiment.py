@@ -55,7 +55,7 @@ from pathlib import Path
 from pipeline.config import Config, config_from_dict, merge_overrides
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import fingerprint, local_path, read_json, write_json
-from pipeline.run import log, run_pipeline
+from pipeline.flows.run import log, run_pipeline
 
 TRIAL_METRICS = ["macro_f1", "g_mean", "balanced_accuracy", "macro_roc_auc", "macro_pr_auc", "l5_f1", "rest_f1",
                  "accuracy"]
@@ -149,7 +149,7 @@ def _output_to(log_path: Path):
 
 def _task_prepare(cfg_dict: dict, data_dir: str, protocol_name: str, log_path: str) -> dict:
     """Ray task: the data stages of one level and seed; ``{"error", "bad_input"}`` when they fail."""
-    from pipeline.run import prepare_data
+    from pipeline.flows.run import prepare_data
 
     try:
         with _output_to(Path(log_path)):
@@ -227,7 +227,7 @@ def run_experiment(cfg: Config) -> str:
     import pandas as pd
 
     from pipeline.engines import get_ray
-    from pipeline.experiment_stats import write_experiment_report
+    from pipeline.flows.experiment_stats import write_experiment_report
 
     exp = cfg.experiment
     levels = _entries(exp.levels or [{"name": "base"}], "levels")

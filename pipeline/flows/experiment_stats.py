@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .errors import InputError
+from pipeline.errors import InputError
 
 #: The metrics the experiment harness reports (column names of the trials table).
 DEFAULT_METRICS = ["macro_f1", "g_mean", "balanced_accuracy", "macro_roc_auc", "macro_pr_auc",

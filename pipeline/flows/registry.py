@@ -563,11 +563,11 @@ def gate(candidate_metrics: dict, production_metrics: Optional[dict], tolerance:
 
 # ---------------------------------------------------------------- operator CLI
 def main(argv: Optional[Iterable[str]] = None) -> int:
-    """``python -m pipeline.registry ROOT list|show V|production|promote V --reason R|rollback``."""
+    """``python -m pipeline.flows.registry ROOT list|show V|production|promote V --reason R|rollback``."""
     import argparse
     import sys
 
-    p = argparse.ArgumentParser(prog="python -m pipeline.registry",
+    p = argparse.ArgumentParser(prog="python -m pipeline.flows.registry",
                                 description="Inspect the file-based model registry; promote or roll back by hand.")
     p.add_argument("root", help="registry directory (registry.root)")
     sub = p.add_subparsers(dest="cmd", required=True)

@@ -18,7 +18,7 @@ The lake is a partitioned Parquet table, ``<retrain.lake>/<partition_col>=<value
    the minority classes may not be worse than production's beyond the configured tolerances.
 
 Concurrent retrains are safe: each has its own run directory, and the registry's lock serialises
-registration and promotion (see :mod:`pipeline.registry`).
+registration and promotion (see :mod:`pipeline.flows.registry`).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from pathlib import Path
 from pipeline.config import Config
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import local_path, path_fingerprint, read_json, write_json
-from pipeline.run import log, run_pipeline
+from pipeline.flows.run import log, run_pipeline
 
 
 def lake_partitions(lake: str, partition_col: str) -> list[str]:
@@ -84,9 +84,9 @@ def _counts_from_distribution(dist: dict) -> dict:
 def retrain(cfg: Config) -> dict:
     """One scheduled retrain; returns a summary (status, version, promoted, gate reasons, drift)."""
     from pipeline.engines import get_spark
-    from pipeline.evaluate import evaluate_predictions
-    from pipeline.predict import predict
-    from pipeline.registry import ModelRegistry, gate
+    from pipeline.evaluation.metrics import evaluate_predictions
+    from pipeline.train.predict import predict
+    from pipeline.flows.registry import ModelRegistry, gate
 
     if not cfg.retrain.lake:
         raise ConfigError("config key 'retrain.lake' is required: the partitioned lake table to train on")

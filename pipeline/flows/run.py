@@ -94,11 +94,11 @@ def _sample_section(raw: Optional[dict], default: SampleSection) -> SampleSectio
 
 def _impose(spark, cfg: Config, table: str, out: Path) -> None:
     """Write ``table`` under-sampled to the configured imbalance protocol (step / linear) at ``out``."""
-    from pipeline.data.protocols import impose_protocol
+    from pipeline.prep.protocols import impose_protocol
     from pipeline.data.schema import has_info, read_info, write_info
     from pipeline.data.source import read_table
     from pipeline.io import atomic_dir, spark_uri
-    from pipeline.keys import exact_counts
+    from pipeline.prep.keys import exact_counts
 
     label = cfg.data.label_col
     df = read_table(spark, table, label)
@@ -154,7 +154,7 @@ def data_stages(cfg: Config, spark, runner: "StageRunner", ddir: Path, protocol_
         source = str(ddir / "protocol")
 
     # ---- profile
-    from pipeline.distribution import format_distribution, profile
+    from pipeline.prep.profile import format_distribution, profile
 
     profile_fp = runner.stage("profile", {"source": source_fp, "label": label},
                               lambda d: profile(spark, source, str(d), label_col=label))
@@ -162,7 +162,7 @@ def data_stages(cfg: Config, spark, runner: "StageRunner", ddir: Path, protocol_
     log(format_distribution(dist, top=4))
 
     # ---- split
-    from pipeline.split import split_dataset
+    from pipeline.prep.split import split_dataset
 
     split_seed = cfg.split.seed if cfg.split.seed is not None else seed
     split_fp = runner.stage(
@@ -246,8 +246,8 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
 
     # ---- sample + materialize (one pair per training set)
     def sampled_set(name: str, sample_cfg: SampleSection) -> tuple[str, str]:
-        from pipeline.materialize import materialize
-        from pipeline.sampling import format_manifest, sample_dataset
+        from pipeline.stream.materialize import materialize
+        from pipeline.prep.sampling import format_manifest, sample_dataset
 
         s_seed = sample_cfg.seed if sample_cfg.seed is not None else seed
         s_key = {"split": split_fp, "sample": dataclasses.asdict(sample_cfg), "seed": s_seed}
@@ -314,7 +314,7 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
     model_dir = str(run_dir / "train" / "model")
 
     # ---- predict (test, and val for tuned thresholds)
-    from pipeline.predict import predict
+    from pipeline.train.predict import predict
 
     def _predict(d: Path) -> None:
         d.mkdir(parents=True, exist_ok=True)
@@ -325,7 +325,7 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
                               _predict)
 
     # ---- evaluate (+ threshold moving)
-    from pipeline.evaluate import evaluate_predictions
+    from pipeline.evaluation.metrics import evaluate_predictions
 
     labels = data["labels"]
 
@@ -333,7 +333,7 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
         preds = str(run_dir / "predict" / "test")
         rule = cfg.evaluate.threshold_moving
         if rule:
-            from pipeline.thresholds import apply_threshold_moving, tune_threshold
+            from pipeline.evaluation.thresholds import apply_threshold_moving, tune_threshold
 
             counts = prior_counts(run_dir, train_data)
             threshold = None
@@ -355,7 +355,7 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
     evaluate_fp = runner.stage("evaluate", evaluate_key, _evaluate)
 
     # ---- report
-    from pipeline.report import write_report
+    from pipeline.evaluation.report import write_report
 
     runner.stage("report", {"evaluate": evaluate_fp, "profile": profile_fp},
                  lambda d: write_report(str(run_dir / "evaluate"), str(d),

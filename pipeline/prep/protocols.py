@@ -7,7 +7,7 @@ n = the size of the smallest class (a balanced base), every minority class to ``
 ``linear`` (Dist. C of Zhang et al.; Buda et al.'s "linear imbalance"): class sizes fall linearly
 from n to n/ρ over the classes in a seeded random order: n_i = round(n·(1 − i/(C−1)·(1 − 1/ρ))).
 
-Rows are kept by hash rank of (seed, id) within each class (:mod:`pipeline.keys`), so the result
+Rows are kept by hash rank of (seed, id) within each class (:mod:`pipeline.prep.keys`), so the result
 is exact and independent of partitioning.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.keys import BUCKET, KEY, assign_buckets, exact_counts
+from pipeline.prep.keys import BUCKET, KEY, assign_buckets, exact_counts
 
 PROTOCOLS = ("step", "linear")
 

@@ -2,7 +2,7 @@
 
 Every valid row goes to exactly one of ``train/``, ``val/``, ``test/``: per class, the
 ``round(n_c·test)`` rows of smallest hash rank (key ``xxhash64(seed, id)``, see
-:mod:`pipeline.keys`) are test, the next ``round(n_c·val)`` val, the rest train. The split is
+:mod:`pipeline.prep.keys`) are test, the next ``round(n_c·val)`` val, the rest train. The split is
 exact per class to one row, deterministic in (seed, id) and independent of how the input is
 partitioned. Invalid rows — null id or label, a duplicated id, a missing/NaN/infinite feature, an
 image whose bytes do not match its shape — go to ``rejected/`` with a ``reason`` column and are
@@ -25,7 +25,7 @@ from pipeline.data.schema import FEATURES_COL, IMAGE_COL, DatasetInfo, write_inf
 from pipeline.data.source import label_index, read_table, table_info, write_labels
 from pipeline.errors import InputError
 from pipeline.io import atomic_dir, local_path, spark_uri, write_json
-from pipeline.keys import BUCKET, KEY, assign_buckets, split_cutoffs
+from pipeline.prep.keys import BUCKET, KEY, assign_buckets, split_cutoffs
 
 SPLITS = ("train", "val", "test")
 SPLIT_COL = "split"

@@ -374,7 +374,7 @@ class PetastormLoader(_LoaderSpec):
     shuffle_buffer: int = 0       # BatchedDataLoader shuffling queue (rows); 0: row groups + rows shuffled
     rates: Optional[tuple] = None  # read-time sampling: one rate per class (None: every row once)
     sample_seed: int = 0          # read-time sampling: the seed of the (seed, epoch, id) hash
-    augment: Optional[dict] = None  # read-time sampling: augment every copy after the first (pipeline.augment)
+    augment: Optional[dict] = None  # read-time sampling: augment every copy after the first (pipeline.stream.augment)
 
     def __post_init__(self):
         n_groups = len(row_group_rows(self.path))
@@ -439,7 +439,7 @@ class PetastormLoader(_LoaderSpec):
 
         ``counter[0]`` counts the rows read before sampling (checked against the footers).
         """
-        from pipeline.augment import augment_batch, copy_numbers
+        from pipeline.stream.augment import augment_batch, copy_numbers
         from pipeline.train.methods import row_multiplicity
 
         block = max(self.shuffle_buffer, 8 * self.batch_size)
@@ -650,7 +650,7 @@ def make_loader(path: str, info: DatasetInfo, rank: int = 0, world_size: int = 1
     ``with_ids=True`` yields ``(x, y, ids, fill_mask)``; ``raw=True`` keeps images uint8 so the
     loop can move 4x fewer bytes to the GPU and scale there (:func:`to_float`). ``rates`` (one
     per class) turns on read-time sampling for this epoch, keyed by ``(sample_seed, epoch, id)``
-    (Petastorm reader only; see the module docstring); ``augment`` (:mod:`pipeline.augment`) then
+    (Petastorm reader only; see the module docstring); ``augment`` (:mod:`pipeline.stream.augment`) then
     transforms every copy of a row after the first as it is read.
     """
     if batch_size < 1:

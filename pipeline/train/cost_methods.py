@@ -474,7 +474,7 @@ def score_shard(model_dir: str, val_path: str, pieces: list, info_d: dict, batch
 
     from pipeline.data.schema import DatasetInfo
     from pipeline.io import file_url
-    from pipeline.stream import decode_columns, to_float
+    from pipeline.stream.readers import decode_columns, to_float
     from pipeline.train.trainer import load_model
 
     dev = _task_device()
@@ -530,7 +530,7 @@ def val_shards(val_path: str, n_shards: Optional[int], cpus: float) -> list[list
     """The validation table's row groups (Petastorm's order, footers only), dealt round-robin into
     ``n_shards`` groups (default: 2 per cluster CPU, at most one per row group)."""
     from pipeline.io import file_url
-    from pipeline.stream import _mtime, _row_group_index
+    from pipeline.stream.readers import _mtime, _row_group_index
 
     index = list(_row_group_index(file_url(val_path), _mtime(val_path)))
     if not index:

@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from pipeline.run import METHODS as PIPELINE_METHODS  # handled by pipeline.run; the loop trains them plainly
+from pipeline.flows.run import METHODS as PIPELINE_METHODS  # handled by pipeline.flows.run; the loop trains them plainly
 
 METHOD_STATE_FILE = "method_state.pt"
 

@@ -53,7 +53,7 @@ from torch import nn
 from pipeline.data.schema import DatasetInfo, read_info
 from pipeline.errors import InputError
 from pipeline.io import read_json, write_json
-from pipeline.stream import check_table, make_loader, to_float
+from pipeline.stream.readers import check_table, make_loader, to_float
 from pipeline.train.hooks import METHOD_STATE_FILE, EpochContext, MethodHook, build_hook
 
 CRASH_ENV = "IMBALANCE_TEST_CRASH_AT"        # test-only: "epoch:step:rank" → os._exit(1) once
@@ -271,7 +271,7 @@ def read_sampling_spec(train_cfg) -> Optional[dict]:
     if e is not None and e != "table" and (isinstance(e, bool) or not isinstance(e, (int, float)) or e <= 0):
         raise ConfigError(f"config key 'train.read_sampling.epoch_rows': expected a positive number or 'table', "
                           f"got {e!r}")
-    from pipeline.augment import augment_spec
+    from pipeline.stream.augment import augment_spec
 
     spec["augment"] = augment_spec(spec.get("augment"))
     return spec
@@ -280,7 +280,7 @@ def read_sampling_spec(train_cfg) -> Optional[dict]:
 def static_read_rates(spec: dict, counts: np.ndarray) -> np.ndarray:
     """Per-class rates of a fixed strategy: ``plan_counts`` target / class size (explicit ``rates``
     as given; classes a mapping does not name keep rate 1). An empty class gets rate 0."""
-    from pipeline.sampling import plan_counts
+    from pipeline.prep.sampling import plan_counts
 
     k = len(counts)
     strategy = spec["strategy"]
@@ -382,7 +382,7 @@ def _table_once(path: str, info: DatasetInfo, device: torch.device, batch_size: 
     Ray Data reader, whose evaluation set is not split) is read by rank 0 alone and the other
     ranks get no batch. Callers all-reduce what they accumulate.
     """
-    from pipeline.stream import row_group_rows
+    from pipeline.stream.readers import row_group_rows
 
     sharded = reader == "petastorm" and world_size > 1 and len(row_group_rows(path)) >= world_size
     if not (sharded or rank == 0):

@@ -3,7 +3,7 @@
 ``predict`` reads the input Parquet with Spark and runs ``mapInPandas``: each Python worker
 loads the model once (cached per process, keyed by the model directory) and scores its
 partitions in batches, decoding image bytes / feature arrays with the same vectorised decoders as
-training (:mod:`pipeline.stream`). The output follows the predictions contract:
+training (:mod:`pipeline.stream.readers`). The output follows the predictions contract:
 
 ``id`` (long), ``label`` (int class index, from the input's label column), ``probs``
 (array<double>, softmax over the classes), ``pred`` (int, argmax of ``probs``)
@@ -81,7 +81,7 @@ def predict_batches(frames: Iterator, model_dir: str, info: dict, batch_size: in
     import pandas as pd
     import torch
 
-    from pipeline.stream import decode_features, decode_images, to_float
+    from pipeline.stream.readers import decode_features, decode_images, to_float
 
     torch.set_num_threads(1)  # one Spark task per core already
     from pipeline.train.methods import nearest_centroid_predict

@@ -44,7 +44,7 @@ from pipeline.config import Config, ModelSection, config_from_dict
 from pipeline.data.schema import read_info
 from pipeline.errors import InputError
 from pipeline.io import atomic_dir, fingerprint, local_path, read_json, write_json
-from pipeline.stream import check_table
+from pipeline.stream.readers import check_table
 from pipeline.train.hooks import METHOD_STATE_FILE, hook_module, save_inference_state
 from pipeline.train.loop import CENTROIDS_FILE, CRASH_ENV, centers_params, load_weights, run_training
 
@@ -196,7 +196,7 @@ def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
         resources["GPU"] = 1
     datasets, data_config = None, None
     if cfg.stream.reader == "ray_data":
-        from pipeline.stream import ray_dataset
+        from pipeline.stream.readers import ray_dataset
 
         datasets = {"train": ray_dataset(train_path, read_info(train_path))}
         if val_path:

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
-from pipeline.experiment import run_experiment
+from pipeline.flows.experiment import run_experiment
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import load_config
-from pipeline.registry import ModelRegistry
-from pipeline.retrain import class_drift, retrain
+from pipeline.flows.registry import ModelRegistry
+from pipeline.flows.retrain import class_drift, retrain
 
 pytestmark = pytest.mark.slow
 N_CLASSES, DIM = 4, 8

@@ -63,7 +63,7 @@ def test_ray_two_workers_centroids_cover_every_row_once(ray_local, tables, tmp_p
 
 
 def test_local_training_saves_centroids_and_spark_predicts_by_nearest_centroid(spark, tables, tmp_path):
-    from pipeline.predict import predict
+    from pipeline.train.predict import predict
     from pipeline.train.trainer import load_centroids, train_local
 
     cfg = load_config(None, BASE + ["train.epochs=2"])
@@ -95,7 +95,7 @@ def test_local_training_saves_centroids_and_spark_predicts_by_nearest_centroid(s
 
 def test_temperature_and_bad_params(tables, tmp_path):
     from pipeline.errors import ConfigError
-    from pipeline.predict import centroid_probs
+    from pipeline.train.predict import centroid_probs
     from pipeline.train.loop import centers_params
 
     f = torch.tensor([[0.0, 0.0], [3.0, 4.0]])

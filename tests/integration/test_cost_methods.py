@@ -50,7 +50,7 @@ def _model_probs(model_dir, x):
 
 def _check_spark_predictions(spark, model_dir, table, out, costs):
     """Spark's pred is argmax(costs · softmax), its probs the normalised cost-scaled softmax."""
-    from pipeline.predict import predict
+    from pipeline.train.predict import predict
 
     ids, y, x = _read(table)
     p = _model_probs(model_dir, x) * np.asarray(costs)[None, :]
@@ -197,8 +197,8 @@ def test_searched_costs_reach_spark_prediction(spark, biased, search_tables, tmp
     assert (d["pred"].to_numpy() != _model_probs(model_dir, x).argmax(axis=1)).any()   # the costs changed decisions
 
     # the report shows the searched vector (found through the predictions' model directory)
-    from pipeline.evaluate import evaluate_predictions
-    from pipeline.report import write_report
+    from pipeline.evaluation.metrics import evaluate_predictions
+    from pipeline.evaluation.report import write_report
 
     evaluate_predictions(spark, str(tmp_path / "preds"), str(tmp_path / "eval"), n_classes=K)
     write_report(str(tmp_path / "eval"), str(tmp_path / "report"), predictions=str(tmp_path / "preds"), spark=spark)

@@ -37,7 +37,7 @@ def _local(cfg_over, tables, out):
 
 
 def test_lmle_local_refit_and_spark_predict_use_the_knn_rule(spark, tables, tmp_path):
-    from pipeline.predict import predict
+    from pipeline.train.predict import predict
     from pipeline.train.trainer import load_model
 
     r = _local(["train.epochs=3", "train.method=lmle", "train.method_params.clusters=2",

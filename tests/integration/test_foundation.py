@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
-from pipeline.data.protocols import impose_protocol
+from pipeline.prep.protocols import impose_protocol
 from pipeline.data.synth import plankton_class_counts, synthesize
-from pipeline.distribution import profile
+from pipeline.prep.profile import profile
 from pipeline.errors import InputError
-from pipeline.split import split_dataset
+from pipeline.prep.split import split_dataset
 
 
 def _write_features(path, ids, labels, dim=4, n_files=1, seed=0):

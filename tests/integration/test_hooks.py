@@ -74,7 +74,7 @@ def tables(tmp_path_factory):
 
 
 def test_local_hook_state_checkpoints_and_prediction(spark, tables, tmp_path):
-    from pipeline.predict import predict
+    from pipeline.train.predict import predict
     from pipeline.train.trainer import train_local
 
     cfg = load_config(None, BASE + ["train.epochs=2"])
@@ -101,7 +101,7 @@ def test_local_hook_state_checkpoints_and_prediction(spark, tables, tmp_path):
     assert ms["train"]["epochs_seen"] == [0, 1]
 
     # Spark's Python workers import the hook's module (named in method_state.pt) to score rows
-    from pipeline.predict import predict
+    from pipeline.train.predict import predict
 
     out = predict(spark, str(model_dir), str(tables / "train"), str(tmp_path / "preds"), batch_size=64)
     d = pq.read_table(out).to_pandas()
@@ -121,7 +121,7 @@ def test_ray_workers_carry_hook_state_to_the_model(ray_local, tables, tmp_path):
 
 def test_unknown_method_is_one_config_error(tmp_path):
     from pipeline.errors import ConfigError
-    from pipeline.run import run_pipeline
+    from pipeline.flows.run import run_pipeline
 
     cfg = load_config(None, ["train.method=nonesuch", f"run.root={tmp_path}"])
     with pytest.raises(ConfigError, match="unknown method 'nonesuch'"):

@@ -12,8 +12,8 @@ import pytest
 from pipeline.data.schema import DatasetInfo, read_info, write_info
 from pipeline.errors import InputError
 from pipeline.io import file_url, read_json
-from pipeline.materialize import materialize
-from pipeline.sampling import sample_dataset
+from pipeline.stream.materialize import materialize
+from pipeline.prep.sampling import sample_dataset
 
 COUNTS = {0: 1500, 1: 300, 2: 40}
 

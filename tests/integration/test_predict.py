@@ -26,7 +26,7 @@ def trained(tmp_path_factory):
 
 
 def test_predict_writes_the_contract_and_agrees_with_the_model(spark, trained):
-    from pipeline.predict import predict
+    from pipeline.train.predict import predict
     from pipeline.train.trainer import load_model
 
     root, model_dir = trained
@@ -51,7 +51,7 @@ def test_predict_writes_the_contract_and_agrees_with_the_model(spark, trained):
 
 
 def test_predict_images_and_errors(spark, trained, tmp_path):
-    from pipeline.predict import predict, predict_from_config
+    from pipeline.train.predict import predict, predict_from_config
     from pipeline.train.trainer import train_local
 
     write_image_table(tmp_path / "img", [80, 40], shape=(8, 8), n_classes=3)

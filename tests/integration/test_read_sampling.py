@@ -22,7 +22,7 @@ import torch
 from pipeline.config import load_config
 from pipeline.data.schema import DatasetInfo, read_info, write_info
 from pipeline.errors import ConfigError, InputError
-from pipeline.stream import make_loader, sampled_shard_rows
+from pipeline.stream.readers import make_loader, sampled_shard_rows
 from tests.integration.test_stream import write_gaussian_table
 
 K = 4
@@ -84,7 +84,7 @@ def _real_counts(per_rank) -> Counter:
 
 # ------------------------------------------------------------------ in one process
 def test_ros_rates_exact_per_row_equal_steps_uneven_shards(tmp_path):
-    from pipeline.sampling import plan_counts
+    from pipeline.prep.sampling import plan_counts
     from pipeline.train.loop import read_sampling_spec, static_read_rates
 
     path = tmp_path / "t"
@@ -122,7 +122,7 @@ def test_ros_rates_exact_per_row_equal_steps_uneven_shards(tmp_path):
 
 
 def _shard_ids(path, world):
-    from pipeline.stream import iter_row_group_columns
+    from pipeline.stream.readers import iter_row_group_columns
 
     out = [[] for _ in range(world)]
     for i, t in iter_row_group_columns(str(path), ["id"]):

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.evaluate import evaluate_predictions
-from pipeline.report import write_report
+from pipeline.evaluation.metrics import evaluate_predictions
+from pipeline.evaluation.report import write_report
 from tests.integration.test_evaluate import K, make_predictions, write_table
 
 PNG = b"\x89PNG\r\n\x1a\n"

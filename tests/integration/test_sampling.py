@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.data.schema import DatasetInfo, read_info, write_info
 from pipeline.errors import InputError
-from pipeline.sampling import sample_dataset
+from pipeline.prep.sampling import sample_dataset
 
 COUNTS = {0: 1200, 1: 430, 2: 260, 3: 97, 4: 13}
 

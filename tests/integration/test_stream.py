@@ -15,7 +15,7 @@ import torch
 
 from pipeline.data.schema import DatasetInfo, read_info, write_info
 from pipeline.errors import InputError
-from pipeline.stream import make_loader, row_group_rows, shard_rows, steps_per_epoch
+from pipeline.stream.readers import make_loader, row_group_rows, shard_rows, steps_per_epoch
 
 
 # ------------------------------------------------------------------ table builders (shared by the train tests)
@@ -181,7 +181,7 @@ def _run_probe(path, out, reader, epochs=2, batch=64):
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from pipeline.stream import ray_dataset
+    from pipeline.stream.readers import ray_dataset
 
     info = read_info(str(path))
     datasets = {"train": ray_dataset(str(path), info)} if reader == "ray_data" else None

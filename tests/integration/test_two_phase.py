@@ -12,7 +12,7 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
-from pipeline.run import run_pipeline
+from pipeline.flows.run import run_pipeline
 
 BASE = ["data.synth_preset=digits", "data.protocol=step", "data.protocol_rho=10", "data.protocol_mu=0.5",
         "data.protocol_scope=train", "model.name=mlp", "model.hidden=[16]", "train.num_workers=0",

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.augment import augment_batch, augment_spec, copy_numbers
+from pipeline.stream.augment import augment_batch, augment_spec, copy_numbers
 from pipeline.data.schema import read_info
 from pipeline.errors import ConfigError
-from pipeline.stream import make_loader
+from pipeline.stream.readers import make_loader
 from tests.integration.test_stream import write_image_table
 
 

@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-from pipeline.data.protocols import protocol_targets
+from pipeline.prep.protocols import protocol_targets
 from pipeline.data.synth import exact_counts, plankton_class_counts, tabular_fractions
-from pipeline.distribution import describe_counts
+from pipeline.prep.profile import describe_counts
 from pipeline.errors import InputError
-from pipeline.keys import split_cutoffs
+from pipeline.prep.keys import split_cutoffs
 
 
 def test_describe_counts_against_numpy():

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from pipeline import experiment_stats as es
+from pipeline.flows import experiment_stats as es
 from pipeline.errors import InputError
 
 

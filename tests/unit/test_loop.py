@@ -16,7 +16,7 @@ from pipeline.train.loop import (
     metrics_from_confusion,
     split_loss_params,
 )
-from pipeline.stream import decode_features, decode_images, to_float
+from pipeline.stream.readers import decode_features, decode_images, to_float
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -8,9 +8,9 @@ from sklearn.metrics import (average_precision_score, confusion_matrix,
                              precision_recall_fscore_support, roc_auc_score)
 
 from pipeline.errors import InputError
-from pipeline.evaluate import (N_BUCKETS, classwise_from_confusion, group_contributions,
+from pipeline.evaluation.metrics import (N_BUCKETS, classwise_from_confusion, group_contributions,
                                plan_groups, score_bucket, summarize, threshold_metric)
-from pipeline.thresholds import adjusted_pred, class_priors, cost_threshold, prior_adjust
+from pipeline.evaluation.thresholds import adjusted_pred, class_priors, cost_threshold, prior_adjust
 
 
 def _split_exact(scores, y, cuts):

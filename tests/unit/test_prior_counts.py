@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from pipeline.run import prior_counts
+from pipeline.flows.run import prior_counts
 
 
 def _manifest(tmp_path, input_counts, achieved):

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import registry as regmod
+from pipeline.flows import registry as regmod
 from pipeline.errors import InputError
-from pipeline.registry import ModelRegistry, RegistryLockTimeout, gate, minority_classes_from
+from pipeline.flows.registry import ModelRegistry, RegistryLockTimeout, gate, minority_classes_from
 
 
 def make_model(path: Path, payload: bytes = b"weights", n_files: int = 2) -> Path:

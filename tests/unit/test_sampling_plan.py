@@ -13,7 +13,7 @@ from imblearn.over_sampling import RandomOverSampler
 from imblearn.under_sampling import RandomUnderSampler
 
 from pipeline.errors import InputError
-from pipeline.sampling import format_manifest, plan_counts
+from pipeline.prep.sampling import format_manifest, plan_counts
 
 MULTI = {0: 500, 1: 120, 2: 120, 3: 37, 4: 9}
 TIED_MAX = {0: 50, 1: 50, 2: 9, 3: 20}       # two majority classes: imblearn picks the first
@@ -164,7 +164,7 @@ def test_format_manifest_table():
 
 
 def test_format_manifest_abbreviates_many_classes():
-    from pipeline.sampling import format_manifest
+    from pipeline.prep.sampling import format_manifest
 
     counts = {str(i): 1000 - i for i in range(103)}
     m = {"strategy": "none", "seed": 0, "input_rows": sum(counts.values()), "output_rows": sum(counts.values()),

@@ -1,0 +1,1 @@
+"""Orchestration: the whole run, experiments and their statistics, scheduled retraining, the registry."""
