@@ -35,7 +35,7 @@ def main(argv=None) -> None:
 
     from pipeline.config import RaySection, load_config
     from pipeline.engines import get_ray
-    from pipeline.train.cost_methods import cost_search, search_params
+    from pipeline.train.cost.search import cost_search, search_params
     from pipeline.train.trainer import train_local
     from tests.integration.test_stream import write_gaussian_table
 

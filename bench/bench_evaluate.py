@@ -146,7 +146,7 @@ def main(argv=None) -> int:
 
     from pipeline.config import SparkSection
     from pipeline.engines import get_spark
-    from pipeline.evaluation.metrics import evaluate_predictions
+    from pipeline.evaluation.evaluate import evaluate_predictions
 
     work = Path(a.work or tempfile.mkdtemp(prefix="bench-eval-"))
     spark = get_spark(SparkSection(master=f"local[{a.cores}]", shuffle_partitions=4 * a.cores,

@@ -42,7 +42,7 @@ def score(model_dir: str, test_path: str) -> tuple[float, float]:
     from sklearn.metrics import balanced_accuracy_score, f1_score
 
     from pipeline.train.hooks import load_inference_state, predict_scores
-    from pipeline.train.trainer import load_model
+    from pipeline.train.saved_model import load_model
 
     model, _ = load_model(model_dir)
     ms = load_inference_state(model_dir)

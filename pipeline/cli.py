@@ -14,7 +14,16 @@ import sys
 import warnings
 from typing import Callable, Sequence
 
+from pipeline.config import load_config
+from pipeline.engines import get_spark
 from pipeline.errors import InputError
+from pipeline.evaluation.evaluate import evaluate_predictions
+from pipeline.evaluation.thresholds import parse_class_counts, predictions_with_rule
+from pipeline.flows.experiment import run_experiment
+from pipeline.flows.retrain import retrain
+from pipeline.flows.run import run_pipeline
+from pipeline.prep.sampling import format_manifest, sample_dataset
+from pipeline.train.predict import predict_from_config
 
 LABEL_HELP = "name of the label column (default: label)"
 
@@ -38,8 +47,8 @@ def _target(text: str):
 
 # ---------------------------------------------------------------- handlers
 def cmd_synth(a: argparse.Namespace) -> int:
+    # deferred: pandas is slow to import
     from pipeline.data.synth import synthesize
-    from pipeline.engines import get_spark
 
     info = synthesize(get_spark(), preset=a.preset, rows=a.rows, seed=a.seed, out=a.out,
                       partitions=a.partitions)
@@ -48,8 +57,8 @@ def cmd_synth(a: argparse.Namespace) -> int:
 
 
 def cmd_profile(a: argparse.Namespace) -> int:
+    # deferred: pyspark is slow to import
     from pipeline.prep.profile import format_distribution, profile
-    from pipeline.engines import get_spark
 
     dist = profile(get_spark(), a.input, a.out, label_col=a.label_col)
     print(format_distribution(dist))
@@ -57,7 +66,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
 
 
 def cmd_split(a: argparse.Namespace) -> int:
-    from pipeline.engines import get_spark
+    # deferred: pyspark is slow to import
     from pipeline.prep.split import split_dataset
 
     summary = split_dataset(get_spark(), a.input, a.out, val=a.val, test=a.test, seed=a.seed,
@@ -71,9 +80,6 @@ def cmd_split(a: argparse.Namespace) -> int:
 
 
 def cmd_sample(a: argparse.Namespace) -> int:
-    from pipeline.engines import get_spark
-    from pipeline.prep.sampling import format_manifest, sample_dataset
-
     manifest = sample_dataset(get_spark(), a.input, a.out, strategy=a.strategy, target=a.target,
                               cap=a.cap, floor=a.floor, seed=a.seed, label_col=a.label_col)
     print(format_manifest(manifest))
@@ -81,8 +87,8 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from pipeline.config import load_config
     cfg = load_config(a.config, a.overrides)
+    # deferred: torch is slow to import
     from pipeline.train.trainer import train_from_config
     result = train_from_config(cfg)
     print(result.get("model_dir", ""))
@@ -90,23 +96,16 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    from pipeline.config import load_config
     cfg = load_config(a.config, a.overrides)
-    from pipeline.train.predict import predict_from_config
     out = predict_from_config(cfg)
     print(out)
     return 0
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from pipeline.engines import get_spark
-    from pipeline.evaluation.metrics import evaluate_predictions
-
     spark = get_spark()
     preds, n_classes, names = a.predictions, a.n_classes, None
     if a.threshold_moving:
-        from pipeline.evaluation.thresholds import parse_class_counts, predictions_with_rule
-
         counts = parse_class_counts(a.class_counts) if a.class_counts else None
         preds, n_classes, names = predictions_with_rule(
             spark, a.predictions, a.threshold_moving, class_counts=counts, cost=a.cost,
@@ -126,27 +125,21 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from pipeline.config import load_config
     cfg = load_config(a.config, a.overrides)
-    from pipeline.flows.run import run_pipeline
     run_dir = run_pipeline(cfg)
     print(run_dir)
     return 0
 
 
 def cmd_experiment(a: argparse.Namespace) -> int:
-    from pipeline.config import load_config
     cfg = load_config(a.config, a.overrides)
-    from pipeline.flows.experiment import run_experiment
     out = run_experiment(cfg)
     print(out)
     return 0
 
 
 def cmd_retrain(a: argparse.Namespace) -> int:
-    from pipeline.config import load_config
     cfg = load_config(a.config, a.overrides)
-    from pipeline.flows.retrain import retrain
     result = retrain(cfg)
     print(json.dumps(result, indent=2, default=str))
     return 0

@@ -8,7 +8,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
+
+from pipeline.config import RaySection, SparkSection
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
@@ -34,9 +36,9 @@ def get_spark(cfg: "SparkSection | None" = None) -> "SparkSession":
     Spark's Python workers are pinned to the running interpreter (``spark.pyspark.python``),
     otherwise they pick ``python3`` from PATH and fail with "No module named pyarrow".
     """
+    # deferred: pyspark is slow to import
     from pyspark.sql import SparkSession
 
-    from pipeline.config import SparkSection
 
     cfg = cfg or SparkSection()
     active = SparkSession.getActiveSession()
@@ -81,6 +83,7 @@ def get_spark(cfg: "SparkSection | None" = None) -> "SparkSession":
 
 
 def stop_spark() -> None:
+    # deferred: pyspark is slow to import
     from pyspark.sql import SparkSession
 
     s = SparkSession.getActiveSession()
@@ -90,9 +93,9 @@ def stop_spark() -> None:
 
 def get_ray(cfg: "RaySection | None" = None) -> None:
     """Connect to (or start) the process's Ray runtime; a no-op when already initialised."""
+    # deferred: ray is slow to import
     import ray
 
-    from pipeline.config import RaySection
 
     cfg = cfg or RaySection()
     if ray.is_initialized():
@@ -120,6 +123,7 @@ def get_ray(cfg: "RaySection | None" = None) -> None:
 
 
 def stop_ray() -> None:
+    # deferred: ray is slow to import
     import ray
 
     if ray.is_initialized():

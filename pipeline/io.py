@@ -16,6 +16,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 SUCCESS = "_SUCCESS"
 
 
@@ -77,7 +79,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+        json.dump(obj, f, indent=2, sort_keys=False, default=json_default)
         f.write("\n")
     os.replace(tmp, path)
 
@@ -87,10 +89,8 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
     try:
-        import numpy as np
-
         if isinstance(o, np.integer):
             return int(o)
         if isinstance(o, np.floating):
@@ -108,7 +108,7 @@ def fingerprint(*parts: Any) -> str:
     """Stable SHA-256 of JSON-serialisable parts (config sections, input fingerprints)."""
     h = hashlib.sha256()
     for p in parts:
-        h.update(json.dumps(p, sort_keys=True, default=_json_default).encode())
+        h.update(json.dumps(p, sort_keys=True, default=json_default).encode())
         h.update(b"\0")
     return h.hexdigest()
 

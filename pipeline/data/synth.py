@@ -231,6 +231,7 @@ def synthesize(spark, preset: str, rows: int, seed: int, out: str, partitions: i
 
 def _write_digits(spark, out: str) -> dict:
     """scikit-learn's bundled digits as a table (small enough to build on the driver: 1,797 rows)."""
+    # deferred: scikit-learn is slow to import
     from sklearn.datasets import load_digits
 
     d = load_digits()

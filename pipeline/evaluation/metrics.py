@@ -52,8 +52,9 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from pipeline.data.schema import has_info, read_info
 from pipeline.errors import InputError
-from pipeline.io import atomic_dir, local_path, spark_uri, write_json
+from pipeline.io import local_path, spark_uri, write_json
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,10 @@ class Loaded:
 def load_predictions(spark, predictions, label_col: str = "label", pred_col: Optional[str] = "pred",
                      n_classes: Optional[int] = None, class_names=None) -> Loaded:
     """Open a predictions table (path or DataFrame), check its schema, find the class count."""
-    from pyspark.sql import DataFrame, functions as F, types as T
+    # deferred: pyspark is slow to import
+    from pyspark.sql import DataFrame
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
 
     if isinstance(predictions, DataFrame):
         df = predictions
@@ -238,7 +242,6 @@ def load_predictions(spark, predictions, label_col: str = "label", pred_col: Opt
         except Exception as e:  # noqa: BLE001 - Spark's AnalysisException and friends
             raise InputError(f"cannot read predictions {predictions} as Parquet: "
                              f"{str(e).splitlines()[0][:200]}") from None
-        from pipeline.data.schema import has_info, read_info
         info = read_info(predictions) if has_info(predictions) else None
 
     cols = set(df.columns)
@@ -284,8 +287,9 @@ def load_predictions(spark, predictions, label_col: str = "label", pred_col: Opt
 _SCAN_SCHEMA = "kind string, i long, j long, a long, b long, x double, msg string"
 
 
-def _arrow_probs(col, k: int):
+def arrow_probs(col, k: int):
     """(n, k) float64 view of an Arrow list<double> column, or an error message."""
+    # deferred: pyarrow is slow to import
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -333,6 +337,7 @@ def _scan_fn(k: int, has_pred: bool, has_adj: bool):
     """Per-partition validation and aggregates (confusion matrices, Brier sum, score histograms)."""
 
     def fn(batches: Iterator) -> Iterator:
+        # deferred: pyarrow is slow to import
         import pyarrow as pa
 
         n = 0
@@ -357,7 +362,7 @@ def _scan_fn(k: int, has_pred: bool, has_adj: bool):
                         break
             if err:
                 break
-            P, err = _arrow_probs(batch.column("probs"), k)
+            P, err = arrow_probs(batch.column("probs"), k)
             if err:
                 break
             err = _check_block(P, labels, preds, k)
@@ -413,6 +418,7 @@ class Scan:
 
 def scan_predictions(loaded: Loaded) -> Scan:
     """Pass 1: validate every row and aggregate what is O(classes) (raises InputError on bad rows)."""
+    # deferred: pyspark is slow to import
     from pyspark.sql import functions as F
 
     k = loaded.n_classes
@@ -493,6 +499,7 @@ def _rank_map_fn(classes: np.ndarray, b2g: np.ndarray):
     """Per partition: distinct (group, score) pairs with positive / negative counts."""
 
     def fn(batches: Iterator) -> Iterator:
+        # deferred: pyarrow is slow to import
         import pyarrow as pa
 
         schema = pa.schema([("g", pa.int32()), ("score", pa.float64()),
@@ -513,7 +520,7 @@ def _rank_map_fn(classes: np.ndarray, b2g: np.ndarray):
             if n == 0:
                 continue
             labels = batch.column("label").to_numpy(zero_copy_only=False).astype(np.int64)
-            P, err = _arrow_probs(batch.column("probs"), int(b2g.shape[0]))
+            P, err = arrow_probs(batch.column("probs"), int(b2g.shape[0]))
             if err:  # validated in the scan pass; a changed table between passes is a bug
                 raise RuntimeError(err)
             S = np.ascontiguousarray(P[:, classes].T) + 0.0          # (m, n)
@@ -544,6 +551,7 @@ _RANK_SCHEMA = "kind string, g long, cls long, auc2 long, ap double, x double, y
 
 def _rank_group_fn(groups: list, curve: set, tune: Optional[str], points: int):
     """Per group: exact AUC/AP contributions, thinned PR-curve points, best tuned threshold."""
+    # deferred: pandas is slow to import
     import pandas as pd
 
     def fn(pdf: "pd.DataFrame") -> "pd.DataFrame":
@@ -672,6 +680,7 @@ def compute_metrics(spark, predictions, label_col: str = "label", pred_col: str 
 
 
 def _per_class_table(per_class: list[dict]):
+    # deferred: pyarrow is slow to import
     import pyarrow as pa
 
     cols = ["label"] + (["name"] if per_class and "name" in per_class[0] else []) + list(COUNT_KEYS)
@@ -690,6 +699,7 @@ def _per_class_table(per_class: list[dict]):
 
 def write_metrics(metrics: dict, directory) -> None:
     """``metrics.json`` plus ``metrics.parquet`` (one row per class; ``metrics_adjusted.parquet``)."""
+    # deferred: pyarrow is slow to import
     import pyarrow.parquet as pq
 
     d = local_path(directory)
@@ -698,23 +708,3 @@ def write_metrics(metrics: dict, directory) -> None:
     if "adjusted" in metrics:
         pq.write_table(_per_class_table(metrics["adjusted"]["per_class"]), d / "metrics_adjusted.parquet")
 
-
-def evaluate_predictions(spark, predictions, out, label_col: str = "label", pred_col: str = "pred",
-                         n_classes: Optional[int] = None, class_names=None, *,
-                         report: bool = False, distribution=None, curve_classes: int = 4,
-                         target_group_rows: Optional[int] = None) -> dict:
-    """Evaluate a predictions table; write ``out/metrics.json`` and ``out/metrics.parquet``.
-
-    ``out`` is replaced atomically (and, with ``report=True``, holds ``report.md``/``report.html``
-    too); on bad input an :class:`InputError` is raised and nothing is written. ``n_classes``
-    defaults to the table's ``_dataset.json`` or the length of ``probs``.
-    """
-    metrics = compute_metrics(spark, predictions, label_col, pred_col, n_classes, class_names,
-                              curve_classes=curve_classes, target_group_rows=target_group_rows)
-    with atomic_dir(out) as tmp:
-        write_metrics(metrics, tmp)
-        if report:
-            from pipeline.evaluation.report import write_report
-
-            write_report(tmp, tmp, distribution=distribution)
-    return metrics

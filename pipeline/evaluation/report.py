@@ -22,8 +22,12 @@ from typing import Optional
 
 import numpy as np
 
+from pipeline.engines import get_spark
 from pipeline.errors import InputError
+from pipeline.evaluation.metrics import pr_curves
 from pipeline.io import local_path, read_json
+
+METHOD_SUMMARY_FILE = "method_state.json"   # the training method's JSON-able state (pipeline.train.hook_base)
 
 FIG_DIR = "figures"
 
@@ -45,9 +49,11 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _plt():
+    # deferred: matplotlib is slow to import
     import matplotlib
 
     matplotlib.use("Agg")
+    # deferred: matplotlib is slow to import
     import matplotlib.pyplot as plt
 
     return plt
@@ -107,6 +113,7 @@ def plot_pr_curves(curves: dict, per_class: list[dict], path: Path) -> bytes:
 def plot_confusion(cm: np.ndarray, per_class: list[dict], path: Path) -> bytes:
     """Row-normalised confusion matrix, classes ordered by size; legible for ~100 classes."""
     plt = _plt()
+    # deferred: matplotlib is slow to import
     from matplotlib.colors import PowerNorm
 
     cm = np.asarray(cm, float)
@@ -268,12 +275,13 @@ def learned_costs_section(predictions, per_class: list[dict]) -> Optional[tuple[
     model_dir = read_json(side).get("model_dir")
     if not model_dir:
         return None
-    from pipeline.train.hooks import load_inference_state
-
-    loaded = load_inference_state(model_dir)
-    if loaded is None or not isinstance(loaded[1], dict) or "costs" not in loaded[1]:
+    summary = local_path(model_dir) / METHOD_SUMMARY_FILE    # written by training beside method_state.pt
+    if not summary.is_file():
         return None
-    method, state = loaded
+    saved = read_json(summary)
+    method, state = saved.get("method"), saved.get("state") or {}
+    if "costs" not in state:
+        return None
     costs = np.asarray(state["costs"], dtype=float).ravel()
     names = {r["label"]: _name(r) for r in per_class}
     if method == "cost_search":
@@ -313,9 +321,6 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
 
     curves = metrics.get("pr_curves") or {}
     if not curves and predictions is not None:
-        from pipeline.engines import get_spark
-        from pipeline.evaluation.metrics import pr_curves
-
         present = [r["label"] for r in per_class if r["support"] > 0]
         rare = sorted(present, key=lambda c: (per_class[c]["support"], c))[:curve_classes]
         curves = {str(c): v for c, v in pr_curves(spark or get_spark(), predictions, rare,

@@ -16,11 +16,16 @@ Rules (each adds ``pred_adjusted`` to a predictions table; ``probs`` and ``pred`
 """
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from typing import Optional, Sequence
 
 import numpy as np
 
+from pipeline.data.schema import INFO_FILE, has_info, read_info
 from pipeline.errors import InputError
+from pipeline.evaluation.metrics import TUNE_METRICS, arrow_probs, load_predictions, ranking_stats, scan_predictions
 from pipeline.io import atomic_dir, local_path, spark_uri
 
 RULES = ("prior", "cost", "tuned")
@@ -100,6 +105,7 @@ def _resolve(rule: str, n_classes: int, class_counts, cost, threshold):
 def add_pred_adjusted(df, rule: str, n_classes: int, class_counts=None,
                       cost: Optional[Sequence[float]] = None, threshold: Optional[float] = None):
     """Return ``df`` with a ``pred_adjusted`` column (long) computed from ``probs`` in Spark."""
+    # deferred: pyspark is slow to import
     from pyspark.sql import types as T
 
     priors, threshold = _resolve(rule, n_classes, class_counts, cost, threshold)
@@ -109,15 +115,15 @@ def add_pred_adjusted(df, rule: str, n_classes: int, class_counts=None,
     k = n_classes
 
     def fn(batches):
+        # deferred: pyarrow is slow to import
         import pyarrow as pa
 
-        from pipeline.evaluation.metrics import _arrow_probs
 
         for batch in batches:
             if batch.num_rows == 0:
                 pred = np.zeros(0, np.int64)
             else:
-                P, err = _arrow_probs(batch.column("probs"), k)
+                P, err = arrow_probs(batch.column("probs"), k)
                 if err:
                     raise ValueError(err)
                 pred = adjusted_pred(P, rule, priors, threshold)
@@ -136,11 +142,6 @@ def apply_threshold_moving(spark, predictions_path, out_path, rule: str, class_c
     The input is validated first (the evaluate stage's checks: ragged/NaN/non-normalised probs,
     labels outside the range), so a bad table raises :class:`InputError` and writes nothing.
     """
-    import shutil
-
-    from pipeline.data.schema import INFO_FILE, has_info
-    from pipeline.evaluation.metrics import load_predictions, scan_predictions
-
     loaded = load_predictions(spark, predictions_path, pred_col=None, n_classes=n_classes)
     _resolve(rule, loaded.n_classes, class_counts, cost, threshold)   # fail before any Spark work
     scan_predictions(loaded)
@@ -161,8 +162,6 @@ def tune_threshold(spark, val_predictions_path, metric: str = "f1", label_col: s
     iff p_1 ≥ t"; ties in the metric go to the largest threshold. Metrics: f1,
     balanced_accuracy, g_mean, accuracy. Uses the evaluate stage's exact ranking pass.
     """
-    from pipeline.evaluation.metrics import TUNE_METRICS, load_predictions, ranking_stats, scan_predictions
-
     if metric not in TUNE_METRICS:
         raise InputError(f"unknown tuning metric '{metric}' (choose: {', '.join(TUNE_METRICS)})")
     loaded = load_predictions(spark, val_predictions_path, label_col=label_col, pred_col=None)
@@ -178,11 +177,6 @@ def tune_threshold(spark, val_predictions_path, metric: str = "f1", label_col: s
 
 def parse_class_counts(text: str):
     """``--class-counts``: a JSON list/dict, or a table directory whose ``_dataset.json`` has counts."""
-    import json
-    import os
-
-    from pipeline.data.schema import has_info, read_info
-
     t = text.strip()
     if t.startswith("[") or t.startswith("{"):
         try:
@@ -205,8 +199,6 @@ def predictions_with_rule(spark, predictions, rule: str, class_counts=None, cost
     For ``tuned`` without a threshold, it is tuned on ``val_predictions`` first. Returns
     ``(DataFrame, n_classes, class_names)`` for :func:`pipeline.evaluate.evaluate_predictions`.
     """
-    from pipeline.evaluation.metrics import load_predictions, scan_predictions
-
     loaded = load_predictions(spark, predictions, label_col=label_col, pred_col=None)
     if rule == "tuned" and threshold is None:
         if val_predictions is None:

@@ -52,10 +52,13 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
+
 from pipeline.config import Config, config_from_dict, merge_overrides
+from pipeline.engines import get_ray
 from pipeline.errors import ConfigError, InputError
+from pipeline.flows.run import log, prepare_data, run_pipeline
 from pipeline.io import fingerprint, local_path, read_json, write_json
-from pipeline.flows.run import log, run_pipeline
 
 TRIAL_METRICS = ["macro_f1", "g_mean", "balanced_accuracy", "macro_roc_auc", "macro_pr_auc", "l5_f1", "rest_f1",
                  "accuracy"]
@@ -100,8 +103,6 @@ def trial_config(base: Config, level: dict, method: dict, seed: int, out: Path) 
 
 
 def _yaml(v) -> str:
-    import yaml
-
     return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
 
 
@@ -149,8 +150,6 @@ def _output_to(log_path: Path):
 
 def _task_prepare(cfg_dict: dict, data_dir: str, protocol_name: str, log_path: str) -> dict:
     """Ray task: the data stages of one level and seed; ``{"error", "bad_input"}`` when they fail."""
-    from pipeline.flows.run import prepare_data
-
     try:
         with _output_to(Path(log_path)):
             prepare_data(config_from_dict(cfg_dict), data_dir, protocol_name)
@@ -177,6 +176,7 @@ def _task_trial(cfg_dict: dict, data_dir: str, protocol_name: str, log_path: str
 def _parallelism(cfg: Config, trial_cfgs: list) -> int:
     """Trials in flight: ``experiment.parallel``, default as many as the Ray cluster's CPUs can train
     at once (one CPU per in-process trial; ``num_workers × cpus_per_worker`` per Ray Train trial)."""
+    # deferred: ray is slow to import
     import ray
 
     n = cfg.experiment.parallel
@@ -194,6 +194,7 @@ def _task_cpus(tcfg: Config) -> float:
 
 def _run_tasks(fn, jobs: list[tuple], cpus: list[float], parallel: int, done_cb) -> None:
     """Run ``fn(*args)`` as Ray tasks, at most ``parallel`` at once; ``done_cb(job_index, result)``."""
+    # deferred: ray is slow to import
     import ray
 
     remote = ray.remote(max_retries=0)(fn)
@@ -224,9 +225,10 @@ def _rows_from(summary: dict, level: dict, method: dict, seed: int) -> list[dict
 
 def run_experiment(cfg: Config) -> str:
     """Run (or resume) every trial of the grid on Ray, then write the statistics report; return its directory."""
+    # deferred: pandas is slow to import
     import pandas as pd
 
-    from pipeline.engines import get_ray
+    # deferred: pandas is slow to import
     from pipeline.flows.experiment_stats import write_experiment_report
 
     exp = cfg.experiment

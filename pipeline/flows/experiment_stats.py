@@ -336,6 +336,7 @@ def wilcoxon_holm(df: pd.DataFrame, metric: str, block_cols: Sequence[str] = ("l
 # --------------------------------------------------------------------------------------------
 
 def _new_figure(w: float, h: float):
+    # deferred: matplotlib is slow to import
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -31,6 +31,7 @@ that was production before the current one (and again, to the one before that).
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import datetime as _dt
@@ -43,6 +44,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -50,7 +52,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from pipeline.errors import InputError
-from pipeline.io import _json_default
+from pipeline.io import json_default
 
 VERSION_RE = re.compile(r"^v(\d{4,})$")
 POINTER = "production"
@@ -167,7 +169,7 @@ def _to_plain(obj: Any, what: str) -> dict:
     if not isinstance(obj, dict):
         raise InputError(f"registry: {what} must be a dict, not {type(obj).__name__}")
     try:
-        return json.loads(json.dumps(obj, default=_json_default))
+        return json.loads(json.dumps(obj, default=json_default))
     except (TypeError, ValueError) as e:
         raise InputError(f"registry: {what} is not JSON-serialisable: {e}") from None
 
@@ -564,9 +566,6 @@ def gate(candidate_metrics: dict, production_metrics: Optional[dict], tolerance:
 # ---------------------------------------------------------------- operator CLI
 def main(argv: Optional[Iterable[str]] = None) -> int:
     """``python -m pipeline.flows.registry ROOT list|show V|production|promote V --reason R|rollback``."""
-    import argparse
-    import sys
-
     p = argparse.ArgumentParser(prog="python -m pipeline.flows.registry",
                                 description="Inspect the file-based model registry; promote or roll back by hand.")
     p.add_argument("root", help="registry directory (registry.root)")

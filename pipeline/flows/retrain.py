@@ -29,9 +29,13 @@ import time
 from pathlib import Path
 
 from pipeline.config import Config
+from pipeline.engines import get_spark
 from pipeline.errors import ConfigError, InputError
-from pipeline.io import local_path, path_fingerprint, read_json, write_json
+from pipeline.evaluation.evaluate import evaluate_predictions
+from pipeline.flows.registry import ModelRegistry, gate
 from pipeline.flows.run import log, run_pipeline
+from pipeline.io import local_path, path_fingerprint, read_json, write_json
+from pipeline.train.predict import predict
 
 
 def lake_partitions(lake: str, partition_col: str) -> list[str]:
@@ -83,11 +87,6 @@ def _counts_from_distribution(dist: dict) -> dict:
 
 def retrain(cfg: Config) -> dict:
     """One scheduled retrain; returns a summary (status, version, promoted, gate reasons, drift)."""
-    from pipeline.engines import get_spark
-    from pipeline.evaluation.metrics import evaluate_predictions
-    from pipeline.train.predict import predict
-    from pipeline.flows.registry import ModelRegistry, gate
-
     if not cfg.retrain.lake:
         raise ConfigError("config key 'retrain.lake' is required: the partitioned lake table to train on")
     registry = ModelRegistry.from_config(cfg.registry)

@@ -26,16 +26,35 @@ Methods (``train.method``):
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from pipeline.config import Config, SampleSection
-from pipeline.errors import ConfigError, InputError
-from pipeline.io import fingerprint, local_path, path_fingerprint, read_json, read_success, write_json, write_success
-
-METHODS = ("baseline", "two_phase")  # pipeline-level methods; training methods are hooks (train/hooks.py)
+from pipeline.data.schema import has_info, read_info, write_info
+from pipeline.data.source import read_table
+from pipeline.engines import get_spark
+from pipeline.errors import ConfigError
+from pipeline.evaluation.evaluate import evaluate_predictions
+from pipeline.evaluation.report import write_report
+from pipeline.evaluation.thresholds import apply_threshold_moving, tune_threshold
+from pipeline.io import (
+    atomic_dir,
+    fingerprint,
+    local_path,
+    path_fingerprint,
+    read_json,
+    read_success,
+    spark_uri,
+    write_json,
+    write_success,
+)
+from pipeline.prep.sampling import format_manifest, sample_dataset
+from pipeline.stream.materialize import materialize
+from pipeline.train import PIPELINE_METHODS as METHODS
+from pipeline.train.predict import predict
 
 
 def log(msg: str) -> None:
@@ -94,11 +113,9 @@ def _sample_section(raw: Optional[dict], default: SampleSection) -> SampleSectio
 
 def _impose(spark, cfg: Config, table: str, out: Path) -> None:
     """Write ``table`` under-sampled to the configured imbalance protocol (step / linear) at ``out``."""
-    from pipeline.prep.protocols import impose_protocol
-    from pipeline.data.schema import has_info, read_info, write_info
-    from pipeline.data.source import read_table
-    from pipeline.io import atomic_dir, spark_uri
+    # deferred: pyspark is slow to import
     from pipeline.prep.keys import exact_counts
+    from pipeline.prep.protocols import impose_protocol
 
     label = cfg.data.label_col
     df = read_table(spark, table, label)
@@ -137,6 +154,7 @@ def data_stages(cfg: Config, spark, runner: "StageRunner", ddir: Path, protocol_
         source = cfg.data.input
         source_fp = fingerprint(path_fingerprint(source))
     else:
+        # deferred: pandas is slow to import
         from pipeline.data.synth import synthesize
 
         source = str(ddir / "source")
@@ -190,8 +208,6 @@ def data_stages(cfg: Config, spark, runner: "StageRunner", ddir: Path, protocol_
 
 def prepare_data(cfg: Config, data_dir: str, protocol_name: str = "protocol") -> dict:
     """Only the data stages of ``cfg``, into ``data_dir`` (shared by several runs)."""
-    from pipeline.engines import get_spark
-
     ddir = local_path(data_dir)
     ddir.mkdir(parents=True, exist_ok=True)
     return data_stages(cfg, get_spark(cfg.spark), StageRunner(ddir), ddir, protocol_name)
@@ -205,8 +221,6 @@ def prior_counts(run_dir: Path, train_data: str) -> dict:
     examples), after RUS or a cap the kept count — per class min(input count, sampled count) from
     the sample stage's manifest. Without a sample stage, the training table's counts.
     """
-    from pipeline.data.schema import read_info
-
     manifest = run_dir / "sample" / "manifest.json"
     if manifest.is_file():
         m = read_json(manifest)
@@ -221,8 +235,7 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
     share them (the experiment's trials of one imbalance level and seed); default the run directory.
     Their markers carry their own fingerprints, so a shared stage is reused only when it matches.
     """
-    from pipeline.engines import get_spark
-
+    # deferred: torch is slow to import
     from pipeline.train.hooks import hook_names
 
     method = cfg.train.method
@@ -246,9 +259,6 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
 
     # ---- sample + materialize (one pair per training set)
     def sampled_set(name: str, sample_cfg: SampleSection) -> tuple[str, str]:
-        from pipeline.stream.materialize import materialize
-        from pipeline.prep.sampling import format_manifest, sample_dataset
-
         s_seed = sample_cfg.seed if sample_cfg.seed is not None else seed
         s_key = {"split": split_fp, "sample": dataclasses.asdict(sample_cfg), "seed": s_seed}
 
@@ -314,7 +324,6 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
     model_dir = str(run_dir / "train" / "model")
 
     # ---- predict (test, and val for tuned thresholds)
-    from pipeline.train.predict import predict
 
     def _predict(d: Path) -> None:
         d.mkdir(parents=True, exist_ok=True)
@@ -325,7 +334,6 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
                               _predict)
 
     # ---- evaluate (+ threshold moving)
-    from pipeline.evaluation.metrics import evaluate_predictions
 
     labels = data["labels"]
 
@@ -333,8 +341,6 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
         preds = str(run_dir / "predict" / "test")
         rule = cfg.evaluate.threshold_moving
         if rule:
-            from pipeline.evaluation.thresholds import apply_threshold_moving, tune_threshold
-
             counts = prior_counts(run_dir, train_data)
             threshold = None
             if rule == "tuned":
@@ -345,8 +351,6 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
             preds = adjusted
         evaluate_predictions(spark, preds, str(d), label_col=label, n_classes=len(labels), class_names=labels)
         if rule:
-            import shutil
-
             shutil.rmtree(adjusted, ignore_errors=True)
 
     evaluate_key = {"predict": predict_fp, "evaluate": cfg.section("evaluate")}
@@ -355,7 +359,6 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
     evaluate_fp = runner.stage("evaluate", evaluate_key, _evaluate)
 
     # ---- report
-    from pipeline.evaluation.report import write_report
 
     runner.stage("report", {"evaluate": evaluate_fp, "profile": profile_fp},
                  lambda d: write_report(str(run_dir / "evaluate"), str(d),

@@ -53,9 +53,11 @@ def describe_counts(counts: dict) -> dict:
 
 
 def plot_distribution(dist: dict, path: str | Path) -> None:
+    # deferred: matplotlib is slow to import
     import matplotlib
 
     matplotlib.use("Agg")
+    # deferred: matplotlib is slow to import
     import matplotlib.pyplot as plt
 
     counts = [c["count"] for c in dist["classes"]]

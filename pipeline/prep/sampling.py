@@ -62,7 +62,11 @@ import numbers
 import time
 from typing import Any, Mapping, Optional
 
+import numpy as np
+
+from pipeline.data.schema import has_info, read_info, write_info
 from pipeline.errors import InputError
+from pipeline.io import atomic_dir, is_local, local_path, spark_uri, write_json
 
 log = logging.getLogger(__name__)
 
@@ -267,9 +271,9 @@ def plan_counts(class_counts: Mapping, strategy: str, target: Any = "auto",
 
 # ---------------------------------------------------------------- Spark side
 def _read_input(spark, path: str, label_col: str):
+    # deferred: pyspark is slow to import
     from pyspark.sql.utils import AnalysisException
 
-    from pipeline.io import is_local, local_path, spark_uri
 
     if is_local(path) and not local_path(path).exists():
         raise InputError(f"input not found: {path}")
@@ -290,6 +294,7 @@ def _read_input(spark, path: str, label_col: str):
 
 
 def _id_expr(df):
+    # deferred: pyspark is slow to import
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -300,6 +305,7 @@ def _id_expr(df):
 
 
 def _with_key(df, seed: int):
+    # deferred: pyspark is slow to import
     from pyspark.sql import functions as F
 
     key = F.xxhash64(F.lit(int(seed)).cast("long"), F.lit(SALT), _id_expr(df))
@@ -308,6 +314,7 @@ def _with_key(df, seed: int):
 
 def _prefix(bits: int):
     """The key's top ``bits`` bits; an arithmetic shift keeps the (signed) key order."""
+    # deferred: pyspark is slow to import
     from pyspark.sql import functions as F
 
     return F.shiftright(F.col(_KEY), 64 - bits)
@@ -325,8 +332,6 @@ def _bin_counts(keyed, label_col: str, bits: int):
 
 def _histogram(df, label_col: str, seed: int, bits: int):
     """Pass 1: rows per (class, key bin). Returns ({label: count}, {label: (bins, counts)})."""
-    import numpy as np
-
     pdf = _bin_counts(_with_key(df.select(label_col, "id"), seed), label_col, bits)
     if pdf[label_col].isna().any():
         n_null = int(pdf.loc[pdf[label_col].isna(), "count"].sum())
@@ -342,8 +347,6 @@ def _histogram(df, label_col: str, seed: int, bits: int):
 
 def _locate(bins, cnt, r: int) -> tuple:
     """(bin holding the r-th smallest row, rank of that row inside the bin (1-based), bin size)."""
-    import numpy as np
-
     cum = np.cumsum(cnt)
     i = int(np.searchsorted(cum, r))          # first bin whose cumulative count reaches r
     before = int(cum[i - 1]) if i > 0 else 0
@@ -358,6 +361,7 @@ def _thresholds(spark, df, label_col: str, seed: int, bits: int, hist: dict,
     ``bits`` key bits while it holds more than ``boundary_limit`` rows (only for very large
     classes); then its rows alone are ranked exactly with a window partitioned by class.
     """
+    # deferred: pyspark is slow to import
     from pyspark.sql import Window
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
@@ -414,9 +418,9 @@ def _thresholds(spark, df, label_col: str, seed: int, bits: int, hist: dict,
 
 def _hint_counts(input: str, df, label_col: str) -> Optional[dict]:
     """Class counts recorded in the table's ``_dataset.json`` (keys cast to the label type)."""
+    # deferred: pyspark is slow to import
     from pyspark.sql import types as T
 
-    from pipeline.data.schema import has_info, read_info
 
     try:
         if not has_info(input):
@@ -473,7 +477,7 @@ def _window_pass(df, label_col: str, seed: int, counts: Mapping, extra: Mapping)
     ``None`` when some class's r-th row fell outside its window (probability ~e^-64), two
     candidates share a key, or the counts differ from ``counts``.
     """
-    import numpy as np
+    # deferred: pyspark is slow to import
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -537,6 +541,7 @@ def _lookup(label_col: str, values: Mapping, dtype):
     Dense integer labels (the split stage's 0..K-1) index an array literal, O(1) per row; any
     other labels use a map literal.
     """
+    # deferred: pyspark is slow to import
     from pyspark.sql import functions as F
 
     none = F.lit(None).cast(dtype)
@@ -575,11 +580,10 @@ def sample_dataset(spark, input: str, out: str, strategy: str, target: Any = "au
     the class counts from ``_dataset.json`` when present (they are verified). ``bits`` and
     ``boundary_limit`` tune the histogram method.
     """
+    # deferred: pyspark is slow to import
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    from pipeline.data.schema import has_info, read_info, write_info
-    from pipeline.io import atomic_dir, spark_uri, write_json
 
     if not (1 <= int(bits) <= 16):
         raise InputError(f"bits must be in 1..16, got {bits}")

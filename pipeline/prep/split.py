@@ -16,6 +16,7 @@ values train/val/test, or separate tables — keeps it.
 from __future__ import annotations
 
 import math
+import shutil
 from typing import Optional
 
 from pyspark.sql import DataFrame
@@ -168,7 +169,6 @@ def split_dataset(
                 split_counts[name] = {str(k): c.get(k, 0) for k in range(len(labels))}
                 part_info = DatasetInfo(**{**info.to_dict(), "class_counts": split_counts[name]})
                 write_info(target, part_info)
-            import shutil
 
             shutil.rmtree(tmp / "_all", ignore_errors=True)
             rejected.write.parquet(spark_uri(tmp / "rejected"))

@@ -29,7 +29,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from pipeline.data.schema import has_info, read_info, write_info
 from pipeline.errors import InputError
+from pipeline.io import atomic_dir, is_local, local_path, spark_uri, write_json
 
 MB = 1024 * 1024
 SALT = "stream"
@@ -45,6 +47,7 @@ def _input_bytes(df) -> int:
 
 def parquet_stats(path: str | os.PathLike) -> dict:
     """Files, row groups, rows and bytes of a local Parquet directory (footers only)."""
+    # deferred: pyarrow is slow to import
     import pyarrow.parquet as pq
 
     files, groups, rows, size = 0, 0, 0, 0
@@ -73,11 +76,10 @@ def materialize(spark, input: str, out: str, seed: int = 0, row_group_mb: float 
     Returns stats: rows, files, row_groups, bytes, seconds, mb_per_s. Atomic: on failure
     ``out`` is left as it was.
     """
+    # deferred: pyspark is slow to import
     from pyspark.sql import functions as F
     from pyspark.sql.utils import AnalysisException
 
-    from pipeline.data.schema import has_info, read_info, write_info
-    from pipeline.io import atomic_dir, is_local, local_path, spark_uri, write_json
 
     if not row_group_mb or row_group_mb <= 0:
         raise InputError(f"row_group_mb must be positive, got {row_group_mb}")

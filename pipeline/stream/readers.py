@@ -33,7 +33,7 @@ every worker the same number of rows by dropping at most ``world_size - 1`` rows
 
 **Read-time sampling** (issue 7 item 2; ROS / RUS / thresholds / floors / dynamic sampling without
 writing a duplicate to disk). With per-class ``rates`` the Petastorm reader emits every row
-:func:`pipeline.train.methods.row_multiplicity` times — ⌊r⌋ copies plus one more with probability
+:func:`pipeline.stream.read_sampling.row_multiplicity` times — ⌊r⌋ copies plus one more with probability
 frac(r), r = rates[label], decided by a hash of ``(sample_seed, epoch, id)`` — so the draw is the
 same on every worker and every rerun and changes from epoch to epoch. The copies of a chunk are
 mixed by a seeded block shuffle (blocks of ``max(shuffle_buffer, 8 × batch_size)`` rows). Equal
@@ -58,6 +58,7 @@ import torch
 from pipeline.data.schema import DatasetInfo
 from pipeline.errors import InputError
 from pipeline.io import file_url, local_path
+from pipeline.stream.read_sampling import row_multiplicity
 
 READERS = ("petastorm", "ray_data")
 
@@ -100,6 +101,7 @@ def decode_images(col, image_shape) -> torch.Tensor:
 def _binary_values(col):
     """The concatenated values of a pyarrow binary array without nulls (zero copy), else None."""
     try:
+        # deferred: pyarrow is slow to import
         import pyarrow as pa
     except ImportError:  # pragma: no cover
         return None
@@ -123,6 +125,7 @@ def decode_features(col, n_features: Optional[int] = None) -> torch.Tensor:
     """``features`` arrays → float32 tensor (N, D): a 2-D array as is, an Arrow list column from its
     flat values, an object array of equal-length arrays with one ``np.stack``."""
     try:
+        # deferred: pyarrow is slow to import
         import pyarrow as pa
         if isinstance(col, pa.ChunkedArray):
             col = col.combine_chunks()
@@ -182,10 +185,10 @@ def row_group_rows(path: str) -> list[int]:
 
     Reads Parquet footers only (one per file), never the data.
     """
-    return list(_row_group_rows(file_url(path), _mtime(path)))
+    return list(_row_group_rows(file_url(path), file_mtime(path)))
 
 
-def _mtime(path: str) -> float:
+def file_mtime(path: str) -> float:
     try:
         return local_path(path).stat().st_mtime
     except OSError:
@@ -194,6 +197,7 @@ def _mtime(path: str) -> float:
 
 @lru_cache(maxsize=64)
 def _row_group_rows(url: str, _mtime_key: float) -> tuple:
+    # deferred: petastorm and pyarrow are slow to import
     import pyarrow.parquet as pq
     from petastorm.etl.dataset_metadata import load_row_groups
     from petastorm.fs_utils import get_filesystem_and_path_or_paths
@@ -213,8 +217,9 @@ def _row_group_rows(url: str, _mtime_key: float) -> tuple:
 
 
 @lru_cache(maxsize=64)
-def _row_group_index(url: str, _mtime_key: float) -> tuple:
+def row_group_index(url: str, _mtime_key: float) -> tuple:
     """((file path, row group index), ...) in Petastorm's enumeration order (footers only)."""
+    # deferred: petastorm and pyarrow are slow to import
     import pyarrow.parquet as pq
     from petastorm.etl.dataset_metadata import load_row_groups
     from petastorm.fs_utils import get_filesystem_and_path_or_paths
@@ -229,6 +234,7 @@ def iter_row_group_columns(path: str, columns: list) -> Iterator[tuple]:
 
     Reads only the named columns (one row group at a time, so memory does not grow with rows).
     """
+    # deferred: petastorm and pyarrow are slow to import
     import pyarrow.parquet as pq
     from petastorm.fs_utils import get_filesystem_and_path_or_paths
 
@@ -236,7 +242,7 @@ def iter_row_group_columns(path: str, columns: list) -> Iterator[tuple]:
     fs, _ = get_filesystem_and_path_or_paths(url)
     open_path, handle, pf = None, None, None
     try:
-        for i, (piece_path, rg) in enumerate(_row_group_index(url, _mtime(path))):
+        for i, (piece_path, rg) in enumerate(row_group_index(url, file_mtime(path))):
             if piece_path != open_path:
                 if handle is not None:
                     handle.close()
@@ -251,11 +257,9 @@ def iter_row_group_columns(path: str, columns: list) -> Iterator[tuple]:
 def sampled_shard_rows(path: str, world_size: int, label_col: str, rates, seed: int, epoch: int) -> list[int]:
     """Exact rows every shard emits in ``epoch`` under read-time sampling with per-class ``rates``.
 
-    Σ over the shard's rows of :func:`pipeline.train.methods.row_multiplicity` (row group ``i`` →
+    Σ over the shard's rows of :func:`pipeline.stream.read_sampling.row_multiplicity` (row group ``i`` →
     shard ``i % world_size``, as Petastorm assigns them). Reads the ``id`` and label columns only.
     """
-    from pipeline.train.methods import row_multiplicity
-
     r = np.asarray(rates, dtype=float)
     out = [0] * world_size
     for i, t in iter_row_group_columns(path, [ID_COL, label_col]):
@@ -408,6 +412,7 @@ class PetastormLoader(_LoaderSpec):
         return self.steps
 
     def _reader(self, num_epochs, seed):
+        # deferred: petastorm is slow to import
         from petastorm import make_batch_reader
 
         cols = [ID_COL, self.info.label_col, self.info.feature_col]
@@ -422,6 +427,7 @@ class PetastormLoader(_LoaderSpec):
             shard_count=self.world_size if self._sharded else None)
 
     def _chunks(self, num_epochs, seed) -> Iterator[tuple]:
+        # deferred: petastorm is slow to import
         from petastorm.pytorch import BatchedDataLoader
 
         reader = _DecodingReader(self._reader(num_epochs, seed), self.info)
@@ -439,8 +445,8 @@ class PetastormLoader(_LoaderSpec):
 
         ``counter[0]`` counts the rows read before sampling (checked against the footers).
         """
+        # deferred: torch is slow to import
         from pipeline.stream.augment import augment_batch, copy_numbers
-        from pipeline.train.methods import row_multiplicity
 
         block = max(self.shuffle_buffer, 8 * self.batch_size)
         parts, mults, n = [], [], 0
@@ -562,6 +568,7 @@ class _ArrowCollate:
 
 
 def _arrow_collate_cls():
+    # deferred: ray is slow to import
     from ray.data.collate_fn import ArrowBatchCollateFn
 
     class ArrowCollate(ArrowBatchCollateFn, _ArrowCollate):
@@ -588,6 +595,7 @@ class RayDataLoader(_LoaderSpec):
         if self._iterator is None:
             if self.world_size > 1:
                 raise InputError("stream.reader=ray_data with several workers runs inside Ray Train only")
+            # deferred: ray is slow to import
             import ray.data
 
             ds = ray.data.read_parquet(_ray_path(self.path), columns=[ID_COL, self.info.label_col,
@@ -622,6 +630,7 @@ def _ray_path(path: str) -> str:
 def _train_dataset_shard(name: str):
     """``ray.train.get_dataset_shard(name)`` inside a Ray Train worker, else None."""
     try:
+        # deferred: ray is slow to import
         import ray.train
         ctx = ray.train.get_context()
         if ctx is None:
@@ -633,6 +642,7 @@ def _train_dataset_shard(name: str):
 
 def ray_dataset(path: str, info: DatasetInfo):
     """The Ray Data dataset the driver hands to ``TorchTrainer(datasets=...)``."""
+    # deferred: ray is slow to import
     import ray.data
 
     return ray.data.read_parquet(_ray_path(path), columns=[ID_COL, info.label_col, info.feature_col])

@@ -1,143 +1,48 @@
-"""Extension points for training methods that change more than the loss (survey Table 17).
+"""The registry of training methods that are hooks: every such method, imported here and so registered.
 
-Most methods are a loss (:mod:`pipeline.train.losses`), a sampling plan or a post-processing
-rule. A few also need to see the deep features, keep state between batches or epochs, or change
-how a trained model scores a row: CoSen's learned class costs, LMLE's clusters and quintuplets,
-DOS's in-class neighbours, CRL's hard-sample mining, and a cost vector searched after training.
-Such a method is a :class:`MethodHook`, registered by name in :data:`HOOKS` and selected with
-``train.method: <name>``; its parameters are ``train.method_params``.
-
-The training loop (:func:`pipeline.train.loop.run_training`) calls, on every worker:
-
-* ``start_epoch(ctx)`` before each epoch (e.g. re-cluster or refresh neighbours; ``ctx`` is an
-  :class:`EpochContext` whose ``table_once()`` yields ``(x, y)`` batches covering this worker's
-  shard of the training table once: use it for passes over the data, never a collect);
-* ``batch_loss(model, x, y, loss_fn, autocast)`` for each batch: the scalar loss to minimise
-  (default ``loss_fn(model(x), y)``; ``model(x, return_features=True)`` gives ``(logits,
-  features)`` from one forward pass, also through DDP);
-* ``after_step()`` after each optimizer step (e.g. an alternating cost update);
-* ``state_dict()`` / ``load_state_dict(d)``: everything needed to resume, saved in every checkpoint
-  (``method_state.pt``) and given back on resume;
-* ``inference_state()``: what prediction needs (tensors and JSON-able values), or ``None``. It is
-  saved in the model directory as ``method_state.pt`` and named in ``model.json``
-  (``"train_method"``); :func:`predict_scores` then scores rows with the method's
-  ``predict(state, model, x)`` instead of the plain softmax.
-
-A hook whose ``after_fit(model_dir, cfg, val_path)`` does work (e.g. a cost search over the
-validation split on Ray) runs it on the driver after training, before the model is used; it may
-rewrite ``method_state.pt`` through :func:`save_inference_state`.
-
-Workers of one data-parallel run must keep their hook state identical where it matters for the
-model (all-reduce what they accumulate; ``ctx.all_reduce`` does a sum across workers).
+:mod:`pipeline.train.hook_base` defines :class:`MethodHook` and how a method takes part in
+training; the methods live one per module in :mod:`pipeline.train.cost` and
+:mod:`pipeline.train.features`. This module is what the loop, the Ray wiring, prediction and
+configuration checks ask: which methods exist (:func:`hook_names`), the hook for a config
+(:func:`build_hook`) and how a saved model scores rows (:func:`predict_scores`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Optional
 
 import torch
 
-from pipeline.flows.run import METHODS as PIPELINE_METHODS  # handled by pipeline.flows.run; the loop trains them plainly
+from pipeline.errors import InputError
+from pipeline.train import PIPELINE_METHODS
 
-METHOD_STATE_FILE = "method_state.pt"
-
-
-
-@dataclass
-class EpochContext:
-    """What a hook may use at the start of an epoch (and at setup)."""
-
-    model: torch.nn.Module            # the network itself (unwrapped from DDP)
-    epoch: int
-    n_classes: int
-    class_counts: Any                 # numpy array of the training set's per-class counts
-    device: torch.device
-    rank: int
-    world_size: int
-    autocast: Any                     # the loop's autocast context (enter with ``with ctx.autocast:``)
-    table_once: Callable[[], Iterator]  # () -> (x on device, y) batches over this worker's train shard
-    all_reduce: Callable[[torch.Tensor], torch.Tensor]  # sum across workers (identity with one)
-
-
-class MethodHook:
-    """Default behaviour: plain training with ``loss_fn`` on the logits, softmax at prediction."""
-
-    name = "baseline"
-    needs_validation = False  # True: the method cannot run without a validation table (checked before training)
-
-    def __init__(self, params: dict, n_classes: int, class_counts, feature_dim: int):
-        self.params = dict(params or {})
-        self.n_classes = int(n_classes)
-        self.class_counts = class_counts
-        self.feature_dim = int(feature_dim)
-
-    def start_epoch(self, ctx: EpochContext) -> None:
-        pass
-
-    def batch_loss(self, model, x: torch.Tensor, y: torch.Tensor, loss_fn, autocast) -> torch.Tensor:
-        with autocast:
-            logits = model(x)
-        return loss_fn(logits, y)
-
-    def after_step(self) -> None:
-        pass
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-    def inference_state(self) -> Optional[dict]:
-        return None
-
-    @classmethod
-    def after_fit(cls, model_dir: str, cfg, val_path: Optional[str]) -> None:
-        pass
-
-    @staticmethod
-    def predict(state: dict, model, x: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (float64, rows sum to 1) for a batch; ``pred`` is their argmax."""
-        return torch.softmax(model(x).float(), dim=1).double()
-
-
-HOOKS: dict[str, type] = {}
-
-
-def register(cls: type) -> type:
-    """Class decorator: make a :class:`MethodHook` selectable as ``train.method: cls.name``."""
-    HOOKS[cls.name] = cls
-    return cls
-
-
-def _load_registered() -> None:
-    """Import the modules that register hooks (kept lazy to avoid import cycles)."""
-    import importlib
-
-    for mod in ("pipeline.train.cost_methods", "pipeline.train.feature_methods"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:  # a module not written yet registers nothing
-            if e.name != mod:
-                raise
+# importing the method modules registers them in HOOKS
+from pipeline.train.cost import cosen, search  # noqa: F401
+from pipeline.train.features import crl, dos, lmle  # noqa: F401
+from pipeline.train.hook_base import (
+    HOOKS,
+    METHOD_STATE_FILE,
+    METHOD_SUMMARY_FILE,
+    EpochContext,
+    MethodHook,
+    read_inference_state,
+    register,
+    save_inference_state,
+)
 
 
 def hook_names() -> list[str]:
-    _load_registered()
     return sorted(HOOKS)
 
 
 def build_hook(method: str, params: dict, n_classes: int, class_counts, feature_dim: int) -> MethodHook:
     """The hook for ``train.method`` (the default hook for pipeline-level methods like two_phase)."""
-    _load_registered()
     if method in PIPELINE_METHODS:
         cls = MethodHook
     elif method in HOOKS:
         cls = HOOKS[method]
     else:
-        from pipeline.errors import InputError
-
         raise InputError(f"train.method: unknown method '{method}' "
                          f"(choose from: {', '.join(list(PIPELINE_METHODS) + sorted(HOOKS))})")
     return cls(params, n_classes, class_counts, feature_dim)
@@ -145,25 +50,15 @@ def build_hook(method: str, params: dict, n_classes: int, class_counts, feature_
 
 def hook_module(method: str) -> Optional[str]:
     """The module that registered ``method`` (so that Ray workers can import it too), or None."""
-    _load_registered()
     return HOOKS[method].__module__ if method in HOOKS else None
 
 
-def save_inference_state(model_dir: str | Path, method: str, state: dict) -> None:
-    _load_registered()
-    module = HOOKS[method].__module__ if method in HOOKS else None
-    torch.save({"method": method, "module": module, "state": state}, Path(model_dir) / METHOD_STATE_FILE)
-
-
 def load_inference_state(model_dir: str | Path) -> Optional[tuple[str, dict]]:
-    f = Path(model_dir) / METHOD_STATE_FILE
-    if not f.is_file():
+    """(method, state) saved with a model, or None; imports a user's own hook module when named."""
+    blob = read_inference_state(model_dir)
+    if blob is None:
         return None
-    blob = torch.load(str(f), map_location="cpu", weights_only=False)
-    _load_registered()
     if blob["method"] not in HOOKS and blob.get("module"):
-        import importlib
-
         try:  # a hook registered outside pipeline.train (a user's own module)
             importlib.import_module(blob["module"])
         except ImportError:
@@ -174,14 +69,12 @@ def load_inference_state(model_dir: str | Path) -> Optional[tuple[str, dict]]:
 def predict_scores(method: Optional[str], state: Optional[dict], model, x: torch.Tensor) -> torch.Tensor:
     """Probabilities for a batch: the method's own rule when it saved inference state, else softmax."""
     if method and state is not None:
-        _load_registered()
         if method not in HOOKS:
-            from pipeline.errors import InputError
-
             raise InputError(f"the model was trained with method '{method}', which this installation does not know")
         return HOOKS[method].predict(state, model, x)
     return MethodHook.predict({}, model, x)
 
 
-__all__ = ["MethodHook", "EpochContext", "HOOKS", "register", "build_hook", "hook_names", "predict_scores",
-           "save_inference_state", "load_inference_state", "METHOD_STATE_FILE"]
+__all__ = ["MethodHook", "EpochContext", "HOOKS", "register", "build_hook", "hook_names", "hook_module",
+           "predict_scores", "save_inference_state", "load_inference_state", "read_inference_state",
+           "METHOD_STATE_FILE", "METHOD_SUMMARY_FILE"]

@@ -37,6 +37,7 @@ Two of the survey's methods run inside the loop (see ``docs/methods.md``):
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import shutil
@@ -49,58 +50,26 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm import tqdm
 
 from pipeline.data.schema import DatasetInfo, read_info
-from pipeline.errors import InputError
-from pipeline.io import read_json, write_json
+from pipeline.errors import ConfigError, InputError
+from pipeline.io import fingerprint, read_json, write_json
+from pipeline.prep.sampling import plan_counts
+from pipeline.stream.read_sampling import epoch_sampling_plan
 from pipeline.stream.readers import check_table, make_loader, to_float
+from pipeline.train.confusion import confusion_matrix, metrics_from_confusion
 from pipeline.train.hooks import METHOD_STATE_FILE, EpochContext, MethodHook, build_hook
+from pipeline.train.saved_model import CENTROIDS_FILE, load_weights
+from pipeline.train.table_pass import pick_device, table_once
 
 CRASH_ENV = "IMBALANCE_TEST_CRASH_AT"        # test-only: "epoch:step:rank" → os._exit(1) once
 METRICS_HIGHER = ("macro_f1", "balanced_accuracy", "accuracy", "g_mean", "macro_recall")
 METRICS_LOWER = ("val_loss",)
 DRW_KEYS = ("drw_epoch", "drw_beta")
-CENTROIDS_FILE = "centroids.pt"             # category centers in a checkpoint and in the model artifact
 
 
 # ------------------------------------------------------------------ metrics
-def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """C×C counts: row = true class, column = predicted class."""
-    idx = y_true.long() * n_classes + y_pred.long()
-    return torch.bincount(idx, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-
-
-def metrics_from_confusion(cm: np.ndarray) -> dict:
-    """Accuracy, macro-F1, balanced accuracy, G-mean and per-class recall/F1 from a confusion matrix.
-
-    Averages run over the classes present in the data (support > 0), as the evaluate stage does;
-    a class never predicted has precision 0 (scikit-learn's ``zero_division=0``).
-    """
-    cm = np.asarray(cm, dtype=np.float64)
-    tp = np.diag(cm)
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
-    present = support > 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        recall = np.where(support > 0, tp / np.maximum(support, 1), 0.0)
-        precision = np.where(predicted > 0, tp / np.maximum(predicted, 1), 0.0)
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-300), 0.0)
-    n = cm.sum()
-    rec_p = recall[present]
-    return {
-        "n": int(n),
-        "accuracy": float(tp.sum() / n) if n else 0.0,
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-        "balanced_accuracy": float(rec_p.mean()) if present.any() else 0.0,
-        "macro_recall": float(rec_p.mean()) if present.any() else 0.0,
-        "g_mean": float(np.exp(np.mean(np.log(np.maximum(rec_p, 1e-300))))) if present.any() and rec_p.min() > 0
-        else 0.0,
-        "recall": [float(r) if s > 0 else None for r, s in zip(recall, support)],
-        "f1": [float(v) if s > 0 else None for v, s in zip(f1, support)],
-        "support": [int(s) for s in support],
-    }
-
-
 def metric_better(name: str, new: float, old: Optional[float]) -> bool:
     if old is None:
         return True
@@ -122,12 +91,6 @@ def _all_reduce(t: torch.Tensor, device: torch.device) -> torch.Tensor:
         return d.cpu()
     dist.all_reduce(t)
     return t
-
-
-def pick_device(device=None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def build_optimizer(params, train_cfg) -> torch.optim.Optimizer:
@@ -162,6 +125,7 @@ def split_loss_params(train_cfg) -> tuple[dict, dict]:
 def drw_weight_for_epoch(epoch: int, drw: dict, counts: np.ndarray) -> Optional[np.ndarray]:
     """LDAM-DRW schedule (Cao et al. 2019): weights 1 (None) before ``drw_epoch``, then the
     class-balanced weights (1 − β)/(1 − β^{n_c}) (normalised to sum to C) of ``losses.drw_weights``."""
+    # deferred: torch is slow to import
     from pipeline.train.losses import drw_weights
 
     if drw.get("drw_epoch") is None or epoch < drw["drw_epoch"]:
@@ -204,6 +168,7 @@ class _RayBar:
     """tqdm-like adapter over Ray's ``tqdm_ray``, which draws a worker's bar on the driver."""
 
     def __init__(self, total: int, desc: str):
+        # deferred: ray is slow to import
         from ray.experimental.tqdm_ray import tqdm as ray_tqdm
 
         self.desc = desc
@@ -223,7 +188,6 @@ def _progress_bar(total: int, desc: str, in_ray: bool):
     """A per-epoch progress bar: Ray's driver-side bar inside Ray Train, plain tqdm otherwise."""
     if in_ray:
         return _RayBar(total, desc)
-    from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="batch", leave=False, mininterval=1.0)
 
@@ -236,8 +200,6 @@ READ_KEYS = {"strategy", "target", "cap", "floor", "rates", "seed", "initial", "
 def read_sampling_spec(train_cfg) -> Optional[dict]:
     """``train.read_sampling`` normalised (None: off), with ``method_params.dynamic_sampling: true``
     meaning ``{strategy: dynamic}``. Raises :class:`ConfigError` naming the bad key."""
-    from pipeline.errors import ConfigError
-
     raw = train_cfg.read_sampling
     dyn = (train_cfg.method_params or {}).get("dynamic_sampling", False)
     if not isinstance(dyn, bool):
@@ -271,6 +233,7 @@ def read_sampling_spec(train_cfg) -> Optional[dict]:
     if e is not None and e != "table" and (isinstance(e, bool) or not isinstance(e, (int, float)) or e <= 0):
         raise ConfigError(f"config key 'train.read_sampling.epoch_rows': expected a positive number or 'table', "
                           f"got {e!r}")
+    # deferred: torch is slow to import
     from pipeline.stream.augment import augment_spec
 
     spec["augment"] = augment_spec(spec.get("augment"))
@@ -280,8 +243,6 @@ def read_sampling_spec(train_cfg) -> Optional[dict]:
 def static_read_rates(spec: dict, counts: np.ndarray) -> np.ndarray:
     """Per-class rates of a fixed strategy: ``plan_counts`` target / class size (explicit ``rates``
     as given; classes a mapping does not name keep rate 1). An empty class gets rate 0."""
-    from pipeline.prep.sampling import plan_counts
-
     k = len(counts)
     strategy = spec["strategy"]
     if strategy == "rates":
@@ -327,6 +288,7 @@ def epoch_read_rates(spec: Optional[dict], counts: np.ndarray, epoch: int, histo
     balanced draw N*/K per class (``initial: balanced``); every later epoch uses the previous
     epoch's per-class validation F1 (a class without validation rows counts as F1 0).
     """
+    # deferred: torch is slow to import
     from pipeline.train.methods import dynamic_sampling_rates
 
     if spec is None or spec["strategy"] == "none":
@@ -355,8 +317,6 @@ def _same_on_all_ranks(values: np.ndarray, rank: int, device: torch.device) -> n
 def centers_params(train_cfg) -> Optional[dict]:
     """``method_params.category_centers`` (true/false) with ``centroid_metric`` (euclidean | cosine)
     and ``centroid_temperature`` (> 0, the softmax temperature of prediction's probabilities)."""
-    from pipeline.errors import ConfigError
-
     mp = train_cfg.method_params or {}
     on = mp.get("category_centers", False)
     if not isinstance(on, bool):
@@ -374,26 +334,6 @@ def centers_params(train_cfg) -> Optional[dict]:
     return {"metric": metric, "temperature": float(temp)}
 
 
-def _table_once(path: str, info: DatasetInfo, device: torch.device, batch_size: int, reader: str, rank: int,
-                world_size: int, workers_count: int, dataset_name: str):
-    """Batches (x on ``device``, y) covering the table once across workers, for evaluation passes.
-
-    Each worker reads its own Petastorm shard; a table with fewer row groups than workers (or the
-    Ray Data reader, whose evaluation set is not split) is read by rank 0 alone and the other
-    ranks get no batch. Callers all-reduce what they accumulate.
-    """
-    from pipeline.stream.readers import row_group_rows
-
-    sharded = reader == "petastorm" and world_size > 1 and len(row_group_rows(path)) >= world_size
-    if not (sharded or rank == 0):
-        return
-    loader = make_loader(path, info, rank if sharded else 0, world_size if sharded else 1, batch_size,
-                         epoch=0, seed=0, shuffle=False, reader=reader, fill=False, raw=True,
-                         workers_count=workers_count, dataset_name=dataset_name)
-    for x, y in loader:
-        yield to_float(x, device, non_blocking=True), y
-
-
 @torch.no_grad()
 def compute_centroids(net: nn.Module, path: str, info: DatasetInfo, device: torch.device, batch_size: int,
                       reader: str = "petastorm", rank: int = 0, world_size: int = 1, autocast=None,
@@ -403,13 +343,14 @@ def compute_centroids(net: nn.Module, path: str, info: DatasetInfo, device: torc
     Every worker reads its own shard (rank 0 reads all when the table has fewer row groups than
     workers) and the per-class sums are all-reduced, so all ranks return the same (C, d) tensor.
     """
+    # deferred: torch is slow to import
     from pipeline.train.methods import CentroidAccumulator
 
     net = _unwrap(net)
     was_training = net.training
     net.eval()
     acc = CentroidAccumulator(info.n_classes, dim=int(net.feature_dim), device="cpu")
-    for x, y in _table_once(path, info, device, batch_size, reader, rank, world_size, workers_count, "train"):
+    for x, y in table_once(path, info, device, batch_size, reader, rank, world_size, workers_count, "train"):
         with (autocast if autocast is not None else torch.autocast(device.type, enabled=False)):
             _, feats = net(x, return_features=True)
         acc.update(feats.float().cpu(), y)
@@ -422,8 +363,6 @@ def compute_centroids(net: nn.Module, path: str, info: DatasetInfo, device: torc
 
 def _config_fingerprint(cfg, train_path, val_path, init_from) -> str:
     """What a local checkpoint must match to be resumed (epochs may grow; paths, model, loss may not)."""
-    from pipeline.io import fingerprint
-
     train = cfg.section("train")
     for k in ("epochs", "resume", "progress", "max_failures", "patience", "out", "num_workers",
               "cpus_per_worker"):
@@ -451,11 +390,6 @@ def _cpu_state(model: nn.Module) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(model).state_dict().items()}
 
 
-def load_weights(path: str | Path) -> dict:
-    """A state_dict saved by this package (``weights_only=True``: no pickled code runs)."""
-    return torch.load(str(path), map_location="cpu", weights_only=True)
-
-
 # ------------------------------------------------------------------ validation
 @torch.no_grad()
 def evaluate_table(model: nn.Module, path: str, info: DatasetInfo, device: torch.device, batch_size: int,
@@ -475,7 +409,7 @@ def evaluate_table(model: nn.Module, path: str, info: DatasetInfo, device: torch
     c = info.n_classes
     cm = torch.zeros(c * c, dtype=torch.float64)
     loss_sum = torch.zeros(1, dtype=torch.float64)
-    for x, y in _table_once(path, info, device, batch_size, reader, rank, world_size, workers_count, "val"):
+    for x, y in table_once(path, info, device, batch_size, reader, rank, world_size, workers_count, "val"):
         y = y.to(device)
         with (autocast if autocast is not None else torch.autocast(device.type, enabled=False)):
             logits = net(x)
@@ -528,6 +462,7 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
     fresh optimizer). ``epochs`` overrides ``train.epochs``. Returns ``{"history", "best_epoch",
     "best_metrics", "epochs_run", "stopped_early", "best_state" (rank 0: state_dict on CPU)}``.
     """
+    # deferred: torch is slow to import
     from pipeline.train.losses import build_loss
     from pipeline.train.models import build_model
 
@@ -611,7 +546,7 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
         hook.start_epoch(EpochContext(
             model=_unwrap(model), epoch=epoch, n_classes=info.n_classes, class_counts=counts, device=device,
             rank=rank, world_size=world_size, autocast=autocast, all_reduce=lambda t: _all_reduce(t, device),
-            table_once=lambda: _table_once(train_path, info, device, eval_bs, reader, rank, world_size,
+            table_once=lambda: table_once(train_path, info, device, eval_bs, reader, rank, world_size,
                                            cfg.stream.workers_count, "train")))
         model.train()
         rates = epoch_read_rates(read_spec, counts, epoch, progress["history"])
@@ -662,8 +597,6 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
                  "steps": steps, "rows": int(stats[2].item()), "train_seconds": round(train_time, 3),
                  "rows_per_s": round(stats[2].item() / max(train_time, 1e-9), 1)}
         if rates is not None:
-            from pipeline.train.methods import epoch_sampling_plan
-
             entry["read_rates"] = [float(v) for v in rates]
             entry["read_expected_rows"] = epoch_sampling_plan(counts, rates, read_seed, epoch)["expected_total"]
         if val_path:
@@ -701,8 +634,6 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
 
     centroids = None
     if centers is not None:
-        import copy
-
         net = copy.deepcopy(_unwrap(model))
         if best_state is not None:
             net.load_state_dict(best_state)
@@ -771,6 +702,6 @@ def _checkpoint(out: Path, model, optimizer, scaler, progress, best_state, rank,
         report_fn(metrics, None)
 
 
-__all__ = ["run_training", "evaluate_table", "metrics_from_confusion", "confusion_matrix", "load_weights",
-           "build_optimizer", "split_loss_params", "CRASH_ENV", "CENTROIDS_FILE", "read_sampling_spec",
+__all__ = ["run_training", "evaluate_table", "metrics_from_confusion", "confusion_matrix",
+           "build_optimizer", "split_loss_params", "CRASH_ENV", "read_sampling_spec",
            "epoch_read_rates", "static_read_rates", "compute_centroids", "centers_params"]

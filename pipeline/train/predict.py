@@ -28,8 +28,9 @@ from typing import Iterator, Optional
 import numpy as np
 
 from pipeline.data.schema import DatasetInfo, has_info, read_info
+from pipeline.engines import get_spark
 from pipeline.errors import InputError
-from pipeline.io import atomic_dir, is_local, local_path, spark_uri, write_json
+from pipeline.io import atomic_dir, is_local, local_path, read_json, spark_uri, write_json
 
 OUTPUT_SCHEMA = "id long, label int, probs array<double>, pred int"
 _MODEL_CACHE: dict = {}
@@ -37,9 +38,11 @@ _MODEL_CACHE: dict = {}
 
 def _cached_model(model_dir: str):
     """Load the model once per Python worker process (Spark reuses workers across tasks)."""
-    from pipeline.train.trainer import META_FILE, MODEL_FILE, load_centroids, load_model
+    # deferred: torch is slow to import
+    from pipeline.train.saved_model import META_FILE, MODEL_FILE, load_centroids, load_model
 
     d = local_path(model_dir)
+    # deferred: torch is slow to import
     from pipeline.train.hooks import METHOD_STATE_FILE
 
     state_file = d / METHOD_STATE_FILE  # a cost search rewrites it after training
@@ -47,6 +50,7 @@ def _cached_model(model_dir: str):
            os.path.getmtime(state_file) if state_file.is_file() else None)
     if key not in _MODEL_CACHE:
         _MODEL_CACHE.clear()
+        # deferred: torch is slow to import
         from pipeline.train.hooks import load_inference_state
 
         model, meta = load_model(str(d), device="cpu")
@@ -59,6 +63,7 @@ def centroid_probs(features, centroids, metric: str = "euclidean", temperature: 
 
     Classes without a centroid (NaN row) get probability 0. Float64 throughout.
     """
+    # deferred: torch is slow to import
     import torch
 
     f = torch.as_tensor(features).to(torch.float64)
@@ -78,15 +83,17 @@ def centroid_probs(features, centroids, metric: str = "euclidean", temperature: 
 
 def predict_batches(frames: Iterator, model_dir: str, info: dict, batch_size: int) -> Iterator:
     """The ``mapInPandas`` body: pandas frames (id, label, image|features) → prediction frames."""
+    # deferred: pandas and torch are slow to import
     import pandas as pd
     import torch
 
+    # deferred: torch is slow to import
     from pipeline.stream.readers import decode_features, decode_images, to_float
 
     torch.set_num_threads(1)  # one Spark task per core already
-    from pipeline.train.methods import nearest_centroid_predict
-
+    # deferred: torch is slow to import
     from pipeline.train.hooks import predict_scores
+    from pipeline.train.methods import nearest_centroid_predict
 
     model, meta, centroids, method_state = _cached_model(model_dir)
     method, state = method_state if method_state else (None, None)
@@ -125,10 +132,11 @@ def predict_batches(frames: Iterator, model_dir: str, info: dict, batch_size: in
 def predict(spark, model_dir: str, input_path: str, out_path: str, batch_size: int = 1024,
             label_col: Optional[str] = None) -> str:
     """Score every row of ``input_path`` with the model in ``model_dir``; write ``out_path``; return it."""
+    # deferred: pyspark is slow to import
     from pyspark.sql import functions as F
 
-    from pipeline.train.trainer import META_FILE, MODEL_FILE
-    from pipeline.io import read_json
+    # deferred: torch is slow to import
+    from pipeline.train.saved_model import META_FILE, MODEL_FILE
 
     md = local_path(model_dir)
     if not (md / MODEL_FILE).is_file() or not (md / META_FILE).is_file():
@@ -174,8 +182,6 @@ def predict(spark, model_dir: str, input_path: str, out_path: str, batch_size: i
 
 def predict_from_config(cfg) -> str:
     """``imbalance predict CONFIG``: ``predict.model`` over ``predict.input`` → ``predict.out``."""
-    from pipeline.engines import get_spark
-
     p = cfg.predict
     for key in ("model", "input", "out"):
         if not getattr(p, key):

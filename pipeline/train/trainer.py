@@ -21,15 +21,15 @@ deprecated), and this module uses it as it comes:
 At the end the best epoch's weights become the model artifact ``<out>/model/`` (written
 atomically): ``model.pt`` (a state_dict, loaded with ``torch.load(..., weights_only=True)``) and
 ``model.json`` (model section, input shape, classes, dataset info, class counts, loss, best epoch
-and its validation metrics, history). :func:`load_model` reads it back. With category centers
+and its validation metrics, history). :func:`pipeline.train.saved_model.load_model` reads it back. With category centers
 (``train.method_params.category_centers: true``; Zhang et al.) the artifact also holds
 ``centroids.pt`` — the (n_classes, feature_dim) class centroids of the deep features computed by
 the workers after training (handed over in one last checkpoint) — and ``model.json`` says how
-prediction uses them (``category_centers``: file, metric, temperature); :func:`load_centroids`
-reads them (``weights_only=True``).
+prediction uses them (``category_centers``: file, metric, temperature); (``saved_model.load_centroids``) reads them (``weights_only=True``).
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import shutil
@@ -40,17 +40,17 @@ from typing import Optional
 
 import torch
 
-from pipeline.config import Config, ModelSection, config_from_dict
+from pipeline.config import Config, config_from_dict
 from pipeline.data.schema import read_info
+from pipeline.engines import get_ray
 from pipeline.errors import InputError
 from pipeline.io import atomic_dir, fingerprint, local_path, read_json, write_json
 from pipeline.stream.readers import check_table
 from pipeline.train.hooks import METHOD_STATE_FILE, hook_module, save_inference_state
-from pipeline.train.loop import CENTROIDS_FILE, CRASH_ENV, centers_params, load_weights, run_training
+from pipeline.train.loop import CRASH_ENV, centers_params, run_training
+from pipeline.train.saved_model import CENTROIDS_FILE, META_FILE, MODEL_FILE, load_weights
 
 log = logging.getLogger(__name__)
-MODEL_FILE = "model.pt"
-META_FILE = "model.json"
 
 
 # ------------------------------------------------------------------ the per-worker function
@@ -60,8 +60,7 @@ def _quiet_worker_logs() -> None:
     Ray Train V2 logs every report and checkpoint at INFO (its report logger is named after its
     file), and Petastorm warns on every plain-Parquet table ("Failed loading Unischema…").
     """
-    import logging
-
+    # deferred: ray is slow to import
     from ray.train.v2._internal.execution import context as v2_context
     from ray.train.v2._internal.execution import storage as v2_storage
 
@@ -71,12 +70,12 @@ def _quiet_worker_logs() -> None:
 
 def _train_worker(config: dict) -> None:
     """Runs on every Ray Train worker: the plain loop with Ray's rank, device and checkpoints."""
+    # deferred: ray is slow to import
     import ray.train
     import ray.train.torch
 
     _quiet_worker_logs()
     if config.get("hook_module"):  # a method hook registered outside pipeline.train (e.g. a user's module)
-        import importlib
 
         importlib.import_module(config["hook_module"])
     cfg = config_from_dict(config["cfg"])
@@ -134,12 +133,14 @@ def _check_inputs(train_path: str, val_path: Optional[str], init_from: Optional[
 def _check_method(cfg: Config, train_path: str, val_path: Optional[str]) -> None:
     """Build the method hook once on the driver, so a bad ``train.method_params`` is one clear
     error here rather than a failure on every Ray Train worker."""
+    # deferred: torch is slow to import
     from pipeline.train.hooks import PIPELINE_METHODS, build_hook
     from pipeline.train.loop import class_counts_array
     from pipeline.train.models import build_model
 
     if cfg.train.method in PIPELINE_METHODS:
         return
+    # deferred: torch is slow to import
     from pipeline.train.hooks import HOOKS, hook_names
 
     if cfg.train.method in hook_names() and HOOKS[cfg.train.method].needs_validation and not val_path:
@@ -160,10 +161,10 @@ def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
     Returns ``{"model_dir", "best_epoch", "best_metrics", "history", "epochs_run", "run_dir",
     "train_seconds"}``.
     """
+    # deferred: ray is slow to import
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from pipeline.engines import get_ray
 
     _check_inputs(train_path, val_path, init_from)
     _check_method(cfg, train_path, val_path)
@@ -175,6 +176,7 @@ def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
     if tc.cpus_per_worker <= 0:
         raise InputError(f"train.cpus_per_worker must be > 0, got {tc.cpus_per_worker}")
     get_ray(cfg.ray)
+    # deferred: ray is slow to import
     import ray
 
     have = ray.cluster_resources()
@@ -196,6 +198,7 @@ def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
         resources["GPU"] = 1
     datasets, data_config = None, None
     if cfg.stream.reader == "ray_data":
+        # deferred: torch is slow to import
         from pipeline.stream.readers import ray_dataset
 
         datasets = {"train": ray_dataset(train_path, read_info(train_path))}
@@ -269,9 +272,11 @@ def train_local(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
 
 def _after_fit(cfg: Config, model_dir, val_path: Optional[str]) -> None:
     """A method's driver-side step after training (e.g. a cost search on the validation split)."""
+    # deferred: torch is slow to import
     from pipeline.train.hooks import HOOKS, hook_names
 
     if cfg.train.method in hook_names():
+        get_ray(cfg.ray)  # a method's after_fit may run Ray tasks (the cost search does)
         HOOKS[cfg.train.method].after_fit(str(model_dir), cfg, val_path)
 
 
@@ -327,38 +332,6 @@ def write_model_artifact(model_dir: Path, cfg: Config, train_path: str, val_path
     return Path(model_dir)
 
 
-def load_model(model_dir: str, device="cpu") -> tuple[torch.nn.Module, dict]:
-    """(network with the best weights, in eval mode; its ``model.json``) from a model directory."""
-    from pipeline.train.models import build_model
-
-    d = local_path(model_dir)
-    if not (d / MODEL_FILE).is_file() or not (d / META_FILE).is_file():
-        raise InputError(f"{model_dir} is not a model directory (needs {MODEL_FILE} and {META_FILE})")
-    meta = read_json(d / META_FILE)
-    known = set(ModelSection.__dataclass_fields__)
-    section = ModelSection(**{k: v for k, v in meta["model"].items() if k in known})
-    model = build_model(section, tuple(meta["input_shape"]), meta["n_classes"])
-    model.load_state_dict(load_weights(d / MODEL_FILE))
-    model.to(device).eval()
-    return model, meta
-
-
-def load_centroids(model_dir: str, meta: Optional[dict] = None) -> Optional[torch.Tensor]:
-    """The category centers of a model directory ((n_classes, d) float32), or None when it has none."""
-    d = local_path(model_dir)
-    meta = meta if meta is not None else read_json(d / META_FILE)
-    cc = meta.get("category_centers")
-    if not cc:
-        return None
-    f = d / cc.get("file", CENTROIDS_FILE)
-    if not f.is_file():
-        raise InputError(f"{model_dir}: model.json names category centers but {f.name} is missing")
-    c = load_weights(f)
-    if not isinstance(c, torch.Tensor) or c.dim() != 2 or c.shape[0] != meta["n_classes"]:
-        raise InputError(f"{f}: expected a ({meta['n_classes']}, d) tensor of class centroids")
-    return c.float()
-
-
 def train_from_config(cfg: Config) -> dict:
     """``imbalance train CONFIG``: ``train.train_path`` / ``train.val_path`` → ``train.out``
     (warm start from ``train.init_from`` when set)."""
@@ -370,5 +343,5 @@ def train_from_config(cfg: Config) -> dict:
     return train_model(cfg, tc.train_path, tc.val_path, tc.out, init_from=tc.init_from)
 
 
-__all__ = ["train_model", "train_local", "train_from_config", "load_model", "load_centroids", "write_model_artifact",
+__all__ = ["train_model", "train_local", "train_from_config", "write_model_artifact",
            "run_name"]

@@ -31,7 +31,7 @@ def tables(tmp_path_factory):
 
 def _features(model_dir, table):
     """Deep features of every row of ``table`` under the saved model, computed here directly."""
-    from pipeline.train.trainer import load_model
+    from pipeline.train.saved_model import load_model
 
     model, _ = load_model(str(model_dir))
     t = pq.read_table(table).to_pandas().sort_values("id").reset_index(drop=True)
@@ -64,7 +64,8 @@ def test_ray_two_workers_centroids_cover_every_row_once(ray_local, tables, tmp_p
 
 def test_local_training_saves_centroids_and_spark_predicts_by_nearest_centroid(spark, tables, tmp_path):
     from pipeline.train.predict import predict
-    from pipeline.train.trainer import load_centroids, train_local
+    from pipeline.train.saved_model import load_centroids
+    from pipeline.train.trainer import train_local
 
     cfg = load_config(None, BASE + ["train.epochs=2"])
     r = train_local(cfg, str(tables / "train"), str(tables / "val"), str(tmp_path / "out"))

@@ -41,7 +41,7 @@ def _read(path):
 
 
 def _model_probs(model_dir, x):
-    from pipeline.train.trainer import load_model
+    from pipeline.train.saved_model import load_model
 
     model, _ = load_model(str(model_dir))
     with torch.no_grad():
@@ -65,7 +65,7 @@ def _check_spark_predictions(spark, model_dir, table, out, costs):
 
 # ------------------------------------------------------------------------------------- CoSen
 def test_cosen_local_learns_saves_resumes_and_predicts(spark, tables, tmp_path):
-    from pipeline.train.cost_methods import histogram_costs
+    from pipeline.train.cost.cosen import histogram_costs
     from pipeline.train.loop import run_training
     from pipeline.train.trainer import train_local
 
@@ -102,7 +102,7 @@ def test_cosen_local_learns_saves_resumes_and_predicts(spark, tables, tmp_path):
 
 
 def test_cosen_on_two_ray_workers_sums_the_holdout_over_workers(ray_local, tables, tmp_path):
-    from pipeline.train.cost_methods import holdout_mask
+    from pipeline.train.cost.cosen import holdout_mask
     from pipeline.train.trainer import train_model
 
     cfg = load_config(None, BASE + ["train.method=cosen", "train.epochs=2", "train.num_workers=2",
@@ -165,7 +165,7 @@ def test_cost_search_improves_and_never_worsens(biased, search_tables):
                                                     abs=1e-12)
     assert state["val_rows"] == len(y)
     # deterministic from the seed: the same search again gives the same costs
-    from pipeline.train.cost_methods import cost_search, search_params
+    from pipeline.train.cost.search import cost_search, search_params
 
     again = cost_search(model_dir, str(search_tables / "val"), K, search_params(cfg.train.method_params), 7)
     np.testing.assert_allclose(again["costs"].numpy(), state["costs"].numpy())
@@ -174,7 +174,7 @@ def test_cost_search_improves_and_never_worsens(biased, search_tables):
 def test_ray_confusion_sums_equal_numpy(biased, search_tables):
     from sklearn.metrics import confusion_matrix
 
-    from pipeline.train.cost_methods import ValidationScores
+    from pipeline.train.cost.search import ValidationScores
 
     model_dir, _ = biased
     _, y, x = _read(search_tables / "val")
@@ -197,7 +197,7 @@ def test_searched_costs_reach_spark_prediction(spark, biased, search_tables, tmp
     assert (d["pred"].to_numpy() != _model_probs(model_dir, x).argmax(axis=1)).any()   # the costs changed decisions
 
     # the report shows the searched vector (found through the predictions' model directory)
-    from pipeline.evaluation.metrics import evaluate_predictions
+    from pipeline.evaluation.evaluate import evaluate_predictions
     from pipeline.evaluation.report import write_report
 
     evaluate_predictions(spark, str(tmp_path / "preds"), str(tmp_path / "eval"), n_classes=K)

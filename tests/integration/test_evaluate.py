@@ -17,7 +17,7 @@ from sklearn.metrics import (accuracy_score, average_precision_score, balanced_a
                              confusion_matrix, precision_recall_fscore_support, roc_auc_score)
 
 from pipeline.errors import InputError
-from pipeline.evaluation.metrics import evaluate_predictions
+from pipeline.evaluation.evaluate import evaluate_predictions
 
 K = 6
 ABSENT, NEVER_PREDICTED = 4, 5

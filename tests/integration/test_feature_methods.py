@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from pipeline.config import load_config
-from pipeline.train import feature_methods as fm
+from pipeline.train.features.common import row_fingerprint, same_rows
+from pipeline.train.features.dos import DOSHook
+from pipeline.train.features.lmle import LMLEHook
 from pipeline.train.hooks import load_inference_state, register
 from tests.integration.test_stream import write_gaussian_table
 
@@ -38,7 +40,7 @@ def _local(cfg_over, tables, out):
 
 def test_lmle_local_refit_and_spark_predict_use_the_knn_rule(spark, tables, tmp_path):
     from pipeline.train.predict import predict
-    from pipeline.train.trainer import load_model
+    from pipeline.train.saved_model import load_model
 
     r = _local(["train.epochs=3", "train.method=lmle", "train.method_params.clusters=2",
                 "train.method_params.bank_size=40", "train.method_params.knn=3"], tables, tmp_path / "out")
@@ -91,7 +93,7 @@ def test_dos_local_trains_and_resumes_with_its_bank(tables, tmp_path):
     counts = np.bincount(c.numpy(), minlength=K)
     # classes 2, 3 are the minority (below the mean size): their neighbours come from a bank of ≤ 50 rows each
     assert counts.max() <= 50 and (counts > 0).all() and f.shape[1] == 16
-    h = fm.DOSHook({"bank_size": 50}, K, np.bincount(np.random.default_rng(0).choice(K, 800, p=WEIGHTS)), 16)
+    h = DOSHook({"bank_size": 50}, K, np.bincount(np.random.default_rng(0).choice(K, 800, p=WEIGHTS)), 16)
     assert h.k.tolist() == [0, 0, 3, 3]
     cfg3 = load_config(None, BASE + ["train.epochs=3", "train.patience=null"] + over)
     r3 = run_training(cfg3, str(tables / "train"), str(tables / "val"), str(tmp_path / "out3"), resume_dir=str(ck),
@@ -132,7 +134,7 @@ def _probe(base):
     return register(Probe)
 
 
-LMLEProbe, DOSProbe = _probe(fm.LMLEHook), _probe(fm.DOSHook)
+LMLEProbe, DOSProbe = _probe(LMLEHook), _probe(DOSHook)
 
 
 @pytest.mark.parametrize("method", ["lmle", "dos"])
@@ -151,14 +153,14 @@ def test_ray_train_two_workers_share_one_bank(ray_local, tables, tmp_path, metho
     shard_fps = []
     for f in files:
         x = np.stack(pq.read_table(f).column("features").to_numpy(zero_copy_only=False))
-        shard_fps.append(fm.row_fingerprint(torch.tensor(x, dtype=torch.float32)))
+        shard_fps.append(row_fingerprint(torch.tensor(x, dtype=torch.float32)))
     for epoch in range(2):
         b0, b1 = (torch.load(probe / f"bank-{epoch}-{rank}.pt", weights_only=False) for rank in (0, 1))
         for t0, t1 in zip(b0, b1):
             assert torch.equal(t0, t1)
         fps = b0[-1]
-        assert all(fm.same_rows(fps, s).any(1).sum() > 0 for s in shard_fps)
-        assert fm.same_rows(fps, torch.cat(shard_fps)).any(1).all()
+        assert all(same_rows(fps, s).any(1).sum() > 0 for s in shard_fps)
+        assert same_rows(fps, torch.cat(shard_fps)).any(1).all()
     saved = load_inference_state(tmp_path / "run" / "model")
     if method == "lmle":                                 # centres refit on the driver after training
         assert saved[0] == "lmle_probe" and saved[1]["refit"] is True

@@ -27,7 +27,7 @@ def trained(tmp_path_factory):
 
 def test_predict_writes_the_contract_and_agrees_with_the_model(spark, trained):
     from pipeline.train.predict import predict
-    from pipeline.train.trainer import load_model
+    from pipeline.train.saved_model import load_model
 
     root, model_dir = trained
     out = predict(spark, model_dir, str(root / "test"), str(root / "preds"), batch_size=64)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.evaluation.metrics import evaluate_predictions
+from pipeline.evaluation.evaluate import evaluate_predictions
 from pipeline.evaluation.report import write_report
 from tests.integration.test_evaluate import K, make_predictions, write_table
 

@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 
 from pipeline.errors import InputError
-from pipeline.evaluation.metrics import evaluate_predictions
+from pipeline.evaluation.evaluate import evaluate_predictions
 from pipeline.evaluation.thresholds import apply_threshold_moving, tune_threshold
 from tests.integration.test_evaluate import K, make_predictions, write_table
 

@@ -41,7 +41,7 @@ def _assert_artifact(model_dir: Path, epochs: int):
     assert [h["epoch"] for h in meta["history"]] == list(range(epochs))
     best = max(meta["history"], key=lambda h: h["val_macro_f1"])
     assert meta["best_epoch"] == best["epoch"]
-    from pipeline.train.trainer import load_model
+    from pipeline.train.saved_model import load_model
     model, _ = load_model(str(model_dir))
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k])

@@ -1,4 +1,4 @@
-"""Pure parts of the deep-feature methods (pipeline.train.feature_methods) against independent
+"""Pure parts of the deep-feature methods (pipeline.train.features) against independent
 references: brute-force loops written here from the papers' rules, scikit-learn's KMeans and
 NearestNeighbors."""
 from __future__ import annotations
@@ -11,7 +11,10 @@ import pytest
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.train import feature_methods as fm
+from pipeline.train.features.common import FeatureBank, kmeans, row_fingerprint, same_rows, sq_dist
+from pipeline.train.features.crl import CRLHook, batch_imbalance, crl_class_triplets, crl_instance_triplets, crl_loss, minority_classes
+from pipeline.train.features.dos import DOSHook, dos_neighbours
+from pipeline.train.features.lmle import LMLEHook, lmle_knn_scores, quintuplet_indices, scores_to_probs, triple_header_hinge
 
 
 
@@ -19,17 +22,17 @@ from pipeline.train import feature_methods as fm
 # ------------------------------------------------------------------ params
 def test_unknown_and_bad_params_are_one_config_error():
     with pytest.raises(ConfigError, match=r"train\.method_params\.clusterz"):
-        fm.LMLEHook({"clusterz": 3}, 3, np.ones(3), 4)
+        LMLEHook({"clusterz": 3}, 3, np.ones(3), 4)
     with pytest.raises(ConfigError, match=r"train\.method_params\.margins"):
-        fm.LMLEHook({"margins": [0.1, 0.1]}, 3, np.ones(3), 4)
+        LMLEHook({"margins": [0.1, 0.1]}, 3, np.ones(3), 4)
     with pytest.raises(ConfigError, match=r"train\.method_params\.k\b"):
-        fm.DOSHook({"k": [1, 2]}, 3, np.ones(3), 4)
+        DOSHook({"k": [1, 2]}, 3, np.ones(3), 4)
     with pytest.raises(ConfigError, match=r"train\.method_params\.level"):
-        fm.CRLHook({"level": "pixel"}, 3, np.ones(3), 4)
+        CRLHook({"level": "pixel"}, 3, np.ones(3), 4)
     with pytest.raises(ConfigError, match=r"train\.method_params\.eta"):
-        fm.CRLHook({"eta": -1}, 3, np.ones(3), 4)
+        CRLHook({"eta": -1}, 3, np.ones(3), 4)
     # the loop's own keys may sit beside a hook's
-    fm.CRLHook({"category_centers": False, "eta": 0.5}, 3, np.ones(3), 4)
+    CRLHook({"category_centers": False, "eta": 0.5}, 3, np.ones(3), 4)
 
 
 # ------------------------------------------------------------------ k-means and banks
@@ -40,24 +43,24 @@ def test_kmeans_matches_sklearn_partition_on_separated_blobs():
     rng = np.random.default_rng(0)
     centres = np.array([[0, 0], [10, 0], [0, 10], [10, 10]], float)
     x = np.concatenate([c + rng.normal(0, 0.5, (40, 2)) for c in centres])
-    cen, lab = fm.kmeans(torch.tensor(x), 4, iters=50, seed=3)
+    cen, lab = kmeans(torch.tensor(x), 4, iters=50, seed=3)
     ref = KMeans(4, n_init=10, random_state=0).fit(x)
     assert adjusted_rand_score(ref.labels_, lab.numpy()) == 1.0
     # centres are the means of their members
     for j in range(4):
         np.testing.assert_allclose(cen[j].numpy(), x[lab.numpy() == j].mean(0), rtol=1e-5, atol=1e-5)
-    assert len(fm.kmeans(torch.tensor(x[:2]), 5)[0]) == 2      # k capped by the number of points
+    assert len(kmeans(torch.tensor(x[:2]), 5)[0]) == 2      # k capped by the number of points
 
 
 def test_bank_keeps_per_class_bottom_k_and_merges_across_workers():
     rng = np.random.default_rng(1)
     banks, seen = [], []
     for rank in range(2):
-        b = fm.FeatureBank(3, 5, 2, seed=rank)
+        b = FeatureBank(3, 5, 2, seed=rank)
         for _ in range(4):
             y = torch.tensor(rng.integers(0, 3, 17))
             f = torch.tensor(rng.normal(size=(17, 2)), dtype=torch.float32)
-            b.add(f, y, fm.row_fingerprint(f))
+            b.add(f, y, row_fingerprint(f))
             seen.append((f, y))
         banks.append(b)
     # every stored feature is of its slot's class
@@ -87,7 +90,7 @@ def test_bank_keeps_per_class_bottom_k_and_merges_across_workers():
 
 def test_fingerprint_identifies_a_row_and_its_copies():
     x = torch.tensor([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
-    s = fm.same_rows(fm.row_fingerprint(x), fm.row_fingerprint(x[[0, 2]]))
+    s = same_rows(row_fingerprint(x), row_fingerprint(x[[0, 2]]))
     assert s.tolist() == [[True, False], [True, False], [False, True]]
 
 
@@ -120,7 +123,7 @@ def test_quintuplets_follow_huang_et_al_rules_by_hand():
     cy = torch.tensor([0, 0, 0, 0, 0, 1, 1])
     cc = torch.tensor([0, 0, 0, 1, 1, 2, 2])
     excl = torch.tensor([[True, False, False, False, False, False, False]])
-    q = fm.quintuplet_indices(fm.sq_dist(anchor, cands), torch.tensor([0]), torch.tensor([0]), cy, cc, excl)
+    q = quintuplet_indices(sq_dist(anchor, cands), torch.tensor([0]), torch.tensor([0]), cy, cc, excl)
     assert q.tolist() == [[2, 3, 4, 6]]
     # random case against the brute-force rule, including missing members (-1)
     g = torch.Generator().manual_seed(0)
@@ -129,8 +132,8 @@ def test_quintuplets_follow_huang_et_al_rules_by_hand():
     cy, cc = torch.randint(0, 3, (30,), generator=g), torch.randint(0, 2, (30,), generator=g)
     cy[cy == 2] = 1                                   # class 2 anchors have no positives at all
     excl = torch.rand(9, 30, generator=g) < 0.1
-    D = fm.sq_dist(a, c)
-    q = fm.quintuplet_indices(D, ay, ac, cy, cc, excl)
+    D = sq_dist(a, c)
+    q = quintuplet_indices(D, ay, ac, cy, cc, excl)
     assert q.tolist() == _brute_quintuplets(D.tolist(), ay.tolist(), ac.tolist(), cy.tolist(), cc.tolist(),
                                             excl.tolist())
     assert (q[ay == 2][:, :3] == -1).all()
@@ -141,7 +144,7 @@ def test_triple_header_hinge_formula():
     cands = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 2.0], [1.0, 1.0]])   # D = 1, 1, 4, 2
     q = torch.tensor([[0, 1, 2, 3], [0, -1, 2, 3]])
     g = [0.5, 0.2, 0.3]
-    loss, anyterm = fm.triple_header_hinge(anchor, cands, q, g)
+    loss, anyterm = triple_header_hinge(anchor, cands, q, g)
     want0 = max(0, 0.5 + 1 - 1) + max(0, 0.2 + 1 - 4) + max(0, 0.3 + 4 - 2)
     want1 = max(0, 0.3 + 4 - 2)                      # no p-: only the third term
     torch.testing.assert_close(loss, torch.tensor([want0, want1]))
@@ -171,11 +174,11 @@ def test_cluster_wise_knn_rule_matches_paper_rule():
     cls = np.repeat(np.arange(4), 3)
     q = rng.normal(size=(200, 3)).astype(np.float32)
     for k in (1, 3, 5):
-        s = fm.lmle_knn_scores(torch.tensor(q), torch.tensor(centres), torch.tensor(cls), 4, k)
+        s = lmle_knn_scores(torch.tensor(q), torch.tensor(centres), torch.tensor(cls), 4, k)
         pred = s.argmax(1).numpy()
         want = np.array([_paper_knn_rule(v, centres, cls, k) for v in q])
         assert (pred == want).all()
-        p = fm.scores_to_probs(s, 0.1)
+        p = scores_to_probs(s, 0.1)
         assert p.dtype == torch.float64
         np.testing.assert_allclose(p.sum(1).numpy(), 1.0)
         assert (p.argmax(1).numpy() == want).all()
@@ -191,7 +194,7 @@ def test_dos_neighbours_are_the_k_nearest_in_class():
     f = torch.randn(25, 4, generator=g)
     y = torch.randint(0, 3, (25,), generator=g)
     k = torch.tensor([3, 0, 5])
-    nb = fm.dos_neighbours(f, y, bank, by, k)
+    nb = dos_neighbours(f, y, bank, by, k)
     assert nb.shape == (25, 5)
     for i in range(25):
         c = int(y[i])
@@ -210,16 +213,16 @@ def test_dos_excludes_the_row_itself_and_pads_small_classes():
     by = torch.tensor([0, 0, 1])
     f = torch.tensor([[0.0, 0.0], [5.0, 5.0]])
     y = torch.tensor([0, 1])
-    excl = fm.same_rows(fm.row_fingerprint(f), fm.row_fingerprint(bank))
-    nb = fm.dos_neighbours(f, y, bank, by, torch.tensor([2, 2]), exclude=excl)
+    excl = same_rows(row_fingerprint(f), row_fingerprint(bank))
+    nb = dos_neighbours(f, y, bank, by, torch.tensor([2, 2]), exclude=excl)
     assert nb.tolist() == [[1, -1], [-1, -1]]
 
 
 def test_dos_default_k_is_3_for_minority_and_0_for_majority():
-    h = fm.DOSHook({}, 4, np.array([500, 300, 40, 10]), 8)
+    h = DOSHook({}, 4, np.array([500, 300, 40, 10]), 8)
     assert h.k.tolist() == [0, 0, 3, 3]                # mean class size 212.5
-    assert fm.DOSHook({"k": 2}, 3, np.ones(3), 8).k.tolist() == [2, 2, 2]
-    assert fm.DOSHook({"k": [1, 0, 4]}, 3, np.ones(3), 8).k.tolist() == [1, 0, 4]
+    assert DOSHook({"k": 2}, 3, np.ones(3), 8).k.tolist() == [2, 2, 2]
+    assert DOSHook({"k": [1, 0, 4]}, 3, np.ones(3), 8).k.tolist() == [1, 0, 4]
 
 
 # ------------------------------------------------------------------ CRL
@@ -240,12 +243,12 @@ def test_crl_minority_set_matches_the_rule():
     rng = np.random.default_rng(6)
     for _ in range(50):
         y = rng.choice(5, rng.integers(2, 40), p=[0.5, 0.2, 0.15, 0.1, 0.05])
-        got = set(torch.nonzero(fm.minority_classes(torch.tensor(y), 5)).flatten().tolist())
+        got = set(torch.nonzero(minority_classes(torch.tensor(y), 5)).flatten().tolist())
         assert got == _rule_minority(y, 5)
         assert sum((y == c).sum() for c in got) <= len(y) / 2
     # hand example: counts {0: 10, 1: 4, 2: 3, 3: 3} of 20 -> 2, 3 (6) then 1 (10 <= 10)
     y = torch.tensor([0] * 10 + [1] * 4 + [2] * 3 + [3] * 3)
-    assert fm.minority_classes(y, 4).tolist() == [False, True, True, True]
+    assert minority_classes(y, 4).tolist() == [False, True, True, True]
 
 
 def test_crl_is_zero_without_a_minority_and_only_touches_minority_anchors():
@@ -253,14 +256,14 @@ def test_crl_is_zero_without_a_minority_and_only_touches_minority_anchors():
     logits = torch.randn(8, 3, requires_grad=True)
     feats = torch.randn(8, 4, requires_grad=True)
     one_class = torch.zeros(8, dtype=torch.long)
-    assert fm.crl_loss(logits, feats, one_class, 3, "both", 3, 0.5).item() == 0.0
-    assert fm.batch_imbalance(one_class) == 0.0
+    assert crl_loss(logits, feats, one_class, 3, "both", 3, 0.5).item() == 0.0
+    assert batch_imbalance(one_class) == 0.0
     # Ω_imb: counts 6/2 -> ½(|.75-.5| + |.25-.5|) = 0.25
-    assert fm.batch_imbalance(torch.tensor([0] * 6 + [1] * 2)) == pytest.approx(0.25)
+    assert batch_imbalance(torch.tensor([0] * 6 + [1] * 2)) == pytest.approx(0.25)
     y = torch.tensor([0, 0, 0, 0, 0, 1, 1, 2])         # minority {1, 2} (3 of 8)
-    mino = fm.minority_classes(y, 3)
+    mino = minority_classes(y, 3)
     dist = torch.cdist(feats.detach(), feats.detach())
-    t = fm.crl_instance_triplets(dist, y, mino, 2)
+    t = crl_instance_triplets(dist, y, mino, 2)
     assert set(t[:, 0].tolist()) == {5, 6}             # class 2 has one row: no positive, no triplet
     want = set()                                       # brute force: 2 farthest positives x 2 nearest negatives
     for a in range(8):
@@ -271,7 +274,7 @@ def test_crl_is_zero_without_a_minority_and_only_touches_minority_anchors():
         want |= {(a, p, q) for p in pos for q in neg}
     assert set(map(tuple, t.tolist())) == want
     probs = torch.softmax(logits.detach(), 1)
-    tc = fm.crl_class_triplets(probs, y, mino, 2)
+    tc = crl_class_triplets(probs, y, mino, 2)
     want = set()
     for c in (1, 2):
         rows = [j for j in range(8) if y[j] == c]
@@ -288,7 +291,7 @@ def test_crl_class_loss_by_hand():
     logits = torch.log(torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.8, 0.2], [0.7, 0.3], [0.3, 0.7], [0.2, 0.8]]))
     feats = torch.randn(6, 3)
     m = 0.5
-    got = fm.crl_loss(logits, feats, y, 2, "class", 1, m)
+    got = crl_loss(logits, feats, y, 2, "class", 1, m)
     # class 1: hard positive = lowest p1 among {4, 5} -> row 4 (0.7); hard negative = highest p1 among 0..3 -> row 1 (0.4)
     # triplets (5, 4, 1) only (anchor 4 = positive 4 is dropped): m + |.8-.7| - |.8-.4| = 0.2
     assert got.item() == pytest.approx(max(0.0, m + 0.1 - 0.4), abs=1e-6)
@@ -312,11 +315,11 @@ def test_crl_hook_combines_with_alpha():
     net = Net()
     x = torch.randn(8, 2)
     y = torch.tensor([0] * 6 + [1] * 2)
-    h = fm.CRLHook({"eta": 2.0, "level": "instance", "hard_k": 2}, 2, np.array([6, 2]), 3)
+    h = CRLHook({"eta": 2.0, "level": "instance", "hard_k": 2}, 2, np.array([6, 2]), 3)
     ce = nn.CrossEntropyLoss()
     got = h.batch_loss(net, x, y, ce, torch.autocast("cpu", enabled=False))
     logits, f = net(x, return_features=True)
     alpha = min(1.0, 2.0 * 0.25)
-    want = alpha * fm.crl_loss(logits, f, y, 2, "instance", 2, 0.5) + (1 - alpha) * ce(logits, y)
+    want = alpha * crl_loss(logits, f, y, 2, "instance", 2, 0.5) + (1 - alpha) * ce(logits, y)
     torch.testing.assert_close(got, want)
     assert h.last_alpha == pytest.approx(0.5)

@@ -19,7 +19,7 @@ PACKAGE = ROOT / "pipeline"
 # Third-party modules heavy enough that importing them inside a function (to keep start-up and
 # `imbalance --help` fast, or to keep a plain process free of them) is worth the exception.
 HEAVY = {"torch", "pyspark", "ray", "matplotlib", "mlflow", "petastorm", "scipy", "sklearn", "pandas",
-         "pyarrow", "PIL", "psutil", "tqdm", "numpy", "yaml"}
+         "pyarrow", "PIL"}
 # What the per-worker training loop may import, transitively: no engines, no flows, no evaluation.
 WORKER_ROOTS = ("pipeline.train.loop", "pipeline.train.losses", "pipeline.train.models",
                 "pipeline.train.methods", "pipeline.train.hooks")

@@ -13,6 +13,7 @@ from sklearn.metrics.pairwise import cosine_similarity
 from sklearn.neighbors import NearestCentroid
 
 from pipeline.errors import InputError
+from pipeline.stream import read_sampling as RS
 from pipeline.train import methods as M
 
 # ---------------------------------------------------------------------------- dynamic sampling
@@ -171,17 +172,17 @@ def _splitmix64_py(state):
 def test_splitmix64_matches_reference():
     # the first outputs of the reference generator seeded with 1234567
     g, s = 0x9E3779B97F4A7C15, 1234567
-    outs = [int(M.splitmix64((s + i * g) % 2**64)) for i in range(5)]
+    outs = [int(RS.splitmix64((s + i * g) % 2**64)) for i in range(5)]
     assert outs == [6457827717110365317, 3203168211198807973, 9817491932198370423,
                     4593380528125082431, 16408922859458223821]
     xs = np.random.default_rng(0).integers(0, 2**63, 1000, dtype=np.int64).view(np.uint64)
-    got = M.splitmix64(xs)
+    got = RS.splitmix64(xs)
     assert [int(v) for v in got] == [_splitmix64_py(int(v)) for v in xs]
 
 
 def test_row_uniforms_formula_and_uniformity():
     ids = np.arange(-5, 200_000, dtype=np.int64)
-    u = M.row_uniforms(ids, seed=3, epoch=2)
+    u = RS.row_uniforms(ids, seed=3, epoch=2)
     mask = (1 << 64) - 1
     key = _splitmix64_py(_splitmix64_py(3) ^ 2)
     for i in (0, 1, 5, 77, 199_000):
@@ -191,8 +192,8 @@ def test_row_uniforms_formula_and_uniformity():
     assert stats.kstest(u, "uniform").pvalue > 1e-3
     # consecutive ids, seeds and epochs are not correlated
     assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.01
-    assert abs(np.corrcoef(u, M.row_uniforms(ids, 3, 3))[0, 1]) < 0.01
-    assert abs(np.corrcoef(u, M.row_uniforms(ids, 4, 2))[0, 1]) < 0.01
+    assert abs(np.corrcoef(u, RS.row_uniforms(ids, 3, 3))[0, 1]) < 0.01
+    assert abs(np.corrcoef(u, RS.row_uniforms(ids, 4, 2))[0, 1]) < 0.01
 
 
 def test_row_multiplicity_is_deterministic_and_partition_free():
@@ -200,27 +201,27 @@ def test_row_multiplicity_is_deterministic_and_partition_free():
     ids = rng.choice(10**12, 50_000, replace=False).astype(np.int64)
     labels = rng.integers(0, 5, ids.size)
     rates = [0.1, 0.5, 1.0, 1.7, 3.25]
-    m = M.row_multiplicity(ids, labels, rates, seed=7, epoch=4)
-    assert np.array_equal(m, M.row_multiplicity(ids, labels, rates, seed=7, epoch=4))
+    m = RS.row_multiplicity(ids, labels, rates, seed=7, epoch=4)
+    assert np.array_equal(m, RS.row_multiplicity(ids, labels, rates, seed=7, epoch=4))
     # any order and any chunking (workers, row groups, batches) gives the same answer per id
     perm = rng.permutation(ids.size)
     chunks = np.array_split(perm, 13)
     again = np.empty_like(m)
     for c in chunks:
-        again[c] = M.row_multiplicity(ids[c], labels[c], rates, seed=7, epoch=4)
+        again[c] = RS.row_multiplicity(ids[c], labels[c], rates, seed=7, epoch=4)
     assert np.array_equal(again, m)
     # another epoch or seed draws differently (for the fractional classes only)
-    other = M.row_multiplicity(ids, labels, rates, seed=7, epoch=5)
+    other = RS.row_multiplicity(ids, labels, rates, seed=7, epoch=5)
     frac_rows = np.isin(labels, [0, 1, 3, 4])
     assert (other[frac_rows] != m[frac_rows]).mean() > 0.2
     assert np.array_equal(other[labels == 2], m[labels == 2])
     # dict rates: unnamed classes keep rate 1
-    md = M.row_multiplicity(ids, labels, {0: 0.1, 1: 0.5, 3: 1.7, 4: 3.25}, seed=7, epoch=4)
+    md = RS.row_multiplicity(ids, labels, {0: 0.1, 1: 0.5, 3: 1.7, 4: 3.25}, seed=7, epoch=4)
     assert np.array_equal(md, m)
     with pytest.raises(InputError, match="labels"):
-        M.row_multiplicity(ids, labels, [1.0, 1.0], seed=0, epoch=0)
+        RS.row_multiplicity(ids, labels, [1.0, 1.0], seed=0, epoch=0)
     with pytest.raises(InputError, match="rates"):
-        M.row_multiplicity(ids, labels, [1.0, -1.0, 1, 1, 1], seed=0, epoch=0)
+        RS.row_multiplicity(ids, labels, [1.0, -1.0, 1, 1, 1], seed=0, epoch=0)
 
 
 def test_row_multiplicity_hits_expected_per_class_counts():
@@ -229,9 +230,9 @@ def test_row_multiplicity_hits_expected_per_class_counts():
     labels = np.repeat(np.arange(rates.size), n_per)
     ids = np.random.default_rng(2).permutation(labels.size).astype(np.int64) * 3 + 11
     whole, frac = np.floor(rates), rates - np.floor(rates)
-    plan = M.epoch_sampling_plan(np.full(rates.size, n_per), rates, seed=5, epoch=0)
+    plan = RS.epoch_sampling_plan(np.full(rates.size, n_per), rates, seed=5, epoch=0)
     for epoch in range(3):
-        m = M.row_multiplicity(ids, labels, rates, seed=5, epoch=epoch)
+        m = RS.row_multiplicity(ids, labels, rates, seed=5, epoch=epoch)
         per_class = np.bincount(labels, weights=m, minlength=rates.size)
         for c in range(rates.size):
             mc = m[labels == c]
@@ -252,14 +253,14 @@ def test_small_class_expectation_over_many_epochs():
     # a class of 50 rows at rate 0.3: the mean count over 400 epochs is 15 ± 5·sd/√400
     ids = np.arange(1000, 1050, dtype=np.int64)
     labels = np.zeros(50, dtype=np.int64)
-    counts = [M.row_multiplicity(ids, labels, [0.3], seed=9, epoch=e).sum() for e in range(400)]
+    counts = [RS.row_multiplicity(ids, labels, [0.3], seed=9, epoch=e).sum() for e in range(400)]
     sd = np.sqrt(50 * 0.3 * 0.7)
     assert abs(np.mean(counts) - 15) <= 5 * sd / np.sqrt(400)
     assert np.var(counts) == pytest.approx(sd ** 2, rel=0.3)
 
 
 def test_epoch_sampling_plan_by_hand():
-    plan = M.epoch_sampling_plan([100, 10, 0], [0.25, 2.5, 3.0], seed=1, epoch=2)
+    plan = RS.epoch_sampling_plan([100, 10, 0], [0.25, 2.5, 3.0], seed=1, epoch=2)
     assert (plan["seed"], plan["epoch"], plan["input_rows"]) == (1, 2, 110)
     c0, c1, c2 = plan["classes"]
     assert (c0["min"], c0["max"], c0["expected"]) == (0, 100, 25.0)
@@ -268,4 +269,4 @@ def test_epoch_sampling_plan_by_hand():
     assert plan["expected_total"] == 50.0 and (plan["min_total"], plan["max_total"]) == (20, 130)
     assert plan["std_total"] == pytest.approx(np.sqrt(100 * 0.25 * 0.75 + 10 * 0.25))
     with pytest.raises(InputError, match="rates"):
-        M.epoch_sampling_plan([1, 2], [1.0], seed=0, epoch=0)
+        RS.epoch_sampling_plan([1, 2], [1.0], seed=0, epoch=0)

@@ -1,0 +1,31 @@
+"""The evaluate stage: a predictions table in, ``metrics.json`` (+ ``metrics.parquet``, and the report
+when asked) out, written atomically. The metrics themselves are :mod:`pipeline.evaluation.metrics`."""
+from __future__ import annotations
+
+from typing import Optional
+
+from pipeline.evaluation.metrics import compute_metrics, write_metrics
+from pipeline.evaluation.report import write_report
+from pipeline.io import atomic_dir
+
+
+def evaluate_predictions(spark, predictions, out, label_col: str = "label", pred_col: str = "pred",
+                         n_classes: Optional[int] = None, class_names=None, *,
+                         report: bool = False, distribution=None, curve_classes: int = 4,
+                         target_group_rows: Optional[int] = None) -> dict:
+    """Evaluate a predictions table; write ``out/metrics.json`` and ``out/metrics.parquet``.
+
+    ``out`` is replaced atomically (and, with ``report=True``, holds ``report.md``/``report.html``
+    too); on bad input an :class:`InputError` is raised and nothing is written. ``n_classes``
+    defaults to the table's ``_dataset.json`` or the length of ``probs``.
+    """
+    metrics = compute_metrics(spark, predictions, label_col, pred_col, n_classes, class_names,
+                              curve_classes=curve_classes, target_group_rows=target_group_rows)
+    with atomic_dir(out) as tmp:
+        write_metrics(metrics, tmp)
+        if report:
+            write_report(tmp, tmp, distribution=distribution)
+    return metrics
+
+
+__all__ = ["evaluate_predictions"]
