@@ -25,7 +25,7 @@ from pipeline.data.schema import DatasetInfo, read_info
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import file_url, read_json
 from pipeline.train.cost.costs import SEARCH_METRICS, check_keys, check_number, predict_with_costs
-from pipeline.train.hook_base import METHOD_STATE_FILE, MethodHook, register, save_inference_state
+from pipeline.train.hook_base import METHOD_STATE_FILE, METHOD_SUMMARY_FILE, MethodHook, register, save_inference_state
 
 SEARCH_DEFAULTS = {"population": 16, "generations": 10, "F": 0.5, "CR": 0.9, "metric": "g_mean",
                    "cost_range": [0.01, 100.0], "seed": None, "shards": None, "pop_chunks": None,
@@ -350,7 +350,8 @@ class CostSearchHook(MethodHook):
         state["searched"] = True
         with tempfile.TemporaryDirectory(prefix=".cost-search-", dir=str(Path(model_dir).parent)) as tmp:
             save_inference_state(tmp, cls.name, state)
-            os.replace(Path(tmp) / METHOD_STATE_FILE, Path(model_dir) / METHOD_STATE_FILE)
+            for name in (METHOD_SUMMARY_FILE, METHOD_STATE_FILE):   # the .pt last: prediction keys on it
+                os.replace(Path(tmp) / name, Path(model_dir) / name)
 
     @staticmethod
     def predict(state, model, x):
