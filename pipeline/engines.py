@@ -57,8 +57,9 @@ def get_spark(cfg: "SparkSection | None" = None) -> "SparkSession":
         builder = builder.master("local[*]")
     builder = (
         builder
-        .config("spark.pyspark.python", sys.executable)
-        .config("spark.pyspark.driver.python", sys.executable)
+        # under spark-submit, PYSPARK_PYTHON is what --conf spark.pyspark.python named
+        .config("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])
+        .config("spark.pyspark.driver.python", os.environ["PYSPARK_DRIVER_PYTHON"])
         .config("spark.ui.enabled", "true" if cfg.ui else "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.driver.memory", cfg.driver_memory)
