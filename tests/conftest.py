@@ -30,3 +30,15 @@ def ray_local():
     get_ray(RaySection(num_cpus=2))
     yield ray
     ray.shutdown()
+
+
+CLUSTER_TIER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster")
+
+
+def pytest_ignore_collect(collection_path, config):
+    """``pytest tests`` leaves out the cluster tier (minutes of real clusters); it runs only when
+    named: ``pytest -q tests/cluster``."""
+    if str(collection_path) != CLUSTER_TIER:
+        return None
+    named = any(os.path.abspath(str(a).split("::")[0]).startswith(CLUSTER_TIER) for a in config.args)
+    return None if named else True

@@ -55,6 +55,7 @@ from tqdm import tqdm
 from pipeline.data.schema import DatasetInfo, read_info
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import fingerprint, read_json, write_json
+from pipeline.train.progress import NoBar, bars_wanted
 from pipeline.prep.sampling import plan_counts
 from pipeline.stream.read_sampling import epoch_sampling_plan
 from pipeline.stream.readers import check_table, make_loader, to_float
@@ -186,6 +187,8 @@ class _RayBar:
 
 def _progress_bar(total: int, desc: str, in_ray: bool):
     """A per-epoch progress bar: Ray's driver-side bar inside Ray Train, plain tqdm otherwise."""
+    if not bars_wanted():  # not on a terminal: the epoch's summary line only
+        return NoBar()
     if in_ray:
         return _RayBar(total, desc)
 

@@ -48,6 +48,7 @@ from pipeline.io import atomic_dir, fingerprint, local_path, read_json, write_js
 from pipeline.stream.readers import check_table
 from pipeline.train.hooks import METHOD_STATE_FILE, hook_module, save_inference_state
 from pipeline.train.loop import CRASH_ENV, centers_params, run_training
+from pipeline.train.progress import BARS_ENV, bars_wanted
 from pipeline.train.saved_model import CENTROIDS_FILE, META_FILE, MODEL_FILE, load_weights
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ def _train_worker(config: dict) -> None:
     import ray.train.torch
 
     _quiet_worker_logs()
+    os.environ[BARS_ENV] = "1" if config.get("bars") else "0"  # the driver's terminal decides
     if config.get("hook_module"):  # a method hook registered outside pipeline.train (e.g. a user's module)
 
         importlib.import_module(config["hook_module"])
@@ -151,6 +153,42 @@ def _check_method(cfg: Config, train_path: str, val_path: Optional[str]) -> None
                int(net.feature_dim))
 
 
+def _write_probe(storage: str) -> str:
+    """Runs on one Ray node: create ``storage`` and write/remove a file there; '' or the error."""
+    # deferred: ray is slow to import
+    import ray
+
+    try:
+        os.makedirs(storage, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=storage, prefix=".write-probe-"):
+            pass
+        return ""
+    except OSError as e:
+        return f"{ray.util.get_node_ip_address()}: {e.strerror or e}"
+
+
+def probe_storage(storage: str, what: str = "run.root") -> None:
+    """Check, before any epoch runs, that every alive Ray node can write under ``storage``.
+
+    Ray Train on more than one node writes checkpoints to ``storage`` from every worker, so it
+    must be storage all nodes share and can write; otherwise the run would fail at its first
+    checkpoint. Raises one :class:`InputError` line naming ``what`` and the first failing node.
+    """
+    # deferred: ray is slow to import
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    task = ray.remote(num_cpus=0, max_retries=0)(_write_probe)
+    refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            .remote(storage) for n in nodes]
+    for node, err in zip(nodes, ray.get(refs)):
+        if err:
+            raise InputError(f"{what}: Ray node {node['NodeManagerAddress']} (node {node['NodeID'][:8]}) "
+                             f"cannot write under {storage} ({err.split(': ', 1)[-1]}); every Ray node "
+                             f"needs {what} on storage it can write")
+
+
 def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: str,
                 init_from: Optional[str] = None, epochs: Optional[int] = None) -> dict:
     """Train on Ray Train workers streaming Petastorm (or Ray Data) shards; write ``out_dir/model/``.
@@ -189,6 +227,7 @@ def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
             raise InputError(f"train.num_workers × train.cpus_per_worker = {tc.num_workers * tc.cpus_per_worker:g} "
                              f"CPUs, but the local Ray has {have.get('CPU', 0):g}")
     out = local_path(out_dir).resolve()
+    probe_storage(str(out / "ray"))  # before any epoch: a node that cannot write fails here, in one line
     out.mkdir(parents=True, exist_ok=True)
     name = run_name(cfg, train_path, val_path, init_from, epochs)
     if not tc.resume and (out / "ray" / name).exists():  # train.resume=false: start this run afresh
@@ -214,6 +253,7 @@ def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
         "epochs": epochs,
         "crash_at": os.environ.get(CRASH_ENV),
         "hook_module": hook_module(tc.method),
+        "bars": bars_wanted(),
     }
     trainer = TorchTrainer(
         _train_worker,

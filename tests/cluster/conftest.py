@@ -208,7 +208,7 @@ class RayCluster:
     /tmp/ray/ray_current_cluster, where a plain ``ray.init()`` elsewhere on the machine would find it.
     """
 
-    def __init__(self, root: Path, worker_nodes: int = 1):
+    def __init__(self, root: Path, python: Path, worker_nodes: int = 1):
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         # Unix socket paths must stay short: a private temp dir directly under /tmp
@@ -217,12 +217,14 @@ class RayCluster:
         self.port, self.dash = free_port(), free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.dashboard = f"http://127.0.0.1:{self.dash}"
-        self.env = clean_env()
-        self.ray = VENV_BIN / "ray"
+        # nodes run the project-free interpreter (its bin/ first on PATH: a job's `python` is it),
+        # so jobs find our code only through `ray job submit --working-dir`
+        self.env = clean_env(PATH=f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        self.python = python
         self.nodes: list[Daemon] = []
         try:
             self.head = Daemon(
-                [self.ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", self.port,
+                [python, "-m", "ray.scripts.scripts", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", self.port,
                  "--num-cpus", "1", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
                  "--dashboard-port", self.dash, "--temp-dir", self.temp_dir, "--disable-usage-stats",
                  "--min-worker-port", "0", "--max-worker-port", "0", "--block"],
@@ -238,7 +240,7 @@ class RayCluster:
     def add_node(self) -> Daemon:
         n = len(self.nodes)
         want = self.alive_nodes() + 1
-        d = Daemon([self.ray, "start", "--address", self.address, "--node-ip-address", "127.0.0.1",
+        d = Daemon([self.python, "-m", "ray.scripts.scripts", "start", "--address", self.address, "--node-ip-address", "127.0.0.1",
                     "--num-cpus", "1", "--disable-usage-stats", "--block"], self.root / f"node{n}.log", self.env)
         self.nodes.append(d)
         wait_for(lambda: self.alive_nodes() >= want, STARTUP_TIMEOUT, f"Ray node {n}", daemon=d)
@@ -249,6 +251,14 @@ class RayCluster:
 
     def alive_nodes(self) -> int:
         return sum(1 for n in self.node_list() if n.get("raylet", {}).get("state") == "ALIVE")
+
+    def submit(self, args: list, cwd: Path, wait: bool = True, **kw):
+        """``ray job submit --address http://127.0.0.1:DASH --working-dir . -- python jobs/run.py …``."""
+        cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", self.dashboard, "--working-dir", str(REPO)]
+        if not wait:
+            cmd.append("--no-wait")
+        cmd += ["--", "python", *map(str, args)]
+        return subprocess.run(cmd, cwd=cwd, env=clean_env(), capture_output=True, text=True, **kw)
 
     def jobs(self) -> list:
         return get_json(f"{self.dashboard}/api/jobs/")
@@ -261,7 +271,7 @@ class RayCluster:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(cluster_tmp):
-    c = RayCluster(cluster_tmp / "ray")
+def ray_cluster(cluster_tmp, exec_python):
+    c = RayCluster(cluster_tmp / "ray", exec_python)
     yield c
     c.stop()

@@ -1,0 +1,151 @@
+"""Training on a two-node Ray cluster: job submission, node failure, storage probe, private local Ray."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.cluster.conftest import REPO, VENV_BIN, clean_env, get_json, wait_for
+
+JOB_TIMEOUT = 1200
+CONF = "conf/tabular.yaml"
+
+
+def run_args(root: Path, *extra) -> list:
+    return ["jobs/run.py", CONF, f"run.root={root}", "data.rows=2000", "train.num_workers=2",
+            "train.cpus_per_worker=1", "ray.address=auto", "spark.master=local[1]", "spark.shuffle_partitions=2",
+            "spark.driver_memory=1g", *extra]
+
+
+def train_actor_nodes(cluster) -> set:
+    actors = get_json(f"{cluster.dashboard}/api/v0/actors?limit=2000&detail=1")["data"]["result"]["result"]
+    return {a["node_id"] for a in actors if "RayTrainWorker" in (a.get("class_name") or "")}
+
+
+def test_ray_job_submit_trains_on_both_nodes(ray_cluster, tmp_path):
+    before = train_actor_nodes(ray_cluster)
+    r = ray_cluster.submit(run_args(tmp_path / "runs", "train.epochs=2"), cwd=tmp_path, timeout=JOB_TIMEOUT)
+    assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-3000:]
+    summary = json.loads((tmp_path / "runs" / "tabular" / "summary.json").read_text())
+    assert "train" in summary["ran"]
+    meta = json.loads(next((tmp_path / "runs" / "tabular" / "train" / "model").glob("*.json")).read_text())
+    assert meta.get("world_size") == 2
+    nodes = train_actor_nodes(ray_cluster) | before
+    assert len(nodes) >= 2, f"training workers ran on {nodes}: not spread over both nodes"
+
+
+def epochs_printed(text: str) -> list[int]:
+    return [int(m) for m in re.findall(r"epoch (\d+)/5:", text)]
+
+
+def test_node_failure_resumes_from_checkpoint(ray_cluster, tmp_path):
+    root = tmp_path / "runs"
+    args = run_args(root, "train.epochs=5", "train.max_failures=3")
+    # the undisturbed run (same seed) first; its data stages are then reused by the disturbed run
+    r = ray_cluster.submit(args, cwd=tmp_path, timeout=JOB_TIMEOUT)
+    assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-3000:]
+    run_dir = root / "tabular"
+    clean = json.loads((run_dir / "train" / "train_summary.json").read_text())
+    for stage in ("train", "predict", "evaluate", "report"):
+        shutil.rmtree(run_dir / stage, ignore_errors=True)
+
+    log = tmp_path / "driver.log"
+    with open(log, "w") as fh:
+        cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", ray_cluster.dashboard,
+               "--working-dir", str(REPO), "--", "python", *args]
+        job = subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdout=fh, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        def checkpointed():
+            snaps = list((run_dir / "train" / "ray").glob("train-*/checkpoint_manager_snapshot.json"))
+            if not snaps:
+                return None
+            eps = [c["metrics"]["epoch"] for c in json.loads(snaps[0].read_text())["checkpoint_results"]]
+            return max(eps) if eps else None
+        wait_for(lambda: checkpointed() is not None, JOB_TIMEOUT, "the first checkpoint", interval=0.2)
+        k = checkpointed()                                       # 0-based epoch of the newest checkpoint
+        node = ray_cluster.nodes[-1]
+        (raylet,) = [p for p in node.descendants() if p.name() == "raylet"]
+        printed_before = epochs_printed(log.read_text())
+        t_kill = time.time()
+        raylet.kill()
+        ray_cluster.add_node()                                   # a replacement node
+        rc = job.wait(timeout=JOB_TIMEOUT)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, 9)
+    text = log.read_text()
+    assert rc == 0, text[-6000:]
+    printed = epochs_printed(text)
+    after = printed[len(printed_before):]
+    # the first epoch printed after the kill is the one after a checkpoint (k+1 or, when the
+    # next checkpoint landed while we killed, k+2; 1-based: k+2 / k+3), never the first epoch again
+    first_after = next(e for e in after if e not in printed_before[-1:]) if after else None
+    assert first_after in (k + 2, k + 3) and 1 not in after, (k, printed_before, after)
+    got = json.loads((run_dir / "train" / "train_summary.json").read_text())
+    assert got["epochs_run"] == clean["epochs_run"] == 5
+    # Same seed, same shards, same resumed optimizer state, CPU float math: the model is the same up
+    # to float reduction order; 1e-6 on the loss and the exact macro-F1 would show any skipped or
+    # repeated batch (one batch changes the loss by far more than that).
+    for a, b in zip(clean["history"], got["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6, abs=1e-6)
+        assert a["val_macro_f1"] == pytest.approx(b["val_macro_f1"], abs=1e-9)
+    (tmp_path / "resume_seconds.txt").write_text(f"{time.time() - t_kill:.1f}\n")
+
+
+def test_storage_probe_names_run_root_and_node(ray_cluster, tmp_path):
+    ro = tmp_path / "readonly"
+    ro.mkdir()
+    ro.chmod(0o555)
+    code = ("import ray, sys\n"
+            "from pipeline.errors import InputError\n"
+            "from pipeline.train.trainer import probe_storage\n"
+            "ray.init(address='auto')\n"
+            "probe_storage(sys.argv[1] + '/ok')\n"
+            "try:\n    probe_storage(sys.argv[2])\nexcept InputError as e:\n    print('ERR', e)\n")
+    (tmp_path / "probe.py").write_text(code)
+    try:
+        r = ray_cluster.submit(["-c", code, str(tmp_path), str(ro / "runs" / "x" / "ray")], cwd=tmp_path,
+                               timeout=600)
+    finally:
+        ro.chmod(0o755)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    (line,) = [l for l in r.stdout.splitlines() if l.startswith("ERR ")]
+    assert "run.root" in line and "Ray node 127.0.0.1" in line and str(ro) in line, line
+
+
+def test_null_address_starts_private_ray(ray_cluster, tmp_path):
+    """With a `ray start` cluster advertised in /tmp/ray/ray_current_cluster, `imbalance run` with no
+    ray.address must start its own Ray and leave that cluster alone."""
+    addr_file = Path("/tmp/ray/ray_current_cluster")
+    saved = addr_file.read_text() if addr_file.exists() else None
+    addr_file.parent.mkdir(parents=True, exist_ok=True)
+    addr_file.write_text(ray_cluster.address)
+    drivers_before = _drivers(ray_cluster)
+    try:
+        r = subprocess.run([str(VENV_BIN / "python"), "-m", "pipeline.cli", "run", CONF,
+                            f"run.root={tmp_path / 'runs'}", "data.rows=1500", "train.epochs=1",
+                            "train.num_workers=1", "spark.master=local[1]", "spark.shuffle_partitions=2"],
+                           cwd=REPO, env=clean_env(PYTHONPATH=str(REPO)), capture_output=True, text=True,
+                           timeout=JOB_TIMEOUT)
+    finally:
+        if saved is None:
+            addr_file.unlink(missing_ok=True)
+        else:
+            addr_file.write_text(saved)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "Found multiple active Ray instances" not in r.stderr + r.stdout
+    assert _drivers(ray_cluster) == drivers_before, "the run joined the `ray start` cluster"
+    assert ray_cluster.alive_nodes() >= 2                        # the cluster is still up
+
+
+def _drivers(cluster) -> int:
+    """How many drivers (jobs of any kind, including plain ray.init() scripts) the cluster has seen."""
+    return len(get_json(f"{cluster.dashboard}/api/jobs/"))
