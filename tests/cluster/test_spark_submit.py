@@ -13,8 +13,8 @@ from tests.cluster.conftest import REPO, VENV_BIN, clean_env
 SUBMIT_TIMEOUT = 900
 
 
-def spark_submit(cluster, wheel, exec_python, job: str, args: list, cwd: Path, py_files: bool = True,
-                 extra_conf: dict | None = None) -> subprocess.CompletedProcess:
+def submit_command(cluster, wheel, exec_python, job: str, args: list, py_files: bool = True,
+                   extra_conf: dict | None = None) -> list:
     """The README's command: the venv's spark-submit, the wheel on --py-files, executors on exec_python."""
     conf = {"spark.pyspark.python": str(exec_python), "spark.pyspark.driver.python": str(exec_python),
             "spark.executor.memory": "768m", "spark.executor.cores": "1", **(extra_conf or {})}
@@ -23,7 +23,12 @@ def spark_submit(cluster, wheel, exec_python, job: str, args: list, cwd: Path, p
         cmd += ["--py-files", str(wheel)]
     for k, v in conf.items():
         cmd += ["--conf", f"{k}={v}"]
-    cmd += [str(REPO / "jobs" / job), *map(str, args)]
+    return cmd + [str(REPO / "jobs" / job), *map(str, args)]
+
+
+def spark_submit(cluster, wheel, exec_python, job: str, args: list, cwd: Path, py_files: bool = True,
+                 extra_conf: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = submit_command(cluster, wheel, exec_python, job, args, py_files, extra_conf)
     return subprocess.run(cmd, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=SUBMIT_TIMEOUT)
 
 
