@@ -258,7 +258,9 @@ class RayCluster:
         if not wait:
             cmd.append("--no-wait")
         cmd += ["--", "python", *map(str, args)]
-        return subprocess.run(cmd, cwd=cwd, env=clean_env(), capture_output=True, text=True, **kw)
+        r = subprocess.run(cmd, cwd=cwd, env=clean_env(), capture_output=True, text=True, **kw)
+        (Path(cwd) / "ray-job-submit.log").write_text(r.stdout + r.stderr)
+        return r
 
     def jobs(self) -> list:
         return get_json(f"{self.dashboard}/api/jobs/")
@@ -266,7 +268,10 @@ class RayCluster:
     def stop(self) -> None:
         for d in reversed(self.nodes):
             d.stop()
-        import shutil
+        # keep the session's logs (job drivers, raylets) beside the test's files, then clean up
+        for logs in self.temp_dir.glob("session_2*/logs"):
+            shutil.copytree(logs, self.root / "logs" / logs.parent.name, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("*.sock", "*.err.*"), ignore_dangling_symlinks=True)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 

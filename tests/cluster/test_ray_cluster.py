@@ -29,9 +29,17 @@ def train_actor_nodes(cluster) -> set:
     return {a["node_id"] for a in actors if "RayTrainWorker" in (a.get("class_name") or "")}
 
 
-def test_ray_job_submit_trains_on_both_nodes(ray_cluster, tmp_path):
+@pytest.fixture(scope="module")
+def submitted(ray_cluster, tmp_path_factory):
+    """`ray job submit … -- python jobs/run.py conf/tabular.yaml` training 2 workers, once per module."""
+    tmp = tmp_path_factory.mktemp("job")
     before = train_actor_nodes(ray_cluster)
-    r = ray_cluster.submit(run_args(tmp_path / "runs", "train.epochs=2"), cwd=tmp_path, timeout=JOB_TIMEOUT)
+    r = ray_cluster.submit(run_args(tmp / "runs", "train.epochs=2"), cwd=tmp, timeout=JOB_TIMEOUT)
+    return tmp, before, r
+
+
+def test_ray_job_submit_trains_on_both_nodes(ray_cluster, submitted):
+    tmp_path, before, r = submitted
     assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-3000:]
     summary = json.loads((tmp_path / "runs" / "tabular" / "summary.json").read_text())
     assert "train" in summary["ran"]
@@ -39,6 +47,19 @@ def test_ray_job_submit_trains_on_both_nodes(ray_cluster, tmp_path):
     assert meta.get("world_size") == 2
     nodes = train_actor_nodes(ray_cluster) | before
     assert len(nodes) >= 2, f"training workers ran on {nodes}: not spread over both nodes"
+
+
+def test_cluster_output_is_one_line_per_epoch(submitted):
+    _, _, r = submitted
+    assert r.returncode == 0, r.stdout[-3000:]
+    lines = [l.strip() for l in r.stdout.splitlines() if l.strip()]
+    epoch_lines = [l for l in lines if re.search(r"epoch \d+/2: loss [\d.]+ .*val macro-F1 [\d.]+ .*rows/s", l)]
+    assert len(epoch_lines) == 2 and "epoch 1/2" in epoch_lines[0] and "epoch 2/2" in epoch_lines[1], lines[-60:]
+    repeated = sorted({l for l in lines if lines.count(l) > 1})
+    assert not repeated, repeated
+    noise = [l for l in lines if "PlacementGroupCleaner" in l or "Failed to send resource request" in l
+             or "\r" in l or "\x1b[" in l]
+    assert not noise, noise
 
 
 def epochs_printed(text: str) -> list[int]:
