@@ -258,9 +258,20 @@ class RayCluster:
         if not wait:
             cmd.append("--no-wait")
         cmd += ["--", "python", *map(str, args)]
-        r = subprocess.run(cmd, cwd=cwd, env=clean_env(), capture_output=True, text=True, **kw)
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            r = subprocess.run(cmd, cwd=cwd, env=clean_env(), capture_output=True, text=True, **kw)
+            # a node is listed alive before its dashboard agent takes jobs; the job did not start
+            if "No available agent to submit job" not in r.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(2)
         (Path(cwd) / "ray-job-submit.log").write_text(r.stdout + r.stderr)
         return r
+
+    def wait_for_job_agent(self) -> None:
+        """Poll until the head's job agent accepts submissions (a trivial job succeeds)."""
+        r = self.submit(["-c", "pass"], cwd=self.root, timeout=STARTUP_TIMEOUT)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
 
     def jobs(self) -> list:
         return get_json(f"{self.dashboard}/api/jobs/")
@@ -278,5 +289,10 @@ class RayCluster:
 @pytest.fixture(scope="session")
 def ray_cluster(cluster_tmp, exec_python):
     c = RayCluster(cluster_tmp / "ray", exec_python)
+    try:
+        c.wait_for_job_agent()
+    except Exception:
+        c.stop()
+        raise
     yield c
     c.stop()

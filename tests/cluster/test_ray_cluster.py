@@ -79,7 +79,7 @@ def test_node_failure_resumes_from_checkpoint(ray_cluster, tmp_path):
 
     log = tmp_path / "driver.log"
     with open(log, "w") as fh:
-        cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", ray_cluster.dashboard,
+        cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", ray_cluster.dashboard,  # the agent is up: see the fixture
                "--working-dir", str(REPO), "--", "python", *args]
         job = subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdout=fh, stderr=subprocess.STDOUT,
                                start_new_session=True)
