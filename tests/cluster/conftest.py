@@ -227,7 +227,8 @@ class RayCluster:
                 [python, "-m", "ray.scripts.scripts", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", self.port,
                  "--num-cpus", "1", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
                  "--dashboard-port", self.dash, "--temp-dir", self.temp_dir, "--disable-usage-stats",
-                 "--min-worker-port", "0", "--max-worker-port", "0", "--block"],
+                 "--min-worker-port", "0", "--max-worker-port", "0", "--ray-client-server-port", free_port(),
+                 *self.node_ports(), "--block"],
                 root / "head.log", self.env)
             self.nodes.append(self.head)
             wait_for(lambda: self.alive_nodes() >= 1, STARTUP_TIMEOUT, "the Ray head", daemon=self.head)
@@ -237,11 +238,18 @@ class RayCluster:
             self.stop()
             raise
 
+    @staticmethod
+    def node_ports() -> list:
+        """Each node's agents on free ports: Ray's fixed defaults (52365, ...) would collide with any
+        other Ray on the machine, and the node's job agent would never come up."""
+        return ["--dashboard-agent-listen-port", free_port(), "--dashboard-agent-grpc-port", free_port(),
+                "--metrics-export-port", free_port(), "--runtime-env-agent-port", free_port()]
+
     def add_node(self) -> Daemon:
         n = len(self.nodes)
         want = self.alive_nodes() + 1
         d = Daemon([self.python, "-m", "ray.scripts.scripts", "start", "--address", self.address, "--node-ip-address", "127.0.0.1",
-                    "--num-cpus", "1", "--disable-usage-stats", "--block"], self.root / f"node{n}.log", self.env)
+                    "--num-cpus", "1", "--disable-usage-stats", *self.node_ports(), "--block"], self.root / f"node{n}.log", self.env)
         self.nodes.append(d)
         wait_for(lambda: self.alive_nodes() >= want, STARTUP_TIMEOUT, f"Ray node {n}", daemon=d)
         return d
