@@ -45,16 +45,21 @@ def table_info(path: str, df=None, label_col: str = "label", image_shape=None) -
         return info
     if df is None:
         return None
+    return frame_info(df, label_col, image_shape, name=path)
+
+
+def frame_info(df, label_col: str = "label", image_shape=None, name: str = "the table") -> DatasetInfo:
+    """A description of a DataFrame inferred from its schema (one row read for the feature count)."""
     cols = set(df.columns)
     if IMAGE_COL in cols:
         if image_shape is None:
-            raise InputError(f"{path} has an '{IMAGE_COL}' column but no image shape: set data.image_shape")
+            raise InputError(f"{name} has an '{IMAGE_COL}' column but no image shape: set data.image_shape")
         return DatasetInfo(kind="image", n_classes=0, label_col=label_col, image_shape=list(image_shape))
     if FEATURES_COL in cols:
         first = df.select(FEATURES_COL).where(f"{FEATURES_COL} is not null").limit(1).collect()
         n_features = len(first[0][0]) if first else 0
         return DatasetInfo(kind="features", n_classes=0, label_col=label_col, n_features=n_features)
-    raise InputError(f"{path} has neither a '{FEATURES_COL}' (array<float>) nor an '{IMAGE_COL}' (bytes) column")
+    raise InputError(f"{name} has neither a '{FEATURES_COL}' (array<float>) nor an '{IMAGE_COL}' (bytes) column")
 
 
 def label_index(labels) -> dict:

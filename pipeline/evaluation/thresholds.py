@@ -118,7 +118,6 @@ def add_pred_adjusted(df, rule: str, n_classes: int, class_counts=None,
         # deferred: pyarrow is slow to import
         import pyarrow as pa
 
-
         for batch in batches:
             if batch.num_rows == 0:
                 pred = np.zeros(0, np.int64)

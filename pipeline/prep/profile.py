@@ -78,17 +78,26 @@ def plot_distribution(dist: dict, path: str | Path) -> None:
     plt.close(fig)
 
 
+def class_distribution(df, label_col: str = "label", name: str = "the table") -> dict:
+    """The class distribution of a Spark DataFrame (one aggregation; nothing but the counts reaches
+    the driver) — the library form of ``profile``: ``n_rows``, ``n_classes``, ``classes``
+    (largest first), ``rho`` = max/min class size (survey Eq. 1), ``minority_classes``, ``top5_fraction``."""
+    counts = class_counts(df, label_col)
+    if not counts:
+        raise InputError(f"{name} has no rows with a non-null '{label_col}'")
+    if len(counts) < 2:
+        only = next(iter(counts))
+        raise InputError(f"{name} has a single class ({label_col} = {only!r}): nothing to balance")
+    dist = describe_counts(counts)
+    dist["label_col"] = label_col
+    return dist
+
+
 def profile(spark, input: str, out: str, label_col: str = "label") -> dict:
     """Profile the class distribution of ``input`` into ``out/distribution.json`` (+ chart, labels.json)."""
     df = read_table(spark, input, label_col)
-    counts = class_counts(df, label_col)
-    if not counts:
-        raise InputError(f"input {input} has no rows with a non-null '{label_col}'")
-    if len(counts) < 2:
-        only = next(iter(counts))
-        raise InputError(f"input {input} has a single class ({label_col} = {only!r}): nothing to balance")
-    dist = describe_counts(counts)
-    dist["label_col"] = label_col
+    dist = class_distribution(df, label_col, name=f"input {input}")
+    counts = {c["label"]: c["count"] for c in dist["classes"]}
     out_p = local_path(out)
     with atomic_dir(out_p) as tmp:
         write_json(tmp / DISTRIBUTION_FILE, dist)

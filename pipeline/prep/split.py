@@ -23,7 +23,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from pipeline.data.schema import FEATURES_COL, IMAGE_COL, DatasetInfo, write_info
-from pipeline.data.source import label_index, read_table, table_info, write_labels
+from pipeline.data.source import frame_info, label_index, read_table, table_info, write_labels
 from pipeline.errors import InputError
 from pipeline.io import atomic_dir, local_path, spark_uri, write_json
 from pipeline.prep.keys import BUCKET, KEY, assign_buckets, split_cutoffs
@@ -84,6 +84,49 @@ def _index_labels(df: DataFrame, label_col: str, mapping: dict) -> DataFrame:
     return df.withColumn(label_col, F.create_map(*pairs)[F.col(label_col)].cast("long"))
 
 
+def split_frame(df, val: float = 0.1, test: float = 0.2, random_state: int = 0, label_col: str = "label",
+                info: Optional[DatasetInfo] = None, image_shape: Optional[list] = None):
+    """Split a Spark DataFrame exactly per class; return ``(split, rejected, summary)`` — the library form of ``split``.
+
+    Each class's rows are ranked by a hash of (``random_state``, ``id``): the first
+    ``round(n_c·test)`` are test, the next ``round(n_c·val)`` val, the rest train, so every class
+    keeps its share whatever the partitioning. An existing ``split`` column (train/val/test) is
+    kept instead. Invalid rows (null label, NaN/inf/missing features, bad image bytes) are not
+    dropped: they are in ``rejected`` with a ``reason``. ``split`` has the valid rows with their
+    label replaced by its dense index (``summary["labels"]`` maps index → original label) and a
+    ``split`` column; both frames are lazy. ``summary``: ``labels``, ``counts`` (index → valid
+    rows), ``rejected`` (count), ``info`` (the table's description). ``info``/``image_shape``
+    describe the columns when the frame alone cannot (raw image bytes need their shape).
+    """
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise InputError(f"split fractions must satisfy 0 <= val, test and val + test < 1 (val={val}, test={test})")
+    info = info or frame_info(df, label_col, image_shape)
+    checked = validate_rows(df, info, label_col)
+    if SPLIT_COL in df.columns:
+        checked = checked.withColumn(
+            "reason", F.when(F.col("reason").isNull() & ~F.col(SPLIT_COL).isin(*SPLITS),
+                             F.lit("split is not train/val/test")).otherwise(F.col("reason")))
+    valid = checked.where(F.col("reason").isNull()).drop("reason")
+    rejected = checked.where(F.col("reason").isNotNull())
+    counts = {r[0]: int(r[1]) for r in valid.groupBy(label_col).count().collect()}
+    n_rejected = rejected.count()
+    if not counts:
+        raise InputError(f"no valid row left ({n_rejected} rejected)")
+    mapping = label_index(counts)
+    indexed = _index_labels(valid, label_col, mapping)
+    idx_counts = {mapping[k]: v for k, v in counts.items()}
+    if SPLIT_COL in df.columns:
+        assigned = indexed
+    else:
+        cut = split_cutoffs(idx_counts, [test, val])
+        assigned = assign_buckets(indexed, label_col, idx_counts, cut, random_state)
+        assigned = assigned.withColumn(
+            SPLIT_COL, F.element_at(F.array(*[F.lit(s) for s in ("test", "val", "train")]), F.col(BUCKET) + 1)
+        ).drop(BUCKET, KEY)
+    return assigned, rejected, {"labels": list(mapping), "counts": idx_counts, "rejected": int(n_rejected),
+                                "info": info, "presplit": SPLIT_COL in df.columns}
+
+
 def split_dataset(
     spark,
     input: str | dict,
@@ -98,8 +141,8 @@ def split_dataset(
 
     ``input`` is one table path, or a dict ``{"train": path, "val": path, "test": path}`` of
     tables that are already split. A ``split`` column in a single table is honoured too.
-    Returns a summary ``{"counts": {split: {label_index: rows}}, "rejected": n, "labels": [...]}``
-    also written to ``out/split.json``.
+    The rows are :func:`split_frame`'s. Returns a summary ``{"counts": {split: {label_index: rows}},
+    "rejected": n, "labels": [...]}`` also written to ``out/split.json``.
     """
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise InputError(f"split fractions must satisfy 0 <= val, test and val + test < 1 (val={val}, test={test})")
@@ -122,33 +165,13 @@ def split_dataset(
         df = read_table(spark, input, label_col)
         info = table_info(input, df, label_col, image_shape)
 
-    checked = validate_rows(df, info, label_col)
-    if SPLIT_COL in df.columns:
-        checked = checked.withColumn(
-            "reason", F.when(F.col("reason").isNull() & ~F.col(SPLIT_COL).isin(*SPLITS),
-                             F.lit("split is not train/val/test")).otherwise(F.col("reason")))
-    checked = checked.persist()
+    df = df.persist()   # read once: counted, then split and quarantined
     try:
-        valid = checked.where(F.col("reason").isNull()).drop("reason")
-        rejected = checked.where(F.col("reason").isNotNull())
-        counts = {r[0]: int(r[1]) for r in valid.groupBy(label_col).count().collect()}
-        n_rejected = rejected.count()
-        if not counts:
-            raise InputError(f"no valid row left in {input} ({n_rejected} rejected)")
-        mapping = label_index(counts)
-        labels = list(mapping)
-        indexed = _index_labels(valid, label_col, mapping)
-        idx_counts = {mapping[k]: v for k, v in counts.items()}
-
-        if SPLIT_COL in df.columns:
-            assigned = indexed
-        else:
-            cut = split_cutoffs(idx_counts, [test, val])
-            assigned = assign_buckets(indexed, label_col, idx_counts, cut, seed)
-            assigned = assigned.withColumn(
-                SPLIT_COL, F.element_at(F.array(*[F.lit(s) for s in ("test", "val", "train")]), F.col(BUCKET) + 1)
-            ).drop(BUCKET, KEY)
-
+        try:
+            assigned, rejected, fit = split_frame(df, val, test, seed, label_col, info=info)
+        except InputError as e:
+            raise InputError(f"{e} in {input}") if str(e).startswith("no valid row") else e
+        labels, n_rejected = fit["labels"], fit["rejected"]
         out_p = local_path(out)
         info.n_classes = len(labels)
         info.labels = labels
@@ -175,11 +198,11 @@ def split_dataset(
             write_labels(tmp, labels)
             summary = {"counts": split_counts, "rejected": int(n_rejected), "labels": labels,
                        "seed": seed, "val": val, "test": test, "label_col": label_col,
-                       "presplit": SPLIT_COL in df.columns, "data_cols": data_cols}
+                       "presplit": fit["presplit"], "data_cols": data_cols}
             if n_rejected:
                 summary["rejected_reasons"] = {r[0]: int(r[1]) for r in
                                                rejected.groupBy("reason").count().collect()}
             write_json(tmp / "split.json", summary)
     finally:
-        checked.unpersist()
+        df.unpersist()
     return summary

@@ -165,7 +165,6 @@ def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
     import ray.train
     from ray.train.torch import TorchTrainer
 
-
     _check_inputs(train_path, val_path, init_from)
     _check_method(cfg, train_path, val_path)
     tc = cfg.train
