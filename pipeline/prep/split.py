@@ -21,6 +21,7 @@ from typing import Optional
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from pipeline.data.images import check_options, decoded_frame, image_shape as decoded_shape
 from pipeline.data.schema import FEATURES_COL, IMAGE_COL, DatasetInfo, write_info
 from pipeline.data.source import label_index, read_table, table_info, write_labels
 from pipeline.errors import InputError
@@ -46,6 +47,8 @@ def _reason_col(df: DataFrame, info: DatasetInfo, label_col: str) -> F.Column:
             (F.exists(x, lambda v: F.isnan(v)), "NaN feature"),
             (F.exists(x, lambda v: (v == float("inf")) | (v == float("-inf"))), "infinite feature"),
         ]
+    elif info.image_shape is None:  # encoded images: the decoder checks them (pipeline.data.images)
+        checks.append((F.col(IMAGE_COL).isNull(), "missing image"))
     else:
         n_bytes = math.prod(int(s) for s in info.image_shape)
         img = F.col(IMAGE_COL)
@@ -92,6 +95,10 @@ def split_dataset(
     seed: int = 0,
     label_col: str = "label",
     image_shape: Optional[list] = None,
+    size: int = 32,
+    mode: str = "L",
+    resize: str = "pad",
+    min_size: int = 1,
 ) -> dict:
     """Split ``input`` into ``out/{train,val,test}/`` exactly per class; invalid rows to ``out/rejected/``.
 
@@ -99,6 +106,11 @@ def split_dataset(
     tables that are already split. A ``split`` column in a single table is honoured too.
     Returns a summary ``{"counts": {split: {label_index: rows}}, "rejected": n, "labels": [...]}``
     also written to ``out/split.json``.
+
+    Encoded images: a table whose ``image`` column holds PNG/JPEG/... bytes (no ``_dataset.json``
+    and no ``image_shape``) is decoded and resized to ``size`` × ``size`` in ``mode`` by ``resize``
+    (:mod:`pipeline.data.images`, the decoder of ``imbalance ingest``); rows that do not decode are
+    rejected with the decoder's reason, and the split tables hold raw uint8 images.
     """
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise InputError(f"split fractions must satisfy 0 <= val, test and val + test < 1 (val={val}, test={test})")
@@ -121,7 +133,18 @@ def split_dataset(
         df = read_table(spark, input, label_col)
         info = table_info(input, df, label_col, image_shape)
 
+    encoded = info.kind == "image" and info.image_shape is None
+    if encoded:
+        try:
+            check_options(size, mode, resize, min_size)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        if IMAGE_COL not in df.columns:
+            raise InputError(f"input has no '{IMAGE_COL}' column")
     checked = validate_rows(df, info, label_col)
+    if encoded:  # decode the rows that passed (the decoder keeps a reason already set), one pass
+        checked = decoded_frame(checked, size=size, mode=mode, resize=resize, min_size=min_size)
+        info.image_shape = decoded_shape(size, mode)
     if SPLIT_COL in df.columns:
         checked = checked.withColumn(
             "reason", F.when(F.col("reason").isNull() & ~F.col(SPLIT_COL).isin(*SPLITS),
@@ -133,7 +156,9 @@ def split_dataset(
         counts = {r[0]: int(r[1]) for r in valid.groupBy(label_col).count().collect()}
         n_rejected = rejected.count()
         if not counts:
-            raise InputError(f"no valid row left in {input} ({n_rejected} rejected)")
+            top = rejected.groupBy("reason").count().orderBy(F.desc("count")).limit(1).collect()
+            why = f", mostly: {top[0][0]}" if top else ""
+            raise InputError(f"no valid row left in {input} ({n_rejected} rejected{why})")
         mapping = label_index(counts)
         labels = list(mapping)
         indexed = _index_labels(valid, label_col, mapping)
