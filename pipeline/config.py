@@ -47,7 +47,14 @@ class RaySection:
 
 @dataclass
 class DataSection:
-    input: Optional[str] = None         # source table (Parquet dir / lake path); None: synthesize
+    input: Optional[str] = None         # source table (Parquet dir / lake path); None: images, else synthesize
+    images: Optional[str] = None        # image folder tree <root>/<class>/<file>.png: the source stage ingests it
+    size: int = 32                      # encoded images (folders or PNG/JPEG bytes in a table): output side
+    mode: str = "L"                     # L (greyscale) | RGB
+    resize: str = "pad"                 # pad (keep aspect, pad to square) | crop | stretch
+    label_from: str = "folder"          # images: class from the folder name | manifest
+    manifest: Optional[str] = None      # images: CSV/Parquet of path,label (paths relative to data.images)
+    min_size: int = 2                   # images narrower or lower than this go to rejected/
     synth_preset: str = "plankton"      # used when input is None: plankton | tabular
     rows: int = 20000
     label_col: str = "label"

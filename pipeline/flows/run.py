@@ -150,6 +150,24 @@ def data_stages(cfg: Config, spark, runner: "StageRunner", ddir: Path, protocol_
             raise ConfigError(f"config keys data.train_path/val_path/test_path: '{missing[0]}' is missing")
         source = presplit["train"]
         source_fp = fingerprint({k: path_fingerprint(v) for k, v in presplit.items()})
+    elif cfg.data.input and cfg.data.images:
+        raise ConfigError("config keys data.input and data.images: give one source, not both")
+    elif cfg.data.images:
+        # deferred: the ingest stage imports pyspark, pyarrow and numpy
+        from pipeline.data.ingest import DATA_DIR, format_summary, ingest_images
+
+        source = str(ddir / "source" / DATA_DIR)
+        d = cfg.data
+        key = {"images": path_fingerprint(d.images), "manifest": d.manifest and path_fingerprint(d.manifest),
+               "size": d.size, "mode": d.mode, "resize": d.resize, "label_from": d.label_from,
+               "min_size": d.min_size}
+
+        def _ingest(out: Path) -> None:
+            summary = ingest_images(spark, d.images, str(out), size=d.size, mode=d.mode, resize=d.resize,
+                                    label_from=d.label_from, manifest=d.manifest, min_size=d.min_size)
+            log(format_summary(summary))
+
+        source_fp = runner.stage("source", key, _ingest)
     elif cfg.data.input:
         source = cfg.data.input
         source_fp = fingerprint(path_fingerprint(source))
@@ -185,9 +203,12 @@ def data_stages(cfg: Config, spark, runner: "StageRunner", ddir: Path, protocol_
     split_seed = cfg.split.seed if cfg.split.seed is not None else seed
     split_fp = runner.stage(
         "split", {"source": source_fp, "split": cfg.section("split"), "seed": split_seed, "label": label,
-                  "image_shape": cfg.data.image_shape},
+                  "image_shape": cfg.data.image_shape,
+                  "decode": [cfg.data.size, cfg.data.mode, cfg.data.resize, cfg.data.min_size]},
         lambda d: split_dataset(spark, presplit or source, str(d), val=cfg.split.val, test=cfg.split.test,
-                                seed=split_seed, label_col=label, image_shape=cfg.data.image_shape))
+                                seed=split_seed, label_col=label, image_shape=cfg.data.image_shape,
+                                size=cfg.data.size, mode=cfg.data.mode, resize=cfg.data.resize,
+                                min_size=cfg.data.min_size))
     train_split = str(ddir / "split" / "train")
     val_split = str(ddir / "split" / "val")
     test_split = str(ddir / "split" / "test")

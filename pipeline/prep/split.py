@@ -22,6 +22,7 @@ from typing import Optional
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from pipeline.data.images import check_options, decoded_frame, image_shape as decoded_shape
 from pipeline.data.schema import FEATURES_COL, IMAGE_COL, DatasetInfo, write_info
 from pipeline.data.source import frame_info, label_index, read_table, table_info, write_labels
 from pipeline.errors import InputError
@@ -85,7 +86,8 @@ def _index_labels(df: DataFrame, label_col: str, mapping: dict) -> DataFrame:
 
 
 def split_frame(df, val: float = 0.1, test: float = 0.2, random_state: int = 0, label_col: str = "label",
-                info: Optional[DatasetInfo] = None, image_shape: Optional[list] = None):
+                info: Optional[DatasetInfo] = None, image_shape: Optional[list] = None, size: int = 32,
+                mode: str = "L", resize: str = "pad", min_size: int = 1):
     """Split a Spark DataFrame exactly per class; return ``(split, rejected, summary)`` — the library form of ``split``.
 
     Each class's rows are ranked by a hash of (``random_state``, ``id``): the first
@@ -97,11 +99,26 @@ def split_frame(df, val: float = 0.1, test: float = 0.2, random_state: int = 0, 
     ``split`` column; both frames are lazy. ``summary``: ``labels``, ``counts`` (index → valid
     rows), ``rejected`` (count), ``info`` (the table's description). ``info``/``image_shape``
     describe the columns when the frame alone cannot (raw image bytes need their shape).
+
+    Encoded images: an ``image`` column of PNG/JPEG/... bytes with no shape is decoded and resized
+    to ``size`` × ``size`` in ``mode`` by ``resize`` (:mod:`pipeline.data.images`, the decoder of
+    ``imbalance ingest``); rows that do not decode are rejected with the decoder's reason.
     """
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise InputError(f"split fractions must satisfy 0 <= val, test and val + test < 1 (val={val}, test={test})")
     info = info or frame_info(df, label_col, image_shape)
+    encoded = info.kind == "image" and info.image_shape is None
+    if encoded:
+        try:
+            check_options(size, mode, resize, min_size)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        if IMAGE_COL not in df.columns:
+            raise InputError(f"input has no '{IMAGE_COL}' column")
     checked = validate_rows(df, info, label_col)
+    if encoded:  # decode the rows that passed (the decoder keeps a reason already set), one pass
+        checked = decoded_frame(checked, size=size, mode=mode, resize=resize, min_size=min_size)
+        info.image_shape = decoded_shape(size, mode)
     if SPLIT_COL in df.columns:
         checked = checked.withColumn(
             "reason", F.when(F.col("reason").isNull() & ~F.col(SPLIT_COL).isin(*SPLITS),
@@ -111,7 +128,9 @@ def split_frame(df, val: float = 0.1, test: float = 0.2, random_state: int = 0, 
     counts = {r[0]: int(r[1]) for r in valid.groupBy(label_col).count().collect()}
     n_rejected = rejected.count()
     if not counts:
-        raise InputError(f"no valid row left ({n_rejected} rejected)")
+        top = rejected.groupBy("reason").count().orderBy(F.desc("count")).limit(1).collect()
+        why = f", mostly: {top[0][0]}" if top else ""
+        raise InputError(f"no valid row left ({n_rejected} rejected{why})")
     mapping = label_index(counts)
     indexed = _index_labels(valid, label_col, mapping)
     idx_counts = {mapping[k]: v for k, v in counts.items()}
@@ -136,12 +155,16 @@ def split_dataset(
     seed: int = 0,
     label_col: str = "label",
     image_shape: Optional[list] = None,
+    size: int = 32,
+    mode: str = "L",
+    resize: str = "pad",
+    min_size: int = 1,
 ) -> dict:
     """Split ``input`` into ``out/{train,val,test}/`` exactly per class; invalid rows to ``out/rejected/``.
 
     ``input`` is one table path, or a dict ``{"train": path, "val": path, "test": path}`` of
     tables that are already split. A ``split`` column in a single table is honoured too.
-    The rows are :func:`split_frame`'s. Returns a summary ``{"counts": {split: {label_index: rows}},
+    The rows are :func:`split_frame`'s (which also decodes encoded images). Returns a summary ``{"counts": {split: {label_index: rows}},
     "rejected": n, "labels": [...]}`` also written to ``out/split.json``.
     """
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
@@ -168,9 +191,12 @@ def split_dataset(
     df = df.persist()   # read once: counted, then split and quarantined
     try:
         try:
-            assigned, rejected, fit = split_frame(df, val, test, seed, label_col, info=info)
+            assigned, rejected, fit = split_frame(df, val, test, seed, label_col, info=info, size=size, mode=mode,
+                                                  resize=resize, min_size=min_size)
         except InputError as e:
-            raise InputError(f"{e} in {input}") if str(e).startswith("no valid row") else e
+            if str(e).startswith("no valid row"):
+                raise InputError(f"no valid row left in {input}{str(e)[len('no valid row left'):]}") from None
+            raise
         labels, n_rejected = fit["labels"], fit["rejected"]
         out_p = local_path(out)
         info.n_classes = len(labels)
