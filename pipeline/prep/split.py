@@ -48,6 +48,8 @@ def _reason_col(df: DataFrame, info: DatasetInfo, label_col: str) -> F.Column:
             (F.exists(x, lambda v: F.isnan(v)), "NaN feature"),
             (F.exists(x, lambda v: (v == float("inf")) | (v == float("-inf"))), "infinite feature"),
         ]
+    elif info.image_shape is None:  # encoded images: the decoder checks them (pipeline.data.images)
+        checks.append((F.col(IMAGE_COL).isNull(), "missing image"))
     else:
         n_bytes = math.prod(int(s) for s in info.image_shape)
         img = F.col(IMAGE_COL)
