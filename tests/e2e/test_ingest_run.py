@@ -19,7 +19,7 @@ run: {root: RUNS, seed: 0}
 data: {images: TREE, size: 16, mode: L, resize: pad}
 stream: {batch_size: 128, row_group_mb: 1}
 model: {name: lenet}
-train: {loss: ce, epochs: 2, batch_size: 32, lr: 0.003, num_workers: 0}
+train: {loss: ce, epochs: 4, batch_size: 32, lr: 0.003, num_workers: 0}
 """
 
 
@@ -38,4 +38,4 @@ def test_run_from_png_tree_trains_and_quarantines(tmp_path):
     split = json.loads((run_dir / "split" / "split.json").read_text())
     assert split["rejected"] == 0 and split["labels"] == [str(i) for i in range(10)]
     metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
-    assert metrics["macro"]["f1"] > 0.3, metrics["macro"]           # chance is 0.1 for 10 classes (measured 0.50)
+    assert metrics["macro"]["f1"] > 0.3, metrics["macro"]           # chance 0.1; measured 0.61-0.62 (2 epochs: 0.26-0.49)
