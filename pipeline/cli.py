@@ -22,6 +22,7 @@ from pipeline.evaluation.thresholds import parse_class_counts, predictions_with_
 from pipeline.flows.experiment import run_experiment
 from pipeline.flows.retrain import retrain
 from pipeline.flows.run import run_pipeline
+from pipeline.flows.validate import validate_config
 from pipeline.prep.sampling import format_manifest, sample_dataset
 from pipeline.train.predict import predict_from_config
 
@@ -88,6 +89,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
 def cmd_train(a: argparse.Namespace) -> int:
     cfg = load_config(a.config, a.overrides)
+    validate_config(cfg, "train")
     # deferred: torch is slow to import
     from pipeline.train.trainer import train_from_config
     result = train_from_config(cfg)
@@ -97,6 +99,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_predict(a: argparse.Namespace) -> int:
     cfg = load_config(a.config, a.overrides)
+    validate_config(cfg, "predict")
     out = predict_from_config(cfg)
     print(out)
     return 0
