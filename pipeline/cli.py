@@ -22,6 +22,7 @@ from pipeline.evaluation.thresholds import parse_class_counts, predictions_with_
 from pipeline.flows.experiment import run_experiment
 from pipeline.flows.retrain import retrain
 from pipeline.flows.run import run_pipeline
+from pipeline.flows.validate import validate_config
 from pipeline.prep.sampling import format_manifest, sample_dataset
 from pipeline.train.predict import predict_from_config
 
@@ -112,6 +113,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
 def cmd_train(a: argparse.Namespace) -> int:
     cfg = load_config(a.config, a.overrides)
+    validate_config(cfg, "train")
     # deferred: torch is slow to import
     from pipeline.train.trainer import train_from_config
     result = train_from_config(cfg)
@@ -121,6 +123,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_predict(a: argparse.Namespace) -> int:
     cfg = load_config(a.config, a.overrides)
+    validate_config(cfg, "predict")
     out = predict_from_config(cfg)
     print(out)
     return 0
@@ -292,6 +295,15 @@ def _quiet(verbose: bool) -> None:
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
 
+def _stop_ray_log_forwarding() -> None:
+    """Shut the process's Ray down before the error line, so that no forwarded worker log
+    (Ray Train's controller, placement-group cleaner) lands after it."""
+    if "ray" in sys.modules:
+        from pipeline.engines import stop_ray
+
+        stop_ray()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -300,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except InputError as e:
+        _stop_ray_log_forwarding()
         print(f"imbalance {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 
 from pipeline.data.source import label_index, read_table, write_labels
 from pipeline.errors import InputError
-from pipeline.io import atomic_dir, local_path, write_json
+from pipeline.io import atomic_dir, label_key, local_path, write_json
 
 DISTRIBUTION_FILE = "distribution.json"
 CHART_FILE = "class_distribution.png"
@@ -31,8 +31,8 @@ def describe_counts(counts: dict) -> dict:
     if not counts:
         raise InputError("no labelled rows: cannot profile an empty table")
     n = sum(counts.values())
-    items = sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
-    smallest_first = sorted(counts.items(), key=lambda kv: (kv[1], str(kv[0])))
+    items = sorted(counts.items(), key=lambda kv: (-kv[1], label_key(kv[0])))
+    smallest_first = sorted(counts.items(), key=lambda kv: (kv[1], label_key(kv[0])))
     minority, acc = [], 0
     for label, c in smallest_first:
         if acc + c > n / 2:
@@ -110,7 +110,8 @@ def format_distribution(dist: dict, top: int = 8) -> str:
     """A short printed table: the largest and smallest classes, ρ and the minority group."""
     lines = [f"{dist['n_rows']:,} rows, {dist['n_classes']} classes, rho = {dist['rho']:.1f}, "
              f"top-5 fraction = {dist['top5_fraction']:.3f}, "
-             f"{len(dist['minority_classes'])} minority classes (CRL)",
+             f"{len(dist['minority_classes'])} minority classes (the smallest classes that together "
+             f"hold at most half the rows, as in Dong et al.'s CRL)",
              f"{'label':>12} {'count':>12} {'fraction':>9}"]
     classes = dist["classes"]
     shown = classes if len(classes) <= 2 * top else classes[:top] + [None] + classes[-top:]

@@ -66,7 +66,7 @@ import numpy as np
 
 from pipeline.data.schema import has_info, read_info, write_info
 from pipeline.errors import InputError
-from pipeline.io import atomic_dir, is_local, local_path, spark_uri, write_json
+from pipeline.io import atomic_dir, is_local, label_key, local_path, spark_uri, write_json
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +196,35 @@ def check_request(strategy: Any, cap: Any = None, floor: Any = None) -> tuple:
         raise InputError(f"hybrid needs --floor <= --cap, got floor {floor} > cap {cap}")
 
     return strategy, cap, floor
+
+
+def check_target(strategy: str, target: Any) -> None:
+    """Check a rus/ros ``target`` before any data exists (its form; the counts it names are
+    checked against the data by :func:`plan_counts`). Other strategies ignore the target."""
+    if str(strategy).strip().lower() not in ("rus", "ros"):
+        return
+    if isinstance(target, str):
+        kind = " ".join(target.strip().lower().replace("_", " ").split())
+        if kind in TARGET_KINDS:
+            return
+        try:
+            target = float(kind)
+        except ValueError:
+            raise InputError(f"unknown sampling target {target!r}: expected one of "
+                             f"{', '.join(TARGET_KINDS)}, a float or a JSON dict") from None
+    if isinstance(target, numbers.Real) and not isinstance(target, bool):
+        if not 0.0 < float(target) <= 1.0:
+            raise InputError(f"a float target must be in (0, 1], got {target}")
+        return
+    if isinstance(target, Mapping):
+        if not target:
+            raise InputError("the sampling target dict is empty")
+        for key, want in target.items():
+            if _as_count(f"target for class {key!r}", want) < 0:
+                raise InputError(f"target for class {key!r} is negative ({want})")
+        return
+    raise InputError(f"bad sampling target {target!r}: expected one of "
+                     f"{', '.join(TARGET_KINDS)}, a float or a dict label -> count")
 
 
 def plan_counts(class_counts: Mapping, strategy: str, target: Any = "auto",
@@ -743,7 +772,7 @@ def format_manifest(manifest: Mapping, max_rows: int = 24) -> str:
     before = manifest.get("input_counts", {})
     planned = manifest.get("planned", {})
     achieved = manifest.get("achieved", {})
-    labels = sorted(planned, key=lambda k: (-int(before.get(k, 0)), str(k)))
+    labels = sorted(planned, key=lambda k: (-int(before.get(k, 0)), label_key(k)))
     head = (f"strategy {manifest.get('strategy')}  seed {manifest.get('seed')}  rows "
             f"{manifest.get('input_rows')} -> {manifest.get('output_rows')}")
     w = max([5] + [len(str(k)) for k in labels])

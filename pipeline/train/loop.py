@@ -375,12 +375,19 @@ def _config_fingerprint(cfg, train_path, val_path, init_from) -> str:
 def _autocast(device: torch.device, train_cfg):
     if device.type != "cuda" or not train_cfg.amp:
         return torch.autocast(device_type=device.type, enabled=False), None
-    dt = str(train_cfg.amp_dtype).lower()
-    if dt in ("fp16", "float16", "half"):
+    if check_amp_dtype(train_cfg.amp_dtype) == "fp16":
         return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
+    return torch.autocast("cuda", dtype=torch.bfloat16), None
+
+
+def check_amp_dtype(value) -> str:
+    """``train.amp_dtype`` normalised to bf16 or fp16 (InputError otherwise)."""
+    dt = str(value).lower()
+    if dt in ("fp16", "float16", "half"):
+        return "fp16"
     if dt in ("bf16", "bfloat16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16), None
-    raise InputError(f"train.amp_dtype must be bf16 or fp16, got {train_cfg.amp_dtype!r}")
+        return "bf16"
+    raise InputError(f"train.amp_dtype must be bf16 or fp16, got {value!r}")
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -780,5 +787,5 @@ def _checkpoint(out: Path, model, optimizer, scaler, progress, best_state, rank,
 
 
 __all__ = ["run_training", "evaluate_table", "metrics_from_confusion", "confusion_matrix",
-           "build_optimizer", "split_loss_params", "CRASH_ENV", "read_sampling_spec",
+           "build_optimizer", "check_amp_dtype", "split_loss_params", "CRASH_ENV", "read_sampling_spec",
            "epoch_read_rates", "static_read_rates", "compute_centroids", "centers_params"]
