@@ -19,7 +19,7 @@ CONF = "conf/tabular.yaml"
 
 
 def run_args(root: Path, *extra) -> list:
-    return ["jobs/run.py", CONF, f"run.root={root}", "data.rows=2000", "train.num_workers=2",
+    return ["jobs/run.py", CONF, f"run.root={root}", "run.id=tabular", "data.rows=2000", "train.num_workers=2",
             "train.cpus_per_worker=1", "ray.address=auto", "spark.master=local[1]", "spark.shuffle_partitions=2",
             "spark.driver_memory=1g", *extra]
 

@@ -50,8 +50,8 @@ def submitted_run(spark_cluster, wheel, exec_python, tmp_path_factory):
     """``spark-submit jobs/run.py conf/tabular.yaml`` on the standalone cluster, once for this module."""
     tmp = tmp_path_factory.mktemp("submit-run")
     t0 = time.time() * 1000
-    args = [REPO / "conf" / "tabular.yaml", f"run.root={tmp / 'runs'}", "data.rows=3000", "train.epochs=1",
-            "train.num_workers=1", "spark.shuffle_partitions=4", "spark.app_name=cluster-run"]
+    args = [REPO / "conf" / "tabular.yaml", f"run.root={tmp / 'runs'}", "run.id=tabular", "data.rows=3000",
+            "train.epochs=1", "train.num_workers=1", "spark.shuffle_partitions=4", "spark.app_name=cluster-run"]
     r = spark_submit(spark_cluster, wheel, exec_python, "run.py", args, cwd=tmp)
     return tmp, t0, r
 
