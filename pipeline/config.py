@@ -2,7 +2,7 @@
 
 A config file is a mapping of sections (``run``, ``spark``, ``ray``, ``data``, ``split``,
 ``sample``, ``stream``, ``model``, ``train``, ``predict``, ``evaluate``, ``registry``,
-``retrain``, ``experiment``) to keys. Overrides use dotted keys: ``run.root=runs-test``,
+``retrain``, ``experiment``, ``tracking``) to keys. Overrides use dotted keys: ``run.root=runs-test``,
 ``train.epochs=3``, ``train.loss_params={gamma: 2}``; values are parsed as YAML. An unknown
 section or key, or a value of the wrong type, raises :class:`ConfigError` naming the key.
 """
@@ -152,6 +152,14 @@ class RegistrySection:
 
 
 @dataclass
+class TrackingSection:
+    enabled: bool = True                # log runs, experiments and retrains to MLflow
+    uri: Optional[str] = None           # None: sqlite:///<run.root>/mlflow.db, artifacts in <run.root>/mlartifacts;
+    #                                     or a server, e.g. http://host:5000
+    experiment: Optional[str] = None    # MLflow experiment name (default: run.id)
+
+
+@dataclass
 class RetrainSection:
     lake: Optional[str] = None
     partition_col: str = "ingest_date"
@@ -187,6 +195,7 @@ class Config:
     registry: RegistrySection = field(default_factory=RegistrySection)
     retrain: RetrainSection = field(default_factory=RetrainSection)
     experiment: ExperimentSection = field(default_factory=ExperimentSection)
+    tracking: TrackingSection = field(default_factory=TrackingSection)
     source: Optional[str] = None        # the file it was loaded from (not a YAML key)
 
     def to_dict(self) -> dict:

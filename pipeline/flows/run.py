@@ -40,6 +40,7 @@ from pipeline.errors import ConfigError
 from pipeline.evaluation.evaluate import evaluate_predictions
 from pipeline.evaluation.report import write_report
 from pipeline.evaluation.thresholds import apply_threshold_moving, tune_threshold
+from pipeline.flows import tracking
 from pipeline.io import (
     atomic_dir,
     fingerprint,
@@ -228,12 +229,15 @@ def prior_counts(run_dir: Path, train_data: str) -> dict:
     return read_info(train_data).class_counts
 
 
-def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str = "protocol") -> str:
+def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str = "protocol",
+                 tracking_tags: Optional[dict] = None, parent_run_id: Optional[str] = None) -> str:
     """Run (or resume) every stage of ``cfg``; return the run directory.
 
     ``data_dir``: where the data stages (source, protocol, profile, split) live, when several runs
     share them (the experiment's trials of one imbalance level and seed); default the run directory.
     Their markers carry their own fingerprints, so a shared stage is reused only when it matches.
+    ``tracking_tags`` / ``parent_run_id``: tags of the MLflow run and the run it nests under
+    (an experiment's trial); see :mod:`pipeline.flows.tracking`.
     """
     # deferred: torch is slow to import
     from pipeline.train.hooks import hook_names
@@ -252,10 +256,13 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
     seed = cfg.run.seed
     label = cfg.data.label_col
     log(f"run directory: {run_dir}")
+    tr = tracking.start(cfg, run_dir, tracking_tags, parent_run_id)
+    tracking.log_config(tr, cfg)
 
     data = data_stages(cfg, spark, data_runner, ddir, protocol_name)
     train_split, val_split, test_split = data["train"], data["val"], data["test"]
     split_fp, profile_fp = data["split_fp"], data["profile_fp"]
+    tracking.log_data(tr, ddir, split_fp, redo="profile" in data_runner.ran)
 
     # ---- sample + materialize (one pair per training set)
     def sampled_set(name: str, sample_cfg: SampleSection) -> tuple[str, str]:
@@ -290,6 +297,8 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
         pre_cfg = _sample_section(cfg.train.method_params.get("pretrain"),
                                   SampleSection(strategy="threshold", cap=5000))
         pretrain_data, pretrain_fp = sampled_set("sample_pretrain", pre_cfg)
+    for name in ("sample", "sample_pretrain"):
+        tracking.log_manifest(tr, run_dir, name, redo=name in runner.ran)
 
     # ---- train
     from pipeline.train.trainer import train_model
@@ -322,6 +331,8 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
 
     train_fp = runner.stage("train", train_key, _train)
     model_dir = str(run_dir / "train" / "model")
+    tracking.log_training(tr, run_dir, redo="train" in runner.ran)
+    tracking.log_model(tr, Path(model_dir), redo="train" in runner.ran)
 
     # ---- predict (test, and val for tuned thresholds)
 
@@ -357,6 +368,7 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
     if cfg.evaluate.threshold_moving == "prior":
         evaluate_key["priors"] = "unique examples per class"  # see prior_counts
     evaluate_fp = runner.stage("evaluate", evaluate_key, _evaluate)
+    tracking.log_evaluation(tr, run_dir, labels, redo="evaluate" in runner.ran)
 
     # ---- report
 
@@ -364,6 +376,7 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
                  lambda d: write_report(str(run_dir / "evaluate"), str(d),
                                         distribution=str(ddir / "profile" / "distribution.json"),
                                         predictions=str(run_dir / "predict" / "test"), spark=spark, label_col=label))
+    tracking.log_report(tr, run_dir, redo="report" in runner.ran)
 
     if data_runner is not runner:
         runner.skipped = data_runner.skipped + runner.skipped
@@ -371,7 +384,9 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
         runner.timings = {**data_runner.timings, **runner.timings}
     summary = _summary(run_dir, runner)
     summary["data_dir"] = str(ddir)
+    summary["mlflow_run_id"] = tr.run_id
     write_json(run_dir / "summary.json", summary)
+    tr.finish()
     print(_format_summary(summary))
     return str(run_dir)
 
