@@ -27,6 +27,7 @@ was not logged.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -271,9 +272,11 @@ def log_model(tr: Tracker, model_dir: Path, redo: bool = False) -> None:
         signature = infer_signature(example, out.numpy())
         mlflow = _mlflow()
         mlflow.set_tracking_uri(tr.uri)
+        logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # its pickle notice: our own code, our own file
         # log_model goes through the fluent API: attach it to this run without making it "active" globally
         with mlflow.start_run(run_id=tr.run_id, log_system_metrics=False):
             mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
+                                     serialization_format="pickle",  # pt2 (torch.export) fixes the batch size
                                      pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
         tr.client.log_artifacts(tr.run_id, str(model_dir), "model_files")
     tr.part("model", _do, redo)
@@ -327,3 +330,17 @@ def log_evaluation(tr: Tracker, run_dir: Path, labels: list, redo: bool = False)
 
 def log_report(tr: Tracker, run_dir: Path, redo: bool = False) -> None:
     tr.part("report", lambda: tr.client.log_artifacts(tr.run_id, str(run_dir / "report"), "report"), redo)
+
+
+def log_experiment(tr: Tracker, out: Path) -> None:
+    """The experiment's statistics (stats.json, summary.csv, results, report, CD diagrams, metric-vs-ρ
+    plots): every file and folder of ``out`` except the trials and shared data (their own runs)."""
+    def _do():
+        for p in sorted(out.iterdir()):
+            if p.name in ("trials", "data", RECORD):
+                continue
+            if p.is_dir():
+                tr.client.log_artifacts(tr.run_id, str(p), f"experiment/{p.name}")
+            else:
+                tr.client.log_artifact(tr.run_id, str(p), "experiment")
+    tr.part("experiment", _do, redo=True)

@@ -162,3 +162,24 @@ def test_real_server_killed_mid_run_the_run_finishes_and_warns(tmp_path):
     (r,) = client.search_runs([client.get_experiment_by_name("served").experiment_id])
     assert r.data.params["train.loss"] == "focal" and "data.rho" in r.data.metrics
     assert r.info.run_id == json.loads(record.read_text())["run_id"]
+
+
+def test_experiment_is_a_parent_run_with_one_child_per_trial(spark, ray_local, tmp_path):
+    from pipeline.config import load_config
+    from pipeline.flows.experiment import run_experiment
+
+    cfg = load_config("conf/exp-digits-tiny.yaml", [f"run.root={tmp_path}", f"experiment.out={tmp_path / 'exp'}",
+                                                    "experiment.seeds=[0]", "train.epochs=1"])
+    run_experiment(cfg)
+    client = _client(tmp_path)
+    exp = client.get_experiment_by_name("exp-digits-tiny")
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("kind") == "experiment"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 and len(runs) == 3
+    assert {(c.data.tags["level"], c.data.tags["method"], c.data.tags["seed"]) for c in children} == {
+        ("rho10", "baseline", "0"), ("rho10", "ros", "0")}
+    assert all("test.macro_f1" in c.data.metrics for c in children)
+    art = {f.path for f in client.list_artifacts(parent.info.run_id, "experiment")}
+    assert {"experiment/stats.json", "experiment/summary.csv"} <= art, art
+    assert parent.info.status == "FINISHED"
