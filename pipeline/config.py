@@ -165,7 +165,7 @@ class TrackingSection:
     enabled: bool = True                # log runs, experiments and retrains to MLflow
     uri: Optional[str] = None           # None: sqlite:///<run.root>/mlflow.db, artifacts in <run.root>/mlartifacts;
     #                                     or a server, e.g. http://host:5000
-    experiment: Optional[str] = None    # MLflow experiment name (default: run.id)
+    experiment: Optional[str] = None    # MLflow experiment name (default: the config file's stem, or run.id when set)
 
 
 @dataclass
@@ -334,12 +334,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
     if path is not None:
         cfg.source = str(path)
     if cfg.run.id is None:
-        cfg.run.id = default_run_id(cfg, Path(path).stem if path is not None else "default")
+        stem = Path(path).stem if path is not None else "default"
+        cfg.run.id = default_run_id(cfg, stem)
+        if cfg.tracking.experiment is None:  # runs of one config file sit side by side in one experiment
+            cfg.tracking.experiment = stem
     return cfg
 
 
 #: Sections that say where and how a run executes, not what it computes: left out of the run id.
-NOT_IN_RUN_ID = ("spark", "ray", "registry")
+NOT_IN_RUN_ID = ("spark", "ray", "registry", "tracking")
 
 
 def default_run_id(cfg: Config, stem: str) -> str:

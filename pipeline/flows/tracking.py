@@ -12,7 +12,9 @@ Where runs go (config section ``tracking``):
     server to start; browse with ``mlflow ui --backend-store-uri sqlite:///<run.root>/mlflow.db``.
     A server URI (``http://host:5000``) works the same.
 ``tracking.experiment``
-    the MLflow experiment (default ``run.id``).
+    the MLflow experiment (default: the config file's stem, so that every run of ``conf/demo.yaml``
+    — whatever its overrides — sits in experiment ``demo`` for side-by-side comparison; ``run.id``
+    when the run is named).
 ``tracking.enabled: false``
     log nothing.
 

@@ -40,6 +40,10 @@ def tabular_run(tmp_path_factory):
     return root, out, err
 
 
+def _run_dir(out: str) -> Path:
+    return Path(out.strip().splitlines()[-1])   # the run prints its directory last (tabular-<hash>)
+
+
 def _client(root):
     import mlflow
 
@@ -50,7 +54,7 @@ def test_run_is_tracked_with_params_curves_metrics_artifacts_and_model(tabular_r
     root, out, err = tabular_run
     assert "warning: MLflow" not in err
     client = _client(root)
-    exp = client.get_experiment_by_name("tabular")            # experiment = run.id
+    exp = client.get_experiment_by_name("tabular")            # experiment = the config stem
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED"
     p = run.data.params
@@ -66,7 +70,7 @@ def test_run_is_tracked_with_params_curves_metrics_artifacts_and_model(tabular_r
     for key in ("test.macro_f1", "test.weighted_f1", "test.g_mean", "test.balanced_accuracy",
                 "test.macro_roc_auc", "test.macro_pr_auc", "test.l5_f1", "test.rest_f1"):
         assert key in m, key
-    ours = json.loads((root / "tabular" / "evaluate" / "metrics.json").read_text())
+    ours = json.loads((_run_dir(out) / "evaluate" / "metrics.json").read_text())
     assert m["test.macro_f1"] == pytest.approx(ours["macro"]["f1"])
     assert sum(k.startswith("test.f1.") for k in m) == 10 and sum(k.startswith("test.recall.") for k in m) == 10
 
@@ -105,7 +109,7 @@ def test_rerun_that_skips_every_stage_logs_nothing_new(tabular_run):
     assert after.info.run_id == before.info.run_id           # the same MLflow run, resumed
     assert client.get_metric_history(after.info.run_id, "val.macro_f1") == hist_before
     assert after.data.metrics == before.data.metrics
-    assert json.loads((root / "tabular" / "summary.json").read_text())["mlflow_run_id"] == before.info.run_id
+    assert json.loads((_run_dir(out) / "summary.json").read_text())["mlflow_run_id"] == before.info.run_id
 
 
 def _free_port() -> int:
@@ -133,7 +137,7 @@ def test_real_server_killed_mid_run_the_run_finishes_and_warns(tmp_path):
                 time.sleep(0.5)
         root = tmp_path / "runs"
         run = _imbalance(["run", "conf/tabular.yaml", f"run.root={root}", *SMALL, "train.num_workers=0",
-                          f"tracking.uri=http://127.0.0.1:{port}", "tracking.experiment=served"])
+                          f"tracking.uri=http://127.0.0.1:{port}", "tracking.experiment=served", "run.id=tabular"])
         record = root / "tabular" / "tracking.json"
         deadline = time.time() + 300
         while not (record.is_file() and "data" in json.loads(record.read_text() or "{}").get("logged", [])):
