@@ -156,8 +156,8 @@ class EvaluateSection:
 
 @dataclass
 class RegistrySection:
-    root: str = "registry"              # local or mounted shared directory (see pipeline.flows.registry)
-    lock_timeout: float = 600.0         # seconds to wait for another process's register/promote
+    model_name: str = "imbalance"       # the MLflow registered model (on tracking.uri) retrain adds versions to
+    lock_timeout: float = 600.0         # seconds to wait for another process's register/promote (see pipeline.flows.promotion)
 
 
 @dataclass
@@ -272,6 +272,10 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         full = f"{prefix}{key}"
+        if full == "registry.root":
+            raise ConfigError("config key 'registry.root' is gone: the registry is the MLflow Model Registry on "
+                              "tracking.uri (default sqlite:///<run.root>/mlflow.db); name the model with "
+                              "registry.model_name")
         if key not in fields or key == "source":
             raise ConfigError(f"unknown config key '{full}'")
         f = fields[key]

@@ -279,6 +279,18 @@ def validate_config(cfg: Config, command: str = "run", warn: Callable[[str], Non
         if not cfg.retrain.lake:
             raise ConfigError("config key 'retrain.lake' is required: the partitioned lake table to train on")
         _exists("retrain.lake", cfg.retrain.lake)
+        if not cfg.tracking.enabled:
+            raise ConfigError("tracking.enabled: retrain registers its candidates in the MLflow Model Registry, "
+                              "so tracking must be on")
+        name = cfg.registry.model_name
+        if not isinstance(name, str) or not name.strip() or any(ch in name for ch in "/:'\"%"):
+            raise ConfigError(f"registry.model_name: {name!r} is not a registered model name "
+                              "(non-empty, without / : ' \" %)")
+        for key, value in (("retrain.tolerance", cfg.retrain.tolerance),
+                           ("retrain.minority_recall_tolerance", cfg.retrain.minority_recall_tolerance),
+                           ("registry.lock_timeout", cfg.registry.lock_timeout)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+                raise ConfigError(f"{key} must be a number >= 0, got {value!r}")
     if command == "train":
         if not cfg.train.train_path:
             raise ConfigError("train.train_path is not set (the materialized training table)")
