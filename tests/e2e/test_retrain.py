@@ -69,7 +69,7 @@ def test_retrain_promotes_then_gate_rejects_a_bad_model(spark, ray_local, tmp_pa
 
     # a config that trains badly (no warm start, learning rate 1e-9: an untrained network) is rejected
     _write_partition(lake, "2026-11-04", nxt, [400, 200, 100, 50], seed=4)
-    bad = retrain(_cfg(tmp_path, "retrain.warm_start=false", "train.lr=0.000000001", "train.epochs=1"))
+    bad = retrain(_cfg(tmp_path, "retrain.warm_start=false", "train.lr=1e-9", "train.epochs=1"))
     assert bad["status"] == "rejected" and bad["version"] == "3"
     assert any("worse" in r for r in bad["gate_reasons"])
     assert promotion.aliases(reg) == {"production": "2", "previous": "1"}   # no alias moved
