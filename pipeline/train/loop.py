@@ -22,7 +22,7 @@ workers, best-epoch selection and early stopping on ``train.select_metric`` with
 
 Two of the survey's methods run inside the loop (see ``docs/methods.md``):
 
-* **read-time sampling** (``train.read_sampling``; issue 7 item 2): per-class rates for the
+* **read-time sampling** (``train.read_sampling``): per-class rates for the
   streaming reader each epoch — ROS / RUS / threshold / floor / hybrid targets from
   :func:`pipeline.sampling.plan_counts` (rate = target / n_c), explicit rates, or **dynamic
   sampling** (Pouyanfar et al. 2018, survey Eq. 11; also ``train.method_params.dynamic_sampling:
@@ -55,7 +55,8 @@ from tqdm import tqdm
 
 from pipeline.data.schema import DatasetInfo, read_info
 from pipeline.errors import ConfigError, InputError
-from pipeline.io import fingerprint, read_json, write_json
+from pipeline.io import console_line, fingerprint, read_json, write_json
+from pipeline.train.progress import NoBar, bars_wanted
 from pipeline.prep.sampling import plan_counts
 from pipeline.stream.read_sampling import epoch_sampling_plan
 from pipeline.stream.readers import check_table, make_loader, to_float
@@ -187,13 +188,15 @@ class _RayBar:
 
 def _progress_bar(total: int, desc: str, in_ray: bool):
     """A per-epoch progress bar: Ray's driver-side bar inside Ray Train, plain tqdm otherwise."""
+    if not bars_wanted():  # not on a terminal: the epoch's summary line only
+        return NoBar()
     if in_ray:
         return _RayBar(total, desc)
 
     return tqdm(total=total, desc=desc, unit="batch", leave=False, mininterval=1.0)
 
 
-# ------------------------------------------------------------------ read-time sampling (issue 7 item 2)
+# ------------------------------------------------------------------ read-time sampling
 READ_STRATEGIES = ("none", "ros", "rus", "threshold", "floor", "hybrid", "rates", "dynamic")
 READ_KEYS = {"strategy", "target", "cap", "floor", "rates", "seed", "initial", "epoch_rows", "augment"}
 
@@ -636,7 +639,7 @@ def train_epoch(s: TrainingSession, epoch: int, crash) -> dict:
     if not math.isfinite(stats[0].item()):
         raise RuntimeError(f"training diverged: the {tc.loss} loss is not finite in epoch {epoch} "
                            f"(try a lower train.lr than {tc.lr})")
-    entry = {"epoch": epoch, "train_loss": stats[0].item() / max(stats[1].item(), 1),
+    entry = {"epoch": epoch + 1, "train_loss": stats[0].item() / max(stats[1].item(), 1),
              "steps": steps, "rows": int(stats[2].item()), "train_seconds": round(train_time, 3),
              "rows_per_s": round(stats[2].item() / max(train_time, 1e-9), 1)}
     if rates is not None:
@@ -669,7 +672,7 @@ def record_epoch(s: TrainingSession, epoch: int, entry: dict, value: float) -> N
     progress["history"].append(entry)
     progress["epoch"] = epoch
     if metric_better(s.select, value, progress["best_value"]) or progress["best_epoch"] is None:
-        progress.update(best_epoch=epoch, best_value=value, best_metrics=entry, bad_epochs=0)
+        progress.update(best_epoch=epoch + 1, best_value=value, best_metrics=entry, bad_epochs=0)
         s.best_state = _cpu_state(s.model)
         s.best_inference = s.hook.inference_state()
     else:
@@ -678,9 +681,9 @@ def record_epoch(s: TrainingSession, epoch: int, entry: dict, value: float) -> N
         progress["stopped_early"] = True
     if s.rank == 0 and tc.progress:
         v = entry.get("val_macro_f1")
-        print(f"epoch {epoch + 1}/{s.n_epochs}: loss {entry['train_loss']:.4f}"
-              + (f"  val macro-F1 {v:.4f}" if v is not None else "")
-              + f"  {entry['rows_per_s']:.0f} rows/s", flush=True)
+        console_line(f"epoch {epoch + 1}/{s.n_epochs}: loss {entry['train_loss']:.4f}"
+                     + (f"  val macro-F1 {v:.4f}" if v is not None else "")
+                     + f"  {entry['rows_per_s']:.0f} rows/s", in_ray=s.report_fn is not None)
 
 
 def finish_training(s: TrainingSession) -> dict:
