@@ -47,7 +47,7 @@ from pipeline.errors import InputError
 from pipeline.io import atomic_dir, fingerprint, local_path, read_json, write_json
 from pipeline.stream.readers import check_table
 from pipeline.train.hooks import METHOD_STATE_FILE, hook_module, save_inference_state
-from pipeline.train.loop import CRASH_ENV, centers_params, run_training
+from pipeline.train.loop import CRASH_ENV, centers_params, run_training, upgrade_progress
 from pipeline.train.progress import BARS_ENV, bars_wanted
 from pipeline.train.worker_errors import (
     clear_worker_errors,
@@ -255,7 +255,7 @@ def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
         raise RuntimeError(f"training run {name} ended without a checkpoint")
     with tempfile.TemporaryDirectory(prefix="imb-final-") as tmp:
         result.checkpoint.to_directory(tmp)
-        progress = read_json(Path(tmp) / "progress.json")
+        progress = upgrade_progress(read_json(Path(tmp) / "progress.json"))
         best_state = load_weights(Path(tmp) / "best_model.pt")
         centroids = None
         if centers_params(tc) is not None:
@@ -303,7 +303,7 @@ def _after_fit(cfg: Config, model_dir, val_path: Optional[str]) -> None:
 
 def _summary_from_progress(progress: dict) -> dict:
     return {"best_epoch": progress["best_epoch"], "best_metrics": progress["best_metrics"],
-            "history": progress["history"], "epochs_run": progress["epoch"] + 1,
+            "history": progress["history"], "epochs_run": progress["epochs_done"],
             "stopped_early": progress.get("stopped_early", False)}
 
 
