@@ -45,7 +45,7 @@ class SparkSection:
 class RaySection:
     address: Optional[str] = None       # None: a private local Ray (never joins a `ray start` cluster); "auto", host:port or ray://host:port for a cluster
     num_cpus: Optional[int] = None      # local Ray only
-    log_to_driver: bool = True          # shows the workers' per-epoch progress on the driver
+    log_to_driver: bool = True          # forward worker output: epoch lines to the console, the rest to <run>/train/ray-workers.log
 
 
 @dataclass

@@ -250,7 +250,9 @@ def _summary(metrics: dict) -> list[tuple[str, str, str]]:
         ("classes (present / total)", f"{metrics['n_present']} / {metrics['n_classes']}", ""),
         ("ρ in the evaluated data (max/min support)", _fmt(metrics.get("rho"), 1), ""),
         ("accuracy", *both(lambda m: m["accuracy"])),
-        ("balanced accuracy (mean recall)", *both(lambda m: m["balanced_accuracy"])),
+        ("balanced accuracy = mean recall over classes (balanced_accuracy)", *both(lambda m: m["balanced_accuracy"])),
+        ("mean one-vs-rest balanced accuracy, mean of (recall + specificity)/2 (macro.balanced_accuracy)",
+         *both(lambda m: m["macro"].get("balanced_accuracy"))),
         ("G-mean (geometric mean of recalls)", *both(lambda m: m["g_mean"])),
         ("macro F1", *both(lambda m: m["macro"]["f1"])),
         ("weighted F1", *both(lambda m: m["weighted"]["f1"])),
@@ -348,7 +350,10 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
     dist_png = _distribution_figure(distribution, figs)
     if dist_png is not None:
         figures.append(("Class distribution (profile stage)", "class_distribution.png", dist_png,
-                        "Class sizes of the profiled data, log scale."))
+                        "Class sizes of the profiled data, log scale. Red: the minority classes, "
+                        "the smallest classes that together hold at most half of the rows (classes "
+                        "taken smallest first while their running total stays <= 50%; the "
+                        "minority/majority split of Dong et al.'s Class Rectification Loss, CRL)."))
 
     head, rows = _table(metrics)
     summary = _summary(metrics)

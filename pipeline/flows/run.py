@@ -442,7 +442,7 @@ def _format_summary(s: dict) -> str:
         return "n/a" if v is None else f"{v:.4f}"
 
     lines = [
-        f"macro F1 {f(m['macro_f1'])} | balanced accuracy {f(m['balanced_accuracy'])} | G-mean {f(m['g_mean'])} | "
+        f"macro F1 {f(m['macro_f1'])} | balanced accuracy (mean recall) {f(m['balanced_accuracy'])} | G-mean {f(m['g_mean'])} | "
         f"macro ROC AUC {f(m['macro_roc_auc'])} | macro PR AUC {f(m['macro_pr_auc'])} | accuracy {f(m['accuracy'])}",
         f"L5 F1 {f(m['l5_f1'])} | rest F1 {f(m['rest_f1'])}",
     ]

@@ -64,7 +64,7 @@ def test_run_is_tracked_with_params_curves_metrics_artifacts_and_model(tabular_r
     # per-epoch curves from the training history, step = epoch
     for key in ("train.loss", "train.rows_per_s", "val.macro_f1", "val.balanced_accuracy"):
         hist = client.get_metric_history(run.info.run_id, key)
-        assert sorted(m.step for m in hist) == [0, 1], key
+        assert sorted(m.step for m in hist) == [1, 2], key   # step = epoch, 1-based like the log
     m = run.data.metrics
     assert m["data.rho"] > 50 and m["data.n_classes"] == 10
     for key in ("test.macro_f1", "test.weighted_f1", "test.g_mean", "test.balanced_accuracy",
