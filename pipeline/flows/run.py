@@ -40,6 +40,7 @@ from pipeline.errors import ConfigError
 from pipeline.evaluation.evaluate import evaluate_predictions
 from pipeline.evaluation.report import write_report
 from pipeline.evaluation.thresholds import apply_threshold_moving, tune_threshold
+from pipeline.flows.compare import compare_methods, run_comparisons
 from pipeline.io import (
     atomic_dir,
     fingerprint,
@@ -242,6 +243,7 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
     known = list(METHODS) + hook_names()
     if method not in known:
         raise ConfigError(f"config key 'train.method': unknown method '{method}' (choose from: {', '.join(known)})")
+    references = compare_methods(cfg, known)
     run_dir = local_path(cfg.run.root) / str(cfg.run.id)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", cfg.to_dict())
@@ -358,12 +360,18 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
         evaluate_key["priors"] = "unique examples per class"  # see prior_counts
     evaluate_fp = runner.stage("evaluate", evaluate_key, _evaluate)
 
+    # ---- reference models on the same data, and the paired comparison (run.compare_with)
+    compare_fp = None
+    if references:
+        compare_fp = run_comparisons(cfg, run_dir, ddir, protocol_name, runner, run_pipeline, spark, references)
+
     # ---- report
 
-    runner.stage("report", {"evaluate": evaluate_fp, "profile": profile_fp},
+    runner.stage("report", {"evaluate": evaluate_fp, "profile": profile_fp, "comparison": compare_fp},
                  lambda d: write_report(str(run_dir / "evaluate"), str(d),
                                         distribution=str(ddir / "profile" / "distribution.json"),
-                                        predictions=str(run_dir / "predict" / "test"), spark=spark, label_col=label))
+                                        predictions=str(run_dir / "predict" / "test"), spark=spark, label_col=label,
+                                        run_dir=str(run_dir), timings=dict(runner.timings)))
 
     if data_runner is not runner:
         runner.skipped = data_runner.skipped + runner.skipped
