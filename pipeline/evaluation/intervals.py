@@ -32,6 +32,7 @@ only how differently the two models treat the same test rows.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
@@ -136,7 +137,8 @@ def replicate_metrics(counts: dict, support: np.ndarray) -> dict:
 def percentile_ci(samples: np.ndarray, level: float = 0.95) -> tuple:
     """Percentile interval of bootstrap samples along axis 0 (NaN-safe)."""
     a = (1 - level) / 2
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)     # an absent class: all-NaN column, NaN interval
         lo = np.nanpercentile(samples, 100 * a, axis=0)
         hi = np.nanpercentile(samples, 100 * (1 - a), axis=0)
     return lo, hi

@@ -24,6 +24,7 @@ import numpy as np
 
 from pipeline.engines import get_spark
 from pipeline.errors import InputError
+from pipeline.evaluation.compare_table import size_groups
 from pipeline.evaluation.intervals import LOW_SUPPORT, bootstrap_intervals, wilson_per_class
 from pipeline.evaluation.metrics import pr_curves
 from pipeline.evaluation.report_sections import (
@@ -281,9 +282,13 @@ def _table(metrics: dict, sizes: Optional[dict] = None, boot: Optional[dict] = N
     return head, keys, rows, low
 
 
-def _summary(metrics: dict, boot: Optional[dict] = None) -> list[tuple[str, str, str]]:
+def _summary(metrics: dict, boot: Optional[dict] = None, sizes: Optional[dict] = None) -> list[tuple[str, str, str]]:
     adj = metrics.get("adjusted")
     b = boot or {}
+    by = "training rows" if sizes else "test support"
+
+    def group(m, g):
+        return size_groups(m["per_class"], sizes)[g]["f1"]
 
     def both(get):
         return _fmt(get(metrics)), (_fmt(get(adj)) if adj else "")
@@ -303,8 +308,8 @@ def _summary(metrics: dict, boot: Optional[dict] = None) -> list[tuple[str, str,
         ("macro ROC AUC (one-vs-rest, exact)", _fmt(metrics["macro"]["roc_auc"]), ""),
         ("macro PR AUC (average precision, exact)", _fmt(metrics["macro"]["pr_auc"]), ""),
         ("Brier score", _fmt(metrics.get("brier")), ""),
-        ("F1 of the 5 largest classes (L5)", *both(lambda m: m["groups"]["L5"]["f1"])),
-        ("F1 of the other classes (Rest)", *both(lambda m: m["groups"]["rest"]["f1"])),
+        (f"F1 of the 5 largest classes (L5, by {by})", *both(lambda m: group(m, "L5"))),
+        ("F1 of the other classes (Rest)", *both(lambda m: group(m, "rest"))),
     ]
     return items
 
@@ -419,7 +424,7 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
 
     head, keys, cells, low = _table(metrics, sizes, boot)
     rows = [[t for t, _ in r] for r in cells]
-    summary = _summary(metrics, boot)
+    summary = _summary(metrics, boot, sizes)
     ran = what_ran(run, metrics, timings) if run else None
     errors = errors_section(metrics, names)
     thresh = threshold_section(metrics, run.get("config", {}).get("evaluate", {}).get("threshold_moving") if run

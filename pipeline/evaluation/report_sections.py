@@ -223,7 +223,8 @@ def comparison_section(comp: dict, names: dict, figs: Path, save, plt) -> tuple[
                  f"{_f(r['balanced_accuracy'])} {_ci(r['balanced_accuracy_ci'])}",
                  f"{_signed(dl['balanced_accuracy'])} {_ci(dl['balanced_accuracy_ci'])}"),
                 ("accuracy", _f(m["accuracy"]), _f(r["accuracy"]), _signed(m["accuracy"] - r["accuracy"])),
-                ("F1 of the 5 largest classes (L5)", _f(m["l5_f1"]), _f(r["l5_f1"]), _signed(dl["l5_f1"])),
+                (f"F1 of the 5 largest classes (L5, by {m.get('groups_by', 'test support')})", _f(m["l5_f1"]),
+                 _f(r["l5_f1"]), _signed(dl["l5_f1"])),
                 ("F1 of the other classes (Rest)", _f(m["rest_f1"]), _f(r["rest_f1"]), _signed(dl["rest_f1"])),
                 ("classes at F1 = 0", str(m["f1_zero_classes"]), str(r["f1_zero_classes"]),
                  f"{m['f1_zero_classes'] - r['f1_zero_classes']:+d}")]
@@ -231,8 +232,8 @@ def comparison_section(comp: dict, names: dict, figs: Path, save, plt) -> tuple[
         lost = ", ".join(names[i] for i in c["lost"]) or "none"
         note = (f"Both models were trained on the same split and training set and scored on the same "
                 f"{c['n_rows']} test rows (raw argmax decisions). Intervals: 95%, stratified paired bootstrap "
-                f"over the test rows ({c['replicates']} replicates, seed {c['seed']}); L5 = the 5 largest test "
-                "classes by support, ties by class index. A class gained (lost) when its F1-delta interval lies "
+                f"over the test rows ({c['replicates']} replicates, seed {c['seed']}); L5 = the 5 largest "
+                f"classes by {m.get('groups_by', 'test support')}, ties by class index. A class gained (lost) when its F1-delta interval lies "
                 "above (below) 0.")
         md += ["", f"## {title}", "", note, "", f"| metric | {method} | {ref} | difference |", "| --- | --- | --- | --- |"]
         md += [f"| {a} | {b} | {cc} | {d} |" for a, b, cc, d in rows]
@@ -290,7 +291,7 @@ def sortable_table(head: list[str], rows: list[list[tuple]], table_id: str, keys
 
 
 # Plain script: click a header to sort its table (again to reverse); #sort=KEY (or #sort=-KEY for
-# descending) sorts the first table with that column on load; marks <body data-images-loaded> once
+# descending) sorts the per-class table by that column on load; marks <body data-images-loaded> once
 # every <img> has decoded, for headless checks.
 SORT_SCRIPT = """<script>
 function sortBy(th, desc){var t=th.closest('table'),i=Array.prototype.indexOf.call(th.parentNode.children,th),
@@ -301,7 +302,7 @@ r=(!isNaN(nx)&&!isNaN(ny))?nx-ny:x.localeCompare(y);return desc?-r:r;});rs.forEa
 document.body.dataset.sorted=th.dataset.key+(desc?':desc':':asc');}
 document.querySelectorAll('table.sortable th').forEach(function(th){th.style.cursor='pointer';
 th.addEventListener('click',function(){sortBy(th);});});
-var m=location.hash.match(/sort=(-?)([\\w]+)/);if(m){var th=document.querySelector("table.sortable th[data-key='"+m[2]+"']");
+var m=location.hash.match(/sort=(-?)([\\w]+)/);if(m){var th=document.querySelector("#per-class th[data-key='"+m[2]+"']");
 if(th)sortBy(th,m[1]==='-');}
 function imgs(){var a=Array.from(document.images);if(a.every(function(i){return i.complete&&i.naturalWidth>0;}))
 {document.body.dataset.imagesLoaded=a.length;}else{setTimeout(imgs,50);}}

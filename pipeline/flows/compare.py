@@ -80,14 +80,33 @@ def run_comparisons(cfg: Config, run_dir: Path, data_dir: Path, protocol_name: s
     def _compare(d: Path) -> None:
         main_metrics = read_json(run_dir / "evaluate" / "metrics.json")
         n = int(main_metrics["n_classes"])
+        manifest = run_dir / "sample" / "manifest.json"
+        sizes = ({int(k): int(v) for k, v in read_json(manifest)["input_counts"].items()}
+                 if manifest.is_file() else None)
         out = {"method": cfg.train.method, "method_params": cfg.train.method_params, "references": {}}
         for m, ref_dir in refs.items():
             deltas = paired_deltas(spark, str(run_dir / "predict" / "test"), str(ref_dir / "predict" / "test"),
                                    n, replicates=replicates, seed=cfg.run.seed, label_col=cfg.data.label_col)
             ref_metrics = read_json(ref_dir / "evaluate" / "metrics.json")
-            out["references"][m] = compare_metrics(main_metrics, ref_metrics, deltas)
+            out["references"][m] = compare_metrics(main_metrics, ref_metrics, deltas, sizes)
             out["references"][m]["run_dir"] = str(ref_dir)
         with atomic_dir(d) as tmp:
             write_json(Path(tmp) / "comparison.json", out)
 
     return runner.stage("comparison", key, _compare)
+
+
+def format_comparison(run_dir: Path) -> str:
+    """One line per reference for the run's closing summary (empty without a comparison)."""
+    p = Path(run_dir) / "comparison" / "comparison.json"
+    if not p.is_file():
+        return ""
+    comp = read_json(p)
+    lines = []
+    for ref, c in comp["references"].items():
+        d = c["delta"]
+        lo, hi = d["macro_f1_ci"]
+        lines.append(f"{comp['method']} vs {ref}: macro F1 {c['method']['macro_f1']:.4f} vs {c['reference']['macro_f1']:.4f} "
+                     f"(difference {d['macro_f1']:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}]); classes gained "
+                     f"{len(c['gained'])}, lost {len(c['lost'])}")
+    return "\n".join(lines)

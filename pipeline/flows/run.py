@@ -40,7 +40,7 @@ from pipeline.errors import ConfigError
 from pipeline.evaluation.evaluate import evaluate_predictions
 from pipeline.evaluation.report import write_report
 from pipeline.evaluation.thresholds import apply_threshold_moving, tune_threshold
-from pipeline.flows.compare import compare_methods, run_comparisons
+from pipeline.flows.compare import compare_methods, format_comparison, run_comparisons
 from pipeline.io import (
     atomic_dir,
     fingerprint,
@@ -381,6 +381,8 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
     summary["data_dir"] = str(ddir)
     write_json(run_dir / "summary.json", summary)
     print(_format_summary(summary))
+    if references:
+        print(format_comparison(run_dir))
     return str(run_dir)
 
 
