@@ -126,15 +126,16 @@ def plot_pr_curves(curves: dict, per_class: list[dict], path: Path, sizes: Optio
     return _save(fig, path)
 
 
-def plot_confusion(cm: np.ndarray, per_class: list[dict], path: Path) -> bytes:
-    """Row-normalised confusion matrix, classes ordered by size; legible for ~100 classes."""
+def plot_confusion(cm: np.ndarray, per_class: list[dict], path: Path, sizes: Optional[dict] = None) -> bytes:
+    """Row-normalised confusion matrix, classes ordered by size (training rows when ``sizes`` is
+    given, else test support; ties by class index), every class labelled; legible for ~100 classes."""
     plt = _plt()
     # deferred: matplotlib is slow to import
     from matplotlib.colors import PowerNorm
 
     cm = np.asarray(cm, float)
     k = cm.shape[0]
-    order = sorted(range(k), key=lambda c: (-per_class[c]["support"], c))
+    order = sorted(range(k), key=lambda c: (-(sizes or {}).get(c, 0), -per_class[c]["support"], c))
     m = cm[np.ix_(order, order)]
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = m / m.sum(axis=1, keepdims=True)
@@ -143,34 +144,36 @@ def plot_confusion(cm: np.ndarray, per_class: list[dict], path: Path) -> bytes:
     cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
     im = ax.imshow(np.ma.masked_invalid(norm), cmap=cmap, norm=PowerNorm(0.5, vmin=0, vmax=1),
                    interpolation="nearest", aspect="equal")
-    step = max(1, int(np.ceil(k / 35)))
-    ticks = list(range(0, k, step))
+    ticks = list(range(k))                       # every class labelled (none skipped)
     labels = [str(order[i]) for i in ticks]
+    fs = 9 if k <= 20 else 7 if k <= 50 else 5
     ax.set_xticks(ticks)
-    ax.set_xticklabels(labels, rotation=90, fontsize=7 if k > 20 else 9)
+    ax.set_xticklabels(labels, rotation=90, fontsize=fs)
     ax.set_yticks(ticks)
-    ax.set_yticklabels(labels, fontsize=7 if k > 20 else 9)
+    ax.set_yticklabels(labels, fontsize=fs)
     if k <= 15:
         for i in range(k):
             for j in range(k):
                 if not np.isnan(norm[i, j]) and norm[i, j] > 0:
                     ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
                             color="white" if norm[i, j] < 0.5 else "black")
-    ax.set_xlabel("predicted class (ordered by size, largest first)")
+    ax.set_xlabel("predicted class (ordered by " + ("training rows" if sizes else "test support")
+                  + ", largest first; ties by class index)")
     ax.set_ylabel("true class")
     ax.set_title("Confusion matrix, row-normalised (diagonal = recall); grey: class absent")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class (sqrt scale)")
     return _save(fig, path)
 
 
-def plot_threshold_moving(metrics: dict, path: Path) -> bytes:
+def plot_threshold_moving(metrics: dict, path: Path, sizes: Optional[dict] = None) -> bytes:
     plt = _plt()
     adj = metrics["adjusted"]
     names = ["accuracy", "balanced_accuracy", "g_mean", "macro F1", "macro precision", "L5 F1", "rest F1"]
 
     def vals(m):
+        g = size_groups(m["per_class"], sizes)     # L5 by training rows when known
         return [m.get("accuracy"), m.get("balanced_accuracy"), m.get("g_mean"), m["macro"].get("f1"),
-                m["macro"].get("precision"), m["groups"]["L5"]["f1"], m["groups"]["rest"]["f1"]]
+                m["macro"].get("precision"), g["L5"]["f1"], g["rest"]["f1"]]
 
     raw, new = vals(metrics), vals(adj)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -185,13 +188,13 @@ def plot_threshold_moving(metrics: dict, path: Path) -> bytes:
     a1.grid(True, axis="y", alpha=0.3)
     present = [r for r in metrics["per_class"] if r["support"] > 0]
     by_adj = {r["label"]: r for r in adj["per_class"]}
-    xs = np.array([r["support"] for r in present], float)
+    xs = np.array([(sizes or {}).get(r["label"], r["support"]) for r in present], float)
     a2.scatter(xs, [r["recall"] for r in present], s=18, alpha=0.7, label="recall, raw")
     a2.scatter(xs, [by_adj[r["label"]]["recall"] for r in present], s=18, alpha=0.7, marker="^",
                label="recall, adjusted")
     a2.set_xscale("log")
     a2.set_ylim(-0.03, 1.03)
-    a2.set_xlabel("class size (support, log scale)")
+    a2.set_xlabel("training rows of the class (log scale)" if sizes else "class size (support, log scale)")
     a2.set_title("Per-class recall before / after")
     a2.grid(True, alpha=0.3)
     a2.legend(fontsize=8)
@@ -411,16 +414,21 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
                         "points (thinned to ≤200 per class in Spark); the step area is the class's average precision."))
     figures.append(("Confusion matrix (row-normalised)", "confusion_matrix.png",
                     plot_confusion(np.array(metrics["confusion_matrix"]), per_class,
-                                   figs / "confusion_matrix.png"),
+                                   figs / "confusion_matrix.png", sizes),
                     "Rows: true class, columns: predicted class, both ordered by class size."))
     if "adjusted" in metrics:
         figures.append(("Before / after threshold moving", "threshold_moving.png",
-                        plot_threshold_moving(metrics, figs / "threshold_moving.png"),
+                        plot_threshold_moving(metrics, figs / "threshold_moving.png", sizes),
                         "Same scores, new decisions (pred_adjusted): no retraining."))
+    if sizes:   # the training data's distribution (after any protocol), not the source's
+        n_tr = sum(sizes.values())
+        distribution = {"n_rows": n_tr, "n_classes": len(sizes), "rho": max(sizes.values()) / max(1, min(sizes.values())),
+                        "classes": [{"label": c, "count": n, "fraction": n / n_tr}
+                                    for c, n in sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))]}
     dist_png = _distribution_figure(distribution, figs)
     if dist_png is not None:
-        figures.append(("Class distribution (profile stage)", "class_distribution.png", dist_png,
-                        "Class sizes of the profiled data, log scale."))
+        figures.append(("Class distribution of the training data" if sizes else "Class distribution (profile stage)",
+                        "class_distribution.png", dist_png, "Class sizes, log scale."))
 
     head, keys, cells, low = _table(metrics, sizes, boot)
     rows = [[t for t, _ in r] for r in cells]
