@@ -89,7 +89,7 @@ def test_changed_config_redoes_only_downstream(demo_run):
     r = _imbalance(["run", "conf/demo.yaml", f"run.root={root}", *TINY, "evaluate.threshold_moving=null"])
     assert r.returncode == 0, r.stderr[-4000:]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["ran"] == ["evaluate", "report"]
+    assert summary["ran"] == ["evaluate", "comparison", "report"]   # and the reference re-evaluates too
     assert "adjusted" not in json.loads((run_dir / "evaluate" / "metrics.json").read_text())
 
 
