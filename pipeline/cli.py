@@ -22,6 +22,7 @@ from pipeline.evaluation.thresholds import parse_class_counts, predictions_with_
 from pipeline.flows.experiment import run_experiment
 from pipeline.flows.retrain import retrain
 from pipeline.flows.run import run_pipeline
+from pipeline.flows.validate import validate_config
 from pipeline.prep.sampling import format_manifest, sample_dataset
 from pipeline.train.predict import predict_from_config
 
@@ -48,11 +49,34 @@ def _target(text: str):
 # ---------------------------------------------------------------- handlers
 def cmd_synth(a: argparse.Namespace) -> int:
     # deferred: pandas is slow to import
-    from pipeline.data.synth import synthesize
+    from pipeline.data.synth import synthesize, synthesize_image_folders
 
+    if a.format == "png-folders":
+        info = synthesize_image_folders(get_spark(), preset=a.preset, rows=a.rows, seed=a.seed, out=a.out,
+                                        corrupt=a.corrupt, partitions=a.partitions)
+        print(f"wrote {info['files']} files ({info['corrupt']} corrupt), {info['n_classes']} class folders to {a.out}")
+        return 0
+    if a.corrupt:
+        raise InputError("--corrupt needs --format png-folders")
     info = synthesize(get_spark(), preset=a.preset, rows=a.rows, seed=a.seed, out=a.out,
                       partitions=a.partitions)
     print(f"wrote {info['rows']} rows, {info['n_classes']} classes to {a.out}")
+    return 0
+
+
+def cmd_ingest(a: argparse.Namespace) -> int:
+    # deferred: the stage modules import pyspark, pyarrow and matplotlib
+    from pipeline.data.ingest import format_summary, ingest_images
+    from pipeline.prep.profile import CHART_FILE, describe_counts, format_distribution, plot_distribution
+
+    summary = ingest_images(get_spark(), a.images, a.out, size=a.size, mode=a.mode, resize=a.resize,
+                            label_from=a.label_from, manifest=a.manifest, min_size=a.min_size)
+    dist = describe_counts(summary["class_counts"])
+    plot_distribution(dist, os.path.join(a.out, CHART_FILE))
+    print(format_summary(summary))
+    print(format_distribution(dist))
+    if summary["rejected"]:
+        print(f"rejected {summary['rejected']} files: see {a.out}/rejected/", file=sys.stderr)
     return 0
 
 
@@ -70,7 +94,8 @@ def cmd_split(a: argparse.Namespace) -> int:
     from pipeline.prep.split import split_dataset
 
     summary = split_dataset(get_spark(), a.input, a.out, val=a.val, test=a.test, seed=a.seed,
-                            label_col=a.label_col)
+                            label_col=a.label_col, size=a.size, mode=a.mode, resize=a.resize,
+                            min_size=a.min_size)
     totals = {name: sum(c.values()) for name, c in summary["counts"].items()}
     print(f"{len(summary['labels'])} classes; rows per split: "
           + ", ".join(f"{k} {v:,}" for k, v in totals.items()) + f"; rejected {summary['rejected']:,} -> {a.out}")
@@ -88,6 +113,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
 def cmd_train(a: argparse.Namespace) -> int:
     cfg = load_config(a.config, a.overrides)
+    validate_config(cfg, "train")
     # deferred: torch is slow to import
     from pipeline.train.trainer import train_from_config
     result = train_from_config(cfg)
@@ -97,6 +123,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_predict(a: argparse.Namespace) -> int:
     cfg = load_config(a.config, a.overrides)
+    validate_config(cfg, "predict")
     out = predict_from_config(cfg)
     print(out)
     return 0
@@ -159,8 +186,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rows", type=int, default=20000, help="number of rows (default 20000)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--partitions", type=int, default=None, help="output files (default: by size)")
-    s.add_argument("--out", required=True, help="output Parquet directory")
+    s.add_argument("--out", required=True, help="output Parquet directory (or image tree root)")
+    s.add_argument("--format", choices=["parquet", "png-folders"], default="parquet",
+                   help="parquet: a source table; png-folders: <out>/<class>/<id>.png at varied sizes "
+                        "and aspect ratios, as WHOI-Plankton is distributed (plankton preset)")
+    s.add_argument("--corrupt", type=int, default=0,
+                   help="png-folders: also write N bad files (truncated, not an image, empty)")
     s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("ingest", help="image folders (<root>/<class>/<file>.png) -> source table, bad files to rejected/",
+                       description="Decode and resize a tree of images (PNG, JPEG, ...) with Spark into "
+                                   "OUT/data (the source table), OUT/rejected, OUT/labels.json, OUT/ingest.json.")
+    s.add_argument("--images", required=True, help="root of the image tree: <root>/<class name>/<image>")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--size", type=int, default=32, help="output side in pixels (default 32)")
+    s.add_argument("--mode", choices=["L", "RGB"], default="L", help="L greyscale (default) or RGB")
+    s.add_argument("--resize", choices=["pad", "crop", "stretch"], default="pad",
+                   help="pad: keep the aspect ratio, pad to a square (default); crop: centre square; "
+                        "stretch: ignore the aspect ratio")
+    s.add_argument("--label-from", choices=["folder", "manifest"], default="folder",
+                   help="class from the first folder under the root (default) or from --manifest")
+    s.add_argument("--manifest", default=None, help="CSV or Parquet with path,label (paths relative to the root)")
+    s.add_argument("--min-size", type=int, default=2, help="reject images narrower or lower than this (default 2)")
+    s.set_defaults(func=cmd_ingest)
 
     s = sub.add_parser("profile", help="class distribution: counts, rho, minority classes, chart")
     s.add_argument("--input", required=True, help="Parquet table")
@@ -175,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--test", type=float, default=0.2, help="test fraction per class (default 0.2)")
     s.add_argument("--seed", type=int, default=0, help="seed of the (seed, id) hash (default 0)")
     s.add_argument("--label-col", default="label", help=LABEL_HELP)
+    s.add_argument("--size", type=int, default=32,
+                   help="encoded (PNG/JPEG) image column: decode and resize to SIZE x SIZE (default 32)")
+    s.add_argument("--mode", choices=["L", "RGB"], default="L", help="encoded images: L (default) or RGB")
+    s.add_argument("--resize", choices=["pad", "crop", "stretch"], default="pad",
+                   help="encoded images: pad (keep aspect, default), crop or stretch")
+    s.add_argument("--min-size", type=int, default=1, help="encoded images: reject images smaller than this")
     s.set_defaults(func=cmd_split)
 
     s = sub.add_parser("sample", help="exact distributed RUS/ROS/threshold/floor/hybrid sampling")
@@ -241,6 +295,15 @@ def _quiet(verbose: bool) -> None:
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
 
+def _stop_ray_log_forwarding() -> None:
+    """Shut the process's Ray down before the error line, so that no forwarded worker log
+    (Ray Train's controller, placement-group cleaner) lands after it."""
+    if "ray" in sys.modules:
+        from pipeline.engines import stop_ray
+
+        stop_ray()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -249,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except InputError as e:
+        _stop_ray_log_forwarding()
         print(f"imbalance {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

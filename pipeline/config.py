@@ -9,6 +9,8 @@ section or key, or a value of the wrong type, raises :class:`ConfigError` naming
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,7 +25,7 @@ from pipeline.errors import ConfigError
 @dataclass
 class RunSection:
     root: str = "runs"                  # run directories go to <root>/<id>/
-    id: Optional[str] = None            # default: the config file's stem
+    id: Optional[str] = None            # default: <config stem>-<hash of the resolved config> (see default_run_id)
     seed: int = 0                       # default seed for every stage that takes one
     compare_with: Any = None            # a method or a list (e.g. baseline): reference models on the same data (flows/compare.py)
 
@@ -48,7 +50,14 @@ class RaySection:
 
 @dataclass
 class DataSection:
-    input: Optional[str] = None         # source table (Parquet dir / lake path); None: synthesize
+    input: Optional[str] = None         # source table (Parquet dir / lake path); None: images, else synthesize
+    images: Optional[str] = None        # image folder tree <root>/<class>/<file>.png: the source stage ingests it
+    size: int = 32                      # encoded images (folders or PNG/JPEG bytes in a table): output side
+    mode: str = "L"                     # L (greyscale) | RGB
+    resize: str = "pad"                 # pad (keep aspect, pad to square) | crop | stretch
+    label_from: str = "folder"          # images: class from the folder name | manifest
+    manifest: Optional[str] = None      # images: CSV/Parquet of path,label (paths relative to data.images)
+    min_size: int = 2                   # images narrower or lower than this go to rejected/
     synth_preset: str = "plankton"      # used when input is None: plankton | tabular
     rows: int = 20000
     label_col: str = "label"
@@ -316,11 +325,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
     cfg = _build(Config, data, "")
     if path is not None:
         cfg.source = str(path)
-        if cfg.run.id is None:
-            cfg.run.id = Path(path).stem
     if cfg.run.id is None:
-        cfg.run.id = "default"
+        cfg.run.id = default_run_id(cfg, Path(path).stem if path is not None else "default")
     return cfg
+
+
+#: Sections that say where and how a run executes, not what it computes: left out of the run id.
+NOT_IN_RUN_ID = ("spark", "ray", "registry")
+
+
+def default_run_id(cfg: Config, stem: str) -> str:
+    """``<config stem>-<8 hex digits>``: a hash of the resolved config (every section except
+    :data:`NOT_IN_RUN_ID`, ``run.root`` and ``run.id``). Identical resolved configs share a run
+    directory, so rerunning resumes; any changed value (``train.loss=focal``) gets its own."""
+    d = cfg.to_dict()
+    for k in NOT_IN_RUN_ID:
+        d.pop(k, None)
+    d["run"] = {k: v for k, v in d["run"].items() if k not in ("root", "id")}
+    digest = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{stem}-{digest[:8]}"
 
 
 def config_from_dict(data: dict) -> Config:

@@ -39,7 +39,6 @@ def get_spark(cfg: "SparkSection | None" = None) -> "SparkSession":
     # deferred: pyspark is slow to import
     from pyspark.sql import SparkSession
 
-
     cfg = cfg or SparkSection()
     active = SparkSession.getActiveSession()
     if active is not None:
@@ -95,7 +94,6 @@ def get_ray(cfg: "RaySection | None" = None) -> None:
     """Connect to (or start) the process's Ray runtime; a no-op when already initialised."""
     # deferred: ray is slow to import
     import ray
-
 
     cfg = cfg or RaySection()
     if ray.is_initialized():

@@ -142,3 +142,13 @@ def write_success(directory: str | os.PathLike, fp: str) -> None:
 def read_success(directory: str | os.PathLike) -> str | None:
     m = local_path(directory) / SUCCESS
     return m.read_text().strip() if m.is_file() else None
+
+
+def label_key(label: Any) -> tuple:
+    """Sort key for class labels in tables people read: numbers in numeric order (2 before 10),
+    also when they are strings ("2", "10"), and other names after them in text order."""
+    text = str(label).strip()
+    try:
+        return (0, float(text), text)
+    except ValueError:
+        return (1, 0.0, text)

@@ -11,10 +11,23 @@ from pipeline.io import is_local, local_path, read_json, spark_uri, write_json
 LABELS_FILE = "labels.json"
 
 
+def resolve_table(path: str) -> str:
+    """A stage directory that holds its table in ``data/`` (ingest, sample) → that table; else ``path``."""
+    if path is not None and is_local(path):
+        p = local_path(path)
+        if p.is_dir() and has_info(p / "data") and not any(f.suffix == ".parquet" for f in p.iterdir()):
+            return str(p / "data")
+    return path
+
+
 def read_table(spark, path: str, label_col: Optional[str] = "label", allow_empty: bool = False):
-    """Read a Parquet table; missing path, non-Parquet data, a missing label column or no rows → InputError."""
+    """Read a Parquet table; missing path, non-Parquet data, a missing label column or no rows → InputError.
+
+    The output directory of ``imbalance ingest`` or ``sample`` reads as its ``data/`` table.
+    """
     if path is None:
         raise InputError("no input path given")
+    path = resolve_table(path)
     if is_local(path):
         p = local_path(path)
         if not p.exists():
@@ -38,23 +51,32 @@ def read_table(spark, path: str, label_col: Optional[str] = "label", allow_empty
 
 
 def table_info(path: str, df=None, label_col: str = "label", image_shape=None) -> Optional[DatasetInfo]:
-    """The table's ``_dataset.json`` if it has one, else a description inferred from its schema."""
+    """The table's ``_dataset.json`` if it has one, else a description inferred from its schema.
+
+    An ``image`` column without a shape (no ``_dataset.json``, no ``image_shape``) holds encoded
+    images (PNG, JPEG, ...): ``image_shape`` is then None and the split stage decodes them.
+    """
+    path = resolve_table(path)
     if is_local(path) and has_info(path):
         info = read_info(path)
         info.label_col = label_col
         return info
     if df is None:
         return None
+    return frame_info(df, label_col, image_shape, name=path)
+
+
+def frame_info(df, label_col: str = "label", image_shape=None, name: str = "the table") -> DatasetInfo:
+    """A description of a DataFrame inferred from its schema (one row read for the feature count)."""
     cols = set(df.columns)
     if IMAGE_COL in cols:
-        if image_shape is None:
-            raise InputError(f"{path} has an '{IMAGE_COL}' column but no image shape: set data.image_shape")
-        return DatasetInfo(kind="image", n_classes=0, label_col=label_col, image_shape=list(image_shape))
+        return DatasetInfo(kind="image", n_classes=0, label_col=label_col,
+                           image_shape=list(image_shape) if image_shape is not None else None)
     if FEATURES_COL in cols:
         first = df.select(FEATURES_COL).where(f"{FEATURES_COL} is not null").limit(1).collect()
         n_features = len(first[0][0]) if first else 0
         return DatasetInfo(kind="features", n_classes=0, label_col=label_col, n_features=n_features)
-    raise InputError(f"{path} has neither a '{FEATURES_COL}' (array<float>) nor an '{IMAGE_COL}' (bytes) column")
+    raise InputError(f"{name} has neither a '{FEATURES_COL}' (array<float>) nor an '{IMAGE_COL}' (bytes) column")
 
 
 def label_index(labels) -> dict:

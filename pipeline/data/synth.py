@@ -29,7 +29,9 @@ fully determined by (preset, rows, seed, partitions).
 """
 from __future__ import annotations
 
+import io
 import math
+import os
 from typing import Iterator
 
 import numpy as np
@@ -252,3 +254,80 @@ def _write_digits(spark, out: str) -> dict:
         df.write.mode("overwrite").parquet(spark_uri(tmp))
         write_info(tmp, info)
     return {"rows": int(len(d.target)), "n_classes": len(counts), "class_counts": counts.tolist(), "partitions": 2}
+
+
+# ---------------------------------------------------------------- image folder trees
+def class_folder(index: int) -> str:
+    """Folder name of class ``index`` in a synthetic image tree."""
+    return f"class_{index:03d}"
+
+
+def _folder_writer(root: str, rows: int, seed: int, cum: np.ndarray, step: int, params: dict, corrupt: int):
+    """mapInPandas function: draw each row's image at a random size and aspect, write it as a PNG.
+
+    Rows ``0..corrupt-1`` (a hash-spread set of ids) get bad files instead: truncated PNGs,
+    text with a ``.png`` name, and empty files, in turn.
+    """
+    def gen(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        # deferred: Pillow is only needed on the executors that write the files
+        from PIL import Image
+
+        for pdf in batches:
+            ids = pdf["id"].to_numpy()
+            if len(ids) == 0:
+                continue
+            labels = _labels_for(ids, cum, rows, step)
+            rng = np.random.default_rng([seed, int(ids[0]), len(ids), 7])
+            imgs = draw_images(labels, rng, params)
+            side = rng.integers(24, 121, len(ids))                    # longer side 24..120 px
+            aspect = np.exp(rng.uniform(np.log(0.3), 0.0, len(ids)))  # shorter/longer 0.3..1
+            wide = rng.random(len(ids)) < 0.5
+            bad = (ids * 2654435761 % max(rows, 1)) < corrupt          # ~corrupt rows, spread over classes
+            kinds = []
+            for i, (rid, lab) in enumerate(zip(ids, labels)):
+                folder = os.path.join(root, class_folder(int(lab)))
+                os.makedirs(folder, exist_ok=True)
+                a, b = int(side[i]), max(2, int(round(side[i] * aspect[i])))
+                w, h = (a, b) if wide[i] else (b, a)
+                buf = io.BytesIO()
+                Image.fromarray(imgs[i]).resize((w, h), Image.Resampling.BILINEAR).save(buf, format="PNG")
+                data = buf.getvalue()
+                kind = "ok"
+                if bad[i]:
+                    kind = ("truncated", "text", "empty")[int(rid) % 3]
+                    data = {"truncated": data[: len(data) // 2], "text": b"not an image\n", "empty": b""}[kind]
+                with open(os.path.join(folder, f"{int(rid):08d}.png"), "wb") as f:
+                    f.write(data)
+                kinds.append(kind)
+            yield pd.DataFrame({"label": labels, "kind": kinds})
+    return gen
+
+
+def synthesize_image_folders(spark, preset: str, rows: int, seed: int, out: str, corrupt: int = 0,
+                             partitions: int | None = None) -> dict:
+    """The ``plankton`` preset as a WHOI-Plankton-style tree: ``out/class_NNN/<id>.png``.
+
+    Each image is the preset's procedural 32×32 drawing resized to a random size (longer side
+    24–120 px) and aspect ratio (0.3–1, portrait or landscape), greyscale PNG. The files are
+    written by the executors (a shared file system on a cluster), into a temporary directory
+    renamed into place when complete. ``corrupt`` of the files are bad on purpose, for testing
+    the ingest's quarantine. Returns ``{"files", "corrupt", "n_classes", "class_counts", "partitions"}``.
+    """
+    if preset != "plankton":
+        raise InputError(f"--format png-folders supports the plankton preset only, got '{preset}'")
+    if rows <= 0:
+        raise InputError(f"--rows must be positive, got {rows}")
+    if not 0 <= corrupt <= rows:
+        raise InputError(f"--corrupt must be between 0 and --rows ({rows}), got {corrupt}")
+    counts = exact_counts(plankton_fractions(), rows)
+    cum, step = np.cumsum(counts), _coprime_step(rows)
+    params = _class_params(len(counts), seed)
+    if partitions is None:
+        partitions = min(rows, max(2 * spark.sparkContext.defaultParallelism, math.ceil(rows / 20000)))
+    with atomic_dir(local_path(out)) as tmp:
+        fn = _folder_writer(str(tmp.resolve()), rows, seed, cum, step, params, corrupt)
+        written = (spark.range(0, rows, numPartitions=partitions).mapInPandas(fn, "label long, kind string")
+                   .groupBy("kind").count().collect())
+    kinds = {r[0]: int(r[1]) for r in written}
+    return {"files": sum(kinds.values()), "corrupt": sum(v for k, v in kinds.items() if k != "ok"),
+            "kinds": kinds, "n_classes": len(counts), "class_counts": counts.tolist(), "partitions": partitions}

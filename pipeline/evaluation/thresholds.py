@@ -80,6 +80,26 @@ def adjusted_pred(probs: np.ndarray, rule: str, priors: Optional[np.ndarray] = N
 
 
 # ------------------------------------------------------------------------------ Spark
+def check_rule(rule, cost=None, tune_metric: str = "f1", n_classes: int | None = None) -> None:
+    """Check ``evaluate.threshold_moving`` (with ``cost`` / ``tune_metric``) before any data
+    exists; ``n_classes`` when known (the cost and tuned rules are binary)."""
+    if rule is None:
+        return
+    if rule not in RULES:
+        raise InputError(f"unknown evaluate.threshold_moving rule {rule!r} (choose: {', '.join(RULES)})")
+    if rule in ("cost", "tuned") and n_classes is not None and n_classes != 2:
+        raise InputError(f"evaluate.threshold_moving={rule} is for binary problems; this data has "
+                         f"{n_classes} classes (use 'prior')")
+    if rule == "cost":
+        if (not isinstance(cost, (list, tuple)) or len(cost) != 2
+                or any(isinstance(c, bool) or not isinstance(c, (int, float)) or c < 0 for c in cost)
+                or sum(cost) <= 0):
+            raise InputError(f"evaluate.threshold_moving=cost needs evaluate.cost = [c10, c01] (false-positive, "
+                             f"false-negative cost, >= 0, not both 0), got {cost!r}")
+    if rule == "tuned" and tune_metric not in TUNE_METRICS:
+        raise InputError(f"unknown evaluate.tune_metric {tune_metric!r} (choose: {', '.join(TUNE_METRICS)})")
+
+
 def _resolve(rule: str, n_classes: int, class_counts, cost, threshold):
     if rule not in RULES:
         raise InputError(f"unknown threshold-moving rule '{rule}' (choose: {', '.join(RULES)})")
@@ -117,7 +137,6 @@ def add_pred_adjusted(df, rule: str, n_classes: int, class_counts=None,
     def fn(batches):
         # deferred: pyarrow is slow to import
         import pyarrow as pa
-
 
         for batch in batches:
             if batch.num_rows == 0:

@@ -58,6 +58,7 @@ from pipeline.config import Config, config_from_dict, merge_overrides
 from pipeline.engines import get_ray
 from pipeline.errors import ConfigError, InputError
 from pipeline.flows.run import log, prepare_data, run_pipeline
+from pipeline.flows.validate import validate_config
 from pipeline.io import fingerprint, local_path, read_json, write_json
 
 TRIAL_METRICS = ["macro_f1", "g_mean", "balanced_accuracy", "macro_roc_auc", "macro_pr_auc", "l5_f1", "rest_f1",
@@ -241,15 +242,19 @@ def run_experiment(cfg: Config) -> str:
     if len(set(names)) != len(names):
         raise ConfigError("config key 'experiment.methods': method names (and threshold variants) must be unique")
     out = local_path(exp.out or Path(cfg.run.root) / f"experiment-{cfg.run.id}").resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    # validate every trial's config before running anything
+    # validate every trial's config before running or writing anything
     grid = [(lv, m, s, trial_config(cfg, lv, m, s, out)) for lv in levels for m in methods for s in seeds]
     for lv, m, s, tcfg in grid:
         if m["threshold_variant"] and not tcfg.evaluate.threshold_moving:
             raise ConfigError(f"experiment method '{m['name']}' names threshold_variant "
                               f"'{m['threshold_variant']}' but sets no evaluate.threshold_moving")
+        try:
+            validate_config(tcfg, "experiment", warn=lambda w: None)
+        except ConfigError as e:
+            raise ConfigError(f"experiment trial {tcfg.run.id}: {e}") from None
     if exp.parallel is not None and (isinstance(exp.parallel, bool) or int(exp.parallel) < 1):
         raise ConfigError(f"config key 'experiment.parallel' must be >= 1, got {exp.parallel}")
+    out.mkdir(parents=True, exist_ok=True)
     get_ray(cfg.ray)
     parallel = _parallelism(cfg, [g[3] for g in grid])
     data_dirs = [data_dir_for(tcfg, out) for _, _, _, tcfg in grid]

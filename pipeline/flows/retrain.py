@@ -34,6 +34,7 @@ from pipeline.errors import ConfigError, InputError
 from pipeline.evaluation.evaluate import evaluate_predictions
 from pipeline.flows.registry import ModelRegistry, gate
 from pipeline.flows.run import log, run_pipeline
+from pipeline.flows.validate import validate_config
 from pipeline.io import local_path, path_fingerprint, read_json, write_json
 from pipeline.train.predict import predict
 
@@ -87,8 +88,7 @@ def _counts_from_distribution(dist: dict) -> dict:
 
 def retrain(cfg: Config) -> dict:
     """One scheduled retrain; returns a summary (status, version, promoted, gate reasons, drift)."""
-    if not cfg.retrain.lake:
-        raise ConfigError("config key 'retrain.lake' is required: the partitioned lake table to train on")
+    validate_config(cfg, "retrain")  # before the registry or the lake is touched
     registry = ModelRegistry.from_config(cfg.registry)
     parts = lake_partitions(cfg.retrain.lake, cfg.retrain.partition_col)
     prod_version = registry.production()

@@ -52,9 +52,10 @@ from pipeline.io import (
     write_json,
     write_success,
 )
+from pipeline.flows.validate import TWO_PHASE_KEYS, validate_config
 from pipeline.prep.sampling import format_manifest, sample_dataset
 from pipeline.stream.materialize import materialize
-from pipeline.train import PIPELINE_METHODS as METHODS
+from pipeline.train import PIPELINE_METHODS
 from pipeline.train.predict import predict
 
 
@@ -65,8 +66,9 @@ def log(msg: str) -> None:
 class StageRunner:
     """Runs stages with ``_SUCCESS`` fingerprints; remembers what ran and what was skipped."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, config: Optional[dict] = None):
         self.run_dir = run_dir
+        self.config = config  # written to run_dir/config.json before the first stage that runs
         self.ran: list[str] = []
         self.skipped: list[str] = []
         self.timings: dict[str, float] = {}
@@ -83,6 +85,10 @@ class StageRunner:
         marker = d / "_SUCCESS"
         if marker.exists():
             marker.unlink()  # stale: the stage is redone, so it is not complete until the new marker
+        if self.config is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.run_dir / "config.json", self.config)
+            self.config = None
         log(f"[{time.time() - self.t0:7.1f}s] {name}: running")
         t = time.time()
         fn(d)
@@ -92,12 +98,6 @@ class StageRunner:
         self.ran.append(name)
         log(f"[{time.time() - self.t0:7.1f}s] {name}: done in {self.timings[name]:.1f}s")
         return fp
-
-
-TWO_PHASE_KEYS = {"pretrain", "pretrain_epochs", "pretrain_read_sampling", "finetune_lr",
-                  # read by the training loop in both phases
-                  "dynamic_sampling", "drw_epoch", "drw_beta", "category_centers", "centroid_metric",
-                  "centroid_temperature"}
 
 
 def _sample_section(raw: Optional[dict], default: SampleSection) -> SampleSection:
@@ -151,6 +151,24 @@ def data_stages(cfg: Config, spark, runner: "StageRunner", ddir: Path, protocol_
             raise ConfigError(f"config keys data.train_path/val_path/test_path: '{missing[0]}' is missing")
         source = presplit["train"]
         source_fp = fingerprint({k: path_fingerprint(v) for k, v in presplit.items()})
+    elif cfg.data.input and cfg.data.images:
+        raise ConfigError("config keys data.input and data.images: give one source, not both")
+    elif cfg.data.images:
+        # deferred: the ingest stage imports pyspark, pyarrow and numpy
+        from pipeline.data.ingest import DATA_DIR, format_summary, ingest_images
+
+        source = str(ddir / "source" / DATA_DIR)
+        d = cfg.data
+        key = {"images": path_fingerprint(d.images), "manifest": d.manifest and path_fingerprint(d.manifest),
+               "size": d.size, "mode": d.mode, "resize": d.resize, "label_from": d.label_from,
+               "min_size": d.min_size}
+
+        def _ingest(out: Path) -> None:
+            summary = ingest_images(spark, d.images, str(out), size=d.size, mode=d.mode, resize=d.resize,
+                                    label_from=d.label_from, manifest=d.manifest, min_size=d.min_size)
+            log(format_summary(summary))
+
+        source_fp = runner.stage("source", key, _ingest)
     elif cfg.data.input:
         source = cfg.data.input
         source_fp = fingerprint(path_fingerprint(source))
@@ -186,9 +204,12 @@ def data_stages(cfg: Config, spark, runner: "StageRunner", ddir: Path, protocol_
     split_seed = cfg.split.seed if cfg.split.seed is not None else seed
     split_fp = runner.stage(
         "split", {"source": source_fp, "split": cfg.section("split"), "seed": split_seed, "label": label,
-                  "image_shape": cfg.data.image_shape},
+                  "image_shape": cfg.data.image_shape,
+                  "decode": [cfg.data.size, cfg.data.mode, cfg.data.resize, cfg.data.min_size]},
         lambda d: split_dataset(spark, presplit or source, str(d), val=cfg.split.val, test=cfg.split.test,
-                                seed=split_seed, label_col=label, image_shape=cfg.data.image_shape))
+                                seed=split_seed, label_col=label, image_shape=cfg.data.image_shape,
+                                size=cfg.data.size, mode=cfg.data.mode, resize=cfg.data.resize,
+                                min_size=cfg.data.min_size))
     train_split = str(ddir / "split" / "train")
     val_split = str(ddir / "split" / "val")
     test_split = str(ddir / "split" / "test")
@@ -236,24 +257,22 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
     share them (the experiment's trials of one imbalance level and seed); default the run directory.
     Their markers carry their own fingerprints, so a shared stage is reused only when it matches.
     """
-    # deferred: torch is slow to import
+    validate_config(cfg, "run")  # every key and input checked before anything is written
+    method = cfg.train.method
+    # deferred: torch is slow to import (the hook registry builds torch modules)
     from pipeline.train.hooks import hook_names
 
-    method = cfg.train.method
-    known = list(METHODS) + hook_names()
-    if method not in known:
-        raise ConfigError(f"config key 'train.method': unknown method '{method}' (choose from: {', '.join(known)})")
-    references = compare_methods(cfg, known)
+    references = compare_methods(cfg, list(PIPELINE_METHODS) + hook_names())  # validated above
     run_dir = local_path(cfg.run.root) / str(cfg.run.id)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", cfg.to_dict())
-    runner = StageRunner(run_dir)
+    # config.json is (re)written only when a stage actually runs (StageRunner), so a failed or
+    # up-to-date rerun never changes a finished run's record
+    runner = StageRunner(run_dir, config=cfg.to_dict())
     ddir = run_dir if data_dir is None else local_path(data_dir)
     data_runner = runner if data_dir is None else StageRunner(ddir)
     spark = get_spark(cfg.spark)
     seed = cfg.run.seed
     label = cfg.data.label_col
-    log(f"run directory: {run_dir}")
+    log(f"run id: {cfg.run.id}  (directory: {run_dir})")
 
     data = data_stages(cfg, spark, data_runner, ddir, protocol_name)
     train_split, val_split, test_split = data["train"], data["val"], data["test"]

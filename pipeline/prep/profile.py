@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 
 from pipeline.data.source import label_index, read_table, write_labels
 from pipeline.errors import InputError
-from pipeline.io import atomic_dir, local_path, write_json
+from pipeline.io import atomic_dir, label_key, local_path, write_json
 
 DISTRIBUTION_FILE = "distribution.json"
 CHART_FILE = "class_distribution.png"
@@ -31,8 +31,8 @@ def describe_counts(counts: dict) -> dict:
     if not counts:
         raise InputError("no labelled rows: cannot profile an empty table")
     n = sum(counts.values())
-    items = sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
-    smallest_first = sorted(counts.items(), key=lambda kv: (kv[1], str(kv[0])))
+    items = sorted(counts.items(), key=lambda kv: (-kv[1], label_key(kv[0])))
+    smallest_first = sorted(counts.items(), key=lambda kv: (kv[1], label_key(kv[0])))
     minority, acc = [], 0
     for label, c in smallest_first:
         if acc + c > n / 2:
@@ -78,17 +78,26 @@ def plot_distribution(dist: dict, path: str | Path) -> None:
     plt.close(fig)
 
 
+def class_distribution(df, label_col: str = "label", name: str = "the table") -> dict:
+    """The class distribution of a Spark DataFrame (one aggregation; nothing but the counts reaches
+    the driver) — the library form of ``profile``: ``n_rows``, ``n_classes``, ``classes``
+    (largest first), ``rho`` = max/min class size (survey Eq. 1), ``minority_classes``, ``top5_fraction``."""
+    counts = class_counts(df, label_col)
+    if not counts:
+        raise InputError(f"{name} has no rows with a non-null '{label_col}'")
+    if len(counts) < 2:
+        only = next(iter(counts))
+        raise InputError(f"{name} has a single class ({label_col} = {only!r}): nothing to balance")
+    dist = describe_counts(counts)
+    dist["label_col"] = label_col
+    return dist
+
+
 def profile(spark, input: str, out: str, label_col: str = "label") -> dict:
     """Profile the class distribution of ``input`` into ``out/distribution.json`` (+ chart, labels.json)."""
     df = read_table(spark, input, label_col)
-    counts = class_counts(df, label_col)
-    if not counts:
-        raise InputError(f"input {input} has no rows with a non-null '{label_col}'")
-    if len(counts) < 2:
-        only = next(iter(counts))
-        raise InputError(f"input {input} has a single class ({label_col} = {only!r}): nothing to balance")
-    dist = describe_counts(counts)
-    dist["label_col"] = label_col
+    dist = class_distribution(df, label_col, name=f"input {input}")
+    counts = {c["label"]: c["count"] for c in dist["classes"]}
     out_p = local_path(out)
     with atomic_dir(out_p) as tmp:
         write_json(tmp / DISTRIBUTION_FILE, dist)
@@ -101,7 +110,8 @@ def format_distribution(dist: dict, top: int = 8) -> str:
     """A short printed table: the largest and smallest classes, ρ and the minority group."""
     lines = [f"{dist['n_rows']:,} rows, {dist['n_classes']} classes, rho = {dist['rho']:.1f}, "
              f"top-5 fraction = {dist['top5_fraction']:.3f}, "
-             f"{len(dist['minority_classes'])} minority classes (CRL)",
+             f"{len(dist['minority_classes'])} minority classes (the smallest classes that together "
+             f"hold at most half the rows, as in Dong et al.'s CRL)",
              f"{'label':>12} {'count':>12} {'fraction':>9}"]
     classes = dist["classes"]
     shown = classes if len(classes) <= 2 * top else classes[:top] + [None] + classes[-top:]

@@ -66,7 +66,7 @@ import numpy as np
 
 from pipeline.data.schema import has_info, read_info, write_info
 from pipeline.errors import InputError
-from pipeline.io import atomic_dir, is_local, local_path, spark_uri, write_json
+from pipeline.io import atomic_dir, is_local, label_key, local_path, spark_uri, write_json
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +198,35 @@ def check_request(strategy: Any, cap: Any = None, floor: Any = None) -> tuple:
     return strategy, cap, floor
 
 
+def check_target(strategy: str, target: Any) -> None:
+    """Check a rus/ros ``target`` before any data exists (its form; the counts it names are
+    checked against the data by :func:`plan_counts`). Other strategies ignore the target."""
+    if str(strategy).strip().lower() not in ("rus", "ros"):
+        return
+    if isinstance(target, str):
+        kind = " ".join(target.strip().lower().replace("_", " ").split())
+        if kind in TARGET_KINDS:
+            return
+        try:
+            target = float(kind)
+        except ValueError:
+            raise InputError(f"unknown sampling target {target!r}: expected one of "
+                             f"{', '.join(TARGET_KINDS)}, a float or a JSON dict") from None
+    if isinstance(target, numbers.Real) and not isinstance(target, bool):
+        if not 0.0 < float(target) <= 1.0:
+            raise InputError(f"a float target must be in (0, 1], got {target}")
+        return
+    if isinstance(target, Mapping):
+        if not target:
+            raise InputError("the sampling target dict is empty")
+        for key, want in target.items():
+            if _as_count(f"target for class {key!r}", want) < 0:
+                raise InputError(f"target for class {key!r} is negative ({want})")
+        return
+    raise InputError(f"bad sampling target {target!r}: expected one of "
+                     f"{', '.join(TARGET_KINDS)}, a float or a dict label -> count")
+
+
 def plan_counts(class_counts: Mapping, strategy: str, target: Any = "auto",
                 cap: Optional[int] = None, floor: Optional[int] = None) -> dict:
     """Target row count per class (every class of ``class_counts``) for a sampling request.
@@ -273,7 +302,6 @@ def plan_counts(class_counts: Mapping, strategy: str, target: Any = "auto",
 def _read_input(spark, path: str, label_col: str):
     # deferred: pyspark is slow to import
     from pyspark.sql.utils import AnalysisException
-
 
     if is_local(path) and not local_path(path).exists():
         raise InputError(f"input not found: {path}")
@@ -421,7 +449,6 @@ def _hint_counts(input: str, df, label_col: str) -> Optional[dict]:
     # deferred: pyspark is slow to import
     from pyspark.sql import types as T
 
-
     try:
         if not has_info(input):
             return None
@@ -564,45 +591,51 @@ def _counts_json(d: Mapping) -> dict:
     return {str(k): int(v) for k, v in d.items()}
 
 
-def sample_dataset(spark, input: str, out: str, strategy: str, target: Any = "auto",
-                   cap: Optional[int] = None, floor: Optional[int] = None, seed: int = 0,
-                   label_col: str = "label", method: str = "auto", use_hint: bool = True,
-                   bits: int = DEFAULT_BITS,
-                   boundary_limit: int = BOUNDARY_LIMIT) -> dict:
-    """Sample the Parquet table at ``input`` into ``out/data/`` and write ``out/manifest.json``.
+def fit_resample(df, strategy: str, sampling_strategy: Any = "auto", cap: Optional[int] = None,
+                 floor: Optional[int] = None, random_state: int = 0, label_col: str = "label",
+                 class_counts: Optional[Mapping] = None, method: str = "auto", bits: int = DEFAULT_BITS,
+                 boundary_limit: int = BOUNDARY_LIMIT):
+    """Resample a Spark DataFrame exactly; return ``(sampled, plan)`` — the library form of ``sample``.
 
-    The output has the input's columns plus ``copy`` (0 for a row's first instance, 1, 2, …
-    for ROS duplicates); achieved class sizes equal the plan exactly. Atomic: a failure leaves
-    ``out`` as it was. Returns the manifest.
-
-    ``method``: ``auto`` (the one-pass window method, falling back to histograms when needed)
-    or ``histogram`` (always histograms; same rows, used to cross-check). ``use_hint``: take
-    the class counts from ``_dataset.json`` when present (they are verified). ``bits`` and
-    ``boundary_limit`` tune the histogram method.
+    ``strategy``: ``none``, ``rus``, ``ros``, ``threshold`` (cap every class at ``cap``: Lee et
+    al.), ``floor`` (raise every class to ``floor``) or ``hybrid`` (both). ``sampling_strategy``
+    has imbalanced-learn's meaning for ``rus``/``ros`` (``auto``, ``majority``, ``not minority``,
+    ``not majority``, ``all``, a float for binary data, a dict label → count). ``random_state``
+    seeds the hash that ranks rows within a class, so the result depends only on (data,
+    strategy, seed), never on partitioning. ``df`` needs a unique ``id`` and ``label_col``; the
+    result has its columns plus ``copy`` (0 for a row's first instance, 1, 2, … for ROS copies)
+    and is lazy: nothing is collected, writing it runs one map-only pass. ``class_counts``: the
+    classes' sizes when already known (verified on the data; a stale value costs one more pass).
+    ``plan``: ``input_counts``, ``planned`` (label → rows), ``max_copies``, ``path`` (how the
+    thresholds were found) and ``seconds``.
     """
     # deferred: pyspark is slow to import
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
-
 
     if not (1 <= int(bits) <= 16):
         raise InputError(f"bits must be in 1..16, got {bits}")
     if method not in ("auto", "histogram"):
         raise InputError(f"method must be auto or histogram, got {method!r}")
     strategy, cap, floor = check_request(strategy, cap, floor)   # fail before touching data
+    for col in (label_col, "id"):
+        if col not in df.columns:
+            raise InputError(f"the DataFrame has no '{col}' column (columns: {', '.join(df.columns)})")
+    if "copy" in df.columns:
+        raise InputError("the DataFrame already has a 'copy' column: it was sampled already")
+    seed, target = random_state, sampling_strategy
     t0 = time.time()
-    df = _read_input(spark, input, label_col)
 
     def make_plan(counts):
         if not counts:
-            raise InputError(f"input {input} has no rows")
+            raise InputError("the input has no rows")
         return plan_counts(counts, strategy, target=target, cap=cap, floor=floor)
 
     thr, path = None, "histogram"
     if method == "auto":
-        # Counts: the table's _dataset.json (written by synth/split) or one count pass; then
+        # Counts: the given ones (e.g. the table's _dataset.json) or one count pass; then
         # one pass finds every threshold. A stale hint or a missed window falls back below.
-        counts = _hint_counts(input, df, label_col) if use_hint else None
+        counts = dict(class_counts) if class_counts else None
         path = "one-pass (counts from _dataset.json)" if counts else "count + one-pass"
         if not counts:
             counts = _plain_counts(df, label_col)
@@ -630,7 +663,7 @@ def sample_dataset(spark, input: str, out: str, strategy: str, target: Any = "au
         counts, hist = _histogram(df, label_col, seed, bits)
         plan = make_plan(counts)
         t_plan = time.time()
-        thr = _thresholds(spark, df, label_col, seed, bits, hist,
+        thr = _thresholds(df.sparkSession, df, label_col, seed, bits, hist,
                           {c: plan[c] % counts[c] for c in plan}, boundary_limit)
     whole = {c: plan[c] // counts[c] for c in plan}       # copies every row gets
     extra = {c: plan[c] % counts[c] for c in plan}        # rows that get one more
@@ -656,6 +689,36 @@ def sample_dataset(spark, input: str, out: str, strategy: str, target: Any = "au
     else:                # RUS / cap only: no generator on the hot path
         kept = kept.withColumn("copy", F.lit(0))
     sampled = kept.select(*cols, F.col("copy").cast("int").alias("copy"))
+    return sampled, {"strategy": strategy, "target": target, "cap": cap, "floor": floor, "seed": int(seed),
+                     "input_counts": counts, "planned": plan, "max_copies": int(max_copies), "path": path,
+                     "seconds": {"plan": round(t_plan - t0, 3), "thresholds": round(t_thr - t_plan, 3)}}
+
+
+def sample_dataset(spark, input: str, out: str, strategy: str, target: Any = "auto",
+                   cap: Optional[int] = None, floor: Optional[int] = None, seed: int = 0,
+                   label_col: str = "label", method: str = "auto", use_hint: bool = True,
+                   bits: int = DEFAULT_BITS,
+                   boundary_limit: int = BOUNDARY_LIMIT) -> dict:
+    """Sample the Parquet table at ``input`` into ``out/data/`` and write ``out/manifest.json``.
+
+    The rows are :func:`fit_resample`'s; achieved class sizes are measured on what was written
+    and must equal the plan exactly. Atomic: a failure leaves ``out`` as it was. Returns the
+    manifest.
+
+    ``method``: ``auto`` (the one-pass window method, falling back to histograms when needed)
+    or ``histogram`` (always histograms; same rows, used to cross-check). ``use_hint``: take
+    the class counts from ``_dataset.json`` when present (they are verified). ``bits`` and
+    ``boundary_limit`` tune the histogram method.
+    """
+    check_request(strategy, cap, floor)   # fail before touching data
+    t0 = time.time()
+    df = _read_input(spark, input, label_col)
+    sampled, fit = fit_resample(df, strategy, sampling_strategy=target, cap=cap, floor=floor, random_state=seed,
+                                label_col=label_col, class_counts=_hint_counts(input, df, label_col) if use_hint
+                                else None, method=method, bits=bits, boundary_limit=boundary_limit)
+    strategy, cap, floor = fit["strategy"], fit["cap"], fit["floor"]
+    counts, plan, max_copies, path = fit["input_counts"], fit["planned"], fit["max_copies"], fit["path"]
+    t_thr = time.time()
 
     with atomic_dir(out) as tmp:
         data = tmp / "data"
@@ -692,7 +755,7 @@ def sample_dataset(spark, input: str, out: str, strategy: str, target: Any = "au
             "max_copies": int(max_copies),
             "method": "hash-rank: key=xxhash64(seed,'sample',id), rows ordered by (key, id); "
                       "copies = N//n, +1 for the N%n smallest; thresholds by " + path,
-            "seconds": {"plan": round(t_plan - t0, 3), "thresholds": round(t_thr - t_plan, 3),
+            "seconds": {"plan": fit["seconds"]["plan"], "thresholds": fit["seconds"]["thresholds"],
                         "write": round(t_write - t_thr, 3),
                         "total": round(time.time() - t0, 3)},
         }
@@ -709,7 +772,7 @@ def format_manifest(manifest: Mapping, max_rows: int = 24) -> str:
     before = manifest.get("input_counts", {})
     planned = manifest.get("planned", {})
     achieved = manifest.get("achieved", {})
-    labels = sorted(planned, key=lambda k: (-int(before.get(k, 0)), str(k)))
+    labels = sorted(planned, key=lambda k: (-int(before.get(k, 0)), label_key(k)))
     head = (f"strategy {manifest.get('strategy')}  seed {manifest.get('seed')}  rows "
             f"{manifest.get('input_rows')} -> {manifest.get('output_rows')}")
     w = max([5] + [len(str(k)) for k in labels])

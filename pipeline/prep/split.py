@@ -22,8 +22,9 @@ from typing import Optional
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from pipeline.data.images import check_options, decoded_frame, image_shape as decoded_shape
 from pipeline.data.schema import FEATURES_COL, IMAGE_COL, DatasetInfo, write_info
-from pipeline.data.source import label_index, read_table, table_info, write_labels
+from pipeline.data.source import frame_info, label_index, read_table, table_info, write_labels
 from pipeline.errors import InputError
 from pipeline.io import atomic_dir, local_path, spark_uri, write_json
 from pipeline.prep.keys import BUCKET, KEY, assign_buckets, split_cutoffs
@@ -47,6 +48,8 @@ def _reason_col(df: DataFrame, info: DatasetInfo, label_col: str) -> F.Column:
             (F.exists(x, lambda v: F.isnan(v)), "NaN feature"),
             (F.exists(x, lambda v: (v == float("inf")) | (v == float("-inf"))), "infinite feature"),
         ]
+    elif info.image_shape is None:  # encoded images: the decoder checks them (pipeline.data.images)
+        checks.append((F.col(IMAGE_COL).isNull(), "missing image"))
     else:
         n_bytes = math.prod(int(s) for s in info.image_shape)
         img = F.col(IMAGE_COL)
@@ -84,6 +87,67 @@ def _index_labels(df: DataFrame, label_col: str, mapping: dict) -> DataFrame:
     return df.withColumn(label_col, F.create_map(*pairs)[F.col(label_col)].cast("long"))
 
 
+def split_frame(df, val: float = 0.1, test: float = 0.2, random_state: int = 0, label_col: str = "label",
+                info: Optional[DatasetInfo] = None, image_shape: Optional[list] = None, size: int = 32,
+                mode: str = "L", resize: str = "pad", min_size: int = 1):
+    """Split a Spark DataFrame exactly per class; return ``(split, rejected, summary)`` — the library form of ``split``.
+
+    Each class's rows are ranked by a hash of (``random_state``, ``id``): the first
+    ``round(n_c·test)`` are test, the next ``round(n_c·val)`` val, the rest train, so every class
+    keeps its share whatever the partitioning. An existing ``split`` column (train/val/test) is
+    kept instead. Invalid rows (null label, NaN/inf/missing features, bad image bytes) are not
+    dropped: they are in ``rejected`` with a ``reason``. ``split`` has the valid rows with their
+    label replaced by its dense index (``summary["labels"]`` maps index → original label) and a
+    ``split`` column; both frames are lazy. ``summary``: ``labels``, ``counts`` (index → valid
+    rows), ``rejected`` (count), ``info`` (the table's description). ``info``/``image_shape``
+    describe the columns when the frame alone cannot (raw image bytes need their shape).
+
+    Encoded images: an ``image`` column of PNG/JPEG/... bytes with no shape is decoded and resized
+    to ``size`` × ``size`` in ``mode`` by ``resize`` (:mod:`pipeline.data.images`, the decoder of
+    ``imbalance ingest``); rows that do not decode are rejected with the decoder's reason.
+    """
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise InputError(f"split fractions must satisfy 0 <= val, test and val + test < 1 (val={val}, test={test})")
+    info = info or frame_info(df, label_col, image_shape)
+    encoded = info.kind == "image" and info.image_shape is None
+    if encoded:
+        try:
+            check_options(size, mode, resize, min_size)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        if IMAGE_COL not in df.columns:
+            raise InputError(f"input has no '{IMAGE_COL}' column")
+    checked = validate_rows(df, info, label_col)
+    if encoded:  # decode the rows that passed (the decoder keeps a reason already set), one pass
+        checked = decoded_frame(checked, size=size, mode=mode, resize=resize, min_size=min_size)
+        info.image_shape = decoded_shape(size, mode)
+    if SPLIT_COL in df.columns:
+        checked = checked.withColumn(
+            "reason", F.when(F.col("reason").isNull() & ~F.col(SPLIT_COL).isin(*SPLITS),
+                             F.lit("split is not train/val/test")).otherwise(F.col("reason")))
+    valid = checked.where(F.col("reason").isNull()).drop("reason")
+    rejected = checked.where(F.col("reason").isNotNull())
+    counts = {r[0]: int(r[1]) for r in valid.groupBy(label_col).count().collect()}
+    n_rejected = rejected.count()
+    if not counts:
+        top = rejected.groupBy("reason").count().orderBy(F.desc("count")).limit(1).collect()
+        why = f", mostly: {top[0][0]}" if top else ""
+        raise InputError(f"no valid row left ({n_rejected} rejected{why})")
+    mapping = label_index(counts)
+    indexed = _index_labels(valid, label_col, mapping)
+    idx_counts = {mapping[k]: v for k, v in counts.items()}
+    if SPLIT_COL in df.columns:
+        assigned = indexed
+    else:
+        cut = split_cutoffs(idx_counts, [test, val])
+        assigned = assign_buckets(indexed, label_col, idx_counts, cut, random_state)
+        assigned = assigned.withColumn(
+            SPLIT_COL, F.element_at(F.array(*[F.lit(s) for s in ("test", "val", "train")]), F.col(BUCKET) + 1)
+        ).drop(BUCKET, KEY)
+    return assigned, rejected, {"labels": list(mapping), "counts": idx_counts, "rejected": int(n_rejected),
+                                "info": info, "presplit": SPLIT_COL in df.columns}
+
+
 def split_dataset(
     spark,
     input: str | dict,
@@ -93,13 +157,17 @@ def split_dataset(
     seed: int = 0,
     label_col: str = "label",
     image_shape: Optional[list] = None,
+    size: int = 32,
+    mode: str = "L",
+    resize: str = "pad",
+    min_size: int = 1,
 ) -> dict:
     """Split ``input`` into ``out/{train,val,test}/`` exactly per class; invalid rows to ``out/rejected/``.
 
     ``input`` is one table path, or a dict ``{"train": path, "val": path, "test": path}`` of
     tables that are already split. A ``split`` column in a single table is honoured too.
-    Returns a summary ``{"counts": {split: {label_index: rows}}, "rejected": n, "labels": [...]}``
-    also written to ``out/split.json``.
+    The rows are :func:`split_frame`'s (which also decodes encoded images). Returns a summary ``{"counts": {split: {label_index: rows}},
+    "rejected": n, "labels": [...]}`` also written to ``out/split.json``.
     """
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise InputError(f"split fractions must satisfy 0 <= val, test and val + test < 1 (val={val}, test={test})")
@@ -122,33 +190,16 @@ def split_dataset(
         df = read_table(spark, input, label_col)
         info = table_info(input, df, label_col, image_shape)
 
-    checked = validate_rows(df, info, label_col)
-    if SPLIT_COL in df.columns:
-        checked = checked.withColumn(
-            "reason", F.when(F.col("reason").isNull() & ~F.col(SPLIT_COL).isin(*SPLITS),
-                             F.lit("split is not train/val/test")).otherwise(F.col("reason")))
-    checked = checked.persist()
+    df = df.persist()   # read once: counted, then split and quarantined
     try:
-        valid = checked.where(F.col("reason").isNull()).drop("reason")
-        rejected = checked.where(F.col("reason").isNotNull())
-        counts = {r[0]: int(r[1]) for r in valid.groupBy(label_col).count().collect()}
-        n_rejected = rejected.count()
-        if not counts:
-            raise InputError(f"no valid row left in {input} ({n_rejected} rejected)")
-        mapping = label_index(counts)
-        labels = list(mapping)
-        indexed = _index_labels(valid, label_col, mapping)
-        idx_counts = {mapping[k]: v for k, v in counts.items()}
-
-        if SPLIT_COL in df.columns:
-            assigned = indexed
-        else:
-            cut = split_cutoffs(idx_counts, [test, val])
-            assigned = assign_buckets(indexed, label_col, idx_counts, cut, seed)
-            assigned = assigned.withColumn(
-                SPLIT_COL, F.element_at(F.array(*[F.lit(s) for s in ("test", "val", "train")]), F.col(BUCKET) + 1)
-            ).drop(BUCKET, KEY)
-
+        try:
+            assigned, rejected, fit = split_frame(df, val, test, seed, label_col, info=info, size=size, mode=mode,
+                                                  resize=resize, min_size=min_size)
+        except InputError as e:
+            if str(e).startswith("no valid row"):
+                raise InputError(f"no valid row left in {input}{str(e)[len('no valid row left'):]}") from None
+            raise
+        labels, n_rejected = fit["labels"], fit["rejected"]
         out_p = local_path(out)
         info.n_classes = len(labels)
         info.labels = labels
@@ -175,11 +226,11 @@ def split_dataset(
             write_labels(tmp, labels)
             summary = {"counts": split_counts, "rejected": int(n_rejected), "labels": labels,
                        "seed": seed, "val": val, "test": test, "label_col": label_col,
-                       "presplit": SPLIT_COL in df.columns, "data_cols": data_cols}
+                       "presplit": fit["presplit"], "data_cols": data_cols}
             if n_rejected:
                 summary["rejected_reasons"] = {r[0]: int(r[1]) for r in
                                                rejected.groupBy("reason").count().collect()}
             write_json(tmp / "split.json", summary)
     finally:
-        checked.unpersist()
+        df.unpersist()
     return summary

@@ -80,7 +80,6 @@ def materialize(spark, input: str, out: str, seed: int = 0, row_group_mb: float 
     from pyspark.sql import functions as F
     from pyspark.sql.utils import AnalysisException
 
-
     if not row_group_mb or row_group_mb <= 0:
         raise InputError(f"row_group_mb must be positive, got {row_group_mb}")
     if files is not None and files < 1:

@@ -43,8 +43,9 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -374,12 +375,19 @@ def _config_fingerprint(cfg, train_path, val_path, init_from) -> str:
 def _autocast(device: torch.device, train_cfg):
     if device.type != "cuda" or not train_cfg.amp:
         return torch.autocast(device_type=device.type, enabled=False), None
-    dt = str(train_cfg.amp_dtype).lower()
-    if dt in ("fp16", "float16", "half"):
+    if check_amp_dtype(train_cfg.amp_dtype) == "fp16":
         return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
+    return torch.autocast("cuda", dtype=torch.bfloat16), None
+
+
+def check_amp_dtype(value) -> str:
+    """``train.amp_dtype`` normalised to bf16 or fp16 (InputError otherwise)."""
+    dt = str(value).lower()
+    if dt in ("fp16", "float16", "half"):
+        return "fp16"
     if dt in ("bf16", "bfloat16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16), None
-    raise InputError(f"train.amp_dtype must be bf16 or fp16, got {train_cfg.amp_dtype!r}")
+        return "bf16"
+    raise InputError(f"train.amp_dtype must be bf16 or fp16, got {value!r}")
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -449,19 +457,49 @@ def latest_local_checkpoint(out_dir: Path) -> Optional[Path]:
 
 
 # ------------------------------------------------------------------ the loop
-def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, rank: int = 0,
-                 world_size: int = 1, device=None, init_from: Optional[str] = None,
-                 report_fn: Optional[Callable[[dict, Optional[str]], None]] = None,
-                 resume_dir: Optional[str] = None, epochs: Optional[int] = None,
-                 crash_at: Optional[str] = None) -> dict:
-    """Train ``cfg.model`` with ``cfg.train`` on this worker's shard; return the run's summary.
+@dataclass
+class TrainingSession:
+    """Everything one worker's training holds between its steps (built by :func:`setup_training`)."""
 
-    ``report_fn=None`` (plain process): checkpoints go to ``<out_dir>/checkpoints/`` and, with
-    ``train.resume``, the newest one is continued. ``init_from``: a model directory
-    (``model.pt`` + ``model.json``) whose weights start training (warm start: same architecture,
-    fresh optimizer). ``epochs`` overrides ``train.epochs``. Returns ``{"history", "best_epoch",
-    "best_metrics", "epochs_run", "stopped_early", "best_state" (rank 0: state_dict on CPU)}``.
-    """
+    cfg: Any
+    train_path: str
+    val_path: Optional[str]
+    out: Path
+    rank: int
+    world_size: int
+    device: torch.device
+    info: DatasetInfo
+    n_epochs: int
+    select: str
+    seed: int
+    reader: str
+    counts: np.ndarray
+    drw: dict
+    read_spec: Optional[dict]
+    read_seed: int
+    centers: Optional[dict]
+    model: nn.Module
+    loss_fn: nn.Module
+    hook: MethodHook
+    optimizer: torch.optim.Optimizer
+    autocast: Any
+    scaler: Any
+    config_fp: str
+    eval_bs: int
+    report_fn: Optional[Callable[[dict, Optional[str]], None]] = None
+    progress: dict = field(default_factory=dict)
+    best_state: Optional[dict] = None
+    best_inference: Optional[dict] = None    # the hook's inference state at the best epoch
+
+    def hook_state(self) -> Optional[dict]:
+        if type(self.hook) is MethodHook:
+            return None
+        return {"train": self.hook.state_dict(), "inference": self.best_inference}
+
+
+def setup_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, rank: int, world_size: int,
+                   device, init_from: Optional[str], report_fn, epochs: Optional[int]) -> TrainingSession:
+    """Check the inputs, build model, loss, method hook and optimizer (DDP-wrapped when distributed)."""
     # deferred: torch is slow to import
     from pipeline.train.losses import build_loss
     from pipeline.train.models import build_model
@@ -506,158 +544,204 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     optimizer = build_optimizer(model.parameters(), tc)
     autocast, scaler = _autocast(device, tc)
+    s = TrainingSession(
+        cfg=cfg, train_path=train_path, val_path=val_path, out=out, rank=rank, world_size=world_size,
+        device=device, info=info, n_epochs=n_epochs, select=select, seed=seed, reader=reader, counts=counts,
+        drw=drw, read_spec=read_spec, read_seed=read_seed, centers=centers, model=model, loss_fn=loss_fn,
+        hook=hook, optimizer=optimizer, autocast=autocast, scaler=scaler,
+        config_fp=_config_fingerprint(cfg, train_path, val_path, init_from),
+        eval_bs=max(tc.batch_size, cfg.stream.batch_size), report_fn=report_fn)
+    s.progress = {"config": s.config_fp, "epoch": -1, "history": [], "best_epoch": None, "best_value": None,
+                  "best_metrics": None, "bad_epochs": 0, "stopped_early": False}
+    return s
 
-    # ---- resume
-    config_fp = _config_fingerprint(cfg, train_path, val_path, init_from)
-    if resume_dir is None and report_fn is None and tc.resume:
-        last = latest_local_checkpoint(out)
-        if last is not None and read_json(last / "progress.json").get("config") == config_fp:
+
+def resume_training(s: TrainingSession, resume_dir: Optional[str]) -> None:
+    """Continue from a checkpoint: Ray's (``resume_dir``) or, in a plain process with
+    ``train.resume``, the newest local one written for the same config."""
+    if resume_dir is None and s.report_fn is None and s.cfg.train.resume:
+        last = latest_local_checkpoint(s.out)
+        if last is not None and read_json(last / "progress.json").get("config") == s.config_fp:
             resume_dir = str(last)
-    progress = {"config": config_fp, "epoch": -1, "history": [], "best_epoch": None, "best_value": None, "best_metrics": None,
-                "bad_epochs": 0, "stopped_early": False}
-    best_state = None
-    best_inference = None  # the hook's inference state at the best epoch
-    if resume_dir:
-        rd = Path(resume_dir)
-        st = torch.load(str(rd / "state.pt"), map_location="cpu", weights_only=True)
-        _unwrap(model).load_state_dict(st["model"])
-        optimizer.load_state_dict(st["optimizer"])
-        if scaler is not None and st.get("scaler"):
-            scaler.load_state_dict(st["scaler"])
-        progress = read_json(rd / "progress.json")
-        if (rd / "best_model.pt").is_file():
-            best_state = load_weights(rd / "best_model.pt")
-        if (rd / METHOD_STATE_FILE).is_file():
-            ms = torch.load(str(rd / METHOD_STATE_FILE), map_location="cpu", weights_only=False)
-            hook.load_state_dict(ms["train"])
-            best_inference = ms.get("inference")
-    start = progress["epoch"] + 1
-    crash = _crash_spec(crash_at)
-    eval_bs = max(tc.batch_size, cfg.stream.batch_size)
+    if not resume_dir:
+        return
+    rd = Path(resume_dir)
+    st = torch.load(str(rd / "state.pt"), map_location="cpu", weights_only=True)
+    _unwrap(s.model).load_state_dict(st["model"])
+    s.optimizer.load_state_dict(st["optimizer"])
+    if s.scaler is not None and st.get("scaler"):
+        s.scaler.load_state_dict(st["scaler"])
+    s.progress = read_json(rd / "progress.json")
+    if (rd / "best_model.pt").is_file():
+        s.best_state = load_weights(rd / "best_model.pt")
+    if (rd / METHOD_STATE_FILE).is_file():
+        ms = torch.load(str(rd / METHOD_STATE_FILE), map_location="cpu", weights_only=False)
+        s.hook.load_state_dict(ms["train"])
+        s.best_inference = ms.get("inference")
 
-    def _hook_state() -> Optional[dict]:
-        return None if type(hook) is MethodHook else {"train": hook.state_dict(), "inference": best_inference}
 
-    for epoch in range(start, n_epochs):
-        if progress.get("stopped_early"):
-            break
-        if drw.get("drw_epoch") is not None and hasattr(loss_fn, "set_weight"):
-            loss_fn.set_weight(drw_weight_for_epoch(epoch, drw, counts))
-        hook.start_epoch(EpochContext(
-            model=_unwrap(model), epoch=epoch, n_classes=info.n_classes, class_counts=counts, device=device,
-            rank=rank, world_size=world_size, autocast=autocast, all_reduce=lambda t: _all_reduce(t, device),
-            table_once=lambda: table_once(train_path, info, device, eval_bs, reader, rank, world_size,
-                                           cfg.stream.workers_count, "train")))
-        model.train()
-        rates = epoch_read_rates(read_spec, counts, epoch, progress["history"])
-        if rates is not None:
-            rates = _same_on_all_ranks(rates, rank, device)
-        loader = make_loader(train_path, info, rank, world_size, tc.batch_size, epoch=epoch, seed=seed,
-                             shuffle=cfg.stream.shuffle, reader=reader, raw=True,
-                             workers_count=cfg.stream.workers_count, shuffle_buffer=cfg.stream.shuffle_buffer,
-                             rates=None if rates is None else rates.tolist(), sample_seed=read_seed,
-                             augment=read_spec.get("augment") if read_spec else None)
-        bar = None
-        if rank == 0 and tc.progress:
-            bar = _progress_bar(len(loader), f"epoch {epoch + 1}/{n_epochs}", in_ray=report_fn is not None)
-        t0 = time.perf_counter()
-        rows = 0
-        loss_sum = torch.zeros((), device=device)
-        steps = 0
-        for step, (x, y) in enumerate(loader):
-            _maybe_crash(crash, epoch, step, rank, out)
-            x = to_float(x, device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
-            loss = hook.batch_loss(model, x, y, loss_fn, autocast)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            hook.after_step()
-            loss_sum += loss.detach()
-            rows += len(y)
-            steps += 1
-            if bar is not None:
-                bar.update(1)
-                if steps % 20 == 0:
-                    bar.set_postfix(rows_s=f"{rows * world_size / (time.perf_counter() - t0):.0f}")
+def train_epoch(s: TrainingSession, epoch: int, crash) -> dict:
+    """One pass over this worker's shard: the method's start-of-epoch step, then every batch.
+    Returns the epoch's history entry (loss, rows, rows/s summed over workers)."""
+    tc, device = s.cfg.train, s.device
+    if s.drw.get("drw_epoch") is not None and hasattr(s.loss_fn, "set_weight"):
+        s.loss_fn.set_weight(drw_weight_for_epoch(epoch, s.drw, s.counts))
+    s.hook.start_epoch(EpochContext(
+        model=_unwrap(s.model), epoch=epoch, n_classes=s.info.n_classes, class_counts=s.counts, device=device,
+        rank=s.rank, world_size=s.world_size, autocast=s.autocast, all_reduce=lambda t: _all_reduce(t, device),
+        table_once=lambda: table_once(s.train_path, s.info, device, s.eval_bs, s.reader, s.rank, s.world_size,
+                                      s.cfg.stream.workers_count, "train")))
+    s.model.train()
+    rates = epoch_read_rates(s.read_spec, s.counts, epoch, s.progress["history"])
+    if rates is not None:
+        rates = _same_on_all_ranks(rates, s.rank, device)
+    loader = make_loader(s.train_path, s.info, s.rank, s.world_size, tc.batch_size, epoch=epoch, seed=s.seed,
+                         shuffle=s.cfg.stream.shuffle, reader=s.reader, raw=True,
+                         workers_count=s.cfg.stream.workers_count, shuffle_buffer=s.cfg.stream.shuffle_buffer,
+                         rates=None if rates is None else rates.tolist(), sample_seed=s.read_seed,
+                         augment=s.read_spec.get("augment") if s.read_spec else None)
+    bar = None
+    if s.rank == 0 and tc.progress:
+        bar = _progress_bar(len(loader), f"epoch {epoch + 1}/{s.n_epochs}", in_ray=s.report_fn is not None)
+    t0 = time.perf_counter()
+    rows = 0
+    loss_sum = torch.zeros((), device=device)
+    steps = 0
+    for step, (x, y) in enumerate(loader):
+        _maybe_crash(crash, epoch, step, s.rank, s.out)
+        x = to_float(x, device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        loss = s.hook.batch_loss(s.model, x, y, s.loss_fn, s.autocast)
+        s.optimizer.zero_grad(set_to_none=True)
+        if s.scaler is not None:
+            s.scaler.scale(loss).backward()
+            s.scaler.step(s.optimizer)
+            s.scaler.update()
+        else:
+            loss.backward()
+            s.optimizer.step()
+        s.hook.after_step()
+        loss_sum += loss.detach()
+        rows += len(y)
+        steps += 1
         if bar is not None:
-            bar.close()
-        train_time = time.perf_counter() - t0
-        stats = torch.tensor([loss_sum.item(), float(steps), float(rows)], dtype=torch.float64)
-        stats = _all_reduce(stats, device)
-        if not math.isfinite(stats[0].item()):
-            raise RuntimeError(f"training diverged: the {tc.loss} loss is not finite in epoch {epoch} "
-                               f"(try a lower train.lr than {tc.lr})")
-        entry = {"epoch": epoch, "train_loss": stats[0].item() / max(stats[1].item(), 1),
-                 "steps": steps, "rows": int(stats[2].item()), "train_seconds": round(train_time, 3),
-                 "rows_per_s": round(stats[2].item() / max(train_time, 1e-9), 1)}
-        if rates is not None:
-            entry["read_rates"] = [float(v) for v in rates]
-            entry["read_expected_rows"] = epoch_sampling_plan(counts, rates, read_seed, epoch)["expected_total"]
-        if val_path:
-            cm, vloss = evaluate_table(model, val_path, read_info(val_path), device, eval_bs, reader, rank,
-                                       world_size, autocast, cfg.stream.workers_count,
-                                       predict_fn=_method_predict_fn(hook, device))
-            m = metrics_from_confusion(cm)
-            m["val_loss"] = vloss
-            entry.update({"val_" + k if k in ("n", "accuracy", "macro_f1", "balanced_accuracy", "g_mean",
-                                               "macro_recall") else k: v for k, v in m.items()
-                          if k not in ("f1", "support")})
-            entry["val_recall"] = entry.pop("recall")
-            entry["val_f1_per_class"] = m["f1"]
-            value = m[select] if select in m else vloss
-        else:
-            value = -entry["train_loss"] if select not in METRICS_LOWER else entry["train_loss"]
-        progress["history"].append(entry)
-        progress["epoch"] = epoch
-        if metric_better(select, value, progress["best_value"]) or progress["best_epoch"] is None:
-            progress.update(best_epoch=epoch, best_value=value, best_metrics=entry, bad_epochs=0)
-            best_state = _cpu_state(model)
-            best_inference = hook.inference_state()
-        else:
-            progress["bad_epochs"] += 1
-        if tc.patience is not None and progress["bad_epochs"] >= tc.patience and epoch + 1 < n_epochs:
-            progress["stopped_early"] = True
-        if rank == 0 and tc.progress:
-            v = entry.get("val_macro_f1")
-            print(f"epoch {epoch + 1}/{n_epochs}: loss {entry['train_loss']:.4f}"
-                  + (f"  val macro-F1 {v:.4f}" if v is not None else "")
-                  + f"  {entry['rows_per_s']:.0f} rows/s", flush=True)
-        _checkpoint(out, model, optimizer, scaler, progress, best_state, rank, report_fn, epoch, _hook_state())
-        if progress["stopped_early"]:
-            break
+            bar.update(1)
+            if steps % 20 == 0:
+                bar.set_postfix(rows_s=f"{rows * s.world_size / (time.perf_counter() - t0):.0f}")
+    if bar is not None:
+        bar.close()
+    train_time = time.perf_counter() - t0
+    stats = torch.tensor([loss_sum.item(), float(steps), float(rows)], dtype=torch.float64)
+    stats = _all_reduce(stats, device)
+    if not math.isfinite(stats[0].item()):
+        raise RuntimeError(f"training diverged: the {tc.loss} loss is not finite in epoch {epoch} "
+                           f"(try a lower train.lr than {tc.lr})")
+    entry = {"epoch": epoch, "train_loss": stats[0].item() / max(stats[1].item(), 1),
+             "steps": steps, "rows": int(stats[2].item()), "train_seconds": round(train_time, 3),
+             "rows_per_s": round(stats[2].item() / max(train_time, 1e-9), 1)}
+    if rates is not None:
+        entry["read_rates"] = [float(v) for v in rates]
+        entry["read_expected_rows"] = epoch_sampling_plan(s.counts, rates, s.read_seed, epoch)["expected_total"]
+    return entry
 
-    centroids = None
-    if centers is not None:
-        net = copy.deepcopy(_unwrap(model))
-        if best_state is not None:
-            net.load_state_dict(best_state)
-        centroids = compute_centroids(net, train_path, info, device, eval_bs, reader, rank, world_size,
-                                      autocast, cfg.stream.workers_count)
+
+def validate_epoch(s: TrainingSession, entry: dict) -> float:
+    """Add the validation metrics to ``entry`` (by the method's own decision rule); return the value
+    of ``train.select_metric`` that picks the best epoch (minus the train loss without validation)."""
+    if not s.val_path:
+        return -entry["train_loss"] if s.select not in METRICS_LOWER else entry["train_loss"]
+    cm, vloss = evaluate_table(s.model, s.val_path, read_info(s.val_path), s.device, s.eval_bs, s.reader, s.rank,
+                               s.world_size, s.autocast, s.cfg.stream.workers_count,
+                               predict_fn=_method_predict_fn(s.hook, s.device))
+    m = metrics_from_confusion(cm)
+    m["val_loss"] = vloss
+    entry.update({"val_" + k if k in ("n", "accuracy", "macro_f1", "balanced_accuracy", "g_mean",
+                                       "macro_recall") else k: v for k, v in m.items()
+                  if k not in ("f1", "support")})
+    entry["val_recall"] = entry.pop("recall")
+    entry["val_f1_per_class"] = m["f1"]
+    return m[s.select] if s.select in m else vloss
+
+
+def record_epoch(s: TrainingSession, epoch: int, entry: dict, value: float) -> None:
+    """Append the epoch to the history, keep the best epoch's weights, apply early stopping, log a line."""
+    tc, progress = s.cfg.train, s.progress
+    progress["history"].append(entry)
+    progress["epoch"] = epoch
+    if metric_better(s.select, value, progress["best_value"]) or progress["best_epoch"] is None:
+        progress.update(best_epoch=epoch, best_value=value, best_metrics=entry, bad_epochs=0)
+        s.best_state = _cpu_state(s.model)
+        s.best_inference = s.hook.inference_state()
+    else:
+        progress["bad_epochs"] += 1
+    if tc.patience is not None and progress["bad_epochs"] >= tc.patience and epoch + 1 < s.n_epochs:
+        progress["stopped_early"] = True
+    if s.rank == 0 and tc.progress:
+        v = entry.get("val_macro_f1")
+        print(f"epoch {epoch + 1}/{s.n_epochs}: loss {entry['train_loss']:.4f}"
+              + (f"  val macro-F1 {v:.4f}" if v is not None else "")
+              + f"  {entry['rows_per_s']:.0f} rows/s", flush=True)
+
+
+def finish_training(s: TrainingSession) -> dict:
+    """Category centers from the best weights (when configured), then the run's summary."""
+    progress, centroids = s.progress, None
+    if s.centers is not None:
+        net = copy.deepcopy(_unwrap(s.model))
+        if s.best_state is not None:
+            net.load_state_dict(s.best_state)
+        centroids = compute_centroids(net, s.train_path, s.info, s.device, s.eval_bs, s.reader, s.rank,
+                                      s.world_size, s.autocast, s.cfg.stream.workers_count)
         del net
-        if report_fn is not None:  # hand the centroids to the driver in one more (final) checkpoint
+        if s.report_fn is not None:  # hand the centroids to the driver in one more (final) checkpoint
             metrics = {k: v for k, v in progress["history"][-1].items() if not isinstance(v, list)}
             metrics.update(best_epoch=progress["best_epoch"], stopped_early=progress["stopped_early"],
                            category_centers=True)
-            if rank == 0:
+            if s.rank == 0:
                 with tempfile.TemporaryDirectory(prefix="imb-ckpt-") as tmp:
-                    save_checkpoint(Path(tmp), model, optimizer, scaler, progress, best_state, _hook_state())
+                    save_checkpoint(Path(tmp), s.model, s.optimizer, s.scaler, progress, s.best_state,
+                                    s.hook_state())
                     torch.save(centroids, Path(tmp) / CENTROIDS_FILE)
-                    report_fn(metrics, tmp)
+                    s.report_fn(metrics, tmp)
             else:
-                report_fn(metrics, None)
-
+                s.report_fn(metrics, None)
+    rank0 = s.rank == 0
     return {"history": progress["history"], "best_epoch": progress["best_epoch"],
             "best_metrics": progress["best_metrics"], "epochs_run": progress["epoch"] + 1,
-            "stopped_early": progress["stopped_early"], "best_state": best_state if rank == 0 else None,
-            "select_metric": select, "info": info.to_dict(), "class_counts": counts.tolist(),
-            "centroids": centroids if rank == 0 else None, "category_centers": centers,
-            "method_inference": best_inference if rank == 0 else None}
+            "stopped_early": progress["stopped_early"], "best_state": s.best_state if rank0 else None,
+            "select_metric": s.select, "info": s.info.to_dict(), "class_counts": s.counts.tolist(),
+            "centroids": centroids if rank0 else None, "category_centers": s.centers,
+            "method_inference": s.best_inference if rank0 else None}
+
+
+def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, rank: int = 0,
+                 world_size: int = 1, device=None, init_from: Optional[str] = None,
+                 report_fn: Optional[Callable[[dict, Optional[str]], None]] = None,
+                 resume_dir: Optional[str] = None, epochs: Optional[int] = None,
+                 crash_at: Optional[str] = None) -> dict:
+    """Train ``cfg.model`` with ``cfg.train`` on this worker's shard; return the run's summary.
+
+    ``report_fn=None`` (plain process): checkpoints go to ``<out_dir>/checkpoints/`` and, with
+    ``train.resume``, the newest one is continued. ``init_from``: a model directory
+    (``model.pt`` + ``model.json``) whose weights start training (warm start: same architecture,
+    fresh optimizer). ``epochs`` overrides ``train.epochs``. Returns ``{"history", "best_epoch",
+    "best_metrics", "epochs_run", "stopped_early", "best_state" (rank 0: state_dict on CPU)}``.
+    The steps, in order: setup, resume, then per epoch train, validate, record, checkpoint; finish.
+    """
+    s = setup_training(cfg, train_path, val_path, out_dir, rank, world_size, device, init_from, report_fn, epochs)
+    resume_training(s, resume_dir)
+    crash = _crash_spec(crash_at)
+    for epoch in range(s.progress["epoch"] + 1, s.n_epochs):
+        if s.progress.get("stopped_early"):
+            break
+        entry = train_epoch(s, epoch, crash)
+        value = validate_epoch(s, entry)
+        record_epoch(s, epoch, entry, value)
+        _checkpoint(s.out, s.model, s.optimizer, s.scaler, s.progress, s.best_state, rank, report_fn, epoch,
+                    s.hook_state())
+        if s.progress["stopped_early"]:
+            break
+    return finish_training(s)
 
 
 def _method_predict_fn(hook: MethodHook, device):
@@ -703,5 +787,5 @@ def _checkpoint(out: Path, model, optimizer, scaler, progress, best_state, rank,
 
 
 __all__ = ["run_training", "evaluate_table", "metrics_from_confusion", "confusion_matrix",
-           "build_optimizer", "split_loss_params", "CRASH_ENV", "read_sampling_spec",
+           "build_optimizer", "check_amp_dtype", "split_loss_params", "CRASH_ENV", "read_sampling_spec",
            "epoch_read_rates", "static_read_rates", "compute_centroids", "centers_params"]

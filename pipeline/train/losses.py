@@ -43,6 +43,7 @@ __all__ = [
     "LOSS_NAMES",
     "LOSS_PARAMS",
     "build_loss",
+    "check_loss",
     "drw_weights",
     "class_balanced_weights",
     "inverse_frequency_weights",
@@ -521,16 +522,8 @@ LOSS_PARAMS: dict[str, tuple[str, ...]] = {
 LOSS_NAMES: tuple[str, ...] = tuple(_FACTORIES)
 
 
-def build_loss(name: str, class_counts: Sequence[float] | np.ndarray | torch.Tensor,
-               reduction: str = "mean", **params: Any) -> ImbalanceLoss:
-    """Build the loss ``name`` for training data with per-class sizes ``class_counts``.
-
-    Names and parameters (defaults in brackets): ``ce``; ``weighted_ce`` (power [1]);
-    ``class_balanced`` (beta [0.999]); ``cost_matrix`` (cost: C×C, form ['weighted_ce'] |
-    'expected_cost'); ``focal`` (gamma [2], alpha [None]); ``mfe``; ``msfe``; ``ldam``
-    (max_margin [0.5], scale [30], weight [None]); ``logit_adjusted`` (tau [1]);
-    ``balanced_softmax``. An unknown name or parameter, or a bad value, raises InputError naming it.
-    """
+def _loss_key(name: Any, params: dict) -> str:
+    """The registry key of loss ``name``; InputError for an unknown name or parameter."""
     if not isinstance(name, str):
         raise InputError(f"loss name must be a string, got {name!r}")
     key = name.strip().lower().replace("-", "_")
@@ -541,6 +534,43 @@ def build_loss(name: str, class_counts: Sequence[float] | np.ndarray | torch.Ten
         allowed = ", ".join(LOSS_PARAMS[key]) or "none"
         raise InputError(f"unknown parameter(s) {', '.join(repr(u) for u in unknown)} for loss '{key}' "
                          f"(allowed: {allowed})")
+    return key
+
+
+def check_loss(name: str, params: dict, n_classes: int | None = None) -> str:
+    """Check ``train.loss`` and ``train.loss_params`` before any data exists; return the loss key.
+
+    The name and parameter names are checked as :func:`build_loss` checks them, and the values by
+    building the loss on stand-in class counts (all equal) of ``n_classes`` classes — or, when the
+    number of classes is not known yet, of the length a per-class parameter gives (``alpha``,
+    ``weight``, ``cost``), else 2. So every range rule lives in the loss's own factory.
+    """
+    params = dict(params or {})
+    key = _loss_key(name, params)
+    if n_classes is None:
+        n_classes = 2
+        for v in params.values():
+            if isinstance(v, (list, tuple)) and len(v) >= 2:
+                n_classes = len(v)
+                break
+    try:
+        _FACTORIES[key]([1.0] * int(n_classes), "mean", **params)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"loss '{key}': bad parameters {params!r} ({e})") from None
+    return key
+
+
+def build_loss(name: str, class_counts: Sequence[float] | np.ndarray | torch.Tensor,
+               reduction: str = "mean", **params: Any) -> ImbalanceLoss:
+    """Build the loss ``name`` for training data with per-class sizes ``class_counts``.
+
+    Names and parameters (defaults in brackets): ``ce``; ``weighted_ce`` (power [1]);
+    ``class_balanced`` (beta [0.999]); ``cost_matrix`` (cost: C×C, form ['weighted_ce'] |
+    'expected_cost'); ``focal`` (gamma [2], alpha [None]); ``mfe``; ``msfe``; ``ldam``
+    (max_margin [0.5], scale [30], weight [None]); ``logit_adjusted`` (tau [1]);
+    ``balanced_softmax``. An unknown name or parameter, or a bad value, raises InputError naming it.
+    """
+    key = _loss_key(name, params)
     if reduction not in REDUCTIONS:
         raise InputError(f"loss '{key}': reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
     return _FACTORIES[key](class_counts, reduction, **params)

@@ -43,6 +43,7 @@ from pipeline.errors import InputError
 __all__ = [
     "MODEL_NAMES",
     "RESNET_DEPTHS",
+    "check_model_config",
     "build_model",
     "count_parameters",
     "ImbalanceNet",
@@ -235,6 +236,40 @@ def _positive_int(what: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InputError(f"{what} must be a positive integer, got {value!r}")
     return value
+
+
+def check_model_config(model_cfg: Any, image: bool | None = None) -> str:
+    """Check a model section before any data exists (``image``: whether the inputs are images;
+    None when not known yet); return the model name. Raises :class:`InputError` naming the key.
+
+    The same rules :func:`build_model` applies, without building anything: name, classifier,
+    dropout, mlp hidden sizes, resnet depth and width, and that lenet/resnet get images.
+    """
+    name = str(getattr(model_cfg, "name", "")).strip().lower()
+    if name not in MODEL_NAMES:
+        raise InputError(f"unknown model.name '{getattr(model_cfg, 'name', None)}' (known: {', '.join(MODEL_NAMES)})")
+    dropout = getattr(model_cfg, "dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise InputError(f"model.dropout must be in [0, 1), got {dropout!r}")
+    head = str(getattr(model_cfg, "classifier", "linear")).lower()
+    if head not in CLASSIFIERS:
+        raise InputError(f"unknown model.classifier '{head}' (known: {', '.join(CLASSIFIERS)})")
+    if name == "mlp":
+        hidden = getattr(model_cfg, "hidden", [128, 64])
+        if not isinstance(hidden, (list, tuple)):
+            raise InputError(f"model.hidden must be a list of layer sizes, got {hidden!r}")
+        for h in hidden:
+            _positive_int("model.hidden entries", h)
+    if name in ("lenet", "resnet") and image is False:
+        raise InputError(f"model.name={name} needs image input, but the data are feature vectors "
+                         "(use model.name=mlp or csdnn)")
+    # depth and width are checked whatever the model (a typo there is a typo even when unused)
+    depth = getattr(model_cfg, "depth", 18)
+    if isinstance(depth, bool) or depth not in RESNET_DEPTHS:
+        raise InputError(f"unsupported model.depth {depth!r} for resnet (supported: "
+                         f"{', '.join(str(d) for d in RESNET_DEPTHS)})")
+    _positive_int("model.width", getattr(model_cfg, "width", 64))
+    return name
 
 
 def build_model(model_cfg: Any, input_shape: Sequence[int], n_classes: int) -> ImbalanceNet:

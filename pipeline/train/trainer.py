@@ -48,6 +48,12 @@ from pipeline.io import atomic_dir, fingerprint, local_path, read_json, write_js
 from pipeline.stream.readers import check_table
 from pipeline.train.hooks import METHOD_STATE_FILE, hook_module, save_inference_state
 from pipeline.train.loop import CRASH_ENV, centers_params, run_training
+from pipeline.train.worker_errors import (
+    clear_worker_errors,
+    raise_worker_failure,
+    raise_worker_input_error,
+    write_worker_input_error,
+)
 from pipeline.train.saved_model import CENTROIDS_FILE, META_FILE, MODEL_FILE, load_weights
 
 log = logging.getLogger(__name__)
@@ -100,6 +106,9 @@ def _train_worker(config: dict) -> None:
         run_training(cfg, config["train_path"], config["val_path"], config["out_dir"], rank=rank,
                      world_size=world, device=device, init_from=config["init_from"], report_fn=report,
                      resume_dir=resume_tmp, epochs=config["epochs"], crash_at=config["crash_at"])
+    except InputError as e:
+        # bad input is not a failure Ray should retry: hand it to the driver and end cleanly
+        write_worker_input_error(config["out_dir"], rank, e)
     finally:
         if resume_tmp:
             shutil.rmtree(resume_tmp, ignore_errors=True)
@@ -165,7 +174,6 @@ def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
     import ray.train
     from ray.train.torch import TorchTrainer
 
-
     _check_inputs(train_path, val_path, init_from)
     _check_method(cfg, train_path, val_path)
     tc = cfg.train
@@ -226,7 +234,13 @@ def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
         datasets=datasets, dataset_config=data_config)
     t0 = time.perf_counter()
-    result = trainer.fit()
+    clear_worker_errors(out)
+    try:
+        result = trainer.fit()
+    except Exception as e:  # Ray's TrainingFailedError: the workers' exceptions are inside it
+        raise_worker_failure(out, e)
+        raise
+    raise_worker_input_error(out)
     seconds = time.perf_counter() - t0
     if result.error is not None:  # pragma: no cover - fit() raises in V2; kept for V1
         raise result.error

@@ -42,7 +42,7 @@ def demo_run(tmp_path_factory):
 def test_demo_runs_every_stage_and_prints_run_dir_last(demo_run):
     root, r = demo_run
     run_dir = Path(r.stdout.strip().splitlines()[-1])
-    assert run_dir == root / "demo"
+    assert run_dir.parent == root and run_dir.name.startswith("demo-")  # <config stem>-<config hash>
     assert set(_markers(run_dir)) == set(STAGES)
     metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
     for key in ("per_class", "macro", "weighted", "accuracy", "balanced_accuracy", "g_mean", "brier",
@@ -72,7 +72,7 @@ def test_demo_runs_every_stage_and_prints_run_dir_last(demo_run):
 
 def test_rerun_recomputes_nothing(demo_run):
     root, _ = demo_run
-    run_dir = root / "demo"
+    run_dir = next(root.glob("demo-*"))
     before = _markers(run_dir)
     mtimes = {p: p.stat().st_mtime for p in (run_dir / "evaluate").iterdir()}
     r = _imbalance(["run", "conf/demo.yaml", f"run.root={root}", *TINY])
@@ -85,7 +85,7 @@ def test_rerun_recomputes_nothing(demo_run):
 
 def test_changed_config_redoes_only_downstream(demo_run):
     root, _ = demo_run
-    run_dir = root / "demo"
+    run_dir = next(root.glob("demo-*"))
     r = _imbalance(["run", "conf/demo.yaml", f"run.root={root}", *TINY, "evaluate.threshold_moving=null"])
     assert r.returncode == 0, r.stderr[-4000:]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -99,7 +99,8 @@ def test_killed_run_resumes_with_correct_outputs(tmp_path):
             "data.rows=3000", "train.epochs=2"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
-    run_dir = root / "tabular"
+    from pipeline.config import load_config
+    run_dir = root / load_config(ROOT / "conf" / "tabular.yaml", args[5:]).run.id
     deadline = time.time() + 600
     try:
         # kill the whole process group (driver, Spark JVM, Ray) once training has started

@@ -11,7 +11,7 @@ def test_defaults_and_overrides(tmp_path):
     p.write_text("run:\n  root: runs-a\ntrain:\n  epochs: 4\n")
     cfg = load_config(p, ["run.root=runs-test", "train.loss_params={gamma: 2.0}", "split.val=0.25"])
     assert cfg.run.root == "runs-test"
-    assert cfg.run.id == "c"                       # defaults to the file stem
+    assert cfg.run.id.startswith("c-")             # <file stem>-<hash of the resolved config>
     assert cfg.train.epochs == 4
     assert cfg.train.loss_params == {"gamma": 2.0}
     assert cfg.split.val == 0.25
@@ -56,3 +56,15 @@ def test_cli_bad_key_exits_2(capsys, tmp_path):
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "config file not found" in err[0]
+
+
+def test_run_id_is_stem_and_hash_of_the_resolved_config(tmp_path):
+    p = tmp_path / "demo.yaml"
+    p.write_text("train:\n  loss: ce\n")
+    a = load_config(p, ["run.root=r1"]).run.id
+    assert a.startswith("demo-") and len(a) == len("demo-") + 8
+    assert load_config(p, ["run.root=r2"]).run.id == a          # where the run lives is not part of it
+    assert load_config(p, ["train.loss=ce"]).run.id == a        # same resolved config, same run
+    assert load_config(p, ["spark.driver_memory=8g"]).run.id == a  # how it executes is not part of it
+    assert load_config(p, ["train.loss=focal"]).run.id != a     # a different config, a different run
+    assert load_config(p, ["run.id=mine"]).run.id == "mine"     # run.id names a run explicitly

@@ -1,6 +1,6 @@
 """The package's import rules, read from the source with ``ast`` (no module is imported).
 
-The layout is a one-way house (``docs/architecture.md``): ground floor (config, engines, io, errors)
+The layout is a one-way house (README, "Layout"): ground floor (config, engines, io, errors)
 → data → prep → stream → train → evaluation → flows → cli. Each rule below is one function that
 returns its violations, so a test can also plant a bad import and see the rule catch it.
 """

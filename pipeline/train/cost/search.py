@@ -238,7 +238,6 @@ class ValidationScores:
         # deferred: ray is slow to import
         import ray
 
-
         info = read_info(val_path)
         if info.n_classes != n_classes:
             raise InputError(f"validation table {val_path} has {info.n_classes} classes, the model {n_classes}")

@@ -1,0 +1,414 @@
+"""``imbalance ingest``: a folder tree of images (``<root>/<class>/<file>.png``) → a source table.
+
+WHOI-Plankton / IFCB collections come as one folder per class of small greyscale PNGs, each a
+different size, millions of files. This stage reads them with Spark's ``binaryFile`` source
+(recursive, only image extensions), decodes and resizes them in Arrow batches on the executors
+(:mod:`pipeline.data.images`, the same decoder the split stage uses for encoded Parquet images)
+and writes, into ``out/``::
+
+    data/             the source table: id, label, image (raw uint8, size×size[×3]), path
+                      (relative to root), width, height (of the original), sha1 (of the file);
+                      _dataset.json beside the Parquet files
+    rejected/         every file that could not be used: path, label, id, sha1, reason
+    labels.json       class names (folder names, or the manifest's labels), index order
+    ingest.json       the summary: counts, rejected by reason, sizes, duplicates, timing
+
+``id`` is Spark's ``xxhash64`` (seed 42) of the UTF-8 relative path: the same file gets the same
+id on every run, also after files are added. Files with identical bytes are reported, not
+dropped (they are different rows to the pipeline). Nothing is collected to the driver but
+aggregates; a bad file never stops the job: empty, not an image, truncated or corrupt, below
+``min_size`` pixels, not in a class folder, or (with a manifest) not listed in it — each goes to
+``rejected/`` with its reason. Spark skips files and folders whose names start with ``_`` or
+``.`` (Hadoop's hidden files) and files without an image extension.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import threading
+import time
+from typing import Optional
+
+from pipeline.data.images import EMPTY, EXTENSIONS, check_options, decoded_frame, image_shape
+from pipeline.data.schema import DatasetInfo, write_info
+from pipeline.data.source import label_index, write_labels
+from pipeline.errors import InputError
+from pipeline.io import atomic_dir, is_local, local_path, spark_uri, write_json
+
+SUMMARY_FILE = "ingest.json"
+DATA_DIR = "data"
+REJECTED_DIR = "rejected"
+NO_CLASS_FOLDER = "not in a class folder"
+NOT_IN_MANIFEST = "not in the manifest"
+LABEL_FROM = ("folder", "manifest")
+REJECTED_COLS = ["path", "label", "id", "sha1", "reason"]
+DATA_COLS = ["id", "label", "image", "path", "width", "height", "sha1"]
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def extension_glob(extensions=EXTENSIONS) -> str:
+    """A case-insensitive Hadoop glob for the extensions: ``*.{[pP][nN][gG],...}``."""
+    parts = ["".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in e) for e in extensions]
+    return "*.{" + ",".join(parts) + "}"
+
+
+def _qualified_root(spark, root: str) -> str:
+    """The root as Spark writes file paths (``file:/abs/root``), without a trailing slash."""
+    jvm = spark.sparkContext._jvm
+    p = jvm.org.apache.hadoop.fs.Path(spark_uri(root))
+    fs = p.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    return fs.makeQualified(p).toString().rstrip("/")
+
+
+def _read_manifest(spark, manifest: str):
+    """``path,label`` rows from a CSV file or a Parquet table; paths relative to the root."""
+    # deferred: pyspark is heavy
+    from pyspark.sql import functions as F
+
+    if is_local(manifest) and not local_path(manifest).exists():
+        raise InputError(f"manifest not found: {manifest}")
+    try:
+        if str(manifest).lower().endswith((".csv", ".csv.gz", ".txt")):
+            m = spark.read.option("header", "true").csv(spark_uri(manifest))
+        else:
+            m = spark.read.parquet(spark_uri(manifest))
+    except Exception as e:  # noqa: BLE001 - AnalysisException and friends
+        raise InputError(f"cannot read manifest {manifest}: {str(e).strip().splitlines()[0][:200]}") from None
+    missing = [c for c in ("path", "label") if c not in m.columns]
+    if missing:
+        raise InputError(f"manifest {manifest} has no '{missing[0]}' column (columns: {', '.join(m.columns)})")
+    m = m.select(F.regexp_replace(F.col("path").cast("string"), r"^(\./|/)+", "").alias("path"), "label")
+    dup = m.groupBy("path").count().where("count > 1").limit(1).collect()
+    if dup:
+        raise InputError(f"manifest {manifest} lists '{dup[0][0]}' {dup[0][1]} times")
+    return m
+
+
+def _walk_empty(top_dir: str, rel_dir: str, recursive: bool):
+    """Zero-byte image files under one folder (runs on an executor): relative paths."""
+    exts = tuple("." + e for e in EXTENSIONS)
+    out = []
+    stack = [(top_dir, rel_dir)]
+    while stack:
+        d, rel = stack.pop()
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        for e in entries:
+            if e.name.startswith((".", "_")):          # Hadoop's hidden files, as Spark skips them
+                continue
+            r = f"{rel}/{e.name}" if rel else e.name
+            if e.is_dir(follow_symlinks=False):
+                if recursive:
+                    stack.append((e.path, r))
+            elif e.name.lower().endswith(exts) and e.stat().st_size == 0:
+                out.append(r)
+    return out
+
+
+def empty_files(spark, root: str):
+    """Zero-byte image files under a local ``root`` as a DataFrame of relative ``path``.
+
+    Spark's file sources never list empty files, so ``binaryFile`` cannot see them; each top-level
+    folder is walked by one task on the executors (a shared file system on a cluster).
+    """
+    top = local_path(root).resolve()
+    dirs = [(str(top), "", False)] + sorted(
+        (e.path, e.name, True) for e in os.scandir(top) if e.is_dir() and not e.name.startswith((".", "_")))
+    rdd = spark.sparkContext.parallelize(dirs, max(1, min(len(dirs), 4 * spark.sparkContext.defaultParallelism)))
+    return rdd.flatMap(lambda t: [(p,) for p in _walk_empty(*t)]).toDF("path string")
+
+
+class Progress:
+    """Driver-side progress of the decode job: files done / total and files/s on stderr.
+
+    Spark reports finished tasks (``statusTracker``); files done are estimated as that share of
+    the total, so the count moves in steps of one task's files.
+    """
+
+    def __init__(self, spark, group: str, total: int, every: float = 5.0):
+        self.tracker = spark.sparkContext.statusTracker()
+        self.group, self.total, self.every = group, total, every
+        self.stop_event = threading.Event()
+        self.t0 = time.time()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _done_fraction(self) -> float:
+        tasks = done = 0
+        for jid in self.tracker.getJobIdsForGroup(self.group):
+            job = self.tracker.getJobInfo(jid)
+            for sid in (job.stageIds if job else ()):
+                st = self.tracker.getStageInfo(sid)
+                if st:
+                    tasks += st.numTasks
+                    done += st.numCompletedTasks
+        return done / tasks if tasks else 0.0
+
+    def _loop(self) -> None:
+        while not self.stop_event.wait(self.every):
+            n = int(self.total * self._done_fraction())
+            dt = time.time() - self.t0
+            log(f"ingest: decoding {n:,}/{self.total:,} files ({100 * n / max(1, self.total):.0f}%), "
+                f"{n / max(dt, 1e-9):,.0f} files/s")
+
+    def __enter__(self) -> "Progress":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=2)
+
+
+def _examples(df, key: str, n: int = 3) -> dict:
+    """Up to ``n`` example paths per value of ``key`` (sorted), from a small frame."""
+    # deferred: pyspark is heavy
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    w = Window.partitionBy(key).orderBy("path")
+    rows = (df.select(key, "path").withColumn("_n", F.row_number().over(w)).where(F.col("_n") <= n)
+            .groupBy(key).agg(F.sort_array(F.collect_list("path")).alias("paths")).collect())
+    return {r[0]: list(r[1]) for r in rows}
+
+
+def _duplicates(data, limit: int = 5) -> dict:
+    """Files with identical bytes: groups, extra copies, groups spanning classes, a few examples."""
+    # deferred: pyspark is heavy
+    from pyspark.sql import functions as F
+
+    groups = (data.groupBy("sha1")
+              .agg(F.count("*").alias("n"), F.countDistinct("label").alias("labels"),
+                   F.slice(F.sort_array(F.collect_list("path")), 1, 3).alias("paths"))
+              .where("n > 1"))
+    agg = groups.agg(F.count("*").alias("groups"), F.sum(F.col("n") - 1).alias("extra"),
+                     F.sum(F.when(F.col("labels") > 1, 1).otherwise(0)).alias("conflicts")).collect()[0]
+    examples = [list(r["paths"]) for r in groups.orderBy(F.desc("n"), "sha1").limit(limit).collect()]
+    return {"groups": int(agg["groups"] or 0), "extra_copies": int(agg["extra"] or 0),
+            "groups_across_classes": int(agg["conflicts"] or 0), "examples": examples}
+
+
+def _size_stats(data) -> dict:
+    """min / median / max of the original width and height (Spark aggregates)."""
+    # deferred: pyspark is heavy
+    from pyspark.sql import functions as F
+
+    aggs = []
+    for c in ("width", "height"):
+        aggs += [F.min(c).alias(f"{c}_min"), F.percentile_approx(c, 0.5, 10000).alias(f"{c}_median"),
+                 F.max(c).alias(f"{c}_max")]
+    r = data.agg(*aggs).collect()[0].asDict()
+    return {c: {"min": r[f"{c}_min"], "median": r[f"{c}_median"], "max": r[f"{c}_max"]} for c in ("width", "height")}
+
+
+def ingest_images(
+    spark,
+    images: str,
+    out: str,
+    size: int = 32,
+    mode: str = "L",
+    resize: str = "pad",
+    label_from: str = "folder",
+    manifest: Optional[str] = None,
+    min_size: int = 2,
+    files_per_task: int = 2000,
+    progress: bool = True,
+) -> dict:
+    """Ingest the image tree at ``images`` into ``out/`` (see the module docstring); return the summary.
+
+    ``label_from``: ``folder`` (the first folder under the root is the class) or ``manifest``
+    (a CSV/Parquet ``manifest`` of ``path,label`` with paths relative to the root; files it does
+    not list are rejected). An empty tree, a missing root, or fewer than two classes raise
+    :class:`InputError` and leave nothing at ``out``.
+    """
+    # deferred: pyspark is heavy
+    from pyspark.sql import functions as F
+
+    try:
+        check_options(size, mode, resize, min_size)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if label_from not in LABEL_FROM:
+        raise InputError(f"--label-from must be folder or manifest, got {label_from!r}")
+    if label_from == "manifest" and not manifest:
+        raise InputError("--label-from manifest needs --manifest CSV_OR_PARQUET")
+    if manifest and label_from != "manifest":
+        label_from = "manifest"
+    if is_local(images):
+        p = local_path(images)
+        if not p.exists():
+            raise InputError(f"image root not found: {images}")
+        if not p.is_dir():
+            raise InputError(f"image root is not a directory: {images}")
+    t0 = time.time()
+    prefix = _qualified_root(spark, images)
+    glob = extension_glob()
+    try:
+        raw = files = (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
+                 .option("pathGlobFilter", glob).load(spark_uri(images)))
+    except Exception as e:  # noqa: BLE001 - AnalysisException: path does not exist (remote roots)
+        raise InputError(f"cannot list images under {images}: {str(e).strip().splitlines()[0][:200]}") from None
+    rel = F.expr(f"substring(path, {len(prefix) + 2})")
+    m = _read_manifest(spark, manifest) if label_from == "manifest" else None
+
+    def labelled(df):
+        """Relative path, label and the reason a file cannot be used before it is even read."""
+        df = df.withColumn("path", rel) if "content" in df.columns else df
+        if m is None:
+            df = df.withColumn("label", F.when(F.instr("path", "/") > 0, F.substring_index("path", "/", 1)))
+            return df.withColumn("reason", F.when(F.col("label").isNull(), F.lit(NO_CLASS_FOLDER)))
+        return (df.join(m, on="path", how="left")
+                .withColumn("reason", F.when(F.col("label").isNull(), F.lit(NOT_IN_MANIFEST))))
+
+    files = labelled(files)
+
+    # ---- listing pass (no file contents read): totals and the class check
+    listing = files.select("path", "length", "label").agg(
+        F.count("*").alias("files"), F.sum("length").alias("bytes"),
+        F.countDistinct("label").alias("classes")).collect()[0]
+    total, total_bytes = int(listing["files"]), int(listing["bytes"] or 0)
+    # Spark's file sources never list zero-byte files: find them by walking the tree
+    n_empty = len(raw._jdf.inputFiles()) - total
+    empties = None
+    if n_empty > 0 and is_local(images):
+        empties = labelled(empty_files(spark, images)).withColumn(
+            "reason", F.coalesce(F.col("reason"), F.lit(EMPTY)))
+    elif n_empty > 0:
+        log(f"ingest: warning: {n_empty:,} zero-byte files under {images} are skipped by Spark "
+            f"(counted in the summary, not in {REJECTED_DIR}/: the root is not a local path)")
+    n_files = total + (n_empty if empties is not None else 0)
+    if total + max(n_empty, 0) == 0:
+        raise InputError(f"no image files ({', '.join(EXTENSIONS)}) under {images}")
+    if listing["classes"] < 2:
+        what = "class folder" if label_from == "folder" else "manifest label"
+        raise InputError(f"{images} has {listing['classes']} {what}{'s' if listing['classes'] != 1 else ''} "
+                         f"among its {total:,} image files: need at least two classes")
+    log(f"ingest: listed {total:,} image files ({total_bytes / 1e6:,.1f} MB, {listing['classes']} classes) "
+        f"under {images} in {time.time() - t0:.1f}s")
+    manifest_missing = None
+    if m is not None:
+        gone = m.join(files.select("path"), on="path", how="left_anti")
+        if empties is not None:
+            gone = gone.join(empties.select("path"), on="path", how="left_anti")
+        manifest_missing = {"rows": gone.count(), "examples": [r[0] for r in gone.orderBy("path").limit(5).collect()]}
+
+    # ---- decode + write, one pass; partitions of ~files_per_task files
+    dec = decoded_frame(files.select("path", "label", "reason", F.col("content").alias("image")),
+                        size=size, mode=mode, resize=resize, min_size=min_size)
+    if empties is not None:
+        dec = dec.unionByName(empties.select(
+            "path", "label", F.lit(None).cast("binary").alias("image"), F.lit(None).cast("int").alias("width"),
+            F.lit(None).cast("int").alias("height"), F.sha1(F.lit(b"")).alias("sha1"), "reason"))
+    dec = dec.withColumn("id", F.xxhash64(F.col("path").cast("string")))
+    dec = dec.withColumn("_ok", F.col("reason").isNull())
+    avg = total_bytes / total
+    open_cost = 4096
+    conf = {
+        "spark.sql.files.openCostInBytes": str(open_cost),
+        "spark.sql.files.maxPartitionBytes": str(int(max(1, files_per_task) * (avg + open_cost))),
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(max(16, min(1000, int(64e6 / max(avg, 1))))),
+    }
+    old = {k: spark.conf.get(k, None) for k in conf}
+    group = f"imbalance-ingest-{int(time.time() * 1000)}"
+    t1 = time.time()
+    out_p = local_path(out)
+    with atomic_dir(out_p) as tmp:
+        for k, v in conf.items():
+            spark.conf.set(k, v)
+        spark.sparkContext.setJobGroup(group, f"imbalance ingest {images}")
+        try:
+            with (Progress(spark, group, total) if progress else _Null()):
+                (dec.select(*DATA_COLS, "reason", "_ok").write.partitionBy("_ok")
+                 .parquet(spark_uri(tmp / "_all")))
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    spark.conf.unset(k)
+                else:
+                    spark.conf.set(k, v)
+            spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+        dt = time.time() - t1
+        log(f"ingest: decoded and wrote {total:,} files in {dt:.1f}s ({total / max(dt, 1e-9):,.0f} files/s)")
+        ok_dir, bad_dir = tmp / "_all" / "_ok=true", tmp / "_all" / "_ok=false"
+        if bad_dir.exists():
+            bad = spark.read.parquet(spark_uri(bad_dir)).select(*REJECTED_COLS)
+            bad.write.parquet(spark_uri(tmp / REJECTED_DIR))
+        else:
+            spark.createDataFrame([], dec.select(*REJECTED_COLS).schema).write.parquet(spark_uri(tmp / REJECTED_DIR))
+        rejected = spark.read.parquet(spark_uri(tmp / REJECTED_DIR))
+        by_reason = {r[0]: int(r[1]) for r in rejected.groupBy("reason").count().collect()}
+        n_rejected = sum(by_reason.values())
+        if not ok_dir.exists():
+            top = max(by_reason, key=by_reason.get)
+            raise InputError(f"no usable image under {images}: all {total:,} files rejected (mostly: {top})")
+        ok_dir.rename(tmp / DATA_DIR)
+        shutil.rmtree(tmp / "_all", ignore_errors=True)
+        data = spark.read.parquet(spark_uri(tmp / DATA_DIR)).select(*[c for c in DATA_COLS if c != "image"])
+        counts = {r[0]: int(r[1]) for r in data.groupBy("label").count().collect()}
+        if len(counts) < 2:
+            raise InputError(f"only one class left after rejecting bad files under {images} "
+                             f"({next(iter(counts))!r}, {n_rejected:,} rejected): need at least two")
+        mapping = label_index(counts)
+        labels = list(mapping)
+        info = DatasetInfo(kind="image", n_classes=len(labels), image_shape=image_shape(size, mode),
+                           labels=labels, class_counts={str(mapping[k]): v for k, v in counts.items()})
+        write_info(tmp / DATA_DIR, info)
+        write_labels(tmp, labels)
+        summary = {
+            "root": str(images), "table": str(out_p / DATA_DIR), "files": n_files, "bytes": total_bytes,
+            "images": sum(counts.values()), "classes": len(labels),
+            "class_counts": {str(k): counts[k] for k in labels},
+            "rejected": n_rejected,
+            "rejected_reasons": dict(sorted(by_reason.items(), key=lambda kv: -kv[1])),
+            "rejected_examples": _examples(rejected, "reason") if n_rejected else {},
+            "sizes": _size_stats(data), "duplicates": _duplicates(data),
+            "options": {"size": size, "mode": mode, "resize": resize, "label_from": label_from,
+                        "manifest": manifest, "min_size": min_size},
+            "image_shape": info.image_shape, "output_bytes_per_image": math.prod(info.image_shape),
+            "seconds": round(time.time() - t0, 2), "decode_seconds": round(dt, 2),
+            "files_per_s": round(total / max(dt, 1e-9), 1),
+        }
+        if n_empty > 0 and empties is None:
+            summary["empty_files_not_listed"] = n_empty
+        if manifest_missing is not None:
+            summary["manifest_rows_without_file"] = manifest_missing
+        write_json(tmp / SUMMARY_FILE, summary)
+    return summary
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+def format_summary(s: dict) -> str:
+    """The printed summary table of an ingest."""
+    lines = [f"{s['images']:,} images in {s['classes']} classes from {s['files']:,} files "
+             f"({s['files_per_s']:,.0f} files/s); rejected {s['rejected']:,}"]
+    for reason, n in s["rejected_reasons"].items():
+        ex = ", ".join(s.get("rejected_examples", {}).get(reason, [])[:2])
+        lines.append(f"  rejected {n:>9,}  {reason}" + (f"  (e.g. {ex})" if ex else ""))
+    sz = s["sizes"]
+    lines.append(f"{'':>8} {'min':>7} {'median':>7} {'max':>7}")
+    for c in ("width", "height"):
+        lines.append(f"{c:>8} {sz[c]['min']:>7} {sz[c]['median']:>7} {sz[c]['max']:>7}")
+    d = s["duplicates"]
+    if d["groups"]:
+        lines.append(f"duplicates: {d['extra_copies']:,} extra copies in {d['groups']:,} groups of identical files "
+                     f"({d['groups_across_classes']} across classes), e.g. {' = '.join(d['examples'][0])}")
+    else:
+        lines.append("duplicates: none")
+    mm = s.get("manifest_rows_without_file")
+    if mm and mm["rows"]:
+        lines.append(f"manifest rows with no file: {mm['rows']:,} (e.g. {', '.join(mm['examples'][:2])})")
+    lines.append(f"images: {s['image_shape']} uint8 = {s['output_bytes_per_image']} bytes each -> {s['table']}")
+    return "\n".join(lines)

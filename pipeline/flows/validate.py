@@ -1,0 +1,339 @@
+"""Check a whole configuration before any stage runs: one line naming the problem, in seconds.
+
+A misspelled value (``train.loss=focl``) must not cost the source, profile, split, sample and
+materialize stages before training finds it. :func:`validate_config` asks the registries that
+own each rule — they are the same functions the stages call later, so a new loss, model, method
+or sampling strategy is validated as soon as it is registered:
+
+========================================  =================================================
+what                                      who owns the rule
+========================================  =================================================
+``train.loss``, ``train.loss_params``     :func:`pipeline.train.losses.check_loss` (builds the
+                                          loss on stand-in class counts)
+``model.*`` (name, depth, width, …)       :func:`pipeline.train.models.check_model_config`
+``train.method``, ``method_params``       :func:`pipeline.train.hooks.build_hook` (hooks check
+                                          their own parameters); two_phase: :data:`TWO_PHASE_KEYS`
+``train.optimizer``                       :func:`pipeline.train.loop.build_optimizer`
+``train.read_sampling`` (and augment)     :func:`pipeline.train.loop.read_sampling_spec`
+``sample.*``                              :func:`pipeline.prep.sampling.check_request` /
+                                          :func:`~pipeline.prep.sampling.check_target`
+``stream.reader``                         :data:`pipeline.stream.readers.READERS`
+``evaluate.threshold_moving``             :func:`pipeline.evaluation.thresholds.check_rule`
+``train.amp_dtype``                       :func:`pipeline.train.loop.check_amp_dtype`
+========================================  =================================================
+
+and the rules that join keys: a method that needs validation data when there is none, a
+lenet/resnet on feature vectors, ``amp_dtype: fp16`` without a GPU (a warning: the setting has
+no effect on CPU). Inputs named by the config must exist. Every problem raises
+:class:`~pipeline.errors.ConfigError` (exit status 2 in the CLI).
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+from pipeline.config import Config, SampleSection
+from pipeline.data.images import check_options
+from pipeline.data.schema import has_info, read_info
+from pipeline.errors import ConfigError, InputError
+from pipeline.flows.compare import compare_methods
+from pipeline.io import is_local, local_path
+from pipeline.prep.sampling import check_request, check_target
+from pipeline.evaluation.thresholds import check_rule
+from pipeline.train import PIPELINE_METHODS
+
+#: The training loop's own ``train.method_params`` keys (any method may set them).
+LOOP_KEYS = {"dynamic_sampling", "drw_epoch", "drw_beta", "category_centers", "centroid_metric",
+             "centroid_temperature"}
+#: What ``train.method: two_phase`` accepts in ``train.method_params``.
+TWO_PHASE_KEYS = {"pretrain", "pretrain_epochs", "pretrain_read_sampling", "finetune_lr"} | LOOP_KEYS
+SYNTH_KINDS = {"plankton": ("image", 103), "digits": ("image", 10), "tabular": ("features", 10)}
+COMMANDS = ("run", "experiment", "retrain", "train", "predict")
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _fail(where: str, e: Exception) -> ConfigError:
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return ConfigError(msg if where in msg or "config key" in msg else f"{where}: {msg}")
+
+
+def _exists(what: str, path: Optional[str]) -> None:
+    if path and is_local(path) and not local_path(path).exists():
+        raise ConfigError(f"{what}: {path} does not exist")
+
+
+def data_kind(cfg: Config, command: str = "run") -> tuple[Optional[str], Optional[int]]:
+    """("image" | "features" | None, number of classes | None) as far as known without reading data."""
+    table = None
+    if command == "train":
+        table = cfg.train.train_path
+    elif cfg.data.train_path:
+        table = cfg.data.train_path
+    elif cfg.data.input:
+        table = cfg.data.input
+    elif cfg.data.images:
+        return "image", None
+    elif command in ("run", "experiment"):
+        return SYNTH_KINDS.get(cfg.data.synth_preset, (None, None))
+    if table and is_local(table) and has_info(table):
+        try:
+            info = read_info(table)
+            return ("image" if len(info.input_shape) == 3 else "features"), int(info.n_classes)
+        except (InputError, OSError, ValueError, KeyError, TypeError):
+            return None, None
+    if cfg.data.image_shape:
+        return "image", None
+    return None, None
+
+
+def _numbers(cfg: Config) -> None:
+    tc = cfg.train
+    rules = [("train.epochs", tc.epochs, 1), ("train.batch_size", tc.batch_size, 1),
+             ("stream.batch_size", cfg.stream.batch_size, 1), ("predict.batch_size", cfg.predict.batch_size, 1),
+             ("train.num_workers", tc.num_workers, 0), ("train.max_failures", tc.max_failures, 0),
+             ("stream.workers_count", cfg.stream.workers_count, 1), ("data.rows", cfg.data.rows, 1)]
+    for key, value, low in rules:
+        if value < low:
+            raise ConfigError(f"config key '{key}' must be >= {low}, got {value}")
+    if tc.patience is not None and tc.patience < 1:
+        raise ConfigError(f"config key 'train.patience' must be >= 1 or null, got {tc.patience}")
+    for key, value in (("train.lr", tc.lr), ("train.cpus_per_worker", tc.cpus_per_worker),
+                       ("stream.row_group_mb", cfg.stream.row_group_mb)):
+        if not value > 0:
+            raise ConfigError(f"config key '{key}' must be > 0, got {value}")
+    if tc.weight_decay < 0:
+        raise ConfigError(f"config key 'train.weight_decay' must be >= 0, got {tc.weight_decay}")
+    sp = cfg.split
+    for key, value in (("split.val", sp.val), ("split.test", sp.test)):
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"config key '{key}' must be in [0, 1), got {value}")
+    if sp.val + sp.test >= 1.0:
+        raise ConfigError(f"config keys split.val + split.test must be < 1, got {sp.val + sp.test:g}")
+    d = cfg.data
+    if d.input is None and not d.train_path and not d.images and d.synth_preset not in SYNTH_KINDS:
+        raise ConfigError(f"unknown data.synth_preset '{d.synth_preset}' (known: {', '.join(SYNTH_KINDS)})")
+    if d.protocol not in (None, "step", "linear"):
+        raise ConfigError(f"unknown data.protocol '{d.protocol}' (known: step, linear, or null)")
+    if d.protocol_scope not in ("source", "train"):
+        raise ConfigError(f"config key 'data.protocol_scope': expected source or train, got '{d.protocol_scope}'")
+
+
+def _images(d) -> None:
+    """``data.images``: the decode options, the manifest rule and that the tree exists."""
+    try:
+        check_options(d.size, d.mode, d.resize, d.min_size)
+    except ValueError as e:
+        raise ConfigError(f"data.images: {e}") from None
+    if d.label_from not in ("folder", "manifest"):
+        raise ConfigError(f"config key 'data.label_from': expected folder or manifest, got '{d.label_from}'")
+    if d.label_from == "manifest" and not d.manifest:
+        raise ConfigError("config key 'data.label_from' is manifest but data.manifest is not set")
+    _exists("data.images", d.images)
+    _exists("data.manifest", d.manifest)
+
+
+def _sampling(where: str, section: SampleSection) -> None:
+    try:
+        check_request(section.strategy, section.cap, section.floor)
+        check_target(section.strategy, section.target)
+    except InputError as e:
+        raise _fail(where, e) from None
+
+
+def _training(cfg: Config, kind: Optional[str], n_classes: Optional[int], has_val: bool) -> None:
+    """The per-worker rules (model, loss, optimizer, method, read sampling), checked on the driver."""
+    # deferred: torch is slow to import (the registries below build torch modules)
+    import torch
+    # deferred: torch is slow to import
+    from pipeline.stream.readers import READERS
+    # deferred: torch is slow to import
+    from pipeline.train.hooks import HOOKS, build_hook, hook_names
+    # deferred: torch is slow to import
+    from pipeline.train.loop import METRICS_HIGHER, METRICS_LOWER, build_optimizer, centers_params, check_amp_dtype, read_sampling_spec, split_loss_params  # noqa: E501
+    # deferred: torch is slow to import
+    from pipeline.train.losses import check_loss
+    # deferred: torch is slow to import
+    from pipeline.train.models import check_model_config
+
+    tc = cfg.train
+    try:
+        check_model_config(cfg.model, image=None if kind is None else kind == "image")
+    except InputError as e:
+        raise _fail("model", e) from None
+    try:
+        loss_params, _ = split_loss_params(tc)
+        check_loss(tc.loss, loss_params, n_classes)
+    except InputError as e:
+        raise _fail("train.loss", e) from None
+    try:
+        build_optimizer([torch.nn.Parameter(torch.zeros(1))], tc)
+    except ValueError as e:  # torch's own range checks (lr, momentum, weight decay)
+        raise ConfigError(f"train.optimizer {tc.optimizer}: {e}") from None
+    check_amp_dtype(tc.amp_dtype)
+    if cfg.stream.reader not in READERS:
+        raise ConfigError(f"unknown stream.reader '{cfg.stream.reader}' (known: {', '.join(READERS)})")
+    if tc.select_metric not in METRICS_HIGHER + METRICS_LOWER:
+        raise ConfigError(f"unknown train.select_metric '{tc.select_metric}' "
+                          f"(known: {', '.join(METRICS_HIGHER + METRICS_LOWER)})")
+
+    method, mp = tc.method, dict(tc.method_params or {})
+    known = list(PIPELINE_METHODS) + hook_names()
+    if method not in known:
+        raise ConfigError(f"config key 'train.method': unknown method '{method}' (choose from: {', '.join(known)})")
+    compare_methods(cfg, known)  # run.compare_with names known methods
+    if method in PIPELINE_METHODS:
+        allowed = TWO_PHASE_KEYS if method == "two_phase" else LOOP_KEYS
+        for k in mp:
+            if k not in allowed:
+                raise ConfigError(f"unknown config key 'train.method_params.{k}' for {method} "
+                                  f"(known: {', '.join(sorted(allowed))})")
+    else:
+        _build_hook(build_hook, method, mp, n_classes)
+    spec = read_sampling_spec(tc)
+    centers_params(tc)
+    if method == "two_phase":
+        if "pretrain" in mp and "pretrain_read_sampling" in mp:
+            raise ConfigError("train.method_params: give two_phase either 'pretrain' (a sampled set) or "
+                              "'pretrain_read_sampling' (sampling in the reader), not both")
+        if "pretrain_read_sampling" in mp:
+            read_sampling_spec(dataclasses.replace(tc, read_sampling=mp["pretrain_read_sampling"]))
+        elif mp.get("pretrain") is not None:
+            raw = mp["pretrain"]
+            if not isinstance(raw, dict):
+                raise ConfigError(f"config key 'train.method_params.pretrain' must be a mapping, got {raw!r}")
+            fields = {f.name for f in dataclasses.fields(SampleSection)}
+            for k in raw:
+                if k not in fields:
+                    raise ConfigError(f"unknown config key 'train.method_params.pretrain.{k}'")
+            _sampling("train.method_params.pretrain",
+                      SampleSection(**{**dataclasses.asdict(SampleSection(strategy="threshold", cap=5000)), **raw}))
+        for key in ("pretrain_epochs",):
+            v = mp.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ConfigError(f"config key 'train.method_params.{key}': expected an integer >= 1, got {v!r}")
+        lr = mp.get("finetune_lr")
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+            raise ConfigError(f"config key 'train.method_params.finetune_lr': expected a number > 0, got {lr!r}")
+    if spec is not None and spec["strategy"] in ("ros", "rus", "threshold", "floor", "hybrid"):
+        try:
+            check_request(spec["strategy"], spec.get("cap"), spec.get("floor"))
+            check_target(spec["strategy"], spec.get("target", "auto"))
+        except InputError as e:
+            raise _fail("train.read_sampling", e) from None
+    if spec is not None and spec["strategy"] != "none" and cfg.stream.reader != "petastorm":
+        raise ConfigError(f"train.read_sampling needs stream.reader=petastorm, got {cfg.stream.reader!r}")
+    # cross-key: methods that learn from validation data
+    if not has_val:
+        if method in HOOKS and HOOKS[method].needs_validation:
+            raise ConfigError(f"train.method={method} needs validation data, but there is none "
+                              "(set split.val > 0, data.val_path or train.val_path)")
+        if spec is not None and spec["strategy"] == "dynamic":
+            raise ConfigError("dynamic sampling needs validation data (its per-class F1 sets the next epoch's "
+                              "rates), but there is none (set split.val > 0, data.val_path or train.val_path)")
+
+
+def _build_hook(build_hook: Callable, method: str, params: dict, n_classes: Optional[int]) -> None:
+    """Build the method's hook on stand-in class counts (its parameter checks run in its constructor).
+    With the number of classes unknown, a per-class parameter's length stands in for it."""
+    candidates = [n_classes] if n_classes else [2] + sorted(
+        {len(v) for v in params.values() if isinstance(v, (list, tuple)) and len(v) > 2})
+    first = None
+    for n in candidates:
+        try:
+            build_hook(method, params, n, [1.0] * n, 64)
+            return
+        except InputError as e:
+            first = first or e
+        except (TypeError, ValueError) as e:
+            first = first or ConfigError(f"train.method_params for {method}: {e}")
+    raise _fail("train.method_params", first) from None
+
+
+def validate_config(cfg: Config, command: str = "run", warn: Callable[[str], None] = _stderr) -> list[str]:
+    """Check ``cfg`` for ``imbalance <command>`` before anything runs or is written.
+
+    Raises :class:`ConfigError` (one line naming the key) for the first problem found; returns the
+    warnings (already passed to ``warn``).
+    """
+    if command not in COMMANDS:
+        raise ValueError(f"validate_config: unknown command {command!r}")
+    warnings: list[str] = []
+    _numbers(cfg)
+    d = cfg.data
+    if command in ("run", "experiment"):
+        if d.train_path or d.val_path or d.test_path:
+            missing = [k for k, v in (("train_path", d.train_path), ("val_path", d.val_path),
+                                      ("test_path", d.test_path)) if not v]
+            if missing:
+                raise ConfigError(f"config keys data.train_path/val_path/test_path: '{missing[0]}' is missing")
+            for k in ("train_path", "val_path", "test_path"):
+                _exists(f"data.{k}", getattr(d, k))
+        elif d.images:
+            _images(d)
+        else:
+            _exists("data.input", d.input)
+    if command == "retrain":
+        if not cfg.retrain.lake:
+            raise ConfigError("config key 'retrain.lake' is required: the partitioned lake table to train on")
+        _exists("retrain.lake", cfg.retrain.lake)
+    if command == "train":
+        if not cfg.train.train_path:
+            raise ConfigError("train.train_path is not set (the materialized training table)")
+        if not cfg.train.out:
+            raise ConfigError("train.out is not set (where checkpoints and the model go)")
+        _exists("train.train_path", cfg.train.train_path)
+        _exists("train.val_path", cfg.train.val_path)
+    for key in ("init_from",):
+        path = getattr(cfg.train, key)
+        _exists(f"train.{key}", path)
+        if path and is_local(path) and not (local_path(path) / "model.pt").is_file():
+            raise ConfigError(f"train.{key}: {path} has no model.pt: not a model directory")
+    if command == "predict":
+        if not cfg.predict.model:
+            raise ConfigError("predict.model is not set (the model directory)")
+        if not cfg.predict.input:
+            raise ConfigError("predict.input is not set (the table to predict)")
+        if not cfg.predict.out:
+            raise ConfigError("predict.out is not set (where the predictions go)")
+        _exists("predict.model", cfg.predict.model)
+        _exists("predict.input", cfg.predict.input)
+        return warnings
+
+    kind, n_classes = data_kind(cfg, command)
+    if command != "train":
+        _sampling("sample", cfg.sample)
+        try:
+            check_rule(cfg.evaluate.threshold_moving, cfg.evaluate.cost, cfg.evaluate.tune_metric, n_classes)
+        except InputError as e:
+            raise _fail("evaluate.threshold_moving", e) from None
+        has_val = bool(d.val_path) or cfg.split.val > 0
+    else:
+        has_val = bool(cfg.train.val_path)
+    _training(cfg, kind, n_classes, has_val)
+
+    tc = cfg.train
+    if tc.amp and str(tc.amp_dtype).lower() in ("fp16", "float16", "half") and tc.use_gpu is False:
+        warnings.append("warning: train.amp_dtype=fp16 has no effect without a GPU (train.use_gpu is false): "
+                        "training runs in float32")
+    elif tc.amp and str(tc.amp_dtype).lower() in ("fp16", "float16", "half") and tc.use_gpu is None \
+            and cfg.ray.address is None and not _cuda():
+        warnings.append("warning: train.amp_dtype=fp16 has no effect without a GPU (none is visible): "
+                        "training runs in float32")
+    for w in warnings:
+        warn(w)
+    return warnings
+
+
+def _cuda() -> bool:
+    # deferred: torch is slow to import
+    import torch
+
+    return torch.cuda.is_available()
+
+
+__all__ = ["validate_config", "data_kind", "TWO_PHASE_KEYS", "LOOP_KEYS"]

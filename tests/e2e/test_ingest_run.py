@@ -1,0 +1,41 @@
+"""`imbalance run` from a folder tree of real PNGs (scikit-learn's digits at random sizes, bad files planted)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.image_trees import write_digits_tree
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+CONFIG = """\
+run: {root: RUNS, seed: 0}
+data: {images: TREE, size: 16, mode: L, resize: pad}
+stream: {batch_size: 128, row_group_mb: 1}
+model: {name: lenet}
+train: {loss: ce, epochs: 4, batch_size: 32, lr: 0.003, num_workers: 0}
+"""
+
+
+def test_run_from_png_tree_trains_and_quarantines(tmp_path):
+    tree = tmp_path / "digits"
+    expected = write_digits_tree(tree)
+    cfg = tmp_path / "digits-images.yaml"
+    cfg.write_text(CONFIG.replace("RUNS", str(tmp_path / "runs")).replace("TREE", str(tree)))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(cfg)], cwd=ROOT, capture_output=True,
+                       text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    run_dir = Path(r.stdout.strip().splitlines()[-1])
+    ingest = json.loads((run_dir / "source" / "ingest.json").read_text())
+    assert ingest["images"] == len(expected["good"]) and ingest["rejected"] == len(expected["bad"])
+    split = json.loads((run_dir / "split" / "split.json").read_text())
+    assert split["rejected"] == 0 and split["labels"] == [str(i) for i in range(10)]
+    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    assert metrics["macro"]["f1"] > 0.3, metrics["macro"]           # chance 0.1; measured 0.61-0.62 (2 epochs: 0.26-0.49)
