@@ -15,7 +15,7 @@ import warnings
 from typing import Callable, Sequence
 
 from pipeline.config import load_config
-from pipeline.engines import get_spark
+from pipeline.engines import get_spark, stop_ray
 from pipeline.errors import InputError
 from pipeline.evaluation.evaluate import evaluate_predictions
 from pipeline.evaluation.thresholds import parse_class_counts, predictions_with_rule
@@ -299,8 +299,6 @@ def _stop_ray_log_forwarding() -> None:
     """Shut the process's Ray down before the error line, so that no forwarded worker log
     (Ray Train's controller, placement-group cleaner) lands after it."""
     if "ray" in sys.modules:
-        from pipeline.engines import stop_ray
-
         stop_ray()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import json
 import types
 import typing
@@ -208,6 +209,10 @@ class Config:
         return dataclasses.asdict(getattr(self, name))
 
 
+#: Numbers YAML 1.1 leaves as strings: exponents without a dot (``1e-9``, ``5E3``).
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _check_type(key: str, value: Any, annotation: Any) -> Any:
     """Validate (and lightly coerce) ``value`` against a field annotation."""
     if isinstance(annotation, str):
@@ -239,6 +244,8 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-9 (no dot) as a string; it is a number to a user
         raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
     if annotation is str:
         if isinstance(value, str):

@@ -16,16 +16,18 @@ pytestmark = pytest.mark.slow
 
 def test_digits_grid_runs_in_parallel_resumes_and_reports(spark, ray_local, tmp_path):
     good = [f"experiment.out={tmp_path / 'exp'}", "train.epochs=1"]
-    # a method whose trials fail at training (focal has no parameter 'gama'): recorded, the rest go on
+    # a method whose trials fail at training (two read rates for ten classes: only the workers, which
+    # see the data, can tell; a misspelled key would be refused before any trial starts): recorded,
+    # the rest go on
     broken = load_config("conf/exp-digits-tiny.yaml", good + [
         "experiment.methods=[{name: baseline}, {name: ros, overrides: {sample.strategy: ros, "
         "evaluate.threshold_moving: prior}, threshold_variant: ros+tm}, "
-        "{name: broken, overrides: {train.loss: focal, train.loss_params: {gama: 2}}}]"])
+        "{name: broken, overrides: {train.read_sampling: {strategy: rates, rates: [1.0, 0.5]}}}]"])
     with pytest.raises(RuntimeError, match="2 of 6 trials failed"):
         run_experiment(broken)
     records = json.loads((tmp_path / "exp" / "trials.json").read_text())
     errors = [r for r in records if "error" in r]
-    assert len(errors) == 2 and all("gama" in r["error"] for r in errors)
+    assert len(errors) == 2 and all("rates" in r["error"] for r in errors)
 
     cfg = load_config("conf/exp-digits-tiny.yaml", good)
     out = run_experiment(cfg)

@@ -60,9 +60,9 @@ def test_retrain_promotes_then_gate_rejects_a_bad_model(spark, ray_local, tmp_pa
     assert second["status"] == "promoted", second["gate_reasons"]
     assert reg.production() == second["version"] == "v0002"
 
-    # a config that trains badly (no warm start, learning rate 0: an untrained network) is rejected
+    # a config that trains badly (no warm start, learning rate 1e-9: an untrained network) is rejected
     _write_partition(lake, "2026-11-04", nxt, [400, 200, 100, 50], seed=4)
-    bad = retrain(_cfg(tmp_path, "retrain.warm_start=false", "train.lr=0.0"))
+    bad = retrain(_cfg(tmp_path, "retrain.warm_start=false", "train.lr=1e-9"))
     assert bad["status"] == "rejected"
     assert any("worse" in r for r in bad["gate_reasons"])
     assert reg.production() == "v0002"                 # the pointer did not move

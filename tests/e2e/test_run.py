@@ -86,7 +86,9 @@ def test_rerun_recomputes_nothing(demo_run):
 def test_changed_config_redoes_only_downstream(demo_run):
     root, _ = demo_run
     run_dir = next(root.glob("demo-*"))
-    r = _imbalance(["run", "conf/demo.yaml", f"run.root={root}", *TINY, "evaluate.threshold_moving=null"])
+    # a changed value gets its own run id; naming the run (run.id) redoes it in place
+    r = _imbalance(["run", "conf/demo.yaml", f"run.root={root}", *TINY, "evaluate.threshold_moving=null",
+                    f"run.id={run_dir.name}"])
     assert r.returncode == 0, r.stderr[-4000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["ran"] == ["evaluate", "comparison", "report"]   # and the reference re-evaluates too

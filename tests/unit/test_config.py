@@ -68,3 +68,13 @@ def test_run_id_is_stem_and_hash_of_the_resolved_config(tmp_path):
     assert load_config(p, ["spark.driver_memory=8g"]).run.id == a  # how it executes is not part of it
     assert load_config(p, ["train.loss=focal"]).run.id != a     # a different config, a different run
     assert load_config(p, ["run.id=mine"]).run.id == "mine"     # run.id names a run explicitly
+
+
+def test_exponent_without_a_dot_is_a_number(tmp_path):
+    """YAML 1.1 reads ``1e-9`` as a string; as a float key it is the number a user meant."""
+    assert load_config("conf/tabular.yaml", ["train.lr=1e-9"]).train.lr == 1e-9
+    f = tmp_path / "c.yaml"
+    f.write_text("train: {lr: 5E-4}\n")
+    assert load_config(f).train.lr == 5e-4
+    with pytest.raises(ConfigError, match="train.lr"):
+        load_config("conf/tabular.yaml", ["train.lr=1e-9x"])
