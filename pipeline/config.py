@@ -28,6 +28,7 @@ class RunSection:
     root: str = "runs"                  # run directories go to <root>/<id>/
     id: Optional[str] = None            # default: <config stem>-<hash of the resolved config> (see default_run_id)
     seed: int = 0                       # default seed for every stage that takes one
+    compare_with: Any = None            # a method or a list (e.g. baseline): reference models on the same data (flows/compare.py)
 
 
 @dataclass

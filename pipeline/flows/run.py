@@ -26,6 +26,7 @@ Methods (``train.method``):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shutil
 import sys
 import time
@@ -41,6 +42,7 @@ from pipeline.evaluation.evaluate import evaluate_predictions
 from pipeline.evaluation.report import write_report
 from pipeline.evaluation.thresholds import apply_threshold_moving, tune_threshold
 from pipeline.flows import tracking
+from pipeline.flows.compare import compare_methods, format_comparison, run_comparisons
 from pipeline.io import (
     atomic_dir,
     fingerprint,
@@ -55,6 +57,7 @@ from pipeline.io import (
 from pipeline.flows.validate import TWO_PHASE_KEYS, validate_config
 from pipeline.prep.sampling import format_manifest, sample_dataset
 from pipeline.stream.materialize import materialize
+from pipeline.train import PIPELINE_METHODS
 from pipeline.train.predict import predict
 
 
@@ -261,6 +264,10 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
     """
     validate_config(cfg, "run")  # every key and input checked before anything is written
     method = cfg.train.method
+    # deferred: torch is slow to import (the hook registry builds torch modules)
+    from pipeline.train.hooks import hook_names
+
+    references = compare_methods(cfg, list(PIPELINE_METHODS) + hook_names())  # validated above
     run_dir = local_path(cfg.run.root) / str(cfg.run.id)
     # config.json is (re)written only when a stage actually runs (StageRunner), so a failed or
     # up-to-date rerun never changes a finished run's record
@@ -385,12 +392,20 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
     evaluate_fp = runner.stage("evaluate", evaluate_key, _evaluate)
     tracking.log_evaluation(tr, run_dir, labels, redo="evaluate" in runner.ran)
 
+    # ---- reference models on the same data, and the paired comparison (run.compare_with)
+    compare_fp = None
+    if references:
+        # each reference is its own MLflow run, nested under this one in the same store and experiment
+        reference_run = functools.partial(run_pipeline, tracking_tags={"kind": "reference"}, parent_run_id=tr.run_id)
+        compare_fp = run_comparisons(cfg, run_dir, ddir, protocol_name, runner, reference_run, spark, references)
+
     # ---- report
 
-    runner.stage("report", {"evaluate": evaluate_fp, "profile": profile_fp},
+    runner.stage("report", {"evaluate": evaluate_fp, "profile": profile_fp, "comparison": compare_fp},
                  lambda d: write_report(str(run_dir / "evaluate"), str(d),
                                         distribution=str(ddir / "profile" / "distribution.json"),
-                                        predictions=str(run_dir / "predict" / "test"), spark=spark, label_col=label))
+                                        predictions=str(run_dir / "predict" / "test"), spark=spark, label_col=label,
+                                        run_dir=str(run_dir), timings=dict(runner.timings)))
     tracking.log_report(tr, run_dir, redo="report" in runner.ran)
 
     if data_runner is not runner:
@@ -403,6 +418,8 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
     write_json(run_dir / "summary.json", summary)
     tr.finish()
     print(_format_summary(summary))
+    if references:
+        print(format_comparison(run_dir))
     return str(run_dir)
 
 

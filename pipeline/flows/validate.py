@@ -38,6 +38,7 @@ from pipeline.config import Config, SampleSection
 from pipeline.data.images import check_options
 from pipeline.data.schema import has_info, read_info
 from pipeline.errors import ConfigError, InputError
+from pipeline.flows.compare import compare_methods
 from pipeline.io import is_local, local_path
 from pipeline.prep.sampling import check_request, check_target
 from pipeline.evaluation.thresholds import check_rule
@@ -48,7 +49,9 @@ LOOP_KEYS = {"dynamic_sampling", "drw_epoch", "drw_beta", "category_centers", "c
              "centroid_temperature"}
 #: What ``train.method: two_phase`` accepts in ``train.method_params``.
 TWO_PHASE_KEYS = {"pretrain", "pretrain_epochs", "pretrain_read_sampling", "finetune_lr"} | LOOP_KEYS
-SYNTH_KINDS = {"plankton": ("image", 103), "digits": ("image", 10), "tabular": ("features", 10)}
+#: What each synth preset makes (kind, classes), for the checks that depend on it; one entry per synth.PRESETS.
+SYNTH_KINDS = {"plankton": ("image", 103), "plankton_balanced": ("image", 103), "digits": ("image", 10),
+               "tabular": ("features", 10)}
 COMMANDS = ("run", "experiment", "retrain", "train", "predict")
 
 
@@ -184,6 +187,7 @@ def _training(cfg: Config, kind: Optional[str], n_classes: Optional[int], has_va
     known = list(PIPELINE_METHODS) + hook_names()
     if method not in known:
         raise ConfigError(f"config key 'train.method': unknown method '{method}' (choose from: {', '.join(known)})")
+    compare_methods(cfg, known)  # run.compare_with names known methods
     if method in PIPELINE_METHODS:
         allowed = TWO_PHASE_KEYS if method == "two_phase" else LOOP_KEYS
         for k in mp:
