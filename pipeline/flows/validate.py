@@ -36,6 +36,7 @@ from typing import Callable, Optional
 
 from pipeline.config import Config, SampleSection
 from pipeline.data.images import check_options
+from pipeline.data.ingest import LABEL_FROM
 from pipeline.data.schema import has_info, read_info
 from pipeline.errors import ConfigError, InputError
 from pipeline.flows.compare import compare_methods
@@ -131,8 +132,8 @@ def _images(d) -> None:
         check_options(d.size, d.mode, d.resize, d.min_size)
     except ValueError as e:
         raise ConfigError(f"data.images: {e}") from None
-    if d.label_from not in ("folder", "manifest"):
-        raise ConfigError(f"config key 'data.label_from': expected folder or manifest, got '{d.label_from}'")
+    if d.label_from not in LABEL_FROM:
+        raise ConfigError(f"config key 'data.label_from': expected {' or '.join(LABEL_FROM)}, got '{d.label_from}'")
     if d.label_from == "manifest" and not d.manifest:
         raise ConfigError("config key 'data.label_from' is manifest but data.manifest is not set")
     _exists("data.images", d.images)
