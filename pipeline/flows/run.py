@@ -54,7 +54,7 @@ from pipeline.io import (
     write_json,
     write_success,
 )
-from pipeline.flows.validate import TWO_PHASE_KEYS, validate_config
+from pipeline.flows.validate import pretrain_section, validate_config
 from pipeline.prep.sampling import format_manifest, sample_dataset
 from pipeline.stream.materialize import materialize
 from pipeline.train import PIPELINE_METHODS
@@ -100,18 +100,6 @@ class StageRunner:
         self.ran.append(name)
         log(f"[{time.time() - self.t0:7.1f}s] {name}: done in {self.timings[name]:.1f}s")
         return fp
-
-
-def _sample_section(raw: Optional[dict], default: SampleSection) -> SampleSection:
-    if raw is None:
-        return default
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config key 'train.method_params.pretrain' must be a mapping, got {raw!r}")
-    known = {f.name for f in dataclasses.fields(SampleSection)}
-    for k in raw:
-        if k not in known:
-            raise ConfigError(f"unknown config key 'train.method_params.pretrain.{k}'")
-    return SampleSection(**{**dataclasses.asdict(default), **raw})
 
 
 def _impose(spark, cfg: Config, table: str, out: Path) -> None:
@@ -305,19 +293,10 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
 
     train_data, train_data_fp = sampled_set("sample", cfg.sample)
     pretrain_data = pretrain_fp = None
-    mp = cfg.train.method_params or {}
-    if method == "two_phase":
-        for k in mp:
-            if k not in TWO_PHASE_KEYS:
-                raise ConfigError(f"unknown config key 'train.method_params.{k}' for two_phase "
-                                  f"(known: {', '.join(sorted(TWO_PHASE_KEYS))})")
-        if "pretrain" in mp and "pretrain_read_sampling" in mp:
-            raise ConfigError("train.method_params: give two_phase either 'pretrain' (a sampled set) or "
-                              "'pretrain_read_sampling' (sampling in the reader), not both")
+    mp = cfg.train.method_params or {}  # two_phase's keys were checked by validate_config
     pre_read = mp.get("pretrain_read_sampling") if method == "two_phase" else None
     if method == "two_phase" and pre_read is None:
-        pre_cfg = _sample_section(cfg.train.method_params.get("pretrain"),
-                                  SampleSection(strategy="threshold", cap=5000))
+        pre_cfg = pretrain_section(mp.get("pretrain"))
         pretrain_data, pretrain_fp = sampled_set("sample_pretrain", pre_cfg)
     for name in ("sample", "sample_pretrain"):
         tracking.log_manifest(tr, run_dir, name, redo=name in runner.ran)

@@ -140,6 +140,21 @@ def _images(d) -> None:
     _exists("data.manifest", d.manifest)
 
 
+def pretrain_section(raw: Optional[dict]) -> SampleSection:
+    """two_phase's pre-training set, ``train.method_params.pretrain``, over its default (Lee et
+    al.'s thresholded set: at most 5,000 rows per class); unknown keys are a ConfigError."""
+    default = SampleSection(strategy="threshold", cap=5000)
+    if raw is None:
+        return default
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key 'train.method_params.pretrain' must be a mapping, got {raw!r}")
+    fields = {f.name for f in dataclasses.fields(SampleSection)}
+    for k in raw:
+        if k not in fields:
+            raise ConfigError(f"unknown config key 'train.method_params.pretrain.{k}'")
+    return SampleSection(**{**dataclasses.asdict(default), **raw})
+
+
 def _sampling(where: str, section: SampleSection) -> None:
     try:
         check_request(section.strategy, section.cap, section.floor)
@@ -206,15 +221,7 @@ def _training(cfg: Config, kind: Optional[str], n_classes: Optional[int], has_va
         if "pretrain_read_sampling" in mp:
             read_sampling_spec(dataclasses.replace(tc, read_sampling=mp["pretrain_read_sampling"]))
         elif mp.get("pretrain") is not None:
-            raw = mp["pretrain"]
-            if not isinstance(raw, dict):
-                raise ConfigError(f"config key 'train.method_params.pretrain' must be a mapping, got {raw!r}")
-            fields = {f.name for f in dataclasses.fields(SampleSection)}
-            for k in raw:
-                if k not in fields:
-                    raise ConfigError(f"unknown config key 'train.method_params.pretrain.{k}'")
-            _sampling("train.method_params.pretrain",
-                      SampleSection(**{**dataclasses.asdict(SampleSection(strategy="threshold", cap=5000)), **raw}))
+            _sampling("train.method_params.pretrain", pretrain_section(mp["pretrain"]))
         for key in ("pretrain_epochs",):
             v = mp.get(key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
@@ -351,4 +358,4 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-__all__ = ["validate_config", "data_kind", "TWO_PHASE_KEYS", "LOOP_KEYS"]
+__all__ = ["validate_config", "data_kind", "pretrain_section", "TWO_PHASE_KEYS", "LOOP_KEYS"]
