@@ -1,4 +1,4 @@
-"""Wall time of the DE cost search (``train.method: cost_search``, issue 8 item 2) on local Ray.
+"""Wall time of the DE cost search (``train.method: cost_search``) on local Ray.
 
 Trains one small MLP (one epoch) on an imbalanced Gaussian table (``--classes`` classes, class
 sizes geometric from 1 to 0.01), then runs :func:`pipeline.train.cost_methods.cost_search`
@@ -66,7 +66,7 @@ def main(argv=None) -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     cmd = "python bench/bench_cost_search.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    md = ["## DE cost search (issue 8, item 2)", "",
+    md = ["## DE cost search", "",
           f"Local Ray with {a.cpus} CPUs; population 16, 10 generations (177 evaluations incl. the unit-cost "
           "reference); validation softmax outputs kept per shard in the object store. The macro-F1 columns are "
           "on the same validation rows the search optimised (in-sample, optimistic); they show the search works, "

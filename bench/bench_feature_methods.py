@@ -1,4 +1,4 @@
-"""Cost and effect of the deep-feature methods (LMLE, DOS, CRL; issue 8) against plain CE and focal loss.
+"""Cost and effect of the deep-feature methods (LMLE, DOS, CRL) against plain CE and focal loss.
 
 On a generated tabular table (Gaussian classes, step imbalance: half of the classes reduced to 1/ρ of
 the others; balanced validation and test tables) it trains an MLP locally (one process, the plain

@@ -1,4 +1,4 @@
-"""Cost of read-time sampling in the Petastorm reader (issue 7 item 2) on 32×32 uint8 images.
+"""Cost of read-time sampling in the Petastorm reader on 32×32 uint8 images.
 
 On one generated table (10 classes, ``bench_stream.make_table``) it times, for one worker:
 
@@ -85,7 +85,7 @@ def main() -> None:
         text = "\n".join(lines)
         print(text)
         if a.markdown:
-            Path(a.markdown).write_text("# Read-time sampling: cost in the Petastorm reader (issue 7 item 2)\n\n"
+            Path(a.markdown).write_text("# Read-time sampling: cost in the Petastorm reader\n\n"
                                         + text + "\n")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

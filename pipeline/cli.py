@@ -19,6 +19,7 @@ from pipeline.engines import get_spark, stop_ray
 from pipeline.errors import InputError
 from pipeline.evaluation.evaluate import evaluate_predictions
 from pipeline.evaluation.thresholds import parse_class_counts, predictions_with_rule
+from pipeline.flows import promotion
 from pipeline.flows.experiment import run_experiment
 from pipeline.flows.retrain import retrain
 from pipeline.flows.run import run_pipeline
@@ -172,6 +173,26 @@ def cmd_retrain(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_registry(a: argparse.Namespace) -> int:
+    cfg = load_config(a.config, list(a.set or []) + ([f"registry.model_name={a.model}"] if a.model else [])
+                      + ([f"tracking.uri={a.uri}"] if a.uri else []))
+    reg = promotion.open_registry(cfg, must_exist=True)
+    try:
+        if a.action == "list":
+            print("\n".join(promotion.list_lines(reg)))
+        elif a.action == "show":
+            print(json.dumps(promotion.describe(reg, promotion.get_version(reg, a.version)), indent=2))
+        elif a.action == "promote":
+            promotion.promote(reg, a.version, a.reason)
+            print(a.version)
+        elif a.action == "rollback":
+            print(promotion.rollback(reg, a.reason))
+    except promotion.RegistryLockTimeout as e:  # not bad input (exit 1), but one line all the same
+        print(f"imbalance registry: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -257,6 +278,26 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("config", help="YAML config (see conf/)")
         s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
         s.set_defaults(func=func)
+
+    s = sub.add_parser("registry", help="list, show, promote or roll back versions in the MLflow Model Registry",
+                       description="The model versions retrain registered (MLflow Model Registry on tracking.uri; "
+                                   "alias 'production' is the served model, 'previous' the one it replaced). "
+                                   "Give the retrain config so both use the same store and model name.")
+    s.add_argument("--config", default=None, help="YAML config whose tracking.uri / run.root / registry.model_name "
+                   "to use (default: the built-in defaults: sqlite:///runs/mlflow.db, model 'imbalance')")
+    s.add_argument("--model", default=None, help="registered model name (registry.model_name)")
+    s.add_argument("--uri", default=None, help="tracking/registry URI (tracking.uri)")
+    s.add_argument("--set", action="append", metavar="key=value", help="config override (repeatable), e.g. run.root=runs-test")
+    acts = s.add_subparsers(dest="action", metavar="ACTION", required=True)
+    acts.add_parser("list", help="every version: production marker, macro-F1, gate verdict, aliases")
+    a = acts.add_parser("show", help="one version's source, run, aliases and tags (JSON)")
+    a.add_argument("version")
+    a = acts.add_parser("promote", help="make a version production (the old one becomes 'previous')")
+    a.add_argument("version")
+    a.add_argument("--reason", required=True, help="kept on the version as promote_reason")
+    a = acts.add_parser("rollback", help="production back to the version the current one replaced")
+    a.add_argument("--reason", default="manual rollback", help="kept on the version rolled back from")
+    s.set_defaults(func=cmd_registry)
 
     s = sub.add_parser("evaluate", help="class-wise metrics (exact ROC AUC / PR AUC) with Spark")
     s.add_argument("--predictions", required=True, help="predictions Parquet (id, label, probs, pred)")

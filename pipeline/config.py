@@ -2,7 +2,7 @@
 
 A config file is a mapping of sections (``run``, ``spark``, ``ray``, ``data``, ``split``,
 ``sample``, ``stream``, ``model``, ``train``, ``predict``, ``evaluate``, ``registry``,
-``retrain``, ``experiment``) to keys. Overrides use dotted keys: ``run.root=runs-test``,
+``retrain``, ``experiment``, ``tracking``) to keys. Overrides use dotted keys: ``run.root=runs-test``,
 ``train.epochs=3``, ``train.loss_params={gamma: 2}``; values are parsed as YAML. An unknown
 section or key, or a value of the wrong type, raises :class:`ConfigError` naming the key.
 """
@@ -28,6 +28,7 @@ class RunSection:
     root: str = "runs"                  # run directories go to <root>/<id>/
     id: Optional[str] = None            # default: <config stem>-<hash of the resolved config> (see default_run_id)
     seed: int = 0                       # default seed for every stage that takes one
+    compare_with: Any = None            # a method or a list (e.g. baseline): reference models on the same data (flows/compare.py)
 
 
 @dataclass
@@ -45,7 +46,7 @@ class SparkSection:
 class RaySection:
     address: Optional[str] = None       # None: a private local Ray (never joins a `ray start` cluster); "auto", host:port or ray://host:port for a cluster
     num_cpus: Optional[int] = None      # local Ray only
-    log_to_driver: bool = True          # shows the workers' per-epoch progress on the driver
+    log_to_driver: bool = True          # forward worker output: epoch lines to the console, the rest to <run>/train/ray-workers.log
 
 
 @dataclass
@@ -157,8 +158,16 @@ class EvaluateSection:
 
 @dataclass
 class RegistrySection:
-    root: str = "registry"              # local or mounted shared directory (see pipeline.flows.registry)
-    lock_timeout: float = 600.0         # seconds to wait for another process's register/promote
+    model_name: str = "imbalance"       # the MLflow registered model (on tracking.uri) retrain adds versions to
+    lock_timeout: float = 600.0         # seconds to wait for another process's register/promote (see pipeline.flows.promotion)
+
+
+@dataclass
+class TrackingSection:
+    enabled: bool = True                # log runs, experiments and retrains to MLflow
+    uri: Optional[str] = None           # None: sqlite:///<run.root>/mlflow.db, artifacts in <run.root>/mlartifacts;
+    #                                     or a server, e.g. http://host:5000
+    experiment: Optional[str] = None    # MLflow experiment name (default: the config file's stem, or run.id when set)
 
 
 @dataclass
@@ -197,6 +206,7 @@ class Config:
     registry: RegistrySection = field(default_factory=RegistrySection)
     retrain: RetrainSection = field(default_factory=RetrainSection)
     experiment: ExperimentSection = field(default_factory=ExperimentSection)
+    tracking: TrackingSection = field(default_factory=TrackingSection)
     source: Optional[str] = None        # the file it was loaded from (not a YAML key)
 
     def to_dict(self) -> dict:
@@ -270,6 +280,10 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         full = f"{prefix}{key}"
+        if full == "registry.root":
+            raise ConfigError("config key 'registry.root' is gone: the registry is the MLflow Model Registry on "
+                              "tracking.uri (default sqlite:///<run.root>/mlflow.db); name the model with "
+                              "registry.model_name")
         if key not in fields or key == "source":
             raise ConfigError(f"unknown config key '{full}'")
         f = fields[key]
@@ -332,12 +346,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
     if path is not None:
         cfg.source = str(path)
     if cfg.run.id is None:
-        cfg.run.id = default_run_id(cfg, Path(path).stem if path is not None else "default")
+        stem = Path(path).stem if path is not None else "default"
+        cfg.run.id = default_run_id(cfg, stem)
+        if cfg.tracking.experiment is None:  # runs of one config file sit side by side in one experiment
+            cfg.tracking.experiment = stem
     return cfg
 
 
 #: Sections that say where and how a run executes, not what it computes: left out of the run id.
-NOT_IN_RUN_ID = ("spark", "ray", "registry")
+NOT_IN_RUN_ID = ("spark", "ray", "registry", "tracking")
 
 
 def default_run_id(cfg: Config, stem: str) -> str:

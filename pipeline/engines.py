@@ -2,15 +2,28 @@
 
 Local by default (Spark ``local[*]``, a local Ray instance); a master given by spark-submit (or
 ``spark.master`` in the config) and a Ray address (``ray.address``) select a cluster instead.
+
+Worker output on the driver's console (``ray.log_to_driver: true``): Ray forwards every line its
+workers and its own actors print (Ray Train's controller, its placement-group cleaner, Ray Data's
+operators...) to the driver, each prefixed with ``(Name pid=N)``. :func:`get_ray` replaces Ray's
+printer with :func:`_route_worker_output`: once :func:`route_worker_logs` has named a file (the
+trainer names ``<run>/train/ray-workers.log``), every forwarded line goes to that file, and only
+the lines a worker marked for the user (:data:`pipeline.io.CONSOLE_MARK`: one per epoch) and
+Ray's distributed progress bars reach the console. ``ray.log_to_driver: false`` forwards nothing
+(Ray keeps the workers' output in its session logs, ``/tmp/ray/session_*/logs``).
 """
 from __future__ import annotations
 
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Optional
 
 from pipeline.config import RaySection, SparkSection
+from pipeline.io import CONSOLE_MARK
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
@@ -119,6 +132,70 @@ def get_ray(cfg: "RaySection | None" = None) -> None:
         # local workers must import this package and its interpreter's site-packages
         kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
     ray.init(**kwargs)
+    if cfg.log_to_driver:
+        _install_worker_output_router()
+
+
+# ------------------------------------------------------------------ forwarded worker output
+_worker_log: Optional[Path] = None        # where forwarded worker lines go (None: Ray's own printer)
+_ray_printer: Optional[Callable] = None   # Ray's printer, kept for its progress bars and the default
+_log_lock = threading.Lock()
+_TQDM_MAGIC = "__ray_tqdm_magic_token__"  # ray.experimental.tqdm_ray.RAY_TQDM_MAGIC
+
+
+def route_worker_logs(path: "str | os.PathLike") -> Path:
+    """From now on, write every line Ray forwards from its workers to ``path`` (appended) and show
+    only the marked lines on the console; returns the path."""
+    global _worker_log
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    _worker_log = p
+    return p
+
+
+def _route_worker_output(data: dict) -> None:
+    """Ray's log dispatcher calls this for each batch of lines from one worker process."""
+    lines = data.get("lines") or []
+    if _worker_log is None or data.get("pid") in ("autoscaler", "raylet"):
+        if _ray_printer is not None:  # no worker log named: Ray's printing, minus our mark
+            _ray_printer(dict(data, lines=[ln.replace(CONSOLE_MARK, "", 1) for ln in lines]))
+        return
+    who = f"({data.get('actor_name') or data.get('task_name') or 'worker'} pid={data.get('pid')}, " \
+          f"{data.get('ip', '')}, {'stderr' if data.get('is_err') else 'stdout'})"
+    stamp = time.strftime("%H:%M:%S")
+    with _log_lock, open(_worker_log, "a", encoding="utf-8") as f:
+        for line in lines:
+            if _TQDM_MAGIC not in line:
+                f.write(f"{stamp} {who} {line}\n")
+    shown = [ln[len(CONSOLE_MARK):] for ln in lines if ln.startswith(CONSOLE_MARK)]
+    if shown:
+        print("\n".join(shown), file=sys.stderr, flush=True)
+    bars = [ln for ln in lines if _TQDM_MAGIC in ln]
+    if bars and _ray_printer is not None:
+        _ray_printer(dict(data, lines=bars))
+
+
+def _install_worker_output_router() -> None:
+    """Swap Ray's driver-side printer of forwarded worker lines for :func:`_route_worker_output`.
+
+    Ray (2.55) has no public hook for this: ``ray.init(log_to_driver=...)`` is all or nothing and
+    ``RAY_DEDUP_LOGS`` only folds repeated lines. The printer is registered on Ray's stdstream
+    dispatcher as ``"ray_print_logs"``; where that is missing (another Ray version) Ray's own
+    printing stays.
+    """
+    global _ray_printer
+    try:
+        # deferred: ray is slow to import
+        from ray._private import worker as ray_worker
+    except ImportError:  # pragma: no cover - another Ray layout
+        return
+    dispatcher = getattr(ray_worker, "global_worker_stdstream_dispatcher", None)
+    handlers = dict(getattr(dispatcher, "handlers", []) or [])
+    if "ray_print_logs" not in handlers:  # pragma: no cover - another Ray version
+        return
+    _ray_printer = handlers["ray_print_logs"]
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", _route_worker_output)
 
 
 def stop_ray() -> None:

@@ -20,6 +20,16 @@ import numpy as np
 
 SUCCESS = "_SUCCESS"
 
+# A line a Ray worker prints for the user starts with this mark: the driver (engines.get_ray)
+# shows such lines on its console without Ray's "(pid=...)" prefix and sends every other worker
+# line to the run's worker log instead.
+CONSOLE_MARK = "[imbalance] "
+
+
+def console_line(text: str, in_ray: bool) -> None:
+    """Print a line meant for the user's console: marked inside a Ray worker, plain otherwise."""
+    print((CONSOLE_MARK + text) if in_ray else text, flush=True)
+
 
 def is_local(path: str | os.PathLike) -> bool:
     s = str(path)

@@ -9,6 +9,13 @@ if ! command -v java >/dev/null 2>&1; then
   echo "install: Java 17 is required by Spark 3.5 (Debian/Ubuntu: apt-get install -y openjdk-17-jre-headless)" >&2
   exit 1
 fi
+# headless Chromium renders report.html in the tests (tests/integration/test_report_render.py);
+# installed from the distribution's packages when running as root (CI), otherwise left to the user
+if [ "$(id -u)" = 0 ]; then
+  command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y chromium)
+elif ! command -v chromium >/dev/null 2>&1; then
+  echo "install: the report-rendering tests need chromium (Debian/Ubuntu: sudo apt-get install -y chromium)" >&2
+fi
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 [ -x .venv/bin/python ] || "$PY" -m venv .venv

@@ -3,12 +3,13 @@
 Copy this file into Airflow's ``dags/`` folder on a machine (or image) where the project is
 installed. The DAG runs ``imbalance retrain CONFIG`` (find new lake partitions, re-profile,
 re-sample, warm-start from the production model, evaluate, promote only if the gate passes),
-then prints the registry so the task log shows which version is in production.
+then lists the model's versions in the MLflow Model Registry so the task log shows which version
+is in production.
 
 Settings come from environment variables so the file needs no edits:
 ``IMBALANCE_HOME`` (the project checkout, where ``conf/`` lives), ``IMBALANCE_RETRAIN_CONFIG``
-(default ``conf/retrain.yaml``), ``IMBALANCE_REGISTRY`` (the registry root, as ``registry.root``
-in the config), ``IMBALANCE_BIN`` (directory of the ``imbalance`` script, e.g. a virtualenv's
+(default ``conf/retrain.yaml``, which also names the registry: ``tracking.uri`` / ``run.root`` and
+``registry.model_name``), ``IMBALANCE_BIN`` (directory of the ``imbalance`` script, e.g. a virtualenv's
 ``bin``). Airflow is not a dependency of the project: without it this module only defines the
 commands (so it can be checked and imported anywhere) and ``dag`` is ``None``.
 """
@@ -20,7 +21,6 @@ from datetime import datetime, timedelta, timezone
 
 HOME = os.environ.get("IMBALANCE_HOME", "/opt/imbalance-pipeline")
 CONFIG = os.environ.get("IMBALANCE_RETRAIN_CONFIG", "conf/retrain.yaml")
-REGISTRY = os.environ.get("IMBALANCE_REGISTRY", "registry")
 BIN = os.environ.get("IMBALANCE_BIN", "")
 SCHEDULE = "30 2 * * *"  # nightly at 02:30, as deploy/cron/imbalance-retrain.cron
 
@@ -30,7 +30,7 @@ _path = f"export PATH={shlex.quote(BIN)}:$PATH && " if BIN else ""
 RETRAIN_COMMAND = (f"{_path}cd {shlex.quote(HOME)} && "
                    f"imbalance retrain {shlex.quote(CONFIG)}")
 REGISTRY_COMMAND = (f"{_path}cd {shlex.quote(HOME)} && "
-                    f"python -m pipeline.flows.registry {shlex.quote(REGISTRY)} list")
+                    f"imbalance registry --config {shlex.quote(CONFIG)} list")
 
 try:  # Airflow 3 moved BashOperator to the standard provider; Airflow 2 has it in core.
     from airflow import DAG
@@ -50,7 +50,7 @@ if DAG is not None:
         schedule=SCHEDULE,
         start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
         catchup=False,          # a retrain covers every new partition; no backfill runs needed
-        max_active_runs=1,      # the registry lock would serialise them anyway
+        max_active_runs=1,      # overlapping retrains would be safe (compare-and-set promotion), but wasteful
         default_args={"retries": 1, "retry_delay": timedelta(minutes=30),
                       "execution_timeout": timedelta(hours=6)},
         tags=["imbalance-pipeline"],

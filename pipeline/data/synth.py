@@ -10,6 +10,10 @@ Presets
     class-specific shape, orientation, aspect and texture, with per-image jitter of position,
     scale and rotation plus noise. Classes come in families that share a shape and differ only in
     orientation/texture, so neighbouring rare classes overlap and are genuinely hard.
+``plankton_balanced``
+    The plankton images with every one of the 103 classes equally large: the balanced source of
+    Buda et al.'s protocol — draw a balanced test set first, then impose the imbalance on the
+    training and validation splits only (``data.protocol`` with ``data.protocol_scope: train``).
 ``digits``
     Not synthetic: scikit-learn's bundled handwritten digits (``load_digits``: 1,797 8×8 images,
     10 balanced classes, no download), as raw uint8 images (0..16 scaled to 0..255). ``rows`` is
@@ -42,7 +46,7 @@ PLANKTON_ROWS = 3_400_000
 IMAGE_SIDE = 32
 TABULAR_CLASSES = 10
 TABULAR_DIM = 16
-PRESETS = ("plankton", "tabular", "digits")
+PRESETS = ("plankton", "plankton_balanced", "tabular", "digits")
 
 
 def plankton_fractions() -> np.ndarray:
@@ -196,8 +200,10 @@ def synthesize(spark, preset: str, rows: int, seed: int, out: str, partitions: i
         raise InputError(f"--rows must be positive, got {rows}")
     if preset == "digits":
         return _write_digits(spark, out)
-    if preset == "plankton":
+    if preset.startswith("plankton"):
         fractions = plankton_fractions()
+        if preset == "plankton_balanced":
+            fractions = np.full(len(fractions), 1.0 / len(fractions))
         bytes_per_row = IMAGE_SIDE * IMAGE_SIDE + 16
     else:
         fractions = tabular_fractions()
@@ -212,7 +218,7 @@ def synthesize(spark, preset: str, rows: int, seed: int, out: str, partitions: i
         partitions = max(2 * cores, math.ceil(rows * bytes_per_row / 64e6))
         partitions = min(partitions, rows)
     base = spark.range(0, rows, numPartitions=partitions)
-    if preset == "plankton":
+    if preset.startswith("plankton"):
         params = _class_params(n_classes, seed)
         fn = _row_batches(rows, seed, cum, step, _plankton_payload(params))
         schema = "id long, label long, image binary"

@@ -42,6 +42,15 @@ divide by its zero support (recall, F1, G-mean, balanced accuracy, ROC AUC, PR A
 class that is never predicted has precision 0 (scikit-learn's ``zero_division`` default); macro and
 weighted averages and the multiclass ``balanced_accuracy`` / ``g_mean`` run over classes with
 support > 0.
+
+Two different "balanced accuracies" live in ``metrics.json``, so each has a second, unambiguous
+name (docs/metrics.md documents every field):
+
+* ``balanced_accuracy`` = ``mean_recall`` = (1/K) Σ_c recall_c — the multiclass balanced accuracy
+  of scikit-learn's ``balanced_accuracy_score``;
+* ``macro.balanced_accuracy`` = ``mean_ovr_balanced_accuracy`` = (1/K) Σ_c (recall_c +
+  specificity_c)/2 — the mean of the per-class one-vs-rest values, much higher than the first
+  when there are many classes (every class's specificity is near 1).
 """
 from __future__ import annotations
 
@@ -65,6 +74,14 @@ RATE_KEYS = ("precision", "recall", "specificity", "f1", "g_mean", "balanced_acc
              "roc_auc", "pr_auc")
 COUNT_KEYS = ("support", "tp", "fp", "fn", "tn")
 CURVE_POINTS = 200
+# What the two easily confused fields mean, written into metrics.json beside them.
+FIELD_NOTES = {
+    "balanced_accuracy": "multiclass balanced accuracy = mean_recall = mean over present classes of recall "
+                         "(scikit-learn balanced_accuracy_score)",
+    "macro.balanced_accuracy": "mean_ovr_balanced_accuracy = mean over present classes of the one-vs-rest "
+                               "(recall + specificity) / 2; not the multiclass balanced accuracy",
+    "docs": "docs/metrics.md",
+}
 
 # Score buckets: top bits of the IEEE-754 double (exponent + MANTISSA_BITS), monotone in the value
 # for non-negative doubles. Scores below 2**-127 share bucket 0; [1, 2) and above share the last.
@@ -159,6 +176,8 @@ def summarize(per_class: list[dict], cm: np.ndarray, brier: Optional[float] = No
         rho=(max(sizes) / min(sizes)) if sizes else None,
         accuracy=_div(int(np.trace(cm)), n),
         balanced_accuracy=float(np.mean(recalls)) if len(recalls) else None,
+        mean_recall=float(np.mean(recalls)) if len(recalls) else None,
+        mean_ovr_balanced_accuracy=macro.get("balanced_accuracy"),
         g_mean=g_mean,
         brier=brier,
         macro=macro,
@@ -167,6 +186,7 @@ def summarize(per_class: list[dict], cm: np.ndarray, brier: Optional[float] = No
                 "rest": {"f1": mean_f1(rest), "classes": [r["label"] for r in rest]}},
         confusion_matrix=cm.tolist(),
         per_class=per_class,
+        field_notes=FIELD_NOTES,
     )
     return out
 
@@ -675,6 +695,7 @@ def compute_metrics(spark, predictions, label_col: str = "label", pred_col: str 
         metrics["adjusted"] = summarize(adj, scan.cm_adjusted, brier=None,
                                         keys=tuple(k_ for k_ in RATE_KEYS if k_ not in ("roc_auc", "pr_auc")))
         metrics["adjusted"].pop("brier")
+        metrics["adjusted"].pop("field_notes")
     assert len(per_class) == k
     return metrics
 

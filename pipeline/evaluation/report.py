@@ -24,8 +24,21 @@ import numpy as np
 
 from pipeline.engines import get_spark
 from pipeline.errors import InputError
+from pipeline.evaluation.compare_table import size_groups
+from pipeline.evaluation.intervals import LOW_SUPPORT, bootstrap_intervals, wilson_per_class
 from pipeline.evaluation.metrics import pr_curves
-from pipeline.io import local_path, read_json
+from pipeline.evaluation.report_sections import (
+    SORT_SCRIPT,
+    comparison_section,
+    errors_section,
+    plot_training,
+    read_run,
+    sortable_table,
+    threshold_section,
+    train_counts,
+    what_ran,
+)
+from pipeline.io import local_path, read_json, spark_uri
 
 METHOD_SUMMARY_FILE = "method_state.json"   # the training method's JSON-able state (pipeline.train.hook_base)
 
@@ -74,17 +87,19 @@ def _name(r: dict) -> str:
 
 
 # ------------------------------------------------------------------------------ figures
-def plot_vs_size(per_class: list[dict], path: Path) -> bytes:
+def plot_vs_size(per_class: list[dict], path: Path, sizes: Optional[dict] = None) -> bytes:
+    """``sizes``: training rows per class for the x axis (default: the test support)."""
     plt = _plt()
     present = [r for r in per_class if r["support"] > 0]
-    x = np.array([r["support"] for r in present], float)
+    x = np.array([(sizes or {}).get(r["label"], r["support"]) for r in present], float)
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for key, marker, color in (("f1", "o", "tab:blue"), ("recall", "^", "tab:orange")):
         y = np.array([np.nan if r.get(key) is None else r[key] for r in present], float)
         ax.scatter(x, y, marker=marker, s=22, alpha=0.75, color=color, label=key.upper() if key == "f1" else key)
     ax.set_xscale("log")
     ax.set_ylim(-0.03, 1.03)
-    ax.set_xlabel("class size in the evaluated data (support, log scale)")
+    ax.set_xlabel("training rows of the class (log scale)" if sizes else
+                  "class size in the evaluated data (support, log scale)")
     ax.set_ylabel("score")
     ax.set_title("Per-class F1 and recall against class size")
     ax.grid(True, alpha=0.3)
@@ -92,14 +107,15 @@ def plot_vs_size(per_class: list[dict], path: Path) -> bytes:
     return _save(fig, path)
 
 
-def plot_pr_curves(curves: dict, per_class: list[dict], path: Path) -> bytes:
+def plot_pr_curves(curves: dict, per_class: list[dict], path: Path, sizes: Optional[dict] = None) -> bytes:
     plt = _plt()
     by = {r["label"]: r for r in per_class}
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for c, cur in sorted(curves.items(), key=lambda kv: by[int(kv[0])]["support"]):
         r = by[int(c)]
+        tr = f"train {sizes[r['label']]}, " if sizes and r["label"] in sizes else ""
         ax.plot(cur["recall"], cur["precision"], drawstyle="steps-pre", lw=1.6,
-                label=f"class {_name(r)}: n={r['support']}, AP={_fmt(r.get('pr_auc'), 3)}")
+                label=f"class {_name(r)}: {tr}test {r['support']}, AP={_fmt(r.get('pr_auc'), 3)}")
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(0, 1.03)
     ax.set_xlabel("recall")
@@ -110,15 +126,16 @@ def plot_pr_curves(curves: dict, per_class: list[dict], path: Path) -> bytes:
     return _save(fig, path)
 
 
-def plot_confusion(cm: np.ndarray, per_class: list[dict], path: Path) -> bytes:
-    """Row-normalised confusion matrix, classes ordered by size; legible for ~100 classes."""
+def plot_confusion(cm: np.ndarray, per_class: list[dict], path: Path, sizes: Optional[dict] = None) -> bytes:
+    """Row-normalised confusion matrix, classes ordered by size (training rows when ``sizes`` is
+    given, else test support; ties by class index), every class labelled; legible for ~100 classes."""
     plt = _plt()
     # deferred: matplotlib is slow to import
     from matplotlib.colors import PowerNorm
 
     cm = np.asarray(cm, float)
     k = cm.shape[0]
-    order = sorted(range(k), key=lambda c: (-per_class[c]["support"], c))
+    order = sorted(range(k), key=lambda c: (-(sizes or {}).get(c, 0), -per_class[c]["support"], c))
     m = cm[np.ix_(order, order)]
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = m / m.sum(axis=1, keepdims=True)
@@ -127,34 +144,36 @@ def plot_confusion(cm: np.ndarray, per_class: list[dict], path: Path) -> bytes:
     cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
     im = ax.imshow(np.ma.masked_invalid(norm), cmap=cmap, norm=PowerNorm(0.5, vmin=0, vmax=1),
                    interpolation="nearest", aspect="equal")
-    step = max(1, int(np.ceil(k / 35)))
-    ticks = list(range(0, k, step))
+    ticks = list(range(k))                       # every class labelled (none skipped)
     labels = [str(order[i]) for i in ticks]
+    fs = 9 if k <= 20 else 7 if k <= 50 else 5
     ax.set_xticks(ticks)
-    ax.set_xticklabels(labels, rotation=90, fontsize=7 if k > 20 else 9)
+    ax.set_xticklabels(labels, rotation=90, fontsize=fs)
     ax.set_yticks(ticks)
-    ax.set_yticklabels(labels, fontsize=7 if k > 20 else 9)
+    ax.set_yticklabels(labels, fontsize=fs)
     if k <= 15:
         for i in range(k):
             for j in range(k):
                 if not np.isnan(norm[i, j]) and norm[i, j] > 0:
                     ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
                             color="white" if norm[i, j] < 0.5 else "black")
-    ax.set_xlabel("predicted class (ordered by size, largest first)")
+    ax.set_xlabel("predicted class (ordered by " + ("training rows" if sizes else "test support")
+                  + ", largest first; ties by class index)")
     ax.set_ylabel("true class")
     ax.set_title("Confusion matrix, row-normalised (diagonal = recall); grey: class absent")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class (sqrt scale)")
     return _save(fig, path)
 
 
-def plot_threshold_moving(metrics: dict, path: Path) -> bytes:
+def plot_threshold_moving(metrics: dict, path: Path, sizes: Optional[dict] = None) -> bytes:
     plt = _plt()
     adj = metrics["adjusted"]
     names = ["accuracy", "balanced_accuracy", "g_mean", "macro F1", "macro precision", "L5 F1", "rest F1"]
 
     def vals(m):
+        g = size_groups(m["per_class"], sizes)     # L5 by training rows when known
         return [m.get("accuracy"), m.get("balanced_accuracy"), m.get("g_mean"), m["macro"].get("f1"),
-                m["macro"].get("precision"), m["groups"]["L5"]["f1"], m["groups"]["rest"]["f1"]]
+                m["macro"].get("precision"), g["L5"]["f1"], g["rest"]["f1"]]
 
     raw, new = vals(metrics), vals(adj)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -169,13 +188,13 @@ def plot_threshold_moving(metrics: dict, path: Path) -> bytes:
     a1.grid(True, axis="y", alpha=0.3)
     present = [r for r in metrics["per_class"] if r["support"] > 0]
     by_adj = {r["label"]: r for r in adj["per_class"]}
-    xs = np.array([r["support"] for r in present], float)
+    xs = np.array([(sizes or {}).get(r["label"], r["support"]) for r in present], float)
     a2.scatter(xs, [r["recall"] for r in present], s=18, alpha=0.7, label="recall, raw")
     a2.scatter(xs, [by_adj[r["label"]]["recall"] for r in present], s=18, alpha=0.7, marker="^",
                label="recall, adjusted")
     a2.set_xscale("log")
     a2.set_ylim(-0.03, 1.03)
-    a2.set_xlabel("class size (support, log scale)")
+    a2.set_xlabel("training rows of the class (log scale)" if sizes else "class size (support, log scale)")
     a2.set_title("Per-class recall before / after")
     a2.grid(True, alpha=0.3)
     a2.legend(fontsize=8)
@@ -220,45 +239,82 @@ def _distribution_figure(distribution, figs: Path) -> Optional[bytes]:
 
 
 # ------------------------------------------------------------------------------ the report
-def _table(metrics: dict) -> tuple[list[str], list[list[str]]]:
+def _ci(ci) -> str:
+    return "—" if not ci or ci[0] is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _table(metrics: dict, sizes: Optional[dict] = None, boot: Optional[dict] = None):
+    """Per-class rows as (text, sort value) cells, largest class first; and which rows are low-support.
+
+    ``sizes``: training rows per class (a column, and ρ_c and the order use it); ``boot``: the
+    bootstrap intervals (an F1 interval column). Recall and precision intervals are Wilson's.
+    """
     per_class = metrics["per_class"]
-    present = [r["support"] for r in per_class if r["support"] > 0]
+    size = (lambda r: sizes.get(r["label"], 0)) if sizes else (lambda r: r["support"])
+    present = [size(r) for r in per_class if r["support"] > 0 and size(r) > 0]
     nmax = max(present) if present else 0
     adj = {r["label"]: r for r in metrics["adjusted"]["per_class"]} if "adjusted" in metrics else None
-    head = ["class", "support", "ρ_c", "precision", "recall", "specificity", "F1", "G-mean",
-            "ROC AUC", "PR AUC"] + (["recall (adj.)", "F1 (adj.)"] if adj else [])
-    rows = []
-    for r in sorted(per_class, key=lambda r: (-r["support"], r["label"])):
-        rho = nmax / r["support"] if r["support"] else None
-        row = [_name(r), str(r["support"]), _fmt(rho, 1), _fmt(r["precision"]), _fmt(r["recall"]),
-               _fmt(r["specificity"]), _fmt(r["f1"]), _fmt(r["g_mean"]), _fmt(r["roc_auc"]),
-               _fmt(r["pr_auc"])]
+    wil = {w["label"]: w for w in wilson_per_class(per_class)}
+    f1_ci = boot["per_class"]["f1_ci"] if boot else None
+    head = ["class", "support"] + (["train rows"] if sizes else []) + [
+        "ρ_c", "precision", "precision 95% CI", "recall", "recall 95% CI", "F1"] + (["F1 95% CI"] if boot else []) + [
+        "specificity", "G-mean", "ROC AUC", "PR AUC"] + (["recall (adj.)", "F1 (adj.)"] if adj else [])
+    keys = ["class", "support"] + (["train"] if sizes else []) + [
+        "rho", "precision", "precision_lo", "recall", "recall_lo", "f1"] + (["f1_lo"] if boot else []) + [
+        "specificity", "gmean", "roc_auc", "pr_auc"] + (["recall_adj", "f1_adj"] if adj else [])
+    rows, low = [], []
+    for r in sorted(per_class, key=lambda r: (-size(r), -r["support"], r["label"])):
+        c = r["label"]
+        rho = nmax / size(r) if size(r) else None
+        w = wil[c]
+        flag = "⚠ " if w["low_support"] else ""
+        row = [(flag + _name(r), c), (str(r["support"]), r["support"])]
+        if sizes:
+            row.append((str(size(r)), size(r)))
+        row += [(_fmt(rho, 1), rho), (_fmt(r["precision"]), r["precision"]),
+                (_ci(w["precision_ci"]), w["precision_ci"][0]), (_fmt(r["recall"]), r["recall"]),
+                (_ci(w["recall_ci"]), w["recall_ci"][0]), (_fmt(r["f1"]), r["f1"])]
+        if boot:
+            row.append((_ci(f1_ci[c]), f1_ci[c][0]))
+        row += [(_fmt(r["specificity"]), r["specificity"]), (_fmt(r["g_mean"]), r["g_mean"]),
+                (_fmt(r["roc_auc"]), r["roc_auc"]), (_fmt(r["pr_auc"]), r["pr_auc"])]
         if adj:
-            row += [_fmt(adj[r["label"]]["recall"]), _fmt(adj[r["label"]]["f1"])]
+            row += [(_fmt(adj[c]["recall"]), adj[c]["recall"]), (_fmt(adj[c]["f1"]), adj[c]["f1"])]
         rows.append(row)
-    return head, rows
+        low.append("low" if w["low_support"] else "")
+    return head, keys, rows, low
 
 
-def _summary(metrics: dict) -> list[tuple[str, str, str]]:
+def _summary(metrics: dict, boot: Optional[dict] = None, sizes: Optional[dict] = None) -> list[tuple[str, str, str]]:
     adj = metrics.get("adjusted")
+    b = boot or {}
+    by = "training rows" if sizes else "test support"
+
+    def group(m, g):
+        return size_groups(m["per_class"], sizes)[g]["f1"]
 
     def both(get):
         return _fmt(get(metrics)), (_fmt(get(adj)) if adj else "")
 
     items = [
+        ("classes at F1 = 0", *both(lambda m: str(sum(1 for r in m["per_class"] if r["support"] > 0 and r["f1"] == 0)))),
         ("rows evaluated", str(metrics["n_rows"]), ""),
         ("classes (present / total)", f"{metrics['n_present']} / {metrics['n_classes']}", ""),
         ("ρ in the evaluated data (max/min support)", _fmt(metrics.get("rho"), 1), ""),
         ("accuracy", *both(lambda m: m["accuracy"])),
-        ("balanced accuracy (mean recall)", *both(lambda m: m["balanced_accuracy"])),
+        ("balanced accuracy = mean recall over classes (balanced_accuracy)", *both(lambda m: m["balanced_accuracy"])),
+        ("mean one-vs-rest balanced accuracy, mean of (recall + specificity)/2 (macro.balanced_accuracy)",
+         *both(lambda m: m["macro"].get("balanced_accuracy"))),
+        ("  95% CI (stratified bootstrap)", _ci(b.get("balanced_accuracy_ci")), ""),
         ("G-mean (geometric mean of recalls)", *both(lambda m: m["g_mean"])),
         ("macro F1", *both(lambda m: m["macro"]["f1"])),
+        ("  95% CI (stratified bootstrap)", _ci(b.get("macro_f1_ci")), ""),
         ("weighted F1", *both(lambda m: m["weighted"]["f1"])),
         ("macro ROC AUC (one-vs-rest, exact)", _fmt(metrics["macro"]["roc_auc"]), ""),
         ("macro PR AUC (average precision, exact)", _fmt(metrics["macro"]["pr_auc"]), ""),
         ("Brier score", _fmt(metrics.get("brier")), ""),
-        ("F1 of the 5 largest classes (L5)", *both(lambda m: m["groups"]["L5"]["f1"])),
-        ("F1 of the other classes (Rest)", *both(lambda m: m["groups"]["rest"]["f1"])),
+        (f"F1 of the 5 largest classes (L5, by {by})", *both(lambda m: group(m, "L5"))),
+        ("F1 of the other classes (Rest)", *both(lambda m: group(m, "rest"))),
     ]
     return items
 
@@ -302,7 +358,8 @@ def learned_costs_section(predictions, per_class: list[dict]) -> Optional[tuple[
 
 
 def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spark=None,
-                 label_col: str = "label", curve_classes: int = 4) -> dict:
+                 label_col: str = "label", curve_classes: int = 4, run_dir=None,
+                 timings: Optional[dict] = None) -> dict:
     """Write ``report.md``, ``report.html`` and ``figures/*.png`` into ``out_dir``.
 
     ``metrics_dir`` holds ``metrics.json``. PR curves come from its ``pr_curves``; when it has
@@ -318,54 +375,102 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
     figs = out / FIG_DIR
     figs.mkdir(parents=True, exist_ok=True)
     per_class = metrics["per_class"]
+    run = read_run(local_path(run_dir)) if run_dir is not None else {}
+    sizes = train_counts(run) if run else None
+    names = {r["label"]: _name(r) for r in per_class}
+    boot = None
+    if predictions is not None and (spark is not None or local_path(predictions).exists()):
+        # per-class F1 and macro intervals: Spark aggregates of a stratified bootstrap (no collect)
+        boot = bootstrap_intervals(spark or get_spark(), spark_uri(predictions), metrics["n_classes"],
+                                   pred_col=metrics.get("pred_col", "pred"), label_col=label_col,
+                                   seed=int(run.get("config", {}).get("run", {}).get("seed", 0)) if run else 0)
 
+    # PR curves of the rarest classes: by training rows when known (the test set may be balanced),
+    # else by test support; ties broken by class index
+    present = [r["label"] for r in per_class if r["support"] > 0]
+    rarity = (lambda c: (sizes.get(c, 0), c)) if sizes else (lambda c: (per_class[c]["support"], c))
+    rare = sorted(present, key=rarity)[:curve_classes]
     curves = metrics.get("pr_curves") or {}
-    if not curves and predictions is not None:
-        present = [r["label"] for r in per_class if r["support"] > 0]
-        rare = sorted(present, key=lambda c: (per_class[c]["support"], c))[:curve_classes]
+    if predictions is not None and sorted(int(c) for c in curves) != sorted(rare):
         curves = {str(c): v for c, v in pr_curves(spark or get_spark(), predictions, rare,
                                                   label_col=label_col,
                                                   n_classes=metrics["n_classes"]).items()}
+    by = "training rows" if sizes else "test support"
 
     figures = []   # (title, file name, png bytes, caption)
+    history = (run.get("train_summary") or {}).get("history") if run else None
+    train_png = plot_training(history, figs / "training.png", _save, _plt()) if history else None
+    if train_png is not None:
+        figures.append(("Training curves", "training.png", train_png,
+                        "Per epoch of the final training phase: train loss, validation macro F1 and balanced "
+                        "accuracy, and each class's validation recall (rows: class index 0 at the top; grey: "
+                        "class absent from validation)."))
     figures.append(("Per-class F1 and recall vs class size", "f1_recall_vs_size.png",
-                    plot_vs_size(per_class, figs / "f1_recall_vs_size.png"),
+                    plot_vs_size(per_class, figs / "f1_recall_vs_size.png", sizes),
                     "Each point is a class; small classes sit on the left. The survey's point: "
                     "accuracy hides what happens here."))
     if curves:
         figures.append(("PR curves of the rarest classes", "pr_curves.png",
-                        plot_pr_curves(curves, per_class, figs / "pr_curves.png"),
-                        "Exact curve points (thinned to ≤200 per class in Spark); the step area is "
-                        "the class's average precision."))
+                        plot_pr_curves(curves, per_class, figs / "pr_curves.png", sizes),
+                        f"The {len(curves)} rarest classes by {by} (ties broken by class index). Exact curve "
+                        "points (thinned to ≤200 per class in Spark); the step area is the class's average precision."))
     figures.append(("Confusion matrix (row-normalised)", "confusion_matrix.png",
                     plot_confusion(np.array(metrics["confusion_matrix"]), per_class,
-                                   figs / "confusion_matrix.png"),
+                                   figs / "confusion_matrix.png", sizes),
                     "Rows: true class, columns: predicted class, both ordered by class size."))
     if "adjusted" in metrics:
         figures.append(("Before / after threshold moving", "threshold_moving.png",
-                        plot_threshold_moving(metrics, figs / "threshold_moving.png"),
+                        plot_threshold_moving(metrics, figs / "threshold_moving.png", sizes),
                         "Same scores, new decisions (pred_adjusted): no retraining."))
+    if sizes:   # the training data's distribution (after any protocol), not the source's
+        n_tr = sum(sizes.values())
+        distribution = {"n_rows": n_tr, "n_classes": len(sizes), "rho": max(sizes.values()) / max(1, min(sizes.values())),
+                        "classes": [{"label": c, "count": n, "fraction": n / n_tr}
+                                    for c, n in sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))]}
     dist_png = _distribution_figure(distribution, figs)
     if dist_png is not None:
-        figures.append(("Class distribution (profile stage)", "class_distribution.png", dist_png,
-                        "Class sizes of the profiled data, log scale."))
+        figures.append(("Class distribution of the training data" if sizes else "Class distribution (profile stage)",
+                        "class_distribution.png", dist_png,
+                        "Class sizes, log scale. Red: the minority classes, "
+                        "the smallest classes that together hold at most half of the rows (classes "
+                        "taken smallest first while their running total stays <= 50%; the "
+                        "minority/majority split of Dong et al.'s Class Rectification Loss, CRL)."))
 
-    head, rows = _table(metrics)
-    summary = _summary(metrics)
+    head, keys, cells, low = _table(metrics, sizes, boot)
+    rows = [[t for t, _ in r] for r in cells]
+    summary = _summary(metrics, boot, sizes)
+    ran = what_ran(run, metrics, timings) if run else None
+    errors = errors_section(metrics, names)
+    thresh = threshold_section(metrics, run.get("config", {}).get("evaluate", {}).get("threshold_moving") if run
+                               else None)
+    comp = comparison_section(run["comparison"], names, figs, _save, _plt()) if run.get("comparison") else None
     costs_section = learned_costs_section(predictions, per_class)
     has_adj = "adjusted" in metrics
     title = "Class-wise evaluation report"
 
+    table_note = ("ρ_c = training rows of the largest class / training rows of this class" if sizes else
+                  "ρ_c = size of the largest class / size of this class") + (
+        "; — : undefined (e.g. a class absent from the labels). Precision and recall intervals: Wilson (95%); "
+        "F1 intervals: stratified bootstrap over the test rows. ⚠: fewer than "
+        f"{LOW_SUPPORT} test rows, a noisy estimate.")
+    n_low = sum(1 for x in low if x)
+
     # --- Markdown
-    md = [f"# {title}", "", f"Predictions column: `{metrics.get('pred_col', 'pred')}`"
-          + ("; threshold moving in `pred_adjusted`." if has_adj else "."), "",
-          "| metric | value |" + (" after threshold moving |" if has_adj else ""),
-          "| --- | --- |" + (" --- |" if has_adj else "")]
+    md = [f"# {title}", ""]
+    if ran:
+        md += ran[0]
+    if comp:
+        md += comp[0]
+    md += ["", "## Summary", "", f"Predictions column: `{metrics.get('pred_col', 'pred')}`"
+           + ("; threshold moving in `pred_adjusted`." if has_adj else "."), "",
+           "| metric | value |" + (" after threshold moving |" if has_adj else ""),
+           "| --- | --- |" + (" --- |" if has_adj else "")]
     for name, v, a in summary:
         md.append(f"| {name} | {v} |" + (f" {a} |" if has_adj else ""))
-    md += ["", "## Per-class metrics (sorted by class size)", "",
-           "ρ_c = size of the largest class / size of this class. — : undefined (e.g. a class absent "
-           "from the labels).", "",
+    md += errors[0]
+    if thresh:
+        md += thresh[0]
+    md += ["", "## Per-class metrics (sorted by class size)", "", table_note, "",
            "| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
     md += ["| " + " | ".join(r) + " |" for r in rows]
     if costs_section:
@@ -381,27 +486,37 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
              "table{border-collapse:collapse;font-size:13px;margin:1em 0}"
              "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}"
              "th{background:#f0f0f0;position:sticky;top:0}td:first-child,th:first-child{text-align:left}"
+             "th[data-key]:hover{background:#dde}tr.low td{background:#fff4e0}.warn{color:#a05000}"
              "img{max-width:100%;border:1px solid #eee}.cap{color:#555;font-size:13px}"
              ".scroll{max-height:600px;overflow:auto;display:inline-block}"
-             "</style></head><body>", f"<h1>{e(title)}</h1>",
-             "<h2>Summary</h2><table><tr><th>metric</th><th>value</th>"
-             + ("<th>after threshold moving</th>" if has_adj else "") + "</tr>"]
+             "</style></head><body>", f"<h1>{e(title)}</h1>"]
+    if ran:
+        parts.append(ran[1])
+    if comp:
+        parts.append(comp[1])
+    parts.append("<h2>Summary</h2><table><tr><th>metric</th><th>value</th>"
+                 + ("<th>after threshold moving</th>" if has_adj else "") + "</tr>")
     for name, v, a in summary:
         parts.append(f"<tr><td>{e(name)}</td><td>{e(v)}</td>" + (f"<td>{e(a)}</td>" if has_adj else "") + "</tr>")
-    parts.append("</table><h2>Per-class metrics (sorted by class size)</h2>"
-                 "<p class='cap'>ρ<sub>c</sub> = size of the largest class / size of this class; "
-                 "— : undefined (class absent from the labels).</p><div class='scroll'><table><tr>"
-                 + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>")
-    for r in rows:
-        parts.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>")
-    parts.append("</table></div>")
+    parts.append("</table>")
+    parts.append(errors[1])
+    if thresh:
+        parts.append(thresh[1])
+    parts.append("<h2>Per-class metrics (sorted by class size; click a column to sort)</h2>"
+                 f"<p class='cap'>{e(table_note)}</p>"
+                 + (f"<p class='warn'>⚠ {n_low} classes have fewer than {LOW_SUPPORT} test rows (shaded).</p>"
+                    if n_low else ""))
+    parts.append(sortable_table(head, cells, table_id="per-class", keys=keys, row_class=low))
     if costs_section:
         parts.append(costs_section[1])
     for t, fname, data, cap in figures:
         b64 = base64.b64encode(data).decode("ascii")
         parts.append(f"<h2>{e(t)}</h2><img alt='{e(t)}' src='data:image/png;base64,{b64}'>"
                      f"<p class='cap'>{e(cap)}</p>")
+    parts.append(SORT_SCRIPT)
     parts.append("</body></html>")
     _write_text(out / "report.html", "\n".join(parts) + "\n")
+    if boot:
+        (out / "intervals.json").write_text(json.dumps(boot))
     return {"markdown": str(out / "report.md"), "html": str(out / "report.html"),
             "figures": [str(figs / f) for _, f, _, _ in figures]}

@@ -1,1 +1,1 @@
-"""Orchestration: the whole run, experiments and their statistics, scheduled retraining, the registry."""
+"""Orchestration: the whole run, experiments and their statistics, scheduled retraining, its gate and promotion."""

@@ -51,12 +51,14 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Optional
 
 import yaml
 
 from pipeline.config import Config, config_from_dict, merge_overrides
 from pipeline.engines import get_ray
 from pipeline.errors import ConfigError, InputError
+from pipeline.flows import tracking
 from pipeline.flows.run import log, prepare_data, run_pipeline
 from pipeline.flows.validate import validate_config
 from pipeline.io import fingerprint, local_path, read_json, write_json
@@ -160,12 +162,15 @@ def _task_prepare(cfg_dict: dict, data_dir: str, protocol_name: str, log_path: s
                 "bad_input": isinstance(e, InputError)}
 
 
-def _task_trial(cfg_dict: dict, data_dir: str, protocol_name: str, log_path: str) -> dict:
-    """Ray task: one trial (the whole pipeline); returns its summary, or its error in one line."""
+def _task_trial(cfg_dict: dict, data_dir: str, protocol_name: str, log_path: str, tags: Optional[dict] = None,
+                parent_run_id: Optional[str] = None) -> dict:
+    """Ray task: one trial (the whole pipeline); returns its summary, or its error in one line.
+    ``tags`` / ``parent_run_id``: its MLflow run's tags and the experiment's parent run."""
     t0 = time.time()
     try:
         with _output_to(Path(log_path)):
-            run_dir = run_pipeline(config_from_dict(cfg_dict), data_dir=data_dir, protocol_name=protocol_name)
+            run_dir = run_pipeline(config_from_dict(cfg_dict), data_dir=data_dir, protocol_name=protocol_name,
+                                   tracking_tags=tags, parent_run_id=parent_run_id)
         summary = read_json(Path(run_dir) / "summary.json")
         summary.update(wall_seconds=round(time.time() - t0, 2), started=t0, finished=time.time())
         return summary
@@ -255,6 +260,12 @@ def run_experiment(cfg: Config) -> str:
     if exp.parallel is not None and (isinstance(exp.parallel, bool) or int(exp.parallel) < 1):
         raise ConfigError(f"config key 'experiment.parallel' must be >= 1, got {exp.parallel}")
     out.mkdir(parents=True, exist_ok=True)
+    # MLflow: a parent run for the experiment, each trial a child run in the same store and experiment
+    parent = tracking.start(cfg, out, tags={"kind": "experiment"})
+    tracking.log_config(parent, cfg)
+    for _, _, _, tcfg in grid:
+        tcfg.tracking.uri = tracking.tracking_uri(cfg)
+        tcfg.tracking.experiment = cfg.tracking.experiment or str(cfg.run.id)
     get_ray(cfg.ray)
     parallel = _parallelism(cfg, [g[3] for g in grid])
     data_dirs = [data_dir_for(tcfg, out) for _, _, _, tcfg in grid]
@@ -300,7 +311,9 @@ def run_experiment(cfg: Config) -> str:
                 f"in {summary['wall_seconds']:.0f}s [{time.time() - t0:.0f}s elapsed]")
         _write_trials(out, grid, results)
 
-    jobs = [(tcfg.to_dict(), str(dd), proto, str(out / "trials" / tcfg.run.id / "trial.log"))
+    jobs = [(tcfg.to_dict(), str(dd), proto, str(out / "trials" / tcfg.run.id / "trial.log"),
+             {"kind": "trial", "level": lv["name"], "rho": lv["rho"], "method": m["name"], "seed": s},
+             parent.run_id)
             for (lv, m, s, tcfg), (dd, proto) in zip(grid, data_dirs)]
     _run_tasks(_task_trial, jobs, [_task_cpus(g[3]) for g in grid], parallel, finished)
 
@@ -316,6 +329,8 @@ def run_experiment(cfg: Config) -> str:
         write_experiment_report(trials, out, metrics=metrics, by=("method", level_col),
                                 title=f"Experiment {cfg.run.id}")
         log(f"experiment: {len(rows)} results from {len(grid) - len(failed)} trials; report: {out / 'report.html'}")
+        tracking.log_experiment(parent, out)
+    parent.finish("FAILED" if failed else "FINISHED")
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(grid)} trials failed (see {out / 'trials.json'}): "
                            + "; ".join(failed[:3]))

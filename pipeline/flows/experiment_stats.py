@@ -78,13 +78,46 @@ def t_confidence_interval(values: Sequence[float], confidence: float = 0.95) -> 
     return mean, half, n
 
 
+BOUNDED_HINTS = ("f1", "accuracy", "auc", "recall", "precision", "g_mean", "specificity")
+LOGIT_EPS = 1e-3   # values are clipped to [eps, 1 - eps] before the logit (a 0 or 1 would be infinite)
+
+
+def is_bounded(metric: str) -> bool:
+    """Whether a headline metric is a rate in [0, 1] (F1, accuracies, AUCs, recall, G-mean...)."""
+    return any(h in metric.lower() for h in BOUNDED_HINTS)
+
+
+def logit_t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float, int]:
+    """``(mean, low, high, n)`` for a metric bounded in [0, 1]: the Student-t interval of
+    logit(x) = ln(x / (1 − x)), mapped back by the logistic function.
+
+    A t-interval on the raw scale over a few seeds can leave [0, 1] (two seeds: t₀.₉₇₅,₁ = 12.7, so
+    [−0.35, 0.51] for values 0.05 and 0.11); on the logit scale the interval is as wide in
+    evidence but always inside (0, 1), and asymmetric near the bounds as a rate's uncertainty is.
+    """
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
+    n = x.size
+    if n == 0:
+        return float("nan"), float("nan"), float("nan"), 0
+    mean = float(x.mean())
+    if n < 2:
+        return mean, float("nan"), float("nan"), 1
+    z = np.log(np.clip(x, LOGIT_EPS, 1 - LOGIT_EPS) / (1 - np.clip(x, LOGIT_EPS, 1 - LOGIT_EPS)))
+    half = float(stats.t.ppf(0.5 + confidence / 2.0, n - 1) * z.std(ddof=1) / math.sqrt(n))
+    lo, hi = 1 / (1 + math.exp(-(z.mean() - half))), 1 / (1 + math.exp(-(z.mean() + half)))
+    return mean, float(min(lo, mean)), float(max(hi, mean)), n
+
+
 def summarize_trials(df: pd.DataFrame, metrics: list[str], by: Sequence[str] = ("method", "level"),
                      confidence: float = 0.95) -> pd.DataFrame:
     """Per group of ``by`` and per metric: ``n, mean, std, ci_low, ci_high, ci_half``.
 
     One output row per (group, metric), in long form (columns ``*by, metric, n, mean, std,
     ci_low, ci_high, ci_half``). ``std`` uses ddof=1; the interval is Student t at ``confidence``
-    (95% by default) with n-1 degrees of freedom. ``n`` counts the non-missing values only (a metric
+    (95% by default) with n-1 degrees of freedom — for a metric bounded in [0, 1]
+    (:func:`is_bounded`) taken on the logit scale and mapped back (:func:`logit_t_interval`), so it
+    stays inside [0, 1]; ``ci_half`` is then half its width. ``n`` counts the non-missing values only (a metric
     that is null for a trial — e.g. ROC AUC of a class absent from the test data — is left out of
     that group's figures, not counted as 0). Groups of one trial get NaN std and interval.
     """
@@ -97,10 +130,15 @@ def summarize_trials(df: pd.DataFrame, metrics: list[str], by: Sequence[str] = (
         key = key if isinstance(key, tuple) else (key,)
         for m in metrics:
             vals = pd.to_numeric(g[m], errors="coerce").to_numpy(dtype=float)
-            mean, half, n = t_confidence_interval(vals, confidence)
+            if is_bounded(m):
+                mean, lo, hi, n = logit_t_interval(vals, confidence)
+                half = (hi - lo) / 2
+            else:
+                mean, half, n = t_confidence_interval(vals, confidence)
+                lo, hi = mean - half, mean + half
             std = float(np.nanstd(vals, ddof=1)) if n >= 2 else float("nan")
             rows.append({**dict(zip(by, key)), "metric": m, "n": int(n), "mean": mean, "std": std,
-                         "ci_low": mean - half, "ci_high": mean + half, "ci_half": half})
+                         "ci_low": lo, "ci_high": hi, "ci_half": half})
     return pd.DataFrame(rows, columns=by + ["metric", "n", "mean", "std", "ci_low", "ci_high", "ci_half"])
 
 
@@ -159,8 +197,11 @@ def iman_davenport(chisq: float, n_blocks: int, k: int) -> dict:
     denom = n_blocks * (k - 1) - chisq
     if not np.isfinite(chisq) or df2 <= 0:
         return {"statistic": None, "df1": df1, "df2": df2, "p_value": None}
-    if denom <= 1e-12:  # perfect agreement of every block: F is infinite
-        return {"statistic": float("inf"), "df1": df1, "df2": df2, "p_value": 0.0}
+    if denom <= 1e-12:
+        # every block ranks the methods identically: F_F's denominator (the within-block rank
+        # disagreement) is 0, so F is undefined rather than evidence; with few blocks Friedman's
+        # exact-ish p stays the number to read
+        return {"statistic": None, "df1": df1, "df2": df2, "p_value": None, "degenerate": True}
     f = (n_blocks - 1) * chisq / denom
     return {"statistic": float(f), "df1": df1, "df2": df2, "p_value": float(stats.f.sf(f, df1, df2))}
 
@@ -431,9 +472,14 @@ def plot_metric_vs_rho(summary_df: pd.DataFrame, metric: str, path: str | os.Pat
     ax = fig.add_subplot(1, 1, 1)
     for method, g in s.groupby(method_col, sort=True):
         g = g.assign(_x=g[level_col].map(pos)).sort_values("_x")
-        err = g["ci_half"].to_numpy(dtype=float)
-        ax.errorbar(g["_x"].to_numpy(float), g["mean"].to_numpy(float),
-                    yerr=np.where(np.isnan(err), 0.0, err), marker="o", capsize=3, label=str(method))
+        mean = g["mean"].to_numpy(float)
+        if "ci_low" in g:   # asymmetric: bounded metrics have logit-scale intervals
+            lo, hi = mean - g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float) - mean
+        else:
+            lo = hi = g["ci_half"].to_numpy(dtype=float)
+        err = np.vstack([np.where(np.isnan(lo), 0.0, np.maximum(lo, 0)), np.where(np.isnan(hi), 0.0, np.maximum(hi, 0))])
+        ax.errorbar(g["_x"].to_numpy(float), mean,
+                    yerr=err, marker="o", capsize=3, label=str(method))
     if numeric:
         ax.set_xscale("log")
         ax.set_xticks([pos[lv] for lv in levels])
@@ -444,7 +490,9 @@ def plot_metric_vs_rho(summary_df: pd.DataFrame, metric: str, path: str | os.Pat
         ax.set_xticks(list(range(len(levels))))
         ax.set_xticklabels([str(lv) for lv in levels])
         ax.set_xlabel("imbalance level")
-    ax.set_ylabel(f"{metric} (mean ± 95% CI)")
+    ax.set_ylabel(f"{metric} (mean, 95% CI)")
+    if is_bounded(metric):
+        ax.set_ylim(0, 1)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
@@ -634,12 +682,18 @@ def write_experiment_report(trials_df: pd.DataFrame, out_dir: str | os.PathLike,
                 blocks.append(("p", f"Friedman test not applicable: {fr['reason']}."))
             else:
                 idv = fr["iman_davenport"]
+                if idv.get("degenerate"):
+                    idv_text = (f"Iman–Davenport F not computed: all {fr['n_blocks']} blocks rank the methods in "
+                                "the same order, so the within-block disagreement it divides by is 0 (F would "
+                                "be infinite). That agreement is all the data shows; with so few blocks it is "
+                                "weak evidence, and the Friedman p above is the one to read.")
+                else:
+                    idv_text = (f"Iman–Davenport F = {_fmt(idv['statistic'], 3)} ({idv['df1']}, {idv['df2']}), "
+                                f"p = {_fmt_p(idv['p_value'])}.")
                 blocks.append(("p", f"Friedman χ²_F = {_fmt(fr['statistic'], 3)} (k = {fr['k']}, "
                                     f"N = {fr['n_blocks']} blocks"
                                     + (f", {fr['n_blocks_dropped']} incomplete dropped" if fr['n_blocks_dropped'] else "")
-                                    + f"), p = {_fmt_p(fr['p_value'])}; Iman–Davenport F = "
-                                    f"{_fmt(idv['statistic'], 3)} ({idv['df1']}, {idv['df2']}), "
-                                    f"p = {_fmt_p(idv['p_value'])}."))
+                                    + f"), p = {_fmt_p(fr['p_value'])}; " + idv_text))
                 ne = st["nemenyi"]
                 sig = ", ".join(f"{p['a']} > {p['b']} (Δrank {p['rank_diff']:.2f})" for p in ne["significant_pairs"])
                 blocks.append(("p", f"Nemenyi: q_α = {ne['q_alpha']:.3f}, CD = {ne['cd']:.3f}; "

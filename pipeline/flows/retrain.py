@@ -4,7 +4,8 @@ The lake is a partitioned Parquet table, ``<retrain.lake>/<partition_col>=<value
 ``ingest_date=2026-11-26``). One retrain:
 
 1. lists the lake's partitions and compares them with those the production model was trained on
-   (recorded in its registry entry); with no new partition it stops ("up to date");
+   (the ``partitions`` tag of the version that alias ``production`` names in the MLflow Model
+   Registry); with no new partition it stops ("up to date");
 2. runs the whole pipeline (:func:`pipeline.run.run_pipeline`) on the lake as it is now — profile,
    a fresh split (hash of (seed, id), so rows keep their split from one retrain to the next and
    test rows never leak into training), sampling, training warm-started from the production
@@ -13,16 +14,19 @@ The lake is a partitioned Parquet table, ``<retrain.lake>/<partition_col>=<value
    (``drift.json``: total-variation and Jensen–Shannon distances, ρ before/after, classes that
    appeared or vanished, the largest changes in class share);
 4. scores the production model on the *same* fresh test split, so both are judged on equal terms;
-5. registers the candidate (always, with its metrics, config, data fingerprint and gate verdict)
-   and promotes it only if :func:`pipeline.registry.gate` passes: macro-F1 and the mean recall of
-   the minority classes may not be worse than production's beyond the configured tolerances.
+5. registers the candidate as a new version of ``registry.model_name`` (always; the partitions it
+   saw, the drift report and the gate's verdict as tags) and promotes it only if
+   :func:`pipeline.flows.gate.gate` passes: macro-F1 and the mean recall of the minority classes
+   may not be worse than production's beyond the configured tolerances.
 
-Concurrent retrains are safe: each has its own run directory, and the registry's lock serialises
-registration and promotion (see :mod:`pipeline.flows.registry`).
+Concurrent retrains are safe: each has its own run directory and MLflow run, and promotion is a
+compare-and-set under the registry's lock: a candidate is promoted only if ``production`` still
+names the version it was judged against (see :mod:`pipeline.flows.promotion`).
 """
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import time
@@ -30,10 +34,12 @@ from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.engines import get_spark
-from pipeline.errors import ConfigError, InputError
+from pipeline.errors import InputError
 from pipeline.evaluation.evaluate import evaluate_predictions
-from pipeline.flows.registry import ModelRegistry, gate
+from pipeline.flows import promotion
+from pipeline.flows.gate import gate
 from pipeline.flows.run import log, run_pipeline
+from pipeline.flows.tracking import RECORD
 from pipeline.flows.validate import validate_config
 from pipeline.io import local_path, path_fingerprint, read_json, write_json
 from pipeline.train.predict import predict
@@ -86,17 +92,33 @@ def _counts_from_distribution(dist: dict) -> dict:
     return {str(c["label"]): int(c["count"]) for c in dist["classes"]}
 
 
+def _tag_list(mv, key: str) -> list:
+    try:
+        return list(json.loads(mv.tags.get(key) or "[]"))
+    except ValueError:
+        return []
+
+
+def _production_model_dir(reg: promotion.Registry, mv, dest: Path) -> Path:
+    """The production version's model directory (``model.pt``, ``model.json``…), downloaded from
+    its run's ``model_files`` artifacts into ``dest``: what warm start and prediction read."""
+    if not (dest / "model_files" / "model.pt").is_file():
+        dest.mkdir(parents=True, exist_ok=True)
+        reg.client.download_artifacts(mv.run_id, "model_files", str(dest))
+    return dest / "model_files"
+
+
 def retrain(cfg: Config) -> dict:
     """One scheduled retrain; returns a summary (status, version, promoted, gate reasons, drift)."""
     validate_config(cfg, "retrain")  # before the registry or the lake is touched
-    registry = ModelRegistry.from_config(cfg.registry)
+    reg = promotion.open_registry(cfg)
     parts = lake_partitions(cfg.retrain.lake, cfg.retrain.partition_col)
-    prod_version = registry.production()
-    prod = registry.get(prod_version) if prod_version else None
-    trained = set((prod.info.get("notes", {}) if prod else {}).get("partitions", [])) if prod else set()
+    prod = promotion.production(reg)
+    prod_version = str(prod.version) if prod else None
+    trained = set(_tag_list(prod, "partitions")) if prod else set()
     new = [p for p in parts if p not in trained]
     if prod and not new:
-        log(f"retrain: no new partitions since {prod_version} ({len(parts)} trained): up to date")
+        log(f"retrain: no new partitions since version {prod_version} ({len(parts)} trained): up to date")
         return {"status": "up_to_date", "production": prod_version, "partitions": parts}
     log(f"retrain: {len(new)} new partition(s): {', '.join(new[:10])}; production: {prod_version or 'none'}")
 
@@ -105,14 +127,22 @@ def retrain(cfg: Config) -> dict:
     run_cfg.data.train_path = run_cfg.data.val_path = run_cfg.data.test_path = None
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     run_cfg.run.id = f"retrain-{stamp}-{os.getpid()}"
-    if prod is not None and cfg.retrain.warm_start:
-        run_cfg.train.init_from = str(prod.model_dir)
-    run_dir = Path(run_pipeline(run_cfg))
+    prod_dir = None
+    if prod is not None:
+        prod_dir = _production_model_dir(reg, prod, local_path(cfg.run.root) / run_cfg.run.id / "production_model")
+        if cfg.retrain.warm_start:
+            run_cfg.train.init_from = str(prod_dir)
+    run_dir = Path(run_pipeline(run_cfg, tracking_tags={"retrain.model": reg.name,
+                                                        "retrain.compared_with": prod_version or "none"}))
+    record = read_json(run_dir / RECORD) if (run_dir / RECORD).is_file() else {}
+    if "model" not in record.get("logged", []):
+        raise RuntimeError(f"retrain: the candidate's model was not logged to MLflow at {reg.uri} (see the "
+                           f"warning above); nothing registered, the run directory {run_dir} has it")
 
     # drift of the class distribution against the production model's training data
     dist = read_json(run_dir / "profile" / "distribution.json")
     now_counts = _counts_from_distribution(dist)
-    drift = class_drift(prod.info.get("notes", {}).get("class_counts", {}), now_counts) if prod else None
+    drift = class_drift(json.loads(prod.tags.get("class_counts") or "{}"), now_counts) if prod else None
     if drift:
         write_json(run_dir / "drift.json", drift)
         log(f"retrain: class-distribution drift TVD {drift['total_variation']:.4f}, "
@@ -124,7 +154,7 @@ def retrain(cfg: Config) -> dict:
         spark = get_spark(cfg.spark)
         labels = read_json(run_dir / "split" / "labels.json")["labels"]
         prod_preds = run_dir / "production_eval" / "predictions"
-        predict(spark, str(prod.model_dir), str(run_dir / "split" / "test"), str(prod_preds),
+        predict(spark, str(prod_dir), str(run_dir / "split" / "test"), str(prod_preds),
                 batch_size=cfg.predict.batch_size)
         production_metrics = evaluate_predictions(spark, str(prod_preds), str(run_dir / "production_eval"),
                                                   label_col=cfg.data.label_col, n_classes=len(labels),
@@ -137,17 +167,33 @@ def retrain(cfg: Config) -> dict:
     for r in reasons:
         log(f"retrain gate: {r}")
 
-    notes = {"partitions": parts, "new_partitions": new, "class_counts": now_counts, "run_dir": str(run_dir),
-             "gate_passed": passed, "gate_reasons": reasons, "drift": drift}
-    version = registry.register(str(run_dir / "train" / "model"), candidate_metrics, run_cfg.to_dict(),
-                                path_fingerprint(cfg.retrain.lake), notes)
+    f1 = (candidate_metrics.get("macro") or {}).get("f1")
+    tags = {"partitions": json.dumps(parts), "new_partitions": json.dumps(new),
+            "class_counts": json.dumps(now_counts), "drift": json.dumps(drift),
+            "data_fingerprint": path_fingerprint(cfg.retrain.lake), "run_dir": str(run_dir),
+            "macro_f1": f"{f1:.4f}" if isinstance(f1, (int, float)) else "-",
+            "gate.passed": str(passed).lower(), "gate.reasons": json.dumps(reasons),
+            "gate.compared_with": prod_version or "none",
+            "verdict": "pending" if passed else "rejected"}
+    mv = promotion.register(reg, record["run_id"], tags)
+    version, status = str(mv.version), "promoted" if passed else "rejected"
+    if drift:
+        reg.client.log_dict(record["run_id"], drift, "retrain/drift.json")
     if passed:
-        registry.promote(version, reason="; ".join(reasons))
-        log(f"retrain: promoted {version} to production")
+        try:
+            promotion.promote(reg, version, reason="; ".join(reasons), expected=prod_version)
+            log(f"retrain: promoted version {version} to production")
+        except promotion.ProductionMoved as e:
+            status = "superseded"
+            reasons = reasons + [f"not promoted: {e}; rerun to judge against the new production"]
+            reg.client.set_model_version_tag(reg.name, version, "gate.reasons", json.dumps(reasons))
+            log(f"retrain: version {version} registered but NOT promoted: {e}")
     else:
-        log(f"retrain: {version} registered but NOT promoted; production stays {prod_version}")
-    summary = {"status": "promoted" if passed else "rejected", "version": version,
-               "production": registry.production(), "previous_production": prod_version,
+        log(f"retrain: version {version} registered but NOT promoted; production stays {prod_version}")
+    reg.client.set_model_version_tag(reg.name, version, "verdict", status)
+    now = promotion.production(reg)
+    summary = {"status": status, "version": version, "model": reg.name,
+               "production": str(now.version) if now else None, "previous_production": prod_version,
                "new_partitions": new, "gate_passed": passed, "gate_reasons": reasons,
                "run_dir": str(run_dir), "drift": drift}
     write_json(run_dir / "retrain.json", summary)

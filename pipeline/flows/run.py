@@ -26,6 +26,7 @@ Methods (``train.method``):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shutil
 import sys
 import time
@@ -40,6 +41,8 @@ from pipeline.errors import ConfigError
 from pipeline.evaluation.evaluate import evaluate_predictions
 from pipeline.evaluation.report import write_report
 from pipeline.evaluation.thresholds import apply_threshold_moving, tune_threshold
+from pipeline.flows import tracking
+from pipeline.flows.compare import compare_methods, format_comparison, run_comparisons
 from pipeline.io import (
     atomic_dir,
     fingerprint,
@@ -51,9 +54,10 @@ from pipeline.io import (
     write_json,
     write_success,
 )
-from pipeline.flows.validate import TWO_PHASE_KEYS, validate_config
+from pipeline.flows.validate import pretrain_section, validate_config
 from pipeline.prep.sampling import format_manifest, sample_dataset
 from pipeline.stream.materialize import materialize
+from pipeline.train import PIPELINE_METHODS
 from pipeline.train.predict import predict
 
 
@@ -96,18 +100,6 @@ class StageRunner:
         self.ran.append(name)
         log(f"[{time.time() - self.t0:7.1f}s] {name}: done in {self.timings[name]:.1f}s")
         return fp
-
-
-def _sample_section(raw: Optional[dict], default: SampleSection) -> SampleSection:
-    if raw is None:
-        return default
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config key 'train.method_params.pretrain' must be a mapping, got {raw!r}")
-    known = {f.name for f in dataclasses.fields(SampleSection)}
-    for k in raw:
-        if k not in known:
-            raise ConfigError(f"unknown config key 'train.method_params.pretrain.{k}'")
-    return SampleSection(**{**dataclasses.asdict(default), **raw})
 
 
 def _impose(spark, cfg: Config, table: str, out: Path) -> None:
@@ -248,15 +240,22 @@ def prior_counts(run_dir: Path, train_data: str) -> dict:
     return read_info(train_data).class_counts
 
 
-def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str = "protocol") -> str:
+def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str = "protocol",
+                 tracking_tags: Optional[dict] = None, parent_run_id: Optional[str] = None) -> str:
     """Run (or resume) every stage of ``cfg``; return the run directory.
 
     ``data_dir``: where the data stages (source, protocol, profile, split) live, when several runs
     share them (the experiment's trials of one imbalance level and seed); default the run directory.
     Their markers carry their own fingerprints, so a shared stage is reused only when it matches.
+    ``tracking_tags`` / ``parent_run_id``: tags of the MLflow run and the run it nests under
+    (an experiment's trial); see :mod:`pipeline.flows.tracking`.
     """
     validate_config(cfg, "run")  # every key and input checked before anything is written
     method = cfg.train.method
+    # deferred: torch is slow to import (the hook registry builds torch modules)
+    from pipeline.train.hooks import hook_names
+
+    references = compare_methods(cfg, list(PIPELINE_METHODS) + hook_names())  # validated above
     run_dir = local_path(cfg.run.root) / str(cfg.run.id)
     # config.json is (re)written only when a stage actually runs (StageRunner), so a failed or
     # up-to-date rerun never changes a finished run's record
@@ -267,10 +266,13 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
     seed = cfg.run.seed
     label = cfg.data.label_col
     log(f"run id: {cfg.run.id}  (directory: {run_dir})")
+    tr = tracking.start(cfg, run_dir, tracking_tags, parent_run_id)
+    tracking.log_config(tr, cfg)
 
     data = data_stages(cfg, spark, data_runner, ddir, protocol_name)
     train_split, val_split, test_split = data["train"], data["val"], data["test"]
     split_fp, profile_fp = data["split_fp"], data["profile_fp"]
+    tracking.log_data(tr, ddir, split_fp, redo="profile" in data_runner.ran)
 
     # ---- sample + materialize (one pair per training set)
     def sampled_set(name: str, sample_cfg: SampleSection) -> tuple[str, str]:
@@ -291,20 +293,13 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
 
     train_data, train_data_fp = sampled_set("sample", cfg.sample)
     pretrain_data = pretrain_fp = None
-    mp = cfg.train.method_params or {}
-    if method == "two_phase":
-        for k in mp:
-            if k not in TWO_PHASE_KEYS:
-                raise ConfigError(f"unknown config key 'train.method_params.{k}' for two_phase "
-                                  f"(known: {', '.join(sorted(TWO_PHASE_KEYS))})")
-        if "pretrain" in mp and "pretrain_read_sampling" in mp:
-            raise ConfigError("train.method_params: give two_phase either 'pretrain' (a sampled set) or "
-                              "'pretrain_read_sampling' (sampling in the reader), not both")
+    mp = cfg.train.method_params or {}  # two_phase's keys were checked by validate_config
     pre_read = mp.get("pretrain_read_sampling") if method == "two_phase" else None
     if method == "two_phase" and pre_read is None:
-        pre_cfg = _sample_section(cfg.train.method_params.get("pretrain"),
-                                  SampleSection(strategy="threshold", cap=5000))
+        pre_cfg = pretrain_section(mp.get("pretrain"))
         pretrain_data, pretrain_fp = sampled_set("sample_pretrain", pre_cfg)
+    for name in ("sample", "sample_pretrain"):
+        tracking.log_manifest(tr, run_dir, name, redo=name in runner.ran)
 
     # ---- train
     from pipeline.train.trainer import train_model
@@ -337,6 +332,8 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
 
     train_fp = runner.stage("train", train_key, _train)
     model_dir = str(run_dir / "train" / "model")
+    tracking.log_training(tr, run_dir, redo="train" in runner.ran)
+    tracking.log_model(tr, Path(model_dir), redo="train" in runner.ran)
 
     # ---- predict (test, and val for tuned thresholds)
 
@@ -372,13 +369,23 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
     if cfg.evaluate.threshold_moving == "prior":
         evaluate_key["priors"] = "unique examples per class"  # see prior_counts
     evaluate_fp = runner.stage("evaluate", evaluate_key, _evaluate)
+    tracking.log_evaluation(tr, run_dir, labels, redo="evaluate" in runner.ran)
+
+    # ---- reference models on the same data, and the paired comparison (run.compare_with)
+    compare_fp = None
+    if references:
+        # each reference is its own MLflow run, nested under this one in the same store and experiment
+        reference_run = functools.partial(run_pipeline, tracking_tags={"kind": "reference"}, parent_run_id=tr.run_id)
+        compare_fp = run_comparisons(cfg, run_dir, ddir, protocol_name, runner, reference_run, spark, references)
 
     # ---- report
 
-    runner.stage("report", {"evaluate": evaluate_fp, "profile": profile_fp},
+    runner.stage("report", {"evaluate": evaluate_fp, "profile": profile_fp, "comparison": compare_fp},
                  lambda d: write_report(str(run_dir / "evaluate"), str(d),
                                         distribution=str(ddir / "profile" / "distribution.json"),
-                                        predictions=str(run_dir / "predict" / "test"), spark=spark, label_col=label))
+                                        predictions=str(run_dir / "predict" / "test"), spark=spark, label_col=label,
+                                        run_dir=str(run_dir), timings=dict(runner.timings)))
+    tracking.log_report(tr, run_dir, redo="report" in runner.ran)
 
     if data_runner is not runner:
         runner.skipped = data_runner.skipped + runner.skipped
@@ -386,8 +393,12 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
         runner.timings = {**data_runner.timings, **runner.timings}
     summary = _summary(run_dir, runner)
     summary["data_dir"] = str(ddir)
+    summary["mlflow_run_id"] = tr.run_id
     write_json(run_dir / "summary.json", summary)
+    tr.finish()
     print(_format_summary(summary))
+    if references:
+        print(format_comparison(run_dir))
     return str(run_dir)
 
 
@@ -427,7 +438,7 @@ def _format_summary(s: dict) -> str:
         return "n/a" if v is None else f"{v:.4f}"
 
     lines = [
-        f"macro F1 {f(m['macro_f1'])} | balanced accuracy {f(m['balanced_accuracy'])} | G-mean {f(m['g_mean'])} | "
+        f"macro F1 {f(m['macro_f1'])} | balanced accuracy (mean recall) {f(m['balanced_accuracy'])} | G-mean {f(m['g_mean'])} | "
         f"macro ROC AUC {f(m['macro_roc_auc'])} | macro PR AUC {f(m['macro_pr_auc'])} | accuracy {f(m['accuracy'])}",
         f"L5 F1 {f(m['l5_f1'])} | rest F1 {f(m['rest_f1'])}",
     ]

@@ -36,8 +36,10 @@ from typing import Callable, Optional
 
 from pipeline.config import Config, SampleSection
 from pipeline.data.images import check_options
+from pipeline.data.ingest import LABEL_FROM
 from pipeline.data.schema import has_info, read_info
 from pipeline.errors import ConfigError, InputError
+from pipeline.flows.compare import compare_methods
 from pipeline.io import is_local, local_path
 from pipeline.prep.sampling import check_request, check_target
 from pipeline.evaluation.thresholds import check_rule
@@ -48,7 +50,9 @@ LOOP_KEYS = {"dynamic_sampling", "drw_epoch", "drw_beta", "category_centers", "c
              "centroid_temperature"}
 #: What ``train.method: two_phase`` accepts in ``train.method_params``.
 TWO_PHASE_KEYS = {"pretrain", "pretrain_epochs", "pretrain_read_sampling", "finetune_lr"} | LOOP_KEYS
-SYNTH_KINDS = {"plankton": ("image", 103), "digits": ("image", 10), "tabular": ("features", 10)}
+#: What each synth preset makes (kind, classes), for the checks that depend on it; one entry per synth.PRESETS.
+SYNTH_KINDS = {"plankton": ("image", 103), "plankton_balanced": ("image", 103), "digits": ("image", 10),
+               "tabular": ("features", 10)}
 COMMANDS = ("run", "experiment", "retrain", "train", "predict")
 
 
@@ -128,12 +132,27 @@ def _images(d) -> None:
         check_options(d.size, d.mode, d.resize, d.min_size)
     except ValueError as e:
         raise ConfigError(f"data.images: {e}") from None
-    if d.label_from not in ("folder", "manifest"):
-        raise ConfigError(f"config key 'data.label_from': expected folder or manifest, got '{d.label_from}'")
+    if d.label_from not in LABEL_FROM:
+        raise ConfigError(f"config key 'data.label_from': expected {' or '.join(LABEL_FROM)}, got '{d.label_from}'")
     if d.label_from == "manifest" and not d.manifest:
         raise ConfigError("config key 'data.label_from' is manifest but data.manifest is not set")
     _exists("data.images", d.images)
     _exists("data.manifest", d.manifest)
+
+
+def pretrain_section(raw: Optional[dict]) -> SampleSection:
+    """two_phase's pre-training set, ``train.method_params.pretrain``, over its default (Lee et
+    al.'s thresholded set: at most 5,000 rows per class); unknown keys are a ConfigError."""
+    default = SampleSection(strategy="threshold", cap=5000)
+    if raw is None:
+        return default
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key 'train.method_params.pretrain' must be a mapping, got {raw!r}")
+    fields = {f.name for f in dataclasses.fields(SampleSection)}
+    for k in raw:
+        if k not in fields:
+            raise ConfigError(f"unknown config key 'train.method_params.pretrain.{k}'")
+    return SampleSection(**{**dataclasses.asdict(default), **raw})
 
 
 def _sampling(where: str, section: SampleSection) -> None:
@@ -184,6 +203,7 @@ def _training(cfg: Config, kind: Optional[str], n_classes: Optional[int], has_va
     known = list(PIPELINE_METHODS) + hook_names()
     if method not in known:
         raise ConfigError(f"config key 'train.method': unknown method '{method}' (choose from: {', '.join(known)})")
+    compare_methods(cfg, known)  # run.compare_with names known methods
     if method in PIPELINE_METHODS:
         allowed = TWO_PHASE_KEYS if method == "two_phase" else LOOP_KEYS
         for k in mp:
@@ -201,15 +221,7 @@ def _training(cfg: Config, kind: Optional[str], n_classes: Optional[int], has_va
         if "pretrain_read_sampling" in mp:
             read_sampling_spec(dataclasses.replace(tc, read_sampling=mp["pretrain_read_sampling"]))
         elif mp.get("pretrain") is not None:
-            raw = mp["pretrain"]
-            if not isinstance(raw, dict):
-                raise ConfigError(f"config key 'train.method_params.pretrain' must be a mapping, got {raw!r}")
-            fields = {f.name for f in dataclasses.fields(SampleSection)}
-            for k in raw:
-                if k not in fields:
-                    raise ConfigError(f"unknown config key 'train.method_params.pretrain.{k}'")
-            _sampling("train.method_params.pretrain",
-                      SampleSection(**{**dataclasses.asdict(SampleSection(strategy="threshold", cap=5000)), **raw}))
+            _sampling("train.method_params.pretrain", pretrain_section(mp["pretrain"]))
         for key in ("pretrain_epochs",):
             v = mp.get(key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
@@ -279,6 +291,18 @@ def validate_config(cfg: Config, command: str = "run", warn: Callable[[str], Non
         if not cfg.retrain.lake:
             raise ConfigError("config key 'retrain.lake' is required: the partitioned lake table to train on")
         _exists("retrain.lake", cfg.retrain.lake)
+        if not cfg.tracking.enabled:
+            raise ConfigError("tracking.enabled: retrain registers its candidates in the MLflow Model Registry, "
+                              "so tracking must be on")
+        name = cfg.registry.model_name
+        if not isinstance(name, str) or not name.strip() or any(ch in name for ch in "/:'\"%"):
+            raise ConfigError(f"registry.model_name: {name!r} is not a registered model name "
+                              "(non-empty, without / : ' \" %)")
+        for key, value in (("retrain.tolerance", cfg.retrain.tolerance),
+                           ("retrain.minority_recall_tolerance", cfg.retrain.minority_recall_tolerance),
+                           ("registry.lock_timeout", cfg.registry.lock_timeout)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+                raise ConfigError(f"{key} must be a number >= 0, got {value!r}")
     if command == "train":
         if not cfg.train.train_path:
             raise ConfigError("train.train_path is not set (the materialized training table)")
@@ -334,4 +358,4 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-__all__ = ["validate_config", "data_kind", "TWO_PHASE_KEYS", "LOOP_KEYS"]
+__all__ = ["validate_config", "data_kind", "pretrain_section", "TWO_PHASE_KEYS", "LOOP_KEYS"]

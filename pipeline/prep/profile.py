@@ -2,8 +2,8 @@
 
 ``distribution.json`` (contract): ``n_rows``, ``n_classes``, ``classes`` (``{label, count,
 fraction}``, largest first), ``rho`` = max class size / min class size (survey Eq. 1),
-``min_class_size``, ``max_class_size``, ``minority_classes`` (the smallest classes whose total is
-at most half the data, as in CRL), ``top5_fraction``. A log-scale bar chart
+``min_class_size``, ``max_class_size``, ``minority_classes`` (see :data:`MINORITY_RULE`),
+``top5_fraction``. A log-scale bar chart
 ``class_distribution.png`` and ``labels.json`` (original label values in index order) sit beside it.
 """
 from __future__ import annotations
@@ -18,6 +18,14 @@ from pipeline.io import atomic_dir, label_key, local_path, write_json
 
 DISTRIBUTION_FILE = "distribution.json"
 CHART_FILE = "class_distribution.png"
+# Which classes ``minority_classes`` lists. Dong, Gong & Zhu's Class Rectification Loss (CRL, ICCV
+# 2017) splits the classes this way: taking classes from the smallest up, every class added while
+# the running total stays at or below half of all rows is a minority class; the rest are majority
+# classes. It is a description of the data (shown in the console, the chart and the report), used
+# by no stage to change training.
+MINORITY_RULE = ("the smallest classes that together hold at most half of the rows (classes taken "
+                 "smallest first while their running total stays <= 50%; the minority/majority split "
+                 "of Dong et al.'s Class Rectification Loss, CRL)")
 
 
 def class_counts(df, label_col: str = "label") -> dict:
@@ -69,7 +77,8 @@ def plot_distribution(dist: dict, path: str | Path) -> None:
     ax.set_xlabel("class (largest first)")
     ax.set_ylabel("rows (log scale)")
     ax.set_title(f"{dist['n_classes']} classes, {dist['n_rows']:,} rows, rho = {dist['rho']:.0f}; "
-                 f"red: CRL minority classes", fontsize=10)
+                 f"red: {len(minority)} minority classes, the smallest holding <= 50% of rows together",
+                 fontsize=10)
     if len(counts) <= 30:
         ax.set_xticks(range(len(counts)))
         ax.set_xticklabels([str(c["label"]) for c in dist["classes"]], rotation=90, fontsize=7)
@@ -106,12 +115,21 @@ def profile(spark, input: str, out: str, label_col: str = "label") -> dict:
     return dist
 
 
+def minority_summary(dist: dict, show: int = 6) -> str:
+    """One line saying which classes are the minority classes and by what rule (:data:`MINORITY_RULE`)."""
+    minority = dist["minority_classes"]
+    count = {str(c["label"]): c["count"] for c in dist["classes"]}
+    share = sum(count.get(str(m), 0) for m in minority) / dist["n_rows"] if dist["n_rows"] else 0.0
+    labels = ", ".join(str(m) for m in minority[:show]) + (", ..." if len(minority) > show else "")
+    return (f"{len(minority)} minority classes ({labels}; {share:.1%} of the rows): {MINORITY_RULE}; "
+            f"the other {dist['n_classes'] - len(minority)} are majority classes")
+
+
 def format_distribution(dist: dict, top: int = 8) -> str:
     """A short printed table: the largest and smallest classes, ρ and the minority group."""
-    lines = [f"{dist['n_rows']:,} rows, {dist['n_classes']} classes, rho = {dist['rho']:.1f}, "
-             f"top-5 fraction = {dist['top5_fraction']:.3f}, "
-             f"{len(dist['minority_classes'])} minority classes (the smallest classes that together "
-             f"hold at most half the rows, as in Dong et al.'s CRL)",
+    lines = [f"{dist['n_rows']:,} rows, {dist['n_classes']} classes, rho = {dist['rho']:.1f} "
+             f"(largest / smallest class), top-5 fraction = {dist['top5_fraction']:.3f}",
+             minority_summary(dist),
              f"{'label':>12} {'count':>12} {'fraction':>9}"]
     classes = dist["classes"]
     shown = classes if len(classes) <= 2 * top else classes[:top] + [None] + classes[-top:]

@@ -31,7 +31,7 @@ row ids and a boolean ``fill`` mask, which is how the tests check "every row exa
 The Ray Data reader splits with ``streaming_split(equal=True)`` (Ray Train's default), which gives
 every worker the same number of rows by dropping at most ``world_size - 1`` rows per epoch.
 
-**Read-time sampling** (issue 7 item 2; ROS / RUS / thresholds / floors / dynamic sampling without
+**Read-time sampling** (ROS / RUS / thresholds / floors / dynamic sampling without
 writing a duplicate to disk). With per-class ``rates`` the Petastorm reader emits every row
 :func:`pipeline.stream.read_sampling.row_multiplicity` times — ⌊r⌋ copies plus one more with probability
 frac(r), r = rates[label], decided by a hash of ``(sample_seed, epoch, id)`` — so the draw is the

@@ -12,7 +12,10 @@ without one it trains alone), checkpoints go through two small hooks:
 
 A checkpoint directory holds ``state.pt`` (model, optimizer, scaler; loaded with
 ``torch.load(..., weights_only=True)``), ``best_model.pt`` (the best epoch's weights so far) and
-``progress.json`` (epoch, history, best epoch and its validation metrics, early-stopping counter).
+``progress.json`` (epochs done, history, best epoch and its validation metrics, early-stopping
+counter). Epochs are numbered 1..N everywhere a user sees them, as the log's "epoch k/N" lines
+(``best_epoch``, ``history[].epoch``, ``epochs_done``); the loop variable and the method hooks'
+``EpochContext.epoch`` are the 0-based index (epoch k/N has index k - 1).
 
 Per epoch: a tqdm bar with rows/s (rank 0), mixed precision on GPU (bf16 autocast, or fp16 with
 a ``GradScaler``), validation macro-F1 and per-class recall from a confusion matrix summed over
@@ -22,7 +25,7 @@ workers, best-epoch selection and early stopping on ``train.select_metric`` with
 
 Two of the survey's methods run inside the loop (see ``docs/methods.md``):
 
-* **read-time sampling** (``train.read_sampling``; issue 7 item 2): per-class rates for the
+* **read-time sampling** (``train.read_sampling``): per-class rates for the
   streaming reader each epoch — ROS / RUS / threshold / floor / hybrid targets from
   :func:`pipeline.sampling.plan_counts` (rate = target / n_c), explicit rates, or **dynamic
   sampling** (Pouyanfar et al. 2018, survey Eq. 11; also ``train.method_params.dynamic_sampling:
@@ -55,7 +58,7 @@ from tqdm import tqdm
 
 from pipeline.data.schema import DatasetInfo, read_info
 from pipeline.errors import ConfigError, InputError
-from pipeline.io import fingerprint, read_json, write_json
+from pipeline.io import console_line, fingerprint, read_json, write_json
 from pipeline.train.progress import NoBar, bars_wanted
 from pipeline.prep.sampling import plan_counts
 from pipeline.stream.read_sampling import epoch_sampling_plan
@@ -196,7 +199,7 @@ def _progress_bar(total: int, desc: str, in_ray: bool):
     return tqdm(total=total, desc=desc, unit="batch", leave=False, mininterval=1.0)
 
 
-# ------------------------------------------------------------------ read-time sampling (issue 7 item 2)
+# ------------------------------------------------------------------ read-time sampling
 READ_STRATEGIES = ("none", "ros", "rus", "threshold", "floor", "hybrid", "rates", "dynamic")
 READ_KEYS = {"strategy", "target", "cap", "floor", "rates", "seed", "initial", "epoch_rows", "augment"}
 
@@ -554,9 +557,25 @@ def setup_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, 
         hook=hook, optimizer=optimizer, autocast=autocast, scaler=scaler,
         config_fp=_config_fingerprint(cfg, train_path, val_path, init_from),
         eval_bs=max(tc.batch_size, cfg.stream.batch_size), report_fn=report_fn)
-    s.progress = {"config": s.config_fp, "epoch": -1, "history": [], "best_epoch": None, "best_value": None,
+    s.progress = {"config": s.config_fp, "epochs_done": 0, "history": [], "best_epoch": None, "best_value": None,
                   "best_metrics": None, "bad_epochs": 0, "stopped_early": False}
     return s
+
+
+def upgrade_progress(progress: dict) -> dict:
+    """A checkpoint's ``progress.json`` in today's numbering: epochs are numbered 1..N as the log's
+    "epoch k/N" lines (``epochs_done``, ``best_epoch``, ``history[].epoch``). Checkpoints written
+    before that kept ``epoch`` (0-based index of the last finished epoch) and 0-based numbers."""
+    if "epochs_done" in progress or "epoch" not in progress:
+        return progress
+    p = dict(progress)
+    p["epochs_done"] = int(p.pop("epoch")) + 1
+    if p.get("best_epoch") is not None:
+        p["best_epoch"] = int(p["best_epoch"]) + 1
+    p["history"] = [dict(h, epoch=int(h["epoch"]) + 1) for h in p.get("history", [])]
+    if p.get("best_metrics") and "epoch" in p["best_metrics"]:
+        p["best_metrics"] = dict(p["best_metrics"], epoch=int(p["best_metrics"]["epoch"]) + 1)
+    return p
 
 
 def resume_training(s: TrainingSession, resume_dir: Optional[str]) -> None:
@@ -574,7 +593,7 @@ def resume_training(s: TrainingSession, resume_dir: Optional[str]) -> None:
     s.optimizer.load_state_dict(st["optimizer"])
     if s.scaler is not None and st.get("scaler"):
         s.scaler.load_state_dict(st["scaler"])
-    s.progress = read_json(rd / "progress.json")
+    s.progress = upgrade_progress(read_json(rd / "progress.json"))
     if (rd / "best_model.pt").is_file():
         s.best_state = load_weights(rd / "best_model.pt")
     if (rd / METHOD_STATE_FILE).is_file():
@@ -639,7 +658,7 @@ def train_epoch(s: TrainingSession, epoch: int, crash) -> dict:
     if not math.isfinite(stats[0].item()):
         raise RuntimeError(f"training diverged: the {tc.loss} loss is not finite in epoch {epoch} "
                            f"(try a lower train.lr than {tc.lr})")
-    entry = {"epoch": epoch, "train_loss": stats[0].item() / max(stats[1].item(), 1),
+    entry = {"epoch": epoch + 1, "train_loss": stats[0].item() / max(stats[1].item(), 1),
              "steps": steps, "rows": int(stats[2].item()), "train_seconds": round(train_time, 3),
              "rows_per_s": round(stats[2].item() / max(train_time, 1e-9), 1)}
     if rates is not None:
@@ -670,9 +689,9 @@ def record_epoch(s: TrainingSession, epoch: int, entry: dict, value: float) -> N
     """Append the epoch to the history, keep the best epoch's weights, apply early stopping, log a line."""
     tc, progress = s.cfg.train, s.progress
     progress["history"].append(entry)
-    progress["epoch"] = epoch
+    progress["epochs_done"] = epoch + 1
     if metric_better(s.select, value, progress["best_value"]) or progress["best_epoch"] is None:
-        progress.update(best_epoch=epoch, best_value=value, best_metrics=entry, bad_epochs=0)
+        progress.update(best_epoch=epoch + 1, best_value=value, best_metrics=entry, bad_epochs=0)
         s.best_state = _cpu_state(s.model)
         s.best_inference = s.hook.inference_state()
     else:
@@ -681,9 +700,9 @@ def record_epoch(s: TrainingSession, epoch: int, entry: dict, value: float) -> N
         progress["stopped_early"] = True
     if s.rank == 0 and tc.progress:
         v = entry.get("val_macro_f1")
-        print(f"epoch {epoch + 1}/{s.n_epochs}: loss {entry['train_loss']:.4f}"
-              + (f"  val macro-F1 {v:.4f}" if v is not None else "")
-              + f"  {entry['rows_per_s']:.0f} rows/s", flush=True)
+        console_line(f"epoch {epoch + 1}/{s.n_epochs}: loss {entry['train_loss']:.4f}"
+                     + (f"  val macro-F1 {v:.4f}" if v is not None else "")
+                     + f"  {entry['rows_per_s']:.0f} rows/s", in_ray=s.report_fn is not None)
 
 
 def finish_training(s: TrainingSession) -> dict:
@@ -710,7 +729,7 @@ def finish_training(s: TrainingSession) -> dict:
                 s.report_fn(metrics, None)
     rank0 = s.rank == 0
     return {"history": progress["history"], "best_epoch": progress["best_epoch"],
-            "best_metrics": progress["best_metrics"], "epochs_run": progress["epoch"] + 1,
+            "best_metrics": progress["best_metrics"], "epochs_run": progress["epochs_done"],
             "stopped_early": progress["stopped_early"], "best_state": s.best_state if rank0 else None,
             "select_metric": s.select, "info": s.info.to_dict(), "class_counts": s.counts.tolist(),
             "centroids": centroids if rank0 else None, "category_centers": s.centers,
@@ -734,7 +753,7 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
     s = setup_training(cfg, train_path, val_path, out_dir, rank, world_size, device, init_from, report_fn, epochs)
     resume_training(s, resume_dir)
     crash = _crash_spec(crash_at)
-    for epoch in range(s.progress["epoch"] + 1, s.n_epochs):
+    for epoch in range(s.progress["epochs_done"], s.n_epochs):  # epoch: 0-based index, logged as epoch + 1
         if s.progress.get("stopped_early"):
             break
         entry = train_epoch(s, epoch, crash)

@@ -42,12 +42,12 @@ import torch
 
 from pipeline.config import Config, config_from_dict
 from pipeline.data.schema import read_info
-from pipeline.engines import get_ray
+from pipeline.engines import get_ray, route_worker_logs
 from pipeline.errors import InputError
 from pipeline.io import atomic_dir, fingerprint, local_path, read_json, write_json
 from pipeline.stream.readers import check_table
 from pipeline.train.hooks import METHOD_STATE_FILE, hook_module, save_inference_state
-from pipeline.train.loop import CRASH_ENV, centers_params, run_training
+from pipeline.train.loop import CRASH_ENV, centers_params, run_training, upgrade_progress
 from pipeline.train.progress import BARS_ENV, bars_wanted
 from pipeline.train.worker_errors import (
     clear_worker_errors,
@@ -58,6 +58,7 @@ from pipeline.train.worker_errors import (
 from pipeline.train.saved_model import CENTROIDS_FILE, META_FILE, MODEL_FILE, load_weights
 
 log = logging.getLogger(__name__)
+WORKER_LOG = "ray-workers.log"  # in the train stage's directory: everything Ray's workers printed
 
 
 # ------------------------------------------------------------------ the per-worker function
@@ -274,6 +275,9 @@ def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
         datasets=datasets, dataset_config=data_config)
     t0 = time.perf_counter()
+    # Ray's own lines (controller, placement-group cleaner, worker set-up) go to this file; the
+    # console keeps the one line per epoch
+    route_worker_logs(out / WORKER_LOG)
     clear_worker_errors(out)
     try:
         result = trainer.fit()
@@ -288,7 +292,7 @@ def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
         raise RuntimeError(f"training run {name} ended without a checkpoint")
     with tempfile.TemporaryDirectory(prefix="imb-final-") as tmp:
         result.checkpoint.to_directory(tmp)
-        progress = read_json(Path(tmp) / "progress.json")
+        progress = upgrade_progress(read_json(Path(tmp) / "progress.json"))
         best_state = load_weights(Path(tmp) / "best_model.pt")
         centroids = None
         if centers_params(tc) is not None:
@@ -336,7 +340,7 @@ def _after_fit(cfg: Config, model_dir, val_path: Optional[str]) -> None:
 
 def _summary_from_progress(progress: dict) -> dict:
     return {"best_epoch": progress["best_epoch"], "best_metrics": progress["best_metrics"],
-            "history": progress["history"], "epochs_run": progress["epoch"] + 1,
+            "history": progress["history"], "epochs_run": progress["epochs_done"],
             "stopped_early": progress.get("stopped_early", False)}
 
 

@@ -30,6 +30,7 @@ BAD = [
     "stream.reader=petastorn",
     "train.select_metric=macro_f2",
     "train.method_params={dynamic_sampling: maybe}",
+    "run.compare_with=basline",
 ]
 
 

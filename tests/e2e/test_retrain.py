@@ -1,4 +1,4 @@
-"""Scheduled retraining over a partitioned lake, with the promotion gate and the registry."""
+"""Scheduled retraining over a partitioned lake, with the promotion gate and the MLflow Model Registry."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import load_config
-from pipeline.flows.registry import ModelRegistry
+from pipeline.flows import promotion
 from pipeline.flows.retrain import class_drift, retrain
 
 pytestmark = pytest.mark.slow
@@ -32,7 +32,7 @@ def _write_partition(lake, date, id0, sizes, seed):
 
 
 def _cfg(tmp_path, *extra):
-    return load_config(None, [f"run.root={tmp_path / 'runs'}", f"registry.root={tmp_path / 'registry'}",
+    return load_config(None, [f"run.root={tmp_path / 'runs'}",
                               f"retrain.lake={tmp_path / 'lake'}", "model.name=mlp", "model.hidden=[32]",
                               "train.epochs=2", "train.lr=0.01", "stream.batch_size=64", "stream.row_group_mb=0.05",
                               "retrain.tolerance=0.02", "retrain.minority_recall_tolerance=0.05", *extra])
@@ -44,9 +44,13 @@ def test_retrain_promotes_then_gate_rejects_a_bad_model(spark, ray_local, tmp_pa
     nxt = _write_partition(lake, "2026-11-02", nxt, [900, 300, 60, 30], seed=2)
 
     first = retrain(_cfg(tmp_path))
-    assert first["status"] == "promoted" and first["version"] == "v0001"
-    reg = ModelRegistry(tmp_path / "registry")
-    assert reg.production() == "v0001"
+    assert first["status"] == "promoted" and first["version"] == "1"
+    reg = promotion.open_registry(_cfg(tmp_path))
+    assert promotion.aliases(reg) == {"production": "1"}
+    v1 = promotion.production(reg)
+    assert json.loads(v1.tags["partitions"]) == ["2026-11-01", "2026-11-02"]
+    assert v1.tags["gate.passed"] == "true" and v1.tags["verdict"] == "promoted"
+    assert v1.source.startswith("models:/")               # the candidate run's logged mlflow.pytorch model
 
     again = retrain(_cfg(tmp_path))                    # nothing new in the lake
     assert again["status"] == "up_to_date"
@@ -58,20 +62,33 @@ def test_retrain_promotes_then_gate_rejects_a_bad_model(spark, ray_local, tmp_pa
     assert second["drift"]["total_variation"] > 0.1
     assert second["new_partitions"] == ["2026-11-03"]
     assert second["status"] == "promoted", second["gate_reasons"]
-    assert reg.production() == second["version"] == "v0002"
+    assert promotion.aliases(reg) == {"production": "2", "previous": "1"}
+    v2 = promotion.production(reg)
+    assert json.loads(v2.tags["drift"])["total_variation"] == second["drift"]["total_variation"]
+    assert v2.tags["gate.compared_with"] == "1" and v2.tags["replaced"] == "1"
 
     # a config that trains badly (no warm start, learning rate 1e-9: an untrained network) is rejected
     _write_partition(lake, "2026-11-04", nxt, [400, 200, 100, 50], seed=4)
-    bad = retrain(_cfg(tmp_path, "retrain.warm_start=false", "train.lr=1e-9"))
-    assert bad["status"] == "rejected"
+    bad = retrain(_cfg(tmp_path, "retrain.warm_start=false", "train.lr=1e-9", "train.epochs=1"))
+    assert bad["status"] == "rejected" and bad["version"] == "3"
     assert any("worse" in r for r in bad["gate_reasons"])
-    assert reg.production() == "v0002"                 # the pointer did not move
-    assert reg.list_versions() == ["v0001", "v0002", "v0003"]
-    for v in reg.list_versions():
-        assert reg.verify(v) == []                     # every version complete and intact
-    notes = reg.get("v0003").info["notes"]
-    assert notes["gate_passed"] is False
-    assert json.loads((tmp_path / "registry" / "production").read_text())["version"] == "v0002"
+    assert promotion.aliases(reg) == {"production": "2", "previous": "1"}   # no alias moved
+    v3 = reg.client.get_model_version(reg.name, "3")
+    assert v3.tags["gate.passed"] == "false" and v3.tags["verdict"] == "rejected"
+    assert "replaced" not in v3.tags
+
+    # production is served from the registry: models:/<name>@production loads the promoted network
+    import mlflow  # deferred: heavy
+    import mlflow.pytorch
+    import torch
+    mlflow.set_tracking_uri(reg.uri)
+    mlflow_model = mlflow.pytorch.load_model(f"models:/{reg.name}@production")
+    out = mlflow_model(torch.zeros((2, DIM)))
+    assert tuple((out[0] if isinstance(out, (tuple, list)) else out).shape) == (2, N_CLASSES)
+
+    # rollback through the aliases: production back to 1
+    assert promotion.rollback(reg, "ops") == "1"
+    assert promotion.aliases(reg) == {"production": "1"}
 
 
 def test_class_drift_distances():

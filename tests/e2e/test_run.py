@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ["source", "profile", "split", "sample", "materialize", "sample_pretrain", "materialize_pretrain",
-          "train", "predict", "evaluate", "report"]
+STAGES = ["source", "profile", "split", "protocol", "sample", "materialize", "sample_pretrain",
+          "materialize_pretrain", "train", "predict", "evaluate", "comparison", "report"]
 # The demo preset, shrunk so the test takes about a minute: same stages, same two-phase method.
 TINY = ["data.rows=2500", "train.epochs=1", "train.method_params.pretrain_epochs=1",
         "train.method_params.pretrain={strategy: threshold, cap: 60}", "stream.batch_size=64"]
@@ -56,6 +56,18 @@ def test_demo_runs_every_stage_and_prints_run_dir_last(demo_run):
     assert max(manifest["achieved"].values()) <= 60    # thresholded pre-training set
     assert (run_dir / "train" / "pretrain" / "model" / "model.pt").exists()
     assert "macro F1" in r.stdout and "report:" in r.stdout
+    # run.compare_with: baseline trained on the shared split and training set, compared per class
+    ref = run_dir / "compare" / "baseline"
+    assert (ref / "sample").is_symlink() and (ref / "materialize").is_symlink()
+    ref_summary = json.loads((ref / "summary.json").read_text())
+    assert {"source", "profile", "split", "protocol", "sample", "materialize"} <= set(ref_summary["skipped"])
+    assert "train" in ref_summary["ran"]
+    comp = json.loads((run_dir / "comparison" / "comparison.json").read_text())["references"]["baseline"]
+    assert len(comp["per_class"]) == 103 and "macro_f1_ci" in comp["delta"]
+    test_support = {row["support"] for row in comp["per_class"]}
+    assert len(test_support) == 1                      # the balanced test set
+    assert "two_phase vs baseline" in (run_dir / "report" / "report.md").read_text()
+    assert "two_phase vs baseline: macro F1" in r.stdout
 
 
 def test_rerun_recomputes_nothing(demo_run):
@@ -79,7 +91,7 @@ def test_changed_config_redoes_only_downstream(demo_run):
                     f"run.id={run_dir.name}"])
     assert r.returncode == 0, r.stderr[-4000:]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["ran"] == ["evaluate", "report"]
+    assert summary["ran"] == ["evaluate", "comparison", "report"]   # and the reference re-evaluates too
     assert "adjusted" not in json.loads((run_dir / "evaluate" / "metrics.json").read_text())
 
 

@@ -78,7 +78,7 @@ def test_cosen_local_learns_saves_resumes_and_predicts(spark, tables, tmp_path):
     costs = state["costs"].numpy()
     assert costs.shape == (K,) and costs.max() == pytest.approx(1.0) and (costs > 0).all()
     # one ξ-step per epoch after the first, up to the best epoch; the costs changed from the start
-    assert [u["epoch"] for u in state["updates"]] == list(range(1, r["best_epoch"] + 1))
+    assert [u["epoch"] for u in state["updates"]] == list(range(1, r["best_epoch"]))  # best_epoch is 1-based
     counts = np.bincount(_read(tables / "train")[1], minlength=K)
     if state["updates"]:
         assert not np.allclose(costs, histogram_costs(counts, 0.5, 0.01))

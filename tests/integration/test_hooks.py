@@ -86,7 +86,7 @@ def test_local_hook_state_checkpoints_and_prediction(spark, tables, tmp_path):
     steps_per_epoch = r["history"][0]["steps"]
     best = r["best_epoch"]
     assert method == "probe_hook" and state["rows_seen"] == 600
-    assert state["epochs_seen"] == list(range(best + 1)) and state["steps"] == steps_per_epoch * (best + 1)
+    assert state["epochs_seen"] == list(range(best)) and state["steps"] == steps_per_epoch * best  # best_epoch is 1-based
 
     # resume: a third epoch continues from the saved hook state
     cfg3 = load_config(None, BASE + ["train.epochs=3", "train.select_metric=macro_f1", "train.patience=null"])
@@ -116,7 +116,7 @@ def test_ray_workers_carry_hook_state_to_the_model(ray_local, tables, tmp_path):
     r = train_model(cfg, str(tables / "train"), str(tables / "val"), str(tmp_path / "run"))
     method, state = load_inference_state(tmp_path / "run" / "model")
     assert method == "probe_hook" and state["rows_seen"] == 600     # both shards, summed across workers
-    assert state["epochs_seen"] == list(range(r["best_epoch"] + 1))
+    assert state["epochs_seen"] == list(range(r["best_epoch"]))  # 1-based best_epoch
 
 
 def test_unknown_method_is_one_config_error(tmp_path):

@@ -38,7 +38,7 @@ def _assert_artifact(model_dir: Path, epochs: int):
                 "best_metrics", "history"):
         assert key in meta
     assert meta["n_classes"] == N_CLASSES and len(meta["history"]) == epochs
-    assert [h["epoch"] for h in meta["history"]] == list(range(epochs))
+    assert [h["epoch"] for h in meta["history"]] == list(range(1, epochs + 1))  # 1-based, as the log
     best = max(meta["history"], key=lambda h: h["val_macro_f1"])
     assert meta["best_epoch"] == best["epoch"]
     from pipeline.train.saved_model import load_model
@@ -92,7 +92,7 @@ def test_local_resume_continues_and_early_stopping(tabular, tmp_path):
     # the second of six
     cfg4 = load_config(None, TAB + ["train.epochs=6", "train.patience=1", "train.lr=0.0", "train.resume=false"])
     r = train_local(cfg4, str(tabular / "train"), str(tabular / "val"), str(tmp_path / "es"))
-    assert r["stopped_early"] and r["epochs_run"] == 2 and r["best_epoch"] == 0
+    assert r["stopped_early"] and r["epochs_run"] == 2 and r["best_epoch"] == 1
     assert r["history"][0]["val_macro_f1"] == r["history"][1]["val_macro_f1"]
 
 
@@ -119,7 +119,7 @@ def test_ray_two_workers_worker_killed_mid_epoch_recovers(ray_local, tabular, tm
     # restart from scratch (0, then 0 and 1 again); resuming reports epoch 0 once and epoch 1 once
     snap = json.loads(next((tmp_path / "run" / "ray").glob("train-*/checkpoint_manager_snapshot.json"))
                       .read_text())
-    assert [c["metrics"]["epoch"] for c in snap["checkpoint_results"]] == [0, 1]
+    assert [c["metrics"]["epoch"] for c in snap["checkpoint_results"]] == [1, 2]
     assert r["epochs_run"] == 2
     meta = _assert_artifact(Path(r["model_dir"]), 2)
     assert meta["world_size"] == 2
@@ -143,3 +143,19 @@ def test_ray_stopped_run_resumes_from_its_directory(ray_local, tabular, tmp_path
     assert r["epochs_run"] == 2
     assert r["history"][0] == epoch0                              # epoch 0 was not trained again
     _assert_artifact(Path(r["model_dir"]), 2)
+
+
+def test_best_epoch_uses_the_logs_numbering(tabular, tmp_path, capsys):
+    """best_epoch and history[].epoch are 1-based like the log's "epoch k/N" lines."""
+    from pipeline.train.trainer import train_local
+
+    cfg = load_config(None, TAB + ["train.epochs=3", "train.progress=true", "train.select_metric=macro_f1"])
+    r = train_local(cfg, str(tabular / "train"), str(tabular / "val"), str(tmp_path / "out"))
+    printed = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch ")]
+    logged = [int(ln.split()[1].split("/")[0]) for ln in printed]
+    assert logged == [h["epoch"] for h in r["history"]] == [1, 2, 3]
+    best_line = printed[logged.index(r["best_epoch"])]
+    best_f1 = max(h["val_macro_f1"] for h in r["history"])
+    assert f"val macro-F1 {best_f1:.4f}" in best_line
+    meta = json.loads((tmp_path / "out" / "model" / "model.json").read_text())
+    assert meta["best_epoch"] == r["best_epoch"] and meta["best_metrics"]["epoch"] == r["best_epoch"]

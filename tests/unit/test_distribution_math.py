@@ -65,3 +65,15 @@ def test_step_and_linear_targets():
 def test_split_cutoffs_exact_per_class():
     cut = split_cutoffs({"a": 10, "b": 3, "c": 1001}, [0.2, 0.1])
     assert cut["a"] == [2, 3] and cut["b"] == [1, 1] and cut["c"] == [200, 300]
+
+
+def test_the_minority_classes_message_names_the_classes_and_the_rule():
+    from pipeline.prep.profile import describe_counts, format_distribution
+
+    dist = describe_counts({"a": 50, "b": 29, "c": 15, "d": 5, "e": 1})
+    assert dist["minority_classes"] == ["e", "d", "c", "b"]       # 1+5+15+29 = 50 <= 100/2; + a would not be
+    text = format_distribution(dist)
+    line = next(ln for ln in text.splitlines() if "minority" in ln)
+    assert line.startswith("4 minority classes (e, d, c, b; 50.0% of the rows): the smallest classes that "
+                           "together hold at most half of the rows")
+    assert "Class Rectification Loss" in line and "the other 1 are majority classes" in line

@@ -23,7 +23,7 @@ from packaging.version import Version
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = {"cpu": ROOT / "docker" / "Dockerfile.cpu", "cuda": ROOT / "docker" / "Dockerfile.cuda"}
 # the measured stack (DESIGN.md "The environment"): each must be pinned exactly in both images
-PINNED = ["ray", "pyspark", "pyarrow", "numpy", "pandas", "petastorm", "torch"]
+PINNED = ["ray", "pyspark", "pyarrow", "numpy", "pandas", "petastorm", "torch", "mlflow"]
 
 
 def pyproject_requirements() -> dict[str, Requirement]:

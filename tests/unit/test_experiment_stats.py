@@ -43,10 +43,27 @@ def test_summary_matches_pandas_and_scipy_t_interval():
             assert row["n"] == len(x)
             assert row["mean"] == pytest.approx(x.mean(), rel=1e-12)
             assert row["std"] == pytest.approx(np.std(x, ddof=1), rel=1e-12)
-            lo, hi = stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
-            assert row["ci_low"] == pytest.approx(lo, rel=1e-10)
-            assert row["ci_high"] == pytest.approx(hi, rel=1e-10)
+            # bounded metrics: the t-interval of logit(x), mapped back to [0, 1]
+            z = np.log(x / (1 - x))
+            lo, hi = stats.t.interval(0.95, len(z) - 1, loc=z.mean(), scale=stats.sem(z))
+            assert row["ci_low"] == pytest.approx(1 / (1 + np.exp(-lo)), rel=1e-10)
+            assert row["ci_high"] == pytest.approx(1 / (1 + np.exp(-hi)), rel=1e-10)
+            assert 0 <= row["ci_low"] <= row["mean"] <= row["ci_high"] <= 1
     assert s[(s.metric == "g_mean")]["n"].min() == 4
+
+
+def test_bounded_interval_stays_inside_unit_interval_and_unbounded_stays_t():
+    # two seeds at 0.05 and 0.11: the raw t-interval is [-0.35, 0.51]
+    df = pd.DataFrame({"method": ["a", "a"], "level": [1, 1], "seed": [0, 1], "macro_f1": [0.05, 0.11],
+                       "train_loss": [0.05, 0.11]})
+    s = es.summarize_trials(df, ["macro_f1", "train_loss"]).set_index("metric")
+    assert 0 < s.loc["macro_f1", "ci_low"] < 0.05 and 0.11 < s.loc["macro_f1", "ci_high"] < 1
+    assert s.loc["train_loss", "ci_low"] == pytest.approx(-0.301, abs=1e-3)
+
+
+def test_iman_davenport_degenerate_is_not_infinite():
+    res = es.iman_davenport(4.0, 2, 3)     # two blocks agreeing perfectly on 3 methods: chi2 = N(k-1)
+    assert res["statistic"] is None and res["p_value"] is None and res["degenerate"]
 
 
 def test_summary_single_trial_has_no_interval_and_bad_columns_raise():

@@ -84,3 +84,16 @@ def test_decoders_are_exact():
     np.testing.assert_array_equal(decode_features(feats).numpy(), np.stack(list(feats)))
     with pytest.raises(InputError, match="bytes"):
         decode_images(col, [3, 3])
+
+
+def test_old_checkpoints_progress_is_renumbered_like_the_log():
+    """A progress.json written with 0-based epochs resumes with the 1-based numbering of the log."""
+    from pipeline.train.loop import upgrade_progress
+
+    old = {"config": "c", "epoch": 1, "best_epoch": 0, "history": [{"epoch": 0}, {"epoch": 1}],
+           "best_metrics": {"epoch": 0}, "best_value": 0.5, "bad_epochs": 1}
+    new = upgrade_progress(old)
+    assert new["epochs_done"] == 2 and "epoch" not in new             # two epochs done: resume with "epoch 3/N"
+    assert new["best_epoch"] == 1 and new["best_metrics"]["epoch"] == 1
+    assert [h["epoch"] for h in new["history"]] == [1, 2]
+    assert upgrade_progress(new) == new                                # today's files are left alone

@@ -154,3 +154,34 @@ def test_prior_correction_and_cost_threshold():
         class_priors([10, 3], 3)
     with pytest.raises(InputError):
         cost_threshold(0, 0)
+
+
+def test_the_two_balanced_accuracies_have_their_own_names_and_every_field_is_documented():
+    """balanced_accuracy (mean recall) and macro.balanced_accuracy (mean one-vs-rest) differ, and
+    each says so by its second name; docs/metrics.md documents every field summarize writes."""
+    import re
+    from pathlib import Path
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    rng = np.random.default_rng(3)
+    y = rng.choice(12, 3000, p=np.r_[0.5, np.full(11, 0.5 / 11)])
+    p = np.where(rng.random(3000) < 0.4, y, 0)
+    cm = confusion_matrix(y, p, labels=list(range(12)))
+    m = summarize(classwise_from_confusion(cm), cm, brier=0.1)
+    assert m["mean_recall"] == m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, p))
+    rec, spec = [], []
+    for c in range(12):
+        tp, fn = cm[c, c], cm[c].sum() - cm[c, c]
+        fp, tn = cm[:, c].sum() - tp, cm.sum() - cm[c].sum() - (cm[:, c].sum() - tp)
+        rec.append(tp / (tp + fn))
+        spec.append(tn / (tn + fp))
+    ovr = float(np.mean((np.array(rec) + np.array(spec)) / 2))
+    assert m["mean_ovr_balanced_accuracy"] == m["macro"]["balanced_accuracy"] == pytest.approx(ovr)
+    assert m["mean_ovr_balanced_accuracy"] > m["mean_recall"] + 0.1     # they really differ
+    assert "mean_recall" in m["field_notes"]["balanced_accuracy"]
+    assert "one-vs-rest" in m["field_notes"]["macro.balanced_accuracy"]
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    documented = set(re.findall(r"^\| `([a-z_0-9]+)`", doc, re.M)) | set(re.findall(r"`([a-z_0-9]+)`", doc))
+    fields = set(m) | set(m["per_class"][0]) | {"pred_col", "class_names", "pr_curves", "adjusted", "name"}
+    assert not fields - documented, f"undocumented metrics.json fields: {sorted(fields - documented)}"
