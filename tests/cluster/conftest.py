@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -212,7 +213,6 @@ class RayCluster:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         # Unix socket paths must stay short: a private temp dir directly under /tmp
-        import tempfile
         self.temp_dir = Path(tempfile.mkdtemp(prefix="rc-", dir="/tmp"))
         self.port, self.dash = free_port(), free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -222,6 +222,7 @@ class RayCluster:
         self.env = clean_env(PATH=f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}")
         self.python = python
         self.nodes: list[Daemon] = []
+        self.node_temp_dirs: list[Path] = []
         try:
             self.head = Daemon(
                 [python, "-m", "ray.scripts.scripts", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", self.port,
@@ -246,10 +247,20 @@ class RayCluster:
                 "--metrics-export-port", free_port(), "--runtime-env-agent-port", free_port()]
 
     def add_node(self) -> Daemon:
+        """One more ``ray start --address`` node, with its own temp dir, as a separate machine has.
+
+        Nodes sharing one temp dir share one ``runtime_resources/`` too: the second node's runtime
+        env agent then deletes the job's unpacked working dir (the driver's cwd, and the cwd of the
+        driver's Spark Python workers) when its own workers are done with it, and the next Spark
+        task that loads torch dies with "Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so".
+        """
         n = len(self.nodes)
         want = self.alive_nodes() + 1
+        node_tmp = Path(tempfile.mkdtemp(prefix=f"rn{n}-", dir="/tmp"))
+        self.node_temp_dirs.append(node_tmp)
         d = Daemon([self.python, "-m", "ray.scripts.scripts", "start", "--address", self.address, "--node-ip-address", "127.0.0.1",
-                    "--num-cpus", "1", "--disable-usage-stats", *self.node_ports(), "--block"], self.root / f"node{n}.log", self.env)
+                    "--num-cpus", "1", "--disable-usage-stats", "--temp-dir", node_tmp, *self.node_ports(), "--block"],
+                   self.root / f"node{n}.log", self.env)
         self.nodes.append(d)
         wait_for(lambda: self.alive_nodes() >= want, STARTUP_TIMEOUT, f"Ray node {n}", daemon=d)
         return d
@@ -288,10 +299,11 @@ class RayCluster:
         for d in reversed(self.nodes):
             d.stop()
         # keep the session's logs (job drivers, raylets) beside the test's files, then clean up
-        for logs in self.temp_dir.glob("session_2*/logs"):
-            shutil.copytree(logs, self.root / "logs" / logs.parent.name, dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("*.sock", "*.err.*"), ignore_dangling_symlinks=True)
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        for i, tmp in enumerate([self.temp_dir, *self.node_temp_dirs]):
+            for logs in tmp.glob("session_2*/logs"):
+                shutil.copytree(logs, self.root / "logs" / f"node{i}-{logs.parent.name}", dirs_exist_ok=True,
+                                ignore=shutil.ignore_patterns("*.sock", "*.err.*"), ignore_dangling_symlinks=True)
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

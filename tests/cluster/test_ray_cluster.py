@@ -49,10 +49,14 @@ def test_ray_job_submit_trains_on_both_nodes(ray_cluster, submitted):
     assert len(nodes) >= 2, f"training workers ran on {nodes}: not spread over both nodes"
 
 
-def test_cluster_output_is_one_line_per_epoch(submitted):
+def test_cluster_output_is_one_line_per_epoch(ray_cluster, submitted):
+    """What ``ray job logs`` shows a user watching the job: the driver's output, nothing repeated."""
     _, _, r = submitted
     assert r.returncode == 0, r.stdout[-3000:]
-    lines = [l.strip() for l in r.stdout.splitlines() if l.strip()]
+    job_id = re.search(r"Job '(raysubmit_\w+)' submitted", r.stdout + r.stderr).group(1)
+    logs = get_json(f"{ray_cluster.dashboard}/api/jobs/{job_id}/logs")["logs"]
+    lines = [l.strip() for l in logs.splitlines() if l.strip()]
+    assert any("train: done" in l for l in lines), lines[-60:]
     epoch_lines = [l for l in lines if re.search(r"epoch \d+/2: loss [\d.]+ .*val macro-F1 [\d.]+ .*rows/s", l)]
     assert len(epoch_lines) == 2 and "epoch 1/2" in epoch_lines[0] and "epoch 2/2" in epoch_lines[1], lines[-60:]
     repeated = sorted({l for l in lines if lines.count(l) > 1})
