@@ -600,6 +600,9 @@ def resume_training(s: TrainingSession, resume_dir: Optional[str]) -> None:
         ms = torch.load(str(rd / METHOD_STATE_FILE), map_location="cpu", weights_only=False)
         s.hook.load_state_dict(ms["train"])
         s.best_inference = ms.get("inference")
+    if s.rank == 0 and s.cfg.train.progress:  # a restarted worker group says where it picks up (after a node failure, say)
+        console_line(f"resuming after epoch {s.progress['epochs_done']}/{s.n_epochs} from its checkpoint",
+                     in_ray=s.report_fn is not None)
 
 
 def train_epoch(s: TrainingSession, epoch: int, crash) -> dict:
