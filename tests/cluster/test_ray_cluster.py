@@ -72,7 +72,9 @@ def epochs_printed(text: str) -> list[int]:
 
 def test_node_failure_resumes_from_checkpoint(ray_cluster, tmp_path):
     root = tmp_path / "runs"
-    args = run_args(root, "train.epochs=5", "train.max_failures=3")
+    # one Petastorm reader thread per worker: rows then come in the same seeded order in every run
+    # (with two threads the order of row groups varies between runs, and so does the loss)
+    args = run_args(root, "train.epochs=5", "train.max_failures=3", "stream.workers_count=1")
     # the undisturbed run (same seed) first; its data stages are then reused by the disturbed run
     r = ray_cluster.submit(args, cwd=tmp_path, timeout=JOB_TIMEOUT)
     assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-3000:]
@@ -146,7 +148,10 @@ def test_storage_probe_names_run_root_and_node(ray_cluster, tmp_path):
     errs = [l for l in r.stdout.splitlines() if l.startswith("ERR ")]
     assert len(errs) == 1, r.stdout[-3000:]
     line = errs[0]
-    assert "run.root" in line and "Ray node 127.0.0.1" in line and str(blocker) in line, line
+    # Ray names a node by the machine's address even when started with --node-ip-address 127.0.0.1
+    ips = {v for n in ray_cluster.node_list() for v in (n.get("ip"), n.get("raylet", {}).get("nodeManagerAddress")) if v}
+    assert "run.root" in line and str(blocker) in line, line
+    assert re.search(r"Ray node (\S+) \(node [0-9a-f]{8}\)", line).group(1) in ips, (line, ips)
     assert (tmp_path / "ok").is_dir()
 
 
