@@ -1,4 +1,5 @@
-"""GPU training-loop throughput: ResNet-18 at 32×32 with AMP, fed by our decoder vs data already on the GPU.
+"""GPU throughput of training (ResNet-18 or LeNet-5 at 32×32, AMP) and batch prediction, fed by our
+decoder vs the same batches already on the GPU.
 
 Standalone on purpose: it imports only PyTorch and NumPy at module level (a GPU box may have
 nothing else), plus ``pyarrow`` if it is installed. It builds its own table of raw uint8 32×32
@@ -11,10 +12,15 @@ GradScaler; Adam; cross-entropy) two ways:
                the step moves uint8 to the GPU (4x fewer bytes than float) and scales there;
 * ``on_gpu`` — the same uint8 batches already resident on the GPU (the ceiling).
 
+``--predict`` times prediction the same two ways instead: the network in ``torch.inference_mode``
+(under the same autocast), the softmax scores copied back to the host, as Spark's predict does.
+
 Goal: fed / on_gpu ≥ 0.9. Prints one JSON line. Smoke test on a CPU:
 
     python bench/gpu_loop.py --device cpu --steps 5
-    python bench/gpu_loop.py --steps 300 --batch 256 --amp bf16         # on a CUDA machine
+    python bench/gpu_loop.py --steps 300 --batch 256 --amp bf16                   # on a CUDA machine
+    python bench/gpu_loop.py --steps 300 --batch 256 --amp bf16 --model lenet
+    python bench/gpu_loop.py --steps 300 --batch 1024 --amp bf16 --predict
 """
 from __future__ import annotations
 
@@ -60,11 +66,12 @@ except Exception:  # pragma: no cover
     pa = pq = None
 
 
-def build_resnet18(n_classes: int, channels: int) -> torch.nn.Module:
+def build_network(name: str, n_classes: int, channels: int) -> torch.nn.Module:
+    """``resnet18`` or ``lenet``, built by the project's model registry (as training builds them)."""
     from pipeline.train.models import build_model
 
-    cfg = types.SimpleNamespace(name="resnet", depth=18, width=64, dropout=0.0, classifier="linear",
-                                hidden=[], batch_norm=False)
+    cfg = types.SimpleNamespace(name="resnet" if name == "resnet18" else name, depth=18, width=64, dropout=0.0,
+                                classifier="linear", hidden=[], batch_norm=False)
     return build_model(cfg, (channels, 32, 32), n_classes)
 
 
@@ -167,6 +174,19 @@ def make_step(model, device, amp: str):
     return step
 
 
+def make_predict_step(model, device, amp: str):
+    """One prediction batch: softmax scores under inference_mode, copied back to the host."""
+    use_amp = device.type == "cuda" and amp != "off"
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+
+    def step(x_u8, y):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=use_amp):
+            p = torch.softmax(model(to_float(x_u8, device, non_blocking=True)).float(), dim=1)
+        return p.to("cpu", non_blocking=False)
+
+    return step
+
+
 def timed(step, batches, steps: int, warmup: int, device) -> float:
     it = iter(batches)
     for _ in range(warmup):
@@ -177,9 +197,10 @@ def timed(step, batches, steps: int, warmup: int, device) -> float:
     n = 0
     for _ in range(steps):
         x, y = next(it)
-        loss = step(x, y)
+        out = step(x, y)
         n += len(y)
-    float(loss.detach())  # waits for the last step
+    if out.dim() == 0:
+        float(out.detach())  # waits for the last step
     if device.type == "cuda":
         torch.cuda.synchronize()
     return n / (time.perf_counter() - t0)
@@ -199,6 +220,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--storage", choices=["auto", "parquet", "memmap"], default="auto",
                     help="auto: Parquet when pyarrow is installed, else a NumPy memmap")
     ap.add_argument("--repeat", type=int, default=2, help="alternating runs of each path; medians reported")
+    ap.add_argument("--model", choices=["resnet18", "lenet"], default="resnet18")
+    ap.add_argument("--predict", action="store_true", help="time batch prediction instead of training steps")
     a = ap.parse_args(argv)
     device = torch.device(a.device)
     cuda = device.type == "cuda"
@@ -209,14 +232,18 @@ def main(argv=None) -> dict:
     if cuda:
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    model = build_resnet18(a.classes, 1).to(device)
+    model = build_network(a.model, a.classes, 1).to(device)
     if a.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    model.train()
-    step = make_step(model, device, a.amp)
+    if a.predict:
+        model.eval()
+        step = make_predict_step(model, device, a.amp)
+    else:
+        model.train()
+        step = make_step(model, device, a.amp)
     res = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__,
            "decoder": DECODER, "storage": None, "batch": batch, "steps": a.steps, "amp": a.amp if cuda else "off",
-           "model": "resnet18", "image": [1, 32, 32]}
+           "model": a.model, "mode": "predict" if a.predict else "train", "image": [1, 32, 32]}
     with tempfile.TemporaryDirectory(prefix="gpu-loop-") as tmp:
         data = make_data(Path(tmp), rows, row_group, a.classes, storage=a.storage)
         res["storage"] = data["kind"]
