@@ -43,8 +43,8 @@ from typing import Iterator, Optional
 
 import pyarrow as pa
 
-from pipeline.data.images import (EMPTY, EXTENSIONS, check_options, decode_batch, decoded_frame, image_shape,
-                                  output_schema)
+from pipeline.data.images import (DECODED_FIELDS, EMPTY, EXTENSIONS, check_options, decode_values, decoded_frame,
+                                  image_shape, output_schema)
 from pipeline.data.schema import DatasetInfo, write_info
 from pipeline.data.source import label_index, write_labels
 from pipeline.errors import InputError
@@ -195,15 +195,12 @@ def empty_files(spark, root: str):
     return rdd.flatMap(lambda t: [(p,) for p, n in walk_images(*t) if n == 0]).toDF("path string")
 
 
-def read_files(batch: pa.RecordBatch, root: str) -> pa.RecordBatch:
-    """``batch`` (relative ``path``, ``reason``...) plus ``image``: each file's bytes, read from ``root``.
+def read_files(paths: list, pre: list, root: str) -> tuple[list, list]:
+    """Each file's bytes, read from ``root``/``path``, and the reasons: ``(data, reasons)``.
 
-    A file that cannot be read (deleted since the listing, no permission) gets a null image and
-    the reason :data:`UNREADABLE`, unless it already has one.
+    A file that cannot be read (deleted since the listing, no permission) gets None and the
+    reason :data:`UNREADABLE`, unless it already has one.
     """
-    names = batch.schema.names
-    paths = batch.column(names.index("path")).to_pylist()
-    pre = batch.column(names.index("reason")).to_pylist()
     data, reasons = [], []
     for rel, why in zip(paths, pre):
         try:
@@ -213,9 +210,7 @@ def read_files(batch: pa.RecordBatch, root: str) -> pa.RecordBatch:
             data.append(None)
             why = why or UNREADABLE
         reasons.append(why)
-    cols = [batch.column(i) for i, n in enumerate(names) if n != "reason"]
-    return pa.RecordBatch.from_arrays(cols + [pa.array(reasons, pa.string()), pa.array(data, pa.large_binary())],
-                                      names=[n for n in names if n != "reason"] + ["reason", "image"])
+    return data, reasons
 
 
 def read_decoded_frame(files, root: str, size: int, mode: str, resize: str, min_size: int):
@@ -229,13 +224,16 @@ def read_decoded_frame(files, root: str, size: int, mode: str, resize: str, min_
 
     check_options(size, mode, resize, min_size)
     root = str(local_path(root).resolve())
-    arrow_in = to_arrow_schema(files.schema).append(pa.field("image", pa.large_binary()))
-    out = from_arrow_schema(output_schema(arrow_in, "image"))
+    arrow_in = to_arrow_schema(files.schema)
+    schema = output_schema(arrow_in.append(pa.field("image", pa.binary())), "image")
+    keep = [f.name for f in schema if f.name in arrow_in.names and f.name not in {n for n, _ in DECODED_FIELDS}]
 
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for b in batches:
-            yield decode_batch(read_files(b, root), size, mode, resize, min_size, "image")
-    return files.mapInArrow(fn, out)
+            data, reasons = read_files(b.column("path").to_pylist(), b.column("reason").to_pylist(), root)
+            decoded = decode_values(data, reasons, size, mode, resize, min_size)
+            yield pa.RecordBatch.from_arrays([b.column(n) for n in keep] + decoded, schema=schema)
+    return files.mapInArrow(fn, from_arrow_schema(schema))
 
 
 class Progress:
@@ -294,24 +292,27 @@ def _examples(df, key: str, n: int = 3) -> dict:
 def _duplicates(data, limit: int = 5) -> dict:
     """Files with identical bytes: groups, extra copies, groups spanning classes, a few examples.
 
-    One shuffle by ``sha1``; the (usually few) duplicate groups are kept for the two small reads.
+    One shuffle by ``sha1`` counting copies (no per-file lists); the paths are looked up only for
+    the ``limit`` largest groups, the first 3 of each.
     """
     # deferred: pyspark is heavy
     from pyspark.sql import functions as F
 
     groups = (data.groupBy("sha1")
-              .agg(F.count("*").alias("n"), F.countDistinct("label").alias("labels"),
-                   F.slice(F.sort_array(F.collect_list("path")), 1, 3).alias("paths"))
+              .agg(F.count("*").alias("n"), (F.min("label") != F.max("label")).alias("across"))
               .where("n > 1")).persist()
     try:
         agg = groups.agg(F.count("*").alias("groups"), F.sum(F.col("n") - 1).alias("extra"),
-                         F.sum(F.when(F.col("labels") > 1, 1).otherwise(0)).alias("conflicts")).collect()[0]
-        examples = [list(r["paths"]) for r in groups.orderBy(F.desc("n"), "sha1").limit(limit).collect()] \
-            if agg["groups"] else []
+                         F.sum(F.when(F.col("across"), 1).otherwise(0)).alias("conflicts")).collect()[0]
+        top = [r["sha1"] for r in groups.orderBy(F.desc("n"), "sha1").limit(limit).collect()] if agg["groups"] else []
     finally:
         groups.unpersist()
+    paths = {}
+    if top:
+        paths = {r[0]: list(r[1]) for r in data.where(F.col("sha1").isin(top)).groupBy("sha1")
+                 .agg(F.slice(F.sort_array(F.collect_list("path")), 1, 3)).collect()}
     return {"groups": int(agg["groups"] or 0), "extra_copies": int(agg["extra"] or 0),
-            "groups_across_classes": int(agg["conflicts"] or 0), "examples": examples}
+            "groups_across_classes": int(agg["conflicts"] or 0), "examples": [paths[h] for h in top]}
 
 
 def _counts_and_sizes(rows) -> tuple[dict, dict, dict]:
