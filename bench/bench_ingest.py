@@ -5,7 +5,8 @@ single-process Pillow loop doing the same decode + resize over the same files.
 
 Writes the synthetic plankton tree once (``--tree``, reused when it exists) and prints, per repeat
 and as medians: files/s of the ingest (whole stage: listing, decode, write, summary) and of its
-decode+write job alone, files/s of the Pillow loop, their ratio, and the output bytes per image.
+decode+write job alone, files/s of the Pillow loop, their ratio, the output bytes per image, and
+the machine's 1-minute load average at the end of each repeat (the machine may be shared).
 """
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ def main() -> None:
                      "bytes": s["output_bytes_per_image"]})
         print(f"repeat {r}: ingest {rows[-1]['stage']:,.0f} files/s (decode+write job {rows[-1]['decode']:,.0f}), "
               f"Pillow loop {rows[-1]['pillow']:,.0f} files/s, ratio {rows[-1]['stage'] / rows[-1]['pillow']:.2f} "
-              f"(job alone {rows[-1]['decode'] / rows[-1]['pillow']:.2f})", flush=True)
+              f"(job alone {rows[-1]['decode'] / rows[-1]['pillow']:.2f}); load average {os.getloadavg()[0]:.1f}",
+              flush=True)
     med = {k: statistics.median(r[k] for r in rows) for k in ("stage", "decode", "pillow")}
     print(f"median of {args.repeats}: ingest {med['stage']:,.0f} files/s, decode+write job {med['decode']:,.0f} files/s, "
           f"Pillow loop {med['pillow']:,.0f} files/s; ratio {med['stage'] / med['pillow']:.2f} "

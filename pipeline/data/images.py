@@ -9,7 +9,8 @@ split stage). Three layers, each usable on its own:
 ``decode_batch(batch, ...)``
     the same over an Arrow record batch (what Spark's ``mapInArrow`` hands an executor): adds
     ``image`` (raw bytes of size×size(×3)), ``width``, ``height`` (of the original), ``sha1`` (of the
-    encoded bytes) and ``reason`` (null when the image decoded).
+    encoded bytes) and ``reason`` (null when the image decoded). ``decode_values`` does the same
+    on a plain list of bytes (``imbalance ingest`` uses it on the files its workers read).
 ``decode_images(df, ...)``
     DataFrame in, ``(images_df, rejected_df)`` out, for your own Spark jobs.
 
@@ -174,6 +175,18 @@ def decode_batch(batch: pa.RecordBatch, size: int, mode: str, resize: str, min_s
     names = batch.schema.names
     data = batch.column(names.index(image_col)).to_pylist()
     pre = batch.column(names.index("reason")).to_pylist() if "reason" in names else [None] * len(data)
+    schema = output_schema(batch.schema, image_col, drop)
+    cols = [batch.column(names.index(f.name)) for f in schema if f.name in names and f.name not in
+            {n for n, _ in DECODED_FIELDS}]
+    return pa.RecordBatch.from_arrays(cols + decode_values(data, pre, size, mode, resize, min_size), schema=schema)
+
+
+def decode_values(data: list, pre: list, size: int, mode: str, resize: str, min_size: int = 1) -> list:
+    """The decoded columns (``DECODED_FIELDS``, as Arrow arrays) of encoded ``data`` (bytes or None).
+
+    ``pre``: a reason already known for each value (None to decode it); such values are not
+    decoded but still get their ``sha1``.
+    """
     images, widths, heights, digests, reasons = [], [], [], [], []
     for raw, why in zip(data, pre):
         digests.append(hashlib.sha1(raw).hexdigest() if raw is not None else None)
@@ -191,12 +204,8 @@ def decode_batch(batch: pa.RecordBatch, size: int, mode: str, resize: str, min_s
         widths.append(None)
         heights.append(None)
         reasons.append(why)
-    schema = output_schema(batch.schema, image_col, drop)
-    cols = [batch.column(names.index(f.name)) for f in schema if f.name in names and f.name not in
-            {n for n, _ in DECODED_FIELDS}]
-    cols += [pa.array(images, pa.binary()), pa.array(widths, pa.int32()), pa.array(heights, pa.int32()),
-             pa.array(digests, pa.string()), pa.array(reasons, pa.string())]
-    return pa.RecordBatch.from_arrays(cols, schema=schema)
+    return [pa.array(images, pa.binary()), pa.array(widths, pa.int32()), pa.array(heights, pa.int32()),
+            pa.array(digests, pa.string()), pa.array(reasons, pa.string())]
 
 
 def decode_batches(size: int, mode: str, resize: str, min_size: int = 1, image_col: str = "image",

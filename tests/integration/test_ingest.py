@@ -172,3 +172,37 @@ def test_synth_png_folders_round_trip(spark, tmp_path):
         im.EMPTY, im.NOT_AN_IMAGE, im.CORRUPT}
     with pytest.raises(InputError):
         synthesize_image_folders(spark, "tabular", 10, 0, str(tmp_path / "t2"))
+
+
+@pytest.mark.parametrize("label_from", ["folder", "manifest"])
+def test_python_and_spark_readers_give_the_same_outputs(spark, tree, tmp_path, label_from):
+    """Files read by the Python workers (local roots) or by Spark's binaryFile source: same rows."""
+    root, expected = tree
+    mixed = tmp_path / "mixed"
+    shutil.copytree(root, mixed)
+    first = mixed / sorted(expected["good"])[0]
+    for hidden in ("_staging/a.png", ".cache/b.png", "3/_tmp.png", "3/.c.png"):  # skipped, as Spark does
+        (mixed / hidden).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(first, mixed / hidden)
+    (mixed / "3" / "readme.txt").write_text("not an image extension\n")
+    kw = {}
+    if label_from == "manifest":
+        listed = sorted(expected["good"])[::3] + ["stray.png", "5/empty.png", "4/notes.png"]
+        (tmp_path / "m.csv").write_text("path,label\n" + "".join(f"{p},{'ab'[i % 2]}\n" for i, p in enumerate(listed)))
+        kw = {"label_from": "manifest", "manifest": str(tmp_path / "m.csv")}
+    got = {}
+    for reader in ("python", "spark"):
+        out = tmp_path / reader
+        s = ingest_images(spark, str(mixed), str(out), size=12, progress=False, reader=reader, **kw)
+        data = sorted(tuple(r) for r in spark.read.parquet(str(out / "data"))
+                      .select("id", "label", "image", "path", "width", "height", "sha1").collect())
+        rejected = sorted(tuple(r) for r in spark.read.parquet(str(out / "rejected"))
+                          .select("path", "label", "id", "sha1", "reason").collect())
+        for k in ("seconds", "decode_seconds", "files_per_s", "table"):
+            s.pop(k)
+        got[reader] = (data, rejected, s, json.loads((out / "data" / "_dataset.json").read_text()))
+    assert got["python"] == got["spark"]
+    data, rejected, s, _ = got["python"]
+    assert not any(p.startswith(("_", ".")) or "/_" in p or "/." in p for p in [r[3] for r in data] + [r[0] for r in rejected])
+    if label_from == "folder":
+        assert {r[0]: r[4] for r in rejected} == expected["bad"]
