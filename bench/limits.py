@@ -254,7 +254,7 @@ def stage_runner(spark, cfg, root: Path, preset_cap: int):
     from pipeline.data.schema import read_info
     from pipeline.data.synth import synthesize
     from pipeline.evaluation.evaluate import evaluate_predictions
-    from pipeline.evaluation.thresholds import apply_threshold_moving
+    from pipeline.evaluation.thresholds import rule_adjuster
     from pipeline.io import read_json
     from pipeline.prep.sampling import sample_dataset
     from pipeline.prep.split import split_dataset
@@ -268,12 +268,10 @@ def stage_runner(spark, cfg, root: Path, preset_cap: int):
     def run_evaluate(out: Path) -> None:
         preds = str(root / "predict")
         labels = read_json(root / "split" / "labels.json")["labels"]
-        adjusted = str(out) + "_adjusted"
-        apply_threshold_moving(spark, preds, adjusted, cfg.evaluate.threshold_moving,
-                               class_counts=read_info(str(root / "split" / "train")).class_counts,
-                               n_classes=len(labels))
-        evaluate_predictions(spark, adjusted, str(out), label_col=label, n_classes=len(labels), class_names=labels)
-        rm(adjusted)
+        adjust = rule_adjuster(cfg.evaluate.threshold_moving, len(labels),
+                               class_counts=read_info(str(root / "split" / "train")).class_counts)
+        evaluate_predictions(spark, preds, str(out), label_col=label, n_classes=len(labels), class_names=labels,
+                             adjust=adjust)
 
     return {
         "synth": lambda out: synthesize(spark, cfg.data.synth_preset, cfg.data.rows, seed, str(out)),

@@ -57,7 +57,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -353,8 +353,12 @@ def _int_column(batch, name):
     return col.to_numpy(zero_copy_only=False).astype(np.int64), None
 
 
-def _scan_fn(k: int, has_pred: bool, has_adj: bool):
-    """Per-partition validation and aggregates (confusion matrices, Brier sum, score histograms)."""
+def _scan_fn(k: int, has_pred: bool, has_adj: bool, adjust: Optional[Callable] = None):
+    """Per-partition validation and aggregates (confusion matrices, Brier sum, score histograms).
+
+    ``adjust``: a function (n, k) probs → n class indices (a threshold-moving rule); its decisions
+    are counted as ``pred_adjusted`` in this same pass instead of being read from a column.
+    """
 
     def fn(batches: Iterator) -> Iterator:
         # deferred: pyarrow is slow to import
@@ -375,7 +379,7 @@ def _scan_fn(k: int, has_pred: bool, has_adj: bool):
             if err:
                 break
             preds = {}
-            for name, on in (("pred", has_pred), ("pred_adjusted", has_adj)):
+            for name, on in (("pred", has_pred), ("pred_adjusted", has_adj and adjust is None)):
                 if on:
                     preds[name], err = _int_column(batch, name)
                     if err:
@@ -388,6 +392,8 @@ def _scan_fn(k: int, has_pred: bool, has_adj: bool):
             err = _check_block(P, labels, preds, k)
             if err:
                 break
+            if adjust is not None:
+                preds["pred_adjusted"] = np.asarray(adjust(P), dtype=np.int64)
             m = len(labels)
             n += m
             rows = np.arange(m)
@@ -436,14 +442,20 @@ class Scan:
     hist_neg: np.ndarray
 
 
-def scan_predictions(loaded: Loaded) -> Scan:
-    """Pass 1: validate every row and aggregate what is O(classes) (raises InputError on bad rows)."""
+def scan_predictions(loaded: Loaded, adjust: Optional[Callable] = None) -> Scan:
+    """Pass 1: validate every row and aggregate what is O(classes) (raises InputError on bad rows).
+
+    ``adjust``: a threshold-moving rule as a function of the probs block (see :func:`_scan_fn`);
+    its confusion matrix is ``cm_adjusted``, as if the table had a ``pred_adjusted`` column.
+    """
     # deferred: pyspark is slow to import
     from pyspark.sql import functions as F
 
     k = loaded.n_classes
     has_pred = "pred" in loaded.df.columns
-    agg = (loaded.df.mapInArrow(_scan_fn(k, has_pred, loaded.has_adjusted), _SCAN_SCHEMA)
+    has_adj = loaded.has_adjusted or adjust is not None
+    df = loaded.df.drop("pred_adjusted") if adjust is not None else loaded.df
+    agg = (df.mapInArrow(_scan_fn(k, has_pred, has_adj, adjust), _SCAN_SCHEMA)
            .groupBy("kind", "i", "j")
            .agg(F.sum("a").alias("a"), F.sum("b").alias("b"), F.sum("x").alias("x"),
                 F.first("msg", ignorenulls=True).alias("msg"))
@@ -468,7 +480,7 @@ def scan_predictions(loaded: Loaded) -> Scan:
     hp[h.i.to_numpy(), h.j.to_numpy()] = h.a.to_numpy()
     hn[h.i.to_numpy(), h.j.to_numpy()] = h.b.to_numpy()
     return Scan(n=n, brier_sum=float(nrow.x.sum()), cm=matrix("cm") if has_pred else None,
-                cm_adjusted=matrix("cma") if loaded.has_adjusted else None, hist_pos=hp, hist_neg=hn)
+                cm_adjusted=matrix("cma") if has_adj else None, hist_pos=hp, hist_neg=hn)
 
 
 # ------------------------------------------------------------------------------ pass 2: rank
@@ -668,10 +680,15 @@ def _threshold_block(cm: np.ndarray, names) -> dict:
 
 def compute_metrics(spark, predictions, label_col: str = "label", pred_col: str = "pred",
                     n_classes: Optional[int] = None, class_names=None, curve_classes: int = 4,
-                    target_group_rows: Optional[int] = None) -> dict:
-    """All metrics of a predictions table, without writing anything (see module docstring)."""
+                    target_group_rows: Optional[int] = None, adjust: Optional[Callable] = None) -> dict:
+    """All metrics of a predictions table, without writing anything (see module docstring).
+
+    ``adjust``: a threshold-moving rule (probs block → class indices, e.g.
+    :func:`pipeline.evaluation.thresholds.rule_adjuster`) whose decisions are scored as
+    ``adjusted`` in the same scan, so no adjusted table has to be written and read again.
+    """
     loaded = load_predictions(spark, predictions, label_col, pred_col, n_classes, class_names)
-    scan = scan_predictions(loaded)
+    scan = scan_predictions(loaded, adjust)
     k = loaded.n_classes
     per_class = _threshold_block(scan.cm, loaded.class_names)
     present = [r["label"] for r in per_class if r["support"] > 0]
