@@ -31,6 +31,7 @@ from pipeline.prep.keys import BUCKET, KEY, assign_buckets, split_cutoffs
 
 SPLITS = ("train", "val", "test")
 SPLIT_COL = "split"
+BROADCAST_IDS = 1_000_000   # duplicated ids joined by broadcast up to this many
 
 
 def _reason_col(df: DataFrame, info: DatasetInfo, label_col: str) -> F.Column:
@@ -73,8 +74,13 @@ def validate_rows(df: DataFrame, info: DatasetInfo, label_col: str) -> DataFrame
         raise InputError(f"input has no '{IMAGE_COL}' column")
     df = df.withColumn("reason", _reason_col(df, info, label_col))
     # Duplicated ids break (id, copy) uniqueness downstream: reject every row of such an id.
+    # Found with a job that reads the ids alone; the rows are joined with them only when there
+    # are any (broadcast while few), so a clean table is never shuffled with its images.
     dups = df.groupBy("id").count().where("count > 1 and id is not null").select("id", F.lit(True).alias("_dup"))
-    df = df.join(F.broadcast(dups) if False else dups, on="id", how="left")
+    n_dups = dups.count()
+    if n_dups == 0:
+        return df
+    df = df.join(F.broadcast(dups) if n_dups <= BROADCAST_IDS else dups, on="id", how="left")
     df = df.withColumn("reason", F.when(F.col("_dup") & F.col("reason").isNull(), F.lit("duplicate id"))
                        .otherwise(F.col("reason"))).drop("_dup")
     return df
@@ -127,25 +133,41 @@ def split_frame(df, val: float = 0.1, test: float = 0.2, random_state: int = 0, 
                              F.lit("split is not train/val/test")).otherwise(F.col("reason")))
     valid = checked.where(F.col("reason").isNull()).drop("reason")
     rejected = checked.where(F.col("reason").isNotNull())
-    counts = {r[0]: int(r[1]) for r in valid.groupBy(label_col).count().collect()}
-    n_rejected = rejected.count()
-    if not counts:
-        top = rejected.groupBy("reason").count().orderBy(F.desc("count")).limit(1).collect()
-        why = f", mostly: {top[0][0]}" if top else ""
-        raise InputError(f"no valid row left ({n_rejected} rejected{why})")
-    mapping = label_index(counts)
-    indexed = _index_labels(valid, label_col, mapping)
-    idx_counts = {mapping[k]: v for k, v in counts.items()}
-    if SPLIT_COL in df.columns:
-        assigned = indexed
-    else:
-        cut = split_cutoffs(idx_counts, [test, val])
-        assigned = assign_buckets(indexed, label_col, idx_counts, cut, random_state)
-        assigned = assigned.withColumn(
-            SPLIT_COL, F.element_at(F.array(*[F.lit(s) for s in ("test", "val", "train")]), F.col(BUCKET) + 1)
-        ).drop(BUCKET, KEY)
+    # The counts and the rows at the cut-offs come from a narrow, persisted copy of (id, label,
+    # reason): one read of the table for all of them; only the final write reads every column.
+    narrow = checked.select("id", label_col, "reason").persist()
+    try:
+        tally = narrow.groupBy("reason", label_col).count().collect()
+        counts: dict = {}
+        reasons: dict = {}
+        for reason, lab, c in tally:
+            if reason is None:
+                counts[lab] = counts.get(lab, 0) + int(c)
+            else:
+                reasons[reason] = reasons.get(reason, 0) + int(c)
+        n_rejected = sum(reasons.values())
+        if not counts:
+            why = f", mostly: {max(reasons, key=reasons.get)}" if reasons else ""
+            raise InputError(f"no valid row left ({n_rejected} rejected{why})")
+        mapping = label_index(counts)
+        indexed = _index_labels(valid, label_col, mapping)
+        idx_counts = {mapping[k]: v for k, v in counts.items()}
+        if SPLIT_COL in df.columns:
+            assigned = indexed
+        else:
+            cut = split_cutoffs(idx_counts, [test, val])
+            narrow_valid = _index_labels(narrow.where(F.col("reason").isNull()).drop("reason"), label_col, mapping)
+            assigned = assign_buckets(indexed, label_col, idx_counts, cut, random_state, ranks_from=narrow_valid)
+            assigned = assigned.withColumn(
+                SPLIT_COL, F.element_at(F.array(*[F.lit(s) for s in ("test", "val", "train")]), F.col(BUCKET) + 1)
+            ).drop(BUCKET, KEY)
+    finally:
+        narrow.unpersist()
+    # columns in the order the split has always written them: label (split) or id (pre-split) first
+    first = ["id"] if SPLIT_COL in df.columns else [label_col, "id"]
+    assigned = assigned.select(*first, *[c for c in assigned.columns if c not in first])
     return assigned, rejected, {"labels": list(mapping), "counts": idx_counts, "rejected": int(n_rejected),
-                                "info": info, "presplit": SPLIT_COL in df.columns}
+                                "rejected_reasons": reasons, "info": info, "presplit": SPLIT_COL in df.columns}
 
 
 def split_dataset(
@@ -190,47 +212,45 @@ def split_dataset(
         df = read_table(spark, input, label_col)
         info = table_info(input, df, label_col, image_shape)
 
-    df = df.persist()   # read once: counted, then split and quarantined
     try:
-        try:
-            assigned, rejected, fit = split_frame(df, val, test, seed, label_col, info=info, size=size, mode=mode,
-                                                  resize=resize, min_size=min_size)
-        except InputError as e:
-            if str(e).startswith("no valid row"):
-                raise InputError(f"no valid row left in {input}{str(e)[len('no valid row left'):]}") from None
-            raise
-        labels, n_rejected = fit["labels"], fit["rejected"]
-        out_p = local_path(out)
-        info.n_classes = len(labels)
-        info.labels = labels
-        with atomic_dir(out_p) as tmp:
-            data_cols = [c for c in assigned.columns if c != SPLIT_COL]
-            assigned.write.partitionBy(SPLIT_COL).parquet(spark_uri(tmp / "_all"))
-            split_counts = {}
-            for name in SPLITS:
-                part_dir = tmp / "_all" / f"{SPLIT_COL}={name}"
-                target = tmp / name
-                if part_dir.exists():
-                    part_dir.rename(target)
-                    part = spark.read.parquet(spark_uri(target))
-                    c = {int(r[0]): int(r[1]) for r in part.groupBy(label_col).count().collect()}
-                else:
-                    spark.createDataFrame([], assigned.select(*data_cols).schema).write.parquet(spark_uri(target))
-                    c = {}
-                split_counts[name] = {str(k): c.get(k, 0) for k in range(len(labels))}
-                part_info = DatasetInfo(**{**info.to_dict(), "class_counts": split_counts[name]})
-                write_info(target, part_info)
+        assigned, rejected, fit = split_frame(df, val, test, seed, label_col, info=info, size=size, mode=mode,
+                                              resize=resize, min_size=min_size)
+    except InputError as e:
+        if str(e).startswith("no valid row"):
+            raise InputError(f"no valid row left in {input}{str(e)[len('no valid row left'):]}") from None
+        raise
+    labels, n_rejected = fit["labels"], fit["rejected"]
+    out_p = local_path(out)
+    info.n_classes = len(labels)
+    info.labels = labels
+    with atomic_dir(out_p) as tmp:
+        data_cols = [c for c in assigned.columns if c != SPLIT_COL]
+        assigned.write.partitionBy(SPLIT_COL).parquet(spark_uri(tmp / "_all"))
+        split_counts = {}
+        for name in SPLITS:
+            part_dir = tmp / "_all" / f"{SPLIT_COL}={name}"
+            target = tmp / name
+            if part_dir.exists():
+                part_dir.rename(target)
+                part = spark.read.parquet(spark_uri(target))
+                c = {int(r[0]): int(r[1]) for r in part.groupBy(label_col).count().collect()}
+            else:
+                spark.createDataFrame([], assigned.select(*data_cols).schema).write.parquet(spark_uri(target))
+                c = {}
+            split_counts[name] = {str(k): c.get(k, 0) for k in range(len(labels))}
+            part_info = DatasetInfo(**{**info.to_dict(), "class_counts": split_counts[name]})
+            write_info(target, part_info)
 
-            shutil.rmtree(tmp / "_all", ignore_errors=True)
+        shutil.rmtree(tmp / "_all", ignore_errors=True)
+        if n_rejected:
             rejected.write.parquet(spark_uri(tmp / "rejected"))
-            write_labels(tmp, labels)
-            summary = {"counts": split_counts, "rejected": int(n_rejected), "labels": labels,
-                       "seed": seed, "val": val, "test": test, "label_col": label_col,
-                       "presplit": fit["presplit"], "data_cols": data_cols}
-            if n_rejected:
-                summary["rejected_reasons"] = {r[0]: int(r[1]) for r in
-                                               rejected.groupBy("reason").count().collect()}
-            write_json(tmp / "split.json", summary)
-    finally:
-        df.unpersist()
+        else:  # nothing to quarantine: an empty table with the schema, without another pass
+            spark.createDataFrame([], rejected.schema).write.parquet(spark_uri(tmp / "rejected"))
+        write_labels(tmp, labels)
+        summary = {"counts": split_counts, "rejected": int(n_rejected), "labels": labels,
+                   "seed": seed, "val": val, "test": test, "label_col": label_col,
+                   "presplit": fit["presplit"], "data_cols": data_cols}
+        if n_rejected:
+            summary["rejected_reasons"] = fit["rejected_reasons"]
+        write_json(tmp / "split.json", summary)
     return summary

@@ -118,6 +118,27 @@ def test_split_exact_and_partition_independent(spark, tmp_path):
     assert _split_rows(spark, tmp_path / "s3") != r1          # another seed, another split
 
 
+@pytest.mark.parametrize("val,test", [(0.1, 0.2), (0.0, 0.3)])
+def test_split_rows_are_the_smallest_hash_ranks(spark, tmp_path, val, test):
+    """Per class, test = the round(n·test) rows of smallest (xxhash64(seed, '', id), id), then val."""
+    from pyspark.sql import functions as F
+
+    rng = np.random.default_rng(4)
+    sizes = [9000, 700, 41, 9, 3]                 # the largest class is ranked over several hash bins
+    labels = np.repeat(np.arange(5), sizes)
+    ids = rng.choice(10**9, size=len(labels), replace=False)
+    _write_features(tmp_path / "src", ids, labels.tolist(), n_files=4)
+    split_dataset(spark, str(tmp_path / "src"), str(tmp_path / "out"), val=val, test=test, seed=7)
+    got = _split_rows(spark, tmp_path / "out")
+    keyed = (spark.read.parquet(str(tmp_path / "src"))
+             .select("id", "label", F.xxhash64(F.lit(7), F.lit(""), F.col("id")).alias("k")).toPandas())
+    for c, n in enumerate(sizes):
+        part = keyed[keyed.label == c].sort_values(["k", "id"])
+        n_test, n_val = int(np.floor(n * test + 0.5)), int(np.floor(n * val + 0.5))
+        want = ["test"] * n_test + ["val"] * n_val + ["train"] * (n - n_test - n_val)
+        assert [got[i][0] for i in part.id] == want
+
+
 def test_split_rejects_invalid_rows_with_reasons(spark, tmp_path):
     d = tmp_path / "bad"
     d.mkdir()
