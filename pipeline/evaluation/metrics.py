@@ -527,15 +527,37 @@ def _dedupe(cls_idx, score, pos, tot):
     return c[starts], s[starts], np.add.reduceat(p, starts), np.add.reduceat(t, starts)
 
 
+_RANK_PAIRS_SCHEMA = "g int, score binary, pos binary, neg binary"
+
+
+def _pack_runs(g: np.ndarray, s: np.ndarray, p: np.ndarray, q: np.ndarray):
+    """One Arrow row per run of equal group ``g``: the run's scores (float64) and positive /
+    negative counts (int64) as raw little-endian bytes.
+
+    The (score, pos, neg) pairs are sorted by (class, score) and a group is a contiguous score
+    range of one class, so a partition sends about one row per group through the shuffle
+    instead of one row per pair — millions of rows would otherwise each cross the JVM.
+    """
+    # deferred: pyarrow is slow to import
+    import pyarrow as pa
+
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(g)) + 1])
+    offsets = pa.py_buffer((np.append(starts, len(g)) * 8).astype(np.int32))   # ≤ _DEDUP_FLUSH_ROWS·2 pairs
+    cols = {"g": pa.array(g[starts].astype(np.int32))}
+    for name, arr in (("score", s.astype("<f8")), ("pos", p.astype("<i8")), ("neg", q.astype("<i8"))):
+        cols[name] = pa.Array.from_buffers(pa.binary(), len(starts), [None, offsets, pa.py_buffer(arr)])
+    return pa.RecordBatch.from_pydict(cols)
+
+
+def _unpack(col, dtype) -> np.ndarray:
+    """Concatenate the raw arrays of one packed column (see :func:`_pack_runs`)."""
+    return np.concatenate([np.frombuffer(b, dtype=dtype) for b in col]) if len(col) else np.zeros(0, dtype)
+
+
 def _rank_map_fn(classes: np.ndarray, b2g: np.ndarray):
-    """Per partition: distinct (group, score) pairs with positive / negative counts."""
+    """Per partition: distinct (group, score) pairs with positive / negative counts, packed per group."""
 
     def fn(batches: Iterator) -> Iterator:
-        # deferred: pyarrow is slow to import
-        import pyarrow as pa
-
-        schema = pa.schema([("g", pa.int32()), ("score", pa.float64()),
-                            ("pos", pa.int64()), ("neg", pa.int64())])
         buf: list = []
         held = 0
         m = len(classes)
@@ -543,9 +565,7 @@ def _rank_map_fn(classes: np.ndarray, b2g: np.ndarray):
         def emit(parts):
             c, s, p, t = _dedupe(*[np.concatenate([x[i] for x in parts]) for i in range(4)])
             g = b2g[classes[c], score_bucket(s)]
-            return c, s, p, t, pa.RecordBatch.from_arrays(
-                [pa.array(g.astype(np.int32)), pa.array(s), pa.array(p), pa.array(t - p)],
-                schema=schema)
+            return c, s, p, t, _pack_runs(g, s, p, t - p)
 
         for batch in batches:
             n = batch.num_rows
@@ -590,7 +610,7 @@ def _rank_group_fn(groups: list, curve: set, tune: Optional[str], points: int):
         g = int(pdf["g"].iloc[0])
         c, T, F, P, N = groups[g]
         s, p, q, tp, fp, auc2, ap = group_contributions(
-            pdf["score"].to_numpy(), pdf["pos"].to_numpy(), pdf["neg"].to_numpy(), T, F)
+            _unpack(pdf["score"], "<f8"), _unpack(pdf["pos"], "<i8"), _unpack(pdf["neg"], "<i8"), T, F)
         rows = [("sum", g, c, auc2, ap, float("nan"), float("nan"), 0)]
         if c in curve and P > 0:
             hit = p > 0
@@ -631,7 +651,7 @@ def ranking_stats(spark, loaded: Loaded, scan: Scan, classes: Sequence[int],
     b2g, groups = plan_groups(scan.hist_pos, scan.hist_neg, classes, target)
     log.info("ranking %d classes in %d groups (≤%d rows each)", len(classes), len(groups), target)
     res = (loaded.df.select("label", "probs")
-           .mapInArrow(_rank_map_fn(classes, b2g), "g int, score double, pos long, neg long")
+           .mapInArrow(_rank_map_fn(classes, b2g), _RANK_PAIRS_SCHEMA)
            .groupBy("g")
            .applyInPandas(_rank_group_fn(groups, set(int(c) for c in curve_classes), tune, points),
                           _RANK_SCHEMA)
