@@ -583,7 +583,13 @@ def _rank_map_fn(classes: np.ndarray, b2g: np.ndarray):
             new[:, 1:] = S[:, 1:] != S[:, :-1]
             starts = np.flatnonzero(new.ravel())
             tot = np.diff(np.append(starts, m * n))
-            buf.append((starts // n, S.ravel()[starts], np.add.reduceat(pos, starts), tot))
+            part = (starts // n, S.ravel()[starts], np.add.reduceat(pos, starts), tot)
+            if len(starts) > m * n // 2:
+                # mostly distinct scores (a model's softmax): merging them with other batches would
+                # not shrink them, so the batch goes out as it is, already sorted by (class, score)
+                yield _pack_runs(b2g[classes[part[0]], score_bucket(part[1])], part[1], part[2], part[3] - part[2])
+                continue
+            buf.append(part)
             held += len(starts)
             if held > _DEDUP_FLUSH_ROWS:
                 c, s, p, t, rb = emit(buf)
