@@ -139,6 +139,28 @@ def test_split_rows_are_the_smallest_hash_ranks(spark, tmp_path, val, test):
         assert [got[i][0] for i in part.id] == want
 
 
+def test_split_with_bad_features_equals_the_split_without_them(spark, tmp_path):
+    """Rows failing a features check are found only when written: the split is then redone exactly."""
+    rng = np.random.default_rng(6)
+    labels = np.repeat([0, 1], [300, 40])
+    ids = rng.choice(10**9, size=len(labels), replace=False)
+    _write_features(tmp_path / "clean", ids[5:], labels[5:].tolist(), n_files=2)
+    _write_features(tmp_path / "dirty", ids, labels.tolist(), n_files=3)
+    t = pq.read_table(tmp_path / "dirty")
+    bad_ids = set(ids[:5].tolist())
+    feats = [[float("nan"), 0.0, 0.0, 0.0] if i in bad_ids else f
+             for i, f in zip(t.column("id").to_pylist(), t.column("features").to_pylist())]
+    for f in (tmp_path / "dirty").iterdir():
+        f.unlink()
+    pq.write_table(t.set_column(2, "features", pa.array(feats, pa.list_(pa.float32()))),
+                   tmp_path / "dirty" / "p.parquet")
+    s_clean = split_dataset(spark, str(tmp_path / "clean"), str(tmp_path / "a"), val=0.1, test=0.2, seed=1)
+    s_dirty = split_dataset(spark, str(tmp_path / "dirty"), str(tmp_path / "b"), val=0.1, test=0.2, seed=1)
+    assert s_dirty["counts"] == s_clean["counts"] and s_dirty["counts"]["test"]["0"] == 59   # round(295 * 0.2)
+    assert _split_rows(spark, tmp_path / "a") == _split_rows(spark, tmp_path / "b")
+    assert s_dirty["rejected"] == 5 and s_dirty["rejected_reasons"] == {"NaN feature": 5}
+
+
 def test_split_rejects_invalid_rows_with_reasons(spark, tmp_path):
     d = tmp_path / "bad"
     d.mkdir()
