@@ -7,7 +7,8 @@ index, ``probs`` array<double>, ``pred``, optional ``pred_adjusted``) and writes
 
 How it scales without collecting predictions (two passes over the table, one shuffle):
 
-1. **Scan** (``mapInArrow`` + a small ``groupBy``): validates every row (ragged / NaN /
+1. **Scan** (``mapInArrow`` + a small ``groupBy``; a threshold-moving rule, when given, is
+   scored here too): validates every row (ragged / NaN /
    negative / non-normalised ``probs``, labels and predictions outside the class range), and
    aggregates per partition the confusion matrix (K×K), the Brier sum and, per class, a
    histogram of the scores over *fixed, monotone buckets* (the top bits of the IEEE-754 pattern:
@@ -21,7 +22,8 @@ How it scales without collecting predictions (two passes over the table, one shu
    class in one task), and tiny classes cost one small group.
 3. **Rank** (``mapInArrow`` + ``groupBy(group).applyInPandas``): every partition collapses its
    rows to distinct ``(class, score)`` pairs with positive/negative counts (this removes ties
-   before the shuffle), the pairs are shuffled by group, and each group sorts its distinct scores
+   before the shuffle), the pairs are shuffled by group — packed as raw arrays, one shuffle row
+   per group and batch rather than one per pair — and each group sorts its distinct scores
    descending and adds its exact contribution:
 
    * ROC AUC (Mann–Whitney with mid-ranks): ``AUC = Σ_k neg_k·(TP_{<k} + pos_k/2) / (P·N)``, where

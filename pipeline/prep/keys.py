@@ -9,10 +9,14 @@ scale, so ranks are found in two passes:
    about ``TARGET_BIN_ROWS`` rows); Spark counts rows per ``(class, bin)`` — a small aggregate of
    about ``rows / TARGET_BIN_ROWS`` entries (capped at ``classes × 2**MAX_BITS``) — and the driver
    turns those counts into the cumulative rank at which each bin starts;
-2. a bin that contains no cut-off lies wholly on one side of every cut-off, so its rows get their
-   bucket from the bin alone; only the few *boundary* bins (at most one per class and cut-off) are
-   ranked exactly with a window partitioned by ``(class, bin)``, which holds ~``TARGET_BIN_ROWS``
-   rows.
+2. only the few bins that hold a cut-off (at most one per class and cut-off) are ranked exactly,
+   with a window partitioned by ``(class, bin)`` over ~``TARGET_BIN_ROWS`` rows, to find the row
+   sitting *at* each cut-off; those rows (one per class and cut-off) come back to the driver.
+
+A row's rank reaches a cut-off exactly when its ``(key, id)`` is at least that row's, so the bucket
+of every row is then a comparison with a handful of literals — a map-only column: the table itself
+is never shuffled, joined or scanned twice for it (both passes can run on a narrow copy of the ids
+and labels, ``assign_buckets(ranks_from=...)``).
 
 The result depends only on (seed, id, label): not on partitioning, file layout or cluster size.
 """
