@@ -43,9 +43,7 @@ def _reason_col(df: DataFrame, info: DatasetInfo, label_col: str, payload: bool 
         (F.col("id").isNull(), "null id"),
         (F.col(label_col).isNull(), f"null {label_col}"),
     ]
-    if not payload:
-        pass
-    elif info.kind == "features":
+    if payload and info.kind == "features":
         x = F.col(FEATURES_COL)
         checks += [
             (x.isNull(), "missing features"),
@@ -54,9 +52,9 @@ def _reason_col(df: DataFrame, info: DatasetInfo, label_col: str, payload: bool 
             (F.exists(x, lambda v: F.isnan(v)), "NaN feature"),
             (F.exists(x, lambda v: (v == float("inf")) | (v == float("-inf"))), "infinite feature"),
         ]
-    elif info.image_shape is None:  # encoded images: the decoder checks them (pipeline.data.images)
+    elif payload and info.image_shape is None:  # encoded images: the decoder checks them (pipeline.data.images)
         checks.append((F.col(IMAGE_COL).isNull(), "missing image"))
-    else:
+    elif payload:
         n_bytes = math.prod(int(s) for s in info.image_shape)
         img = F.col(IMAGE_COL)
         checks += [
