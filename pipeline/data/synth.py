@@ -162,29 +162,43 @@ def _shape_mask(k: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def _row_batches(rows: int, seed: int, cum: np.ndarray, step: int, payload):
-    """mapInPandas function: ids → (id, label, payload columns); ``payload(labels, rng) -> dict``."""
-    def gen(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for pdf in batches:
-            ids = pdf["id"].to_numpy()
+    """mapInArrow function: id batches → (id, label, payload columns); ``payload(labels, rng) -> dict``
+    of Arrow arrays built straight from NumPy buffers (no Python object per row)."""
+    def gen(batches: Iterator) -> Iterator:
+        # deferred: pyarrow is slow to import
+        import pyarrow as pa
+
+        for batch in batches:
+            ids = batch.column("id").to_numpy()
             if len(ids) == 0:
                 continue
             labels = _labels_for(ids, cum, rows, step)
             rng = np.random.default_rng([seed, int(ids[0]), len(ids)])
-            yield pd.DataFrame({"id": ids, "label": labels, **payload(labels, rng)})
+            yield pa.RecordBatch.from_pydict({"id": pa.array(ids, pa.int64()), "label": pa.array(labels, pa.int64()),
+                                              **payload(labels, rng)})
     return gen
 
 
 def _plankton_payload(params: dict):
     def payload(labels: np.ndarray, rng: np.random.Generator) -> dict:
-        flat = draw_images(labels, rng, params).reshape(len(labels), -1)
-        return {"image": [r.tobytes() for r in flat]}
+        # deferred: pyarrow is slow to import
+        import pyarrow as pa
+
+        flat = np.ascontiguousarray(draw_images(labels, rng, params).reshape(len(labels), -1))
+        offsets = np.arange(0, flat.size + 1, flat.shape[1], dtype=np.int32)   # one Arrow batch: < 2 GB
+        return {"image": pa.Array.from_buffers(pa.binary(), len(labels),
+                                               [None, pa.py_buffer(offsets), pa.py_buffer(flat)])}
     return payload
 
 
 def _tabular_payload(means: np.ndarray):
     def payload(labels: np.ndarray, rng: np.random.Generator) -> dict:
-        x = means[labels] + rng.normal(0, 1.0, (len(labels), means.shape[1]))
-        return {"features": list(x.astype(np.float32))}
+        # deferred: pyarrow is slow to import
+        import pyarrow as pa
+
+        x = (means[labels] + rng.normal(0, 1.0, (len(labels), means.shape[1]))).astype(np.float32)
+        offsets = np.arange(0, x.size + 1, x.shape[1], dtype=np.int32)
+        return {"features": pa.ListArray.from_arrays(pa.array(offsets), pa.array(x.ravel()))}
     return payload
 
 
@@ -229,7 +243,7 @@ def synthesize(spark, preset: str, rows: int, seed: int, out: str, partitions: i
         schema = "id long, label long, features array<float>"
         info = DatasetInfo(kind="features", n_classes=n_classes, n_features=TABULAR_DIM)
     info.class_counts = {str(i): int(c) for i, c in enumerate(counts)}
-    df = base.mapInPandas(fn, schema)
+    df = base.mapInArrow(fn, schema)
     with atomic_dir(local_path(out)) as tmp:
         df.write.mode("overwrite").parquet(spark_uri(tmp))
         write_info(tmp, info)

@@ -7,7 +7,8 @@ index, ``probs`` array<double>, ``pred``, optional ``pred_adjusted``) and writes
 
 How it scales without collecting predictions (two passes over the table, one shuffle):
 
-1. **Scan** (``mapInArrow`` + a small ``groupBy``): validates every row (ragged / NaN /
+1. **Scan** (``mapInArrow`` + a small ``groupBy``; a threshold-moving rule, when given, is
+   scored here too): validates every row (ragged / NaN /
    negative / non-normalised ``probs``, labels and predictions outside the class range), and
    aggregates per partition the confusion matrix (K×K), the Brier sum and, per class, a
    histogram of the scores over *fixed, monotone buckets* (the top bits of the IEEE-754 pattern:
@@ -21,7 +22,8 @@ How it scales without collecting predictions (two passes over the table, one shu
    class in one task), and tiny classes cost one small group.
 3. **Rank** (``mapInArrow`` + ``groupBy(group).applyInPandas``): every partition collapses its
    rows to distinct ``(class, score)`` pairs with positive/negative counts (this removes ties
-   before the shuffle), the pairs are shuffled by group, and each group sorts its distinct scores
+   before the shuffle), the pairs are shuffled by group — packed as raw arrays, one shuffle row
+   per group and batch rather than one per pair — and each group sorts its distinct scores
    descending and adds its exact contribution:
 
    * ROC AUC (Mann–Whitney with mid-ranks): ``AUC = Σ_k neg_k·(TP_{<k} + pos_k/2) / (P·N)``, where
@@ -57,7 +59,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -353,8 +355,12 @@ def _int_column(batch, name):
     return col.to_numpy(zero_copy_only=False).astype(np.int64), None
 
 
-def _scan_fn(k: int, has_pred: bool, has_adj: bool):
-    """Per-partition validation and aggregates (confusion matrices, Brier sum, score histograms)."""
+def _scan_fn(k: int, has_pred: bool, has_adj: bool, adjust: Optional[Callable] = None):
+    """Per-partition validation and aggregates (confusion matrices, Brier sum, score histograms).
+
+    ``adjust``: a function (n, k) probs → n class indices (a threshold-moving rule); its decisions
+    are counted as ``pred_adjusted`` in this same pass instead of being read from a column.
+    """
 
     def fn(batches: Iterator) -> Iterator:
         # deferred: pyarrow is slow to import
@@ -375,7 +381,7 @@ def _scan_fn(k: int, has_pred: bool, has_adj: bool):
             if err:
                 break
             preds = {}
-            for name, on in (("pred", has_pred), ("pred_adjusted", has_adj)):
+            for name, on in (("pred", has_pred), ("pred_adjusted", has_adj and adjust is None)):
                 if on:
                     preds[name], err = _int_column(batch, name)
                     if err:
@@ -388,6 +394,8 @@ def _scan_fn(k: int, has_pred: bool, has_adj: bool):
             err = _check_block(P, labels, preds, k)
             if err:
                 break
+            if adjust is not None:
+                preds["pred_adjusted"] = np.asarray(adjust(P), dtype=np.int64)
             m = len(labels)
             n += m
             rows = np.arange(m)
@@ -436,14 +444,20 @@ class Scan:
     hist_neg: np.ndarray
 
 
-def scan_predictions(loaded: Loaded) -> Scan:
-    """Pass 1: validate every row and aggregate what is O(classes) (raises InputError on bad rows)."""
+def scan_predictions(loaded: Loaded, adjust: Optional[Callable] = None) -> Scan:
+    """Pass 1: validate every row and aggregate what is O(classes) (raises InputError on bad rows).
+
+    ``adjust``: a threshold-moving rule as a function of the probs block (see :func:`_scan_fn`);
+    its confusion matrix is ``cm_adjusted``, as if the table had a ``pred_adjusted`` column.
+    """
     # deferred: pyspark is slow to import
     from pyspark.sql import functions as F
 
     k = loaded.n_classes
     has_pred = "pred" in loaded.df.columns
-    agg = (loaded.df.mapInArrow(_scan_fn(k, has_pred, loaded.has_adjusted), _SCAN_SCHEMA)
+    has_adj = loaded.has_adjusted or adjust is not None
+    df = loaded.df.drop("pred_adjusted") if adjust is not None else loaded.df
+    agg = (df.mapInArrow(_scan_fn(k, has_pred, has_adj, adjust), _SCAN_SCHEMA)
            .groupBy("kind", "i", "j")
            .agg(F.sum("a").alias("a"), F.sum("b").alias("b"), F.sum("x").alias("x"),
                 F.first("msg", ignorenulls=True).alias("msg"))
@@ -468,7 +482,7 @@ def scan_predictions(loaded: Loaded) -> Scan:
     hp[h.i.to_numpy(), h.j.to_numpy()] = h.a.to_numpy()
     hn[h.i.to_numpy(), h.j.to_numpy()] = h.b.to_numpy()
     return Scan(n=n, brier_sum=float(nrow.x.sum()), cm=matrix("cm") if has_pred else None,
-                cm_adjusted=matrix("cma") if loaded.has_adjusted else None, hist_pos=hp, hist_neg=hn)
+                cm_adjusted=matrix("cma") if has_adj else None, hist_pos=hp, hist_neg=hn)
 
 
 # ------------------------------------------------------------------------------ pass 2: rank
@@ -515,15 +529,37 @@ def _dedupe(cls_idx, score, pos, tot):
     return c[starts], s[starts], np.add.reduceat(p, starts), np.add.reduceat(t, starts)
 
 
+_RANK_PAIRS_SCHEMA = "g int, score binary, pos binary, neg binary"
+
+
+def _pack_runs(g: np.ndarray, s: np.ndarray, p: np.ndarray, q: np.ndarray):
+    """One Arrow row per run of equal group ``g``: the run's scores (float64) and positive /
+    negative counts (int64) as raw little-endian bytes.
+
+    The (score, pos, neg) pairs are sorted by (class, score) and a group is a contiguous score
+    range of one class, so a partition sends about one row per group through the shuffle
+    instead of one row per pair — millions of rows would otherwise each cross the JVM.
+    """
+    # deferred: pyarrow is slow to import
+    import pyarrow as pa
+
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(g)) + 1])
+    offsets = pa.py_buffer((np.append(starts, len(g)) * 8).astype(np.int32))   # ≤ _DEDUP_FLUSH_ROWS·2 pairs
+    cols = {"g": pa.array(g[starts].astype(np.int32))}
+    for name, arr in (("score", s.astype("<f8")), ("pos", p.astype("<i8")), ("neg", q.astype("<i8"))):
+        cols[name] = pa.Array.from_buffers(pa.binary(), len(starts), [None, offsets, pa.py_buffer(arr)])
+    return pa.RecordBatch.from_pydict(cols)
+
+
+def _unpack(col, dtype) -> np.ndarray:
+    """Concatenate the raw arrays of one packed column (see :func:`_pack_runs`)."""
+    return np.concatenate([np.frombuffer(b, dtype=dtype) for b in col]) if len(col) else np.zeros(0, dtype)
+
+
 def _rank_map_fn(classes: np.ndarray, b2g: np.ndarray):
-    """Per partition: distinct (group, score) pairs with positive / negative counts."""
+    """Per partition: distinct (group, score) pairs with positive / negative counts, packed per group."""
 
     def fn(batches: Iterator) -> Iterator:
-        # deferred: pyarrow is slow to import
-        import pyarrow as pa
-
-        schema = pa.schema([("g", pa.int32()), ("score", pa.float64()),
-                            ("pos", pa.int64()), ("neg", pa.int64())])
         buf: list = []
         held = 0
         m = len(classes)
@@ -531,9 +567,7 @@ def _rank_map_fn(classes: np.ndarray, b2g: np.ndarray):
         def emit(parts):
             c, s, p, t = _dedupe(*[np.concatenate([x[i] for x in parts]) for i in range(4)])
             g = b2g[classes[c], score_bucket(s)]
-            return c, s, p, t, pa.RecordBatch.from_arrays(
-                [pa.array(g.astype(np.int32)), pa.array(s), pa.array(p), pa.array(t - p)],
-                schema=schema)
+            return c, s, p, t, _pack_runs(g, s, p, t - p)
 
         for batch in batches:
             n = batch.num_rows
@@ -551,7 +585,13 @@ def _rank_map_fn(classes: np.ndarray, b2g: np.ndarray):
             new[:, 1:] = S[:, 1:] != S[:, :-1]
             starts = np.flatnonzero(new.ravel())
             tot = np.diff(np.append(starts, m * n))
-            buf.append((starts // n, S.ravel()[starts], np.add.reduceat(pos, starts), tot))
+            part = (starts // n, S.ravel()[starts], np.add.reduceat(pos, starts), tot)
+            if len(starts) > m * n // 2:
+                # mostly distinct scores (a model's softmax): merging them with other batches would
+                # not shrink them, so the batch goes out as it is, already sorted by (class, score)
+                yield _pack_runs(b2g[classes[part[0]], score_bucket(part[1])], part[1], part[2], part[3] - part[2])
+                continue
+            buf.append(part)
             held += len(starts)
             if held > _DEDUP_FLUSH_ROWS:
                 c, s, p, t, rb = emit(buf)
@@ -578,7 +618,7 @@ def _rank_group_fn(groups: list, curve: set, tune: Optional[str], points: int):
         g = int(pdf["g"].iloc[0])
         c, T, F, P, N = groups[g]
         s, p, q, tp, fp, auc2, ap = group_contributions(
-            pdf["score"].to_numpy(), pdf["pos"].to_numpy(), pdf["neg"].to_numpy(), T, F)
+            _unpack(pdf["score"], "<f8"), _unpack(pdf["pos"], "<i8"), _unpack(pdf["neg"], "<i8"), T, F)
         rows = [("sum", g, c, auc2, ap, float("nan"), float("nan"), 0)]
         if c in curve and P > 0:
             hit = p > 0
@@ -619,7 +659,7 @@ def ranking_stats(spark, loaded: Loaded, scan: Scan, classes: Sequence[int],
     b2g, groups = plan_groups(scan.hist_pos, scan.hist_neg, classes, target)
     log.info("ranking %d classes in %d groups (≤%d rows each)", len(classes), len(groups), target)
     res = (loaded.df.select("label", "probs")
-           .mapInArrow(_rank_map_fn(classes, b2g), "g int, score double, pos long, neg long")
+           .mapInArrow(_rank_map_fn(classes, b2g), _RANK_PAIRS_SCHEMA)
            .groupBy("g")
            .applyInPandas(_rank_group_fn(groups, set(int(c) for c in curve_classes), tune, points),
                           _RANK_SCHEMA)
@@ -668,10 +708,15 @@ def _threshold_block(cm: np.ndarray, names) -> dict:
 
 def compute_metrics(spark, predictions, label_col: str = "label", pred_col: str = "pred",
                     n_classes: Optional[int] = None, class_names=None, curve_classes: int = 4,
-                    target_group_rows: Optional[int] = None) -> dict:
-    """All metrics of a predictions table, without writing anything (see module docstring)."""
+                    target_group_rows: Optional[int] = None, adjust: Optional[Callable] = None) -> dict:
+    """All metrics of a predictions table, without writing anything (see module docstring).
+
+    ``adjust``: a threshold-moving rule (probs block → class indices, e.g.
+    :func:`pipeline.evaluation.thresholds.rule_adjuster`) whose decisions are scored as
+    ``adjusted`` in the same scan, so no adjusted table has to be written and read again.
+    """
     loaded = load_predictions(spark, predictions, label_col, pred_col, n_classes, class_names)
-    scan = scan_predictions(loaded)
+    scan = scan_predictions(loaded, adjust)
     k = loaded.n_classes
     per_class = _threshold_block(scan.cm, loaded.class_names)
     present = [r["label"] for r in per_class if r["support"] > 0]

@@ -16,6 +16,7 @@ Rules (each adds ``pred_adjusted`` to a predictions table; ``probs`` and ``pred`
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -77,6 +78,15 @@ def adjusted_pred(probs: np.ndarray, rule: str, priors: Optional[np.ndarray] = N
     if rule == "prior":
         return np.argmax(probs / priors[None, :], axis=1).astype(np.int64)
     return (probs[:, 1] >= threshold).astype(np.int64)
+
+
+def rule_adjuster(rule: str, n_classes: int, class_counts=None, cost: Optional[Sequence[float]] = None,
+                  threshold: Optional[float] = None):
+    """The rule as a function ``probs block -> pred_adjusted`` (what :func:`add_pred_adjusted`
+    computes per batch), for the evaluate stage's scan: the adjusted decisions are scored in the
+    pass that reads the predictions anyway, without writing an adjusted table first."""
+    priors, threshold = _resolve(rule, n_classes, class_counts, cost, threshold)
+    return functools.partial(adjusted_pred, rule=rule, priors=priors, threshold=threshold)
 
 
 # ------------------------------------------------------------------------------ Spark

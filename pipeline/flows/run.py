@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -40,7 +39,7 @@ from pipeline.engines import get_spark
 from pipeline.errors import ConfigError
 from pipeline.evaluation.evaluate import evaluate_predictions
 from pipeline.evaluation.report import write_report
-from pipeline.evaluation.thresholds import apply_threshold_moving, tune_threshold
+from pipeline.evaluation.thresholds import rule_adjuster, tune_threshold
 from pipeline.flows import tracking
 from pipeline.flows.compare import compare_methods, format_comparison, run_comparisons
 from pipeline.io import (
@@ -352,18 +351,15 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
     def _evaluate(d: Path) -> None:
         preds = str(run_dir / "predict" / "test")
         rule = cfg.evaluate.threshold_moving
-        if rule:
-            counts = prior_counts(run_dir, train_data)
+        adjust = None
+        if rule:  # scored in the evaluation's own scan: no adjusted copy of the predictions is written
             threshold = None
             if rule == "tuned":
                 threshold = tune_threshold(spark, str(run_dir / "predict" / "val"), metric=cfg.evaluate.tune_metric)
-            adjusted = str(run_dir / "evaluate_tmp_adjusted")
-            apply_threshold_moving(spark, preds, adjusted, rule, class_counts=counts, cost=cfg.evaluate.cost,
-                                   threshold=threshold, n_classes=len(labels))
-            preds = adjusted
-        evaluate_predictions(spark, preds, str(d), label_col=label, n_classes=len(labels), class_names=labels)
-        if rule:
-            shutil.rmtree(adjusted, ignore_errors=True)
+            adjust = rule_adjuster(rule, len(labels), class_counts=prior_counts(run_dir, train_data),
+                                   cost=cfg.evaluate.cost, threshold=threshold)
+        evaluate_predictions(spark, preds, str(d), label_col=label, n_classes=len(labels), class_names=labels,
+                             adjust=adjust)
 
     evaluate_key = {"predict": predict_fp, "evaluate": cfg.section("evaluate")}
     if cfg.evaluate.threshold_moving == "prior":

@@ -31,15 +31,19 @@ from pipeline.prep.keys import BUCKET, KEY, assign_buckets, split_cutoffs
 
 SPLITS = ("train", "val", "test")
 SPLIT_COL = "split"
+BROADCAST_IDS = 1_000_000   # duplicated ids joined by broadcast up to this many
 
 
-def _reason_col(df: DataFrame, info: DatasetInfo, label_col: str) -> F.Column:
-    """A column with the first reason a row is invalid, or null when the row is valid."""
+def _reason_col(df: DataFrame, info: DatasetInfo, label_col: str, payload: bool = True) -> F.Column:
+    """A column with the first reason a row is invalid, or null when the row is valid.
+
+    ``payload=False``: only the id and label checks (no features/image column is read).
+    """
     checks = [
         (F.col("id").isNull(), "null id"),
         (F.col(label_col).isNull(), f"null {label_col}"),
     ]
-    if info.kind == "features":
+    if payload and info.kind == "features":
         x = F.col(FEATURES_COL)
         checks += [
             (x.isNull(), "missing features"),
@@ -48,9 +52,9 @@ def _reason_col(df: DataFrame, info: DatasetInfo, label_col: str) -> F.Column:
             (F.exists(x, lambda v: F.isnan(v)), "NaN feature"),
             (F.exists(x, lambda v: (v == float("inf")) | (v == float("-inf"))), "infinite feature"),
         ]
-    elif info.image_shape is None:  # encoded images: the decoder checks them (pipeline.data.images)
+    elif payload and info.image_shape is None:  # encoded images: the decoder checks them (pipeline.data.images)
         checks.append((F.col(IMAGE_COL).isNull(), "missing image"))
-    else:
+    elif payload:
         n_bytes = math.prod(int(s) for s in info.image_shape)
         img = F.col(IMAGE_COL)
         checks += [
@@ -65,19 +69,36 @@ def _reason_col(df: DataFrame, info: DatasetInfo, label_col: str) -> F.Column:
 
 def validate_rows(df: DataFrame, info: DatasetInfo, label_col: str) -> DataFrame:
     """Add a ``reason`` column: null for valid rows, else why the row is rejected."""
+    return _with_reasons(df, info, label_col, True, duplicate_ids(df, info))
+
+
+def duplicate_ids(df: DataFrame, info: DatasetInfo):
+    """The ids that occur more than once, as a frame ``(id, _dup)`` — or None when there are none.
+
+    Found with a job that reads the ids alone; the rows are joined with them only when there are
+    any (broadcast while few), so a clean table is never shuffled with its images.
+    """
     if "id" not in df.columns:
         raise InputError("input has no 'id' column (a unique row id is required)")
     if info.kind == "features" and FEATURES_COL not in df.columns:
         raise InputError(f"input has no '{FEATURES_COL}' column")
     if info.kind == "image" and IMAGE_COL not in df.columns:
         raise InputError(f"input has no '{IMAGE_COL}' column")
-    df = df.withColumn("reason", _reason_col(df, info, label_col))
-    # Duplicated ids break (id, copy) uniqueness downstream: reject every row of such an id.
     dups = df.groupBy("id").count().where("count > 1 and id is not null").select("id", F.lit(True).alias("_dup"))
-    df = df.join(F.broadcast(dups) if False else dups, on="id", how="left")
-    df = df.withColumn("reason", F.when(F.col("_dup") & F.col("reason").isNull(), F.lit("duplicate id"))
-                       .otherwise(F.col("reason"))).drop("_dup")
-    return df
+    n_dups = dups.count()
+    if n_dups == 0:
+        return None
+    return F.broadcast(dups) if n_dups <= BROADCAST_IDS else dups
+
+
+def _with_reasons(df: DataFrame, info: DatasetInfo, label_col: str, payload: bool, dups) -> DataFrame:
+    df = df.withColumn("reason", _reason_col(df, info, label_col, payload))
+    if dups is None:
+        return df
+    # Duplicated ids break (id, copy) uniqueness downstream: reject every row of such an id.
+    df = df.join(dups, on="id", how="left")
+    return df.withColumn("reason", F.when(F.col("_dup") & F.col("reason").isNull(), F.lit("duplicate id"))
+                         .otherwise(F.col("reason"))).drop("_dup")
 
 
 def _index_labels(df: DataFrame, label_col: str, mapping: dict) -> DataFrame:
@@ -89,7 +110,7 @@ def _index_labels(df: DataFrame, label_col: str, mapping: dict) -> DataFrame:
 
 def split_frame(df, val: float = 0.1, test: float = 0.2, random_state: int = 0, label_col: str = "label",
                 info: Optional[DatasetInfo] = None, image_shape: Optional[list] = None, size: int = 32,
-                mode: str = "L", resize: str = "pad", min_size: int = 1):
+                mode: str = "L", resize: str = "pad", min_size: int = 1, optimistic: bool = False):
     """Split a Spark DataFrame exactly per class; return ``(split, rejected, summary)`` — the library form of ``split``.
 
     Each class's rows are ranked by a hash of (``random_state``, ``id``): the first
@@ -105,6 +126,11 @@ def split_frame(df, val: float = 0.1, test: float = 0.2, random_state: int = 0, 
     Encoded images: an ``image`` column of PNG/JPEG/... bytes with no shape is decoded and resized
     to ``size`` × ``size`` in ``mode`` by ``resize`` (:mod:`pipeline.data.images`, the decoder of
     ``imbalance ingest``); rows that do not decode are rejected with the decoder's reason.
+
+    ``optimistic``: count the classes from the id and label checks alone (the features or image
+    column is not read for them) — exact only if no row fails a features/image check, which the
+    caller must verify on what it wrote (``split_dataset`` compares the written total with
+    ``summary["counts"]`` and redoes the split exactly when they differ).
     """
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise InputError(f"split fractions must satisfy 0 <= val, test and val + test < 1 (val={val}, test={test})")
@@ -117,35 +143,82 @@ def split_frame(df, val: float = 0.1, test: float = 0.2, random_state: int = 0, 
             raise InputError(str(e)) from None
         if IMAGE_COL not in df.columns:
             raise InputError(f"input has no '{IMAGE_COL}' column")
-    checked = validate_rows(df, info, label_col)
+    dups = duplicate_ids(df, info)
+    checked = _with_reasons(df, info, label_col, True, dups)
+    cheap = _with_reasons(df, info, label_col, False, dups) if optimistic and not encoded else None
     if encoded:  # decode the rows that passed (the decoder keeps a reason already set), one pass
         checked = decoded_frame(checked, size=size, mode=mode, resize=resize, min_size=min_size)
         info.image_shape = decoded_shape(size, mode)
     if SPLIT_COL in df.columns:
-        checked = checked.withColumn(
-            "reason", F.when(F.col("reason").isNull() & ~F.col(SPLIT_COL).isin(*SPLITS),
-                             F.lit("split is not train/val/test")).otherwise(F.col("reason")))
+        def split_check(frame):
+            return frame.withColumn(
+                "reason", F.when(F.col("reason").isNull() & ~F.col(SPLIT_COL).isin(*SPLITS),
+                                 F.lit("split is not train/val/test")).otherwise(F.col("reason")))
+        checked = split_check(checked)
+        cheap = split_check(cheap) if cheap is not None else None
     valid = checked.where(F.col("reason").isNull()).drop("reason")
     rejected = checked.where(F.col("reason").isNotNull())
-    counts = {r[0]: int(r[1]) for r in valid.groupBy(label_col).count().collect()}
-    n_rejected = rejected.count()
-    if not counts:
-        top = rejected.groupBy("reason").count().orderBy(F.desc("count")).limit(1).collect()
-        why = f", mostly: {top[0][0]}" if top else ""
-        raise InputError(f"no valid row left ({n_rejected} rejected{why})")
-    mapping = label_index(counts)
-    indexed = _index_labels(valid, label_col, mapping)
-    idx_counts = {mapping[k]: v for k, v in counts.items()}
-    if SPLIT_COL in df.columns:
-        assigned = indexed
-    else:
-        cut = split_cutoffs(idx_counts, [test, val])
-        assigned = assign_buckets(indexed, label_col, idx_counts, cut, random_state)
-        assigned = assigned.withColumn(
-            SPLIT_COL, F.element_at(F.array(*[F.lit(s) for s in ("test", "val", "train")]), F.col(BUCKET) + 1)
-        ).drop(BUCKET, KEY)
+    # The counts and the rows at the cut-offs come from a narrow, persisted copy of (id, label,
+    # reason): one read of the table for all of them; only the final write reads every column.
+    narrow = (cheap if cheap is not None else checked).select("id", label_col, "reason").persist()
+    try:
+        tally = narrow.groupBy("reason", label_col).count().collect()
+        counts: dict = {}
+        reasons: dict = {}
+        for reason, lab, c in tally:
+            if reason is None:
+                counts[lab] = counts.get(lab, 0) + int(c)
+            else:
+                reasons[reason] = reasons.get(reason, 0) + int(c)
+        n_rejected = sum(reasons.values())
+        if not counts:
+            why = f", mostly: {max(reasons, key=reasons.get)}" if reasons else ""
+            raise InputError(f"no valid row left ({n_rejected} rejected{why})")
+        mapping = label_index(counts)
+        indexed = _index_labels(valid, label_col, mapping)
+        idx_counts = {mapping[k]: v for k, v in counts.items()}
+        if SPLIT_COL in df.columns:
+            assigned = indexed
+        else:
+            cut = split_cutoffs(idx_counts, [test, val])
+            narrow_valid = _index_labels(narrow.where(F.col("reason").isNull()).drop("reason"), label_col, mapping)
+            assigned = assign_buckets(indexed, label_col, idx_counts, cut, random_state, ranks_from=narrow_valid)
+            assigned = assigned.withColumn(
+                SPLIT_COL, F.element_at(F.array(*[F.lit(s) for s in ("test", "val", "train")]), F.col(BUCKET) + 1)
+            ).drop(BUCKET, KEY)
+    finally:
+        narrow.unpersist()
+    # columns in the order the split has always written them: label (split) or id (pre-split) first
+    first = ["id"] if SPLIT_COL in df.columns else [label_col, "id"]
+    assigned = assigned.select(*first, *[c for c in assigned.columns if c not in first])
     return assigned, rejected, {"labels": list(mapping), "counts": idx_counts, "rejected": int(n_rejected),
-                                "info": info, "presplit": SPLIT_COL in df.columns}
+                                "rejected_reasons": reasons, "info": info, "presplit": SPLIT_COL in df.columns,
+                                "optimistic": cheap is not None}
+
+
+def _write_splits(spark, assigned, fit: dict, info: DatasetInfo, label_col: str, tmp):
+    """Write ``assigned`` as ``tmp/{train,val,test}`` (with ``_dataset.json``); return the counts
+    read back from the written files and the data columns."""
+    labels = fit["labels"]
+    info.n_classes = len(labels)
+    info.labels = labels
+    data_cols = [c for c in assigned.columns if c != SPLIT_COL]
+    assigned.write.partitionBy(SPLIT_COL).parquet(spark_uri(tmp / "_all"))
+    split_counts = {}
+    for name in SPLITS:
+        part_dir = tmp / "_all" / f"{SPLIT_COL}={name}"
+        target = tmp / name
+        if part_dir.exists():
+            part_dir.rename(target)
+            part = spark.read.parquet(spark_uri(target))
+            c = {int(r[0]): int(r[1]) for r in part.groupBy(label_col).count().collect()}
+        else:
+            spark.createDataFrame([], assigned.select(*data_cols).schema).write.parquet(spark_uri(target))
+            c = {}
+        split_counts[name] = {str(k): c.get(k, 0) for k in range(len(labels))}
+        write_info(target, DatasetInfo(**{**info.to_dict(), "class_counts": split_counts[name]}))
+    shutil.rmtree(tmp / "_all", ignore_errors=True)
+    return split_counts, data_cols
 
 
 def split_dataset(
@@ -190,47 +263,36 @@ def split_dataset(
         df = read_table(spark, input, label_col)
         info = table_info(input, df, label_col, image_shape)
 
-    df = df.persist()   # read once: counted, then split and quarantined
-    try:
-        try:
-            assigned, rejected, fit = split_frame(df, val, test, seed, label_col, info=info, size=size, mode=mode,
-                                                  resize=resize, min_size=min_size)
-        except InputError as e:
-            if str(e).startswith("no valid row"):
-                raise InputError(f"no valid row left in {input}{str(e)[len('no valid row left'):]}") from None
-            raise
+    with atomic_dir(local_path(out)) as tmp:
+        # First without reading the features/images for the counts; if a row then fails a
+        # features/image check (the written total falls short of the counts), redo it exactly.
+        for optimistic in (True, False):
+            fit_info = DatasetInfo(**info.to_dict())
+            try:
+                assigned, rejected, fit = split_frame(df, val, test, seed, label_col, info=fit_info, size=size,
+                                                      mode=mode, resize=resize, min_size=min_size,
+                                                      optimistic=optimistic)
+            except InputError as e:
+                if str(e).startswith("no valid row"):
+                    raise InputError(f"no valid row left in {input}{str(e)[len('no valid row left'):]}") from None
+                raise
+            split_counts, data_cols = _write_splits(spark, assigned, fit, fit_info, label_col, tmp)
+            written = sum(sum(c.values()) for c in split_counts.values())
+            if not fit["optimistic"] or written == sum(fit["counts"].values()):
+                break
+            for child in tmp.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
         labels, n_rejected = fit["labels"], fit["rejected"]
-        out_p = local_path(out)
-        info.n_classes = len(labels)
-        info.labels = labels
-        with atomic_dir(out_p) as tmp:
-            data_cols = [c for c in assigned.columns if c != SPLIT_COL]
-            assigned.write.partitionBy(SPLIT_COL).parquet(spark_uri(tmp / "_all"))
-            split_counts = {}
-            for name in SPLITS:
-                part_dir = tmp / "_all" / f"{SPLIT_COL}={name}"
-                target = tmp / name
-                if part_dir.exists():
-                    part_dir.rename(target)
-                    part = spark.read.parquet(spark_uri(target))
-                    c = {int(r[0]): int(r[1]) for r in part.groupBy(label_col).count().collect()}
-                else:
-                    spark.createDataFrame([], assigned.select(*data_cols).schema).write.parquet(spark_uri(target))
-                    c = {}
-                split_counts[name] = {str(k): c.get(k, 0) for k in range(len(labels))}
-                part_info = DatasetInfo(**{**info.to_dict(), "class_counts": split_counts[name]})
-                write_info(target, part_info)
-
-            shutil.rmtree(tmp / "_all", ignore_errors=True)
+        if n_rejected:
             rejected.write.parquet(spark_uri(tmp / "rejected"))
-            write_labels(tmp, labels)
-            summary = {"counts": split_counts, "rejected": int(n_rejected), "labels": labels,
-                       "seed": seed, "val": val, "test": test, "label_col": label_col,
-                       "presplit": fit["presplit"], "data_cols": data_cols}
-            if n_rejected:
-                summary["rejected_reasons"] = {r[0]: int(r[1]) for r in
-                                               rejected.groupBy("reason").count().collect()}
-            write_json(tmp / "split.json", summary)
-    finally:
-        df.unpersist()
+        else:  # nothing to quarantine: an empty table with the schema, without another pass
+            spark.createDataFrame([], rejected.schema).write.parquet(spark_uri(tmp / "rejected"))
+        write_labels(tmp, labels)
+        summary = {"counts": split_counts, "rejected": int(n_rejected), "labels": labels,
+                   "seed": seed, "val": val, "test": test, "label_col": label_col,
+                   "presplit": fit["presplit"], "data_cols": data_cols}
+        if n_rejected:
+            summary["rejected_reasons"] = {r[0]: int(r[1]) for r in spark.read.parquet(spark_uri(tmp / "rejected"))
+                                           .groupBy("reason").count().collect()}
+        write_json(tmp / "split.json", summary)
     return summary

@@ -1,6 +1,6 @@
 """Batch prediction: a trained model over a table, distributed with Spark, nothing collected.
 
-``predict`` reads the input Parquet with Spark and runs ``mapInPandas``: each Python worker
+``predict`` reads the input Parquet with Spark and runs ``mapInArrow``: each Python worker
 loads the model once (cached per process, keyed by the model directory) and scores its
 partitions in batches, decoding image bytes / feature arrays with the same vectorised decoders as
 training (:mod:`pipeline.stream.readers`). The output follows the predictions contract:
@@ -81,10 +81,14 @@ def centroid_probs(features, centroids, metric: str = "euclidean", temperature: 
     return torch.softmax(score, dim=1)
 
 
-def predict_batches(frames: Iterator, model_dir: str, info: dict, batch_size: int) -> Iterator:
-    """The ``mapInPandas`` body: pandas frames (id, label, image|features) → prediction frames."""
-    # deferred: pandas and torch are slow to import
-    import pandas as pd
+def predict_batches(batches: Iterator, model_dir: str, info: dict, batch_size: int) -> Iterator:
+    """The ``mapInArrow`` body: Arrow batches (id, label, image|features) → prediction batches.
+
+    Images and features are decoded from the Arrow buffers and ``probs`` is built from one flat
+    array, so no Python object is made per row on the way in or out.
+    """
+    # deferred: pyarrow and torch are slow to import
+    import pyarrow as pa
     import torch
 
     # deferred: torch is slow to import
@@ -100,33 +104,33 @@ def predict_batches(frames: Iterator, model_dir: str, info: dict, batch_size: in
     cc = meta.get("category_centers") or {}
     di = DatasetInfo(**info)
     fc = di.feature_col
-    for frame in frames:
-        n = len(frame)
+    k = int(di.n_classes)
+    for batch in batches:
+        n = batch.num_rows
         if n == 0:
             continue
-        probs_out = np.empty((n, di.n_classes), dtype=np.float64)
+        probs_out = np.empty((n, k), dtype=np.float64)
         pred_out = np.empty(n, dtype=np.int32)
+        column = batch.column(fc)
         for s in range(0, n, batch_size):
-            part = frame.iloc[s:s + batch_size]
-            col = part[fc].to_numpy()
+            col = column.slice(s, batch_size)
             x = decode_images(col, di.image_shape) if di.kind == "image" else decode_features(col, di.n_features)
+            m = len(col)
             with torch.no_grad():
                 if centroids is None:  # softmax, or the training method's own scoring rule
                     p = predict_scores(method, state, model, to_float(x))
-                    pred_out[s:s + len(part)] = p.argmax(dim=1).numpy()
+                    pred_out[s:s + m] = p.argmax(dim=1).numpy()
                 else:  # category centers: nearest centroid in deep-feature space
                     _, feats = model(to_float(x), return_features=True)
                     metric = cc.get("metric", "euclidean")
                     p = centroid_probs(feats, centroids, metric, cc.get("temperature", 1.0))
-                    pred_out[s:s + len(part)] = nearest_centroid_predict(feats, centroids, metric).numpy()
-                probs_out[s:s + len(part)] = p.numpy()
-        label = frame["label"].to_numpy() if "label" in frame else np.full(n, None)
-        yield pd.DataFrame({
-            "id": frame["id"].to_numpy(dtype=np.int64),
-            "label": pd.array(label, dtype="Int32"),
-            "probs": list(probs_out),
-            "pred": pred_out,
-        })
+                    pred_out[s:s + m] = nearest_centroid_predict(feats, centroids, metric).numpy()
+                probs_out[s:s + m] = p.numpy()
+        offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
+        yield pa.RecordBatch.from_arrays(
+            [batch.column("id").cast(pa.int64()), batch.column("label").cast(pa.int32()),
+             pa.ListArray.from_arrays(offsets, pa.array(probs_out.ravel())), pa.array(pred_out, pa.int32())],
+            names=["id", "label", "probs", "pred"])
 
 
 def predict(spark, model_dir: str, input_path: str, out_path: str, batch_size: int = 1024,
@@ -165,10 +169,10 @@ def predict(spark, model_dir: str, input_path: str, out_path: str, batch_size: i
     model_dir_abs = str(md.resolve())
     info_d = model_info.to_dict()
 
-    def fn(frames):
-        return predict_batches(frames, model_dir_abs, info_d, batch_size)
+    def fn(batches):
+        return predict_batches(batches, model_dir_abs, info_d, batch_size)
 
-    preds = df.mapInPandas(fn, schema=OUTPUT_SCHEMA)
+    preds = df.mapInArrow(fn, schema=OUTPUT_SCHEMA)
     side = {"model_dir": model_dir_abs, "input": str(input_path), "n_classes": meta["n_classes"],
             "labels": meta["dataset"].get("labels"), "columns": ["id", "label", "probs", "pred"]}
     if is_local(out_path):

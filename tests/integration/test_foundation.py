@@ -118,6 +118,49 @@ def test_split_exact_and_partition_independent(spark, tmp_path):
     assert _split_rows(spark, tmp_path / "s3") != r1          # another seed, another split
 
 
+@pytest.mark.parametrize("val,test", [(0.1, 0.2), (0.0, 0.3)])
+def test_split_rows_are_the_smallest_hash_ranks(spark, tmp_path, val, test):
+    """Per class, test = the round(n·test) rows of smallest (xxhash64(seed, '', id), id), then val."""
+    from pyspark.sql import functions as F
+
+    rng = np.random.default_rng(4)
+    sizes = [9000, 700, 41, 9, 3]                 # the largest class is ranked over several hash bins
+    labels = np.repeat(np.arange(5), sizes)
+    ids = rng.choice(10**9, size=len(labels), replace=False)
+    _write_features(tmp_path / "src", ids, labels.tolist(), n_files=4)
+    split_dataset(spark, str(tmp_path / "src"), str(tmp_path / "out"), val=val, test=test, seed=7)
+    got = _split_rows(spark, tmp_path / "out")
+    keyed = (spark.read.parquet(str(tmp_path / "src"))
+             .select("id", "label", F.xxhash64(F.lit(7), F.lit(""), F.col("id")).alias("k")).toPandas())
+    for c, n in enumerate(sizes):
+        part = keyed[keyed.label == c].sort_values(["k", "id"])
+        n_test, n_val = int(np.floor(n * test + 0.5)), int(np.floor(n * val + 0.5))
+        want = ["test"] * n_test + ["val"] * n_val + ["train"] * (n - n_test - n_val)
+        assert [got[i][0] for i in part.id] == want
+
+
+def test_split_with_bad_features_equals_the_split_without_them(spark, tmp_path):
+    """Rows failing a features check are found only when written: the split is then redone exactly."""
+    rng = np.random.default_rng(6)
+    labels = np.repeat([0, 1], [300, 40])
+    ids = rng.choice(10**9, size=len(labels), replace=False)
+    _write_features(tmp_path / "clean", ids[5:], labels[5:].tolist(), n_files=2)
+    _write_features(tmp_path / "dirty", ids, labels.tolist(), n_files=3)
+    t = pq.read_table(tmp_path / "dirty")
+    bad_ids = set(ids[:5].tolist())
+    feats = [[float("nan"), 0.0, 0.0, 0.0] if i in bad_ids else f
+             for i, f in zip(t.column("id").to_pylist(), t.column("features").to_pylist())]
+    for f in (tmp_path / "dirty").iterdir():
+        f.unlink()
+    pq.write_table(t.set_column(2, "features", pa.array(feats, pa.list_(pa.float32()))),
+                   tmp_path / "dirty" / "p.parquet")
+    s_clean = split_dataset(spark, str(tmp_path / "clean"), str(tmp_path / "a"), val=0.1, test=0.2, seed=1)
+    s_dirty = split_dataset(spark, str(tmp_path / "dirty"), str(tmp_path / "b"), val=0.1, test=0.2, seed=1)
+    assert s_dirty["counts"] == s_clean["counts"] and s_dirty["counts"]["test"]["0"] == 59   # round(295 * 0.2)
+    assert _split_rows(spark, tmp_path / "a") == _split_rows(spark, tmp_path / "b")
+    assert s_dirty["rejected"] == 5 and s_dirty["rejected_reasons"] == {"NaN feature": 5}
+
+
 def test_split_rejects_invalid_rows_with_reasons(spark, tmp_path):
     d = tmp_path / "bad"
     d.mkdir()

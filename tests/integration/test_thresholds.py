@@ -10,7 +10,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 
 from pipeline.errors import InputError
 from pipeline.evaluation.evaluate import evaluate_predictions
-from pipeline.evaluation.thresholds import apply_threshold_moving, tune_threshold
+from pipeline.evaluation.thresholds import apply_threshold_moving, rule_adjuster, tune_threshold
 from tests.integration.test_evaluate import K, make_predictions, write_table
 
 
@@ -48,6 +48,24 @@ def test_prior_rule_divides_by_training_priors(spark, tmp_path):
     assert m["adjusted"]["per_class"][5]["recall"] == pytest.approx(
         recall_score(yy, t.pred_adjusted, labels=[5], average=None)[0], abs=1e-12)
     assert m["adjusted"]["per_class"][5]["recall"] >= m["per_class"][5]["recall"]
+
+
+@pytest.mark.parametrize("rule,kw", [("prior", {}), ("cost", {"cost": [1.0, 3.0]})])
+def test_rule_scored_in_the_scan_equals_the_adjusted_table(spark, tmp_path, rule, kw):
+    """The run scores the rule inside evaluate's scan (no adjusted copy written): same metrics.json."""
+    if rule == "prior":
+        y, probs, pred = make_predictions(seed=3)
+        kw = {"class_counts": {0: 4000, 1: 2500, 2: 1500, 3: 1000, 4: 300, 5: 100}}
+    else:
+        y, probs, pred = _binary(seed=3)
+    src = write_table(tmp_path / "pred", y, probs, pred, n_files=3)
+    k = probs.shape[1]
+    adjusted = apply_threshold_moving(spark, str(src), str(tmp_path / "adj"), rule, n_classes=k, **kw)
+    want = evaluate_predictions(spark, adjusted, str(tmp_path / "eval_table"), n_classes=k)
+    got = evaluate_predictions(spark, str(src), str(tmp_path / "eval_scan"), n_classes=k,
+                               adjust=rule_adjuster(rule, k, **kw))
+    assert got["adjusted"]["confusion_matrix"] != got["confusion_matrix"]        # the rule moved decisions
+    assert json.loads(json.dumps(got)) == json.loads(json.dumps(want))
 
 
 def test_cost_rule_uses_eq10_threshold(spark, tmp_path):
