@@ -67,11 +67,6 @@ def _reason_col(df: DataFrame, info: DatasetInfo, label_col: str, payload: bool 
     return expr
 
 
-def validate_rows(df: DataFrame, info: DatasetInfo, label_col: str) -> DataFrame:
-    """Add a ``reason`` column: null for valid rows, else why the row is rejected."""
-    return _with_reasons(df, info, label_col, True, duplicate_ids(df, info))
-
-
 def duplicate_ids(df: DataFrame, info: DatasetInfo):
     """The ids that occur more than once, as a frame ``(id, _dup)`` — or None when there are none.
 
