@@ -165,16 +165,13 @@ def _check_method(cfg: Config, train_path: str, val_path: Optional[str]) -> None
 
 def _write_probe(storage: str) -> str:
     """Runs on one Ray node: create ``storage`` and write/remove a file there; '' or the error."""
-    # deferred: ray is slow to import
-    import ray
-
     try:
         os.makedirs(storage, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=storage, prefix=".write-probe-"):
             pass
         return ""
     except OSError as e:
-        return f"{ray.util.get_node_ip_address()}: {e.strerror or e}"
+        return str(e.strerror or e)
 
 
 def probe_storage(storage: str, what: str = "run.root") -> None:
@@ -195,7 +192,7 @@ def probe_storage(storage: str, what: str = "run.root") -> None:
     for node, err in zip(nodes, ray.get(refs)):
         if err:
             raise InputError(f"{what}: Ray node {node['NodeManagerAddress']} (node {node['NodeID'][:8]}) "
-                             f"cannot write under {storage} ({err.split(': ', 1)[-1]}); every Ray node "
+                             f"cannot write under {storage} ({err}); every Ray node "
                              f"needs {what} on storage it can write")
 
 
