@@ -11,16 +11,18 @@ Unlike the normal (Wald) interval it does not collapse to a point at k = 0 or k 
 what a class with 4 test rows and recall 0 needs.
 
 F1, macro F1 and balanced accuracy are not proportions; their intervals come from a *stratified
-Poisson bootstrap* done by Spark over the predictions table, with nothing collected:
+Poisson bootstrap* done on Spark's executors over the predictions table, with no row collected:
 
 1. every row gets, for each replicate b = 0..B−1, a weight w ~ Poisson(1) computed from a hash of
-   (seed, b, id) — the inverse Poisson CDF of u = xxhash64(seed, b, id) / 2⁵³ — so the replicates
-   are the same whatever the partitioning and however often they are recomputed;
-2. Spark sums the weights per (replicate, true class, predicted class) and rescales each true
-   class so its total weight equals its support n_c (the class sizes of the test set are fixed,
-   as in a bootstrap that resamples n_c rows within each class: *stratified by class*);
-3. Spark aggregates per (replicate, class) the weighted tp, fp and fn — B × C numbers per
-   prediction column reach the driver, never rows;
+   (seed, b, id) — the inverse Poisson CDF of u = splitmix64(seed, b, id) / 2⁵³
+   (:func:`poisson_weights`) — so the replicates are the same whatever the partitioning and
+   however often they are recomputed;
+2. pass 1 sums the weights per (replicate, true class), s_bc, and the rows per class, n_c; each
+   true class is rescaled so its total weight equals its support (row weight w · n_c / s_bc; 1
+   where the class drew no weight at all), as a bootstrap that resamples n_c rows within each
+   class: *stratified by class*;
+3. pass 2 sums per (replicate, class) the rescaled tp, fp and fn. Both passes are NumPy over
+   Arrow batches (``mapInArrow``); each partition returns B × C sums, added up on the driver;
 4. the driver computes each replicate's per-class F1 = 2tp/(2tp+fp+fn), macro F1 (mean over the
    present classes) and balanced accuracy (mean recall), and takes the 2.5 and 97.5 percentiles.
 
@@ -65,14 +67,71 @@ def wilson_per_class(per_class: list[dict], z: float = Z95) -> list[dict]:
     return out
 
 
-def poisson_weight(spark_fns, seed: int, rep_col, id_col):
-    """The Spark column: a deterministic Poisson(1) draw from a hash of (seed, replicate, id)."""
-    F = spark_fns
-    u = F.xxhash64(F.lit(int(seed)), rep_col, id_col).bitwiseAND(F.lit((1 << 53) - 1)) / float(1 << 53)
-    w = F.lit(0)
-    for p in _POISSON1_CDF:
-        w = w + (u >= F.lit(p)).cast("int")
-    return w
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser (Steele, Lea & Flood 2014): a bijective mix of uint64 values."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def poisson_weights(ids: np.ndarray, replicates: int, seed: int) -> np.ndarray:
+    """(B, n) Poisson(1) weights of the rows ``ids`` in replicates b = 0..B−1, a pure function of
+    (seed, b, id): any partitioning or recomputation gives the same weights.
+
+    u = top 53 bits of mix64(id·φ ⊕ mix64(seed·2³² + b)) / 2⁵³,  w = #{k : u ≥ P(W ≤ k)}.
+    """
+    with np.errstate(over="ignore"):
+        rep = _mix64(np.uint64(int(seed) & 0xFFFFFFFF) * np.uint64(1 << 32)
+                     + np.arange(int(replicates), dtype=np.uint64))
+        h = _mix64((np.asarray(ids).astype(np.int64).view(np.uint64) * _GOLDEN)[None, :] ^ rep[:, None])
+    u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    return np.searchsorted(_POISSON1_CDF, u, side="right").astype(np.float64)
+
+
+def _partial_sums(B: int, C: int, seed: int, n_preds: int, strata: Optional[tuple]):
+    """A ``mapInArrow`` function over (``_id``, ``_t``, ``_p0``, …) batches: one row per partition.
+
+    Without ``strata``: the partition's drawn weight per (replicate, true class), s[b, t], and its
+    rows per class, n[t]. With ``strata`` = (s, n) of the whole table: per prediction column the
+    stratified tp, fn, fp per (replicate, class), each row weighted w · n_t / s[b, t] (weight 1
+    where its class drew no weight at all in that replicate).
+    """
+    import pyarrow as pa
+
+    def fn(batches):
+        if strata is None:
+            acc = [np.zeros(B * C), np.zeros(C)]
+        else:
+            s, n = strata
+            drawn = s > 0
+            factor = np.where(drawn, n[None, :] / np.where(drawn, s, 1.0), 0.0)   # (B, C)
+            acc = [np.zeros(3 * B * C) for _ in range(n_preds)]
+        offset = np.arange(B)[:, None] * C
+        for batch in batches:
+            t = batch.column(1).to_numpy(zero_copy_only=False).astype(np.int64)
+            keep = (t >= 0) & (t < C)
+            t = t[keep]
+            if not len(t):
+                continue
+            w = poisson_weights(batch.column(0).to_numpy(zero_copy_only=False)[keep], B, seed)   # (B, rows)
+            if strata is None:
+                acc[0] += np.bincount((offset + t[None, :]).ravel(), weights=w.ravel(), minlength=B * C)
+                acc[1] += np.bincount(t, minlength=C)
+                continue
+            scaled = np.where(drawn[:, t], w * factor[:, t], 1.0)
+            for i in range(n_preds):
+                p = batch.column(2 + i).to_numpy(zero_copy_only=False).astype(np.int64)[keep]
+                hit = p == t
+                for k, (mask, cls) in enumerate(((hit, t), (~hit, t), (~hit & (p >= 0) & (p < C), p))):
+                    if mask.any():   # k: 0 tp (by true class), 1 fn (by true class), 2 fp (by predicted class)
+                        idx = (k * B * C + offset + cls[mask][None, :]).ravel()
+                        acc[i] += np.bincount(idx, weights=scaled[:, mask].ravel(), minlength=3 * B * C)
+        yield pa.RecordBatch.from_arrays([pa.array([[a.tobytes() for a in acc]], pa.list_(pa.binary()))],
+                                         names=["v"])
+    return fn
 
 
 def bootstrap_counts(df, pred_cols: Sequence[str], n_classes: int, replicates: int = DEFAULT_REPLICATES,
@@ -81,36 +140,32 @@ def bootstrap_counts(df, pred_cols: Sequence[str], n_classes: int, replicates: i
 
     ``df`` has ``id_col``, ``label_col`` and the integer ``pred_cols``. Returns
     ``{col: {"tp": (B, C), "fp": (B, C), "fn": (B, C)}}`` as float arrays (weighted counts), computed
-    by Spark aggregations; only these B × C numbers per column reach the driver.
+    in two narrow passes on the executors; only B × C sums per partition reach the driver.
     """
     # deferred: pyspark is slow to import
     from pyspark.sql import functions as F
 
     B, C = int(replicates), int(n_classes)
-    reps = df.select(F.col(id_col).alias("_id"), F.col(label_col).cast("long").alias("_t"),
-                     *[F.col(c).cast("long").alias(f"_p{i}") for i, c in enumerate(pred_cols)]) \
-        .withColumn("_b", F.explode(F.sequence(F.lit(0), F.lit(B - 1))))
-    reps = reps.withColumn("_w", poisson_weight(F, seed, F.col("_b"), F.col("_id")))
-    # stratification: each true class's total weight in a replicate is rescaled to its support n_c;
-    # a class that drew no weight at all (possible only for tiny classes) keeps weight 1 per row
-    strata = reps.groupBy("_b", "_t").agg(F.sum("_w").alias("_s"), F.count(F.lit(1)).alias("_n"))
-    reps = reps.join(F.broadcast(strata), ["_b", "_t"])
-    reps = reps.withColumn("_w", F.when(F.col("_s") > 0, F.col("_w") * F.col("_n") / F.col("_s"))
-                           .otherwise(F.lit(1.0)))
+    narrow = df.select(F.col(id_col).cast("long").alias("_id"), F.col(label_col).cast("long").alias("_t"),
+                       *[F.col(c).cast("long").alias(f"_p{i}") for i, c in enumerate(pred_cols)])
+
+    def summed(strata):
+        # one row per partition with a few B × C arrays; summed on the driver (partials, not rows)
+        parts = narrow.mapInArrow(_partial_sums(B, C, seed, len(pred_cols), strata), "v array<binary>").collect()
+        if not parts:
+            return None
+        return [sum(np.frombuffer(r["v"][i], dtype=np.float64) for r in parts) for i in range(len(parts[0]["v"]))]
+
+    # pass 1: each replicate's drawn weight per true class, s[b, c], and the support n_c
+    first = summed(None)
+    if first is None:
+        return {c: {k: np.zeros((B, C)) for k in ("tp", "fp", "fn")} for c in pred_cols}
+    # pass 2: the stratified tp, fn, fp of every prediction column
+    second = summed((first[0].reshape(B, C), first[1]))
     out = {}
-    for i, c in enumerate(pred_cols):
-        p = f"_p{i}"
-        agg = reps.groupBy("_b", "_t", p).agg(F.sum("_w").alias("w"))
-        tp = agg.where(F.col("_t") == F.col(p)).groupBy("_b", F.col("_t").alias("c")).agg(F.sum("w").alias("v"))
-        fn = agg.where(F.col("_t") != F.col(p)).groupBy("_b", F.col("_t").alias("c")).agg(F.sum("w").alias("v"))
-        fp = agg.where(F.col("_t") != F.col(p)).groupBy("_b", F.col(p).alias("c")).agg(F.sum("w").alias("v"))
-        res = {}
-        for name, t in (("tp", tp), ("fp", fp), ("fn", fn)):
-            arr = np.zeros((B, C))
-            for row in t.where((F.col("c") >= 0) & (F.col("c") < C)).collect():   # ≤ B × C aggregates
-                arr[int(row["_b"]), int(row["c"])] = float(row["v"])
-            res[name] = arr
-        out[c] = res
+    for c, v in zip(pred_cols, second):
+        tp, fn, fp = v.reshape(3, B, C)
+        out[c] = {"tp": tp.copy(), "fp": fp.copy(), "fn": fn.copy()}
     return out
 
 

@@ -1,10 +1,12 @@
 """The stratified Poisson bootstrap in Spark: deterministic, stratified, paired."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
-from pipeline.evaluation.intervals import bootstrap_counts, bootstrap_intervals, paired_deltas
+from pipeline.evaluation.intervals import bootstrap_counts, bootstrap_intervals, paired_deltas, poisson_weights
 
 K = 4
 
@@ -55,3 +57,42 @@ def test_paired_delta(spark):
     d = paired_deltas(spark, better, df, K, replicates=40)
     assert d["macro_f1_delta_ci"][0] > 0
     assert all(lo >= 0 for lo, _ in d["per_class"]["recall_delta_ci"])
+
+
+def test_poisson_weights_are_poisson_1():
+    w = poisson_weights(np.arange(200_000), 5, seed=0)
+    assert w.shape == (5, 200_000)
+    assert abs(w.mean() - 1) < 0.01 and abs(w.var() - 1) < 0.02
+    # P(W = k) = e⁻¹ / k!
+    for k in range(4):
+        assert abs(np.mean(w == k) - np.exp(-1) / math.factorial(k)) < 0.003
+    # replicates and seeds are not copies of each other
+    assert np.corrcoef(w[0], w[1])[0, 1] < 0.01
+    assert not np.array_equal(w, poisson_weights(np.arange(200_000), 5, seed=1))
+
+
+def test_counts_match_a_row_by_row_reference(spark):
+    """The Spark partial sums against the bootstrap written out per row with the same weights,
+    including a one-row class that draws no weight in some replicates (it then keeps weight 1)."""
+    rng = np.random.default_rng(4)
+    y = np.repeat(np.arange(5), [80, 40, 12, 6, 1])
+    pred = np.where(rng.random(len(y)) < 0.35, rng.integers(0, 5, len(y)), y)
+    ids = rng.permutation(10_000)[: len(y)] * 7919
+    df = spark.createDataFrame([(int(i), int(a), int(b)) for i, a, b in zip(ids, y, pred)],
+                               "id long, label long, pred long").repartition(3)
+    B = 40
+    got = bootstrap_counts(df, ["pred"], 5, replicates=B, seed=11)["pred"]
+    w = poisson_weights(ids, B, 11)
+    ref = {k: np.zeros((B, 5)) for k in ("tp", "fp", "fn")}
+    for b in range(B):
+        for r in range(len(y)):
+            s = w[b, y == y[r]].sum()
+            wr = w[b, r] * np.sum(y == y[r]) / s if s > 0 else 1.0
+            if pred[r] == y[r]:
+                ref["tp"][b, y[r]] += wr
+            else:
+                ref["fn"][b, y[r]] += wr
+                ref["fp"][b, pred[r]] += wr
+    assert (w[:, y == 4] == 0).any()          # the fallback is exercised
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-9, atol=1e-9)
