@@ -38,6 +38,7 @@ import warnings
 from typing import Optional, Sequence
 
 import numpy as np
+import pyarrow as pa
 
 Z95 = 1.959963984540054
 LOW_SUPPORT = 20          # fewer test rows than this: the report warns that the class's numbers are noisy
@@ -99,8 +100,6 @@ def _partial_sums(B: int, C: int, seed: int, n_preds: int, strata: Optional[tupl
     stratified tp, fn, fp per (replicate, class), each row weighted w · n_t / s[b, t] (weight 1
     where its class drew no weight at all in that replicate).
     """
-    import pyarrow as pa
-
     def fn(batches):
         if strata is None:
             acc = [np.zeros(B * C), np.zeros(C)]
