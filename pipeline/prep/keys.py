@@ -29,6 +29,8 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from pipeline.prep.literals import map_sql, number_sql
+
 TARGET_BIN_ROWS = 2000
 MAX_BITS = 16
 KEY = "_key"
@@ -50,10 +52,14 @@ def bits_for(n: int) -> int:
 
 def _bin_col(label_col: str, bits: Mapping) -> F.Column:
     """Bin index of a row: the top ``b_c`` bits of its key (``b_c`` per class)."""
-    pairs = []
-    for label, b in bits.items():
-        pairs += [F.lit(label), F.lit(int(b))]
-    b = F.coalesce(F.create_map(*pairs)[F.col(label_col)], F.lit(0)) if pairs else F.lit(0)
+    table = map_sql(bits, "bigint", {k: number_sql(int(v), "int") for k, v in bits.items()})
+    if table is not None:
+        b = F.coalesce(F.expr(table)[F.col(label_col)], F.lit(0))
+    else:
+        pairs = []
+        for label, b in bits.items():
+            pairs += [F.lit(label), F.lit(int(b))]
+        b = F.coalesce(F.create_map(*pairs)[F.col(label_col)], F.lit(0)) if pairs else F.lit(0)
     # An arithmetic shift keeps the signed order of the key; adding 2**(b-1) makes the bin
     # index non-negative and monotone in the key.
     shifted = F.expr(f"shiftright({KEY}, 64 - _bits) + shiftleft(1L, _bits - 1)")
@@ -112,19 +118,39 @@ def bucket_col(plan: dict, label_col: str, id_col: str = "id", id_type=None) -> 
     always = [(lab, a) for lab, (a, _) in plan.items() if a]
     bucket = F.lit(0)
     if always:
-        pairs = []
-        for lab, a in always:
-            pairs += [F.lit(lab), F.lit(int(a))]
-        bucket = F.coalesce(F.create_map(*pairs)[F.col(label_col)], F.lit(0))
+        table = map_sql(dict(always), "bigint", {lab: number_sql(int(a), "int") for lab, a in always})
+        if table is not None:
+            bucket = F.coalesce(F.expr(table)[F.col(label_col)], F.lit(0))
+        else:
+            pairs = []
+            for lab, a in always:
+                pairs += [F.lit(lab), F.lit(int(a))]
+            bucket = F.coalesce(F.create_map(*pairs)[F.col(label_col)], F.lit(0))
     with_rows = [(lab, thr) for lab, (_, thr) in plan.items() if thr]
     if with_rows:
-        pairs = []
-        for lab, thr in with_rows:
-            pairs += [F.lit(lab), F.array(*[F.struct(F.lit(int(k)).cast("long").alias("k"),
-                                                     (F.lit(i).cast(id_type) if id_type is not None
-                                                      else F.lit(i)).alias("i")) for k, i in thr])]
+        id_sql = id_type.simpleString() if id_type is not None else "bigint"
+
+        def rows_sql(thr):
+            parts = []
+            for k, i in thr:
+                ks, is_ = number_sql(int(k), "bigint"), number_sql(i, id_sql)
+                if is_ is None or is_ == "NULL":
+                    return None
+                parts.append(f"named_struct('k', {ks}, 'i', {is_})")
+            return f"array({', '.join(parts)})"
+
+        table = map_sql(dict(with_rows), "bigint", {lab: rows_sql(thr) for lab, thr in with_rows})
+        if table is not None:
+            thresholds = F.expr(table)
+        else:
+            pairs = []
+            for lab, thr in with_rows:
+                pairs += [F.lit(lab), F.array(*[F.struct(F.lit(int(k)).cast("long").alias("k"),
+                                                         (F.lit(i).cast(id_type) if id_type is not None
+                                                          else F.lit(i)).alias("i")) for k, i in thr])]
+            thresholds = F.create_map(*pairs)
         key, rid = F.col(KEY), F.col(id_col)
-        reached = F.aggregate(F.create_map(*pairs)[F.col(label_col)], F.lit(0),
+        reached = F.aggregate(thresholds[F.col(label_col)], F.lit(0),
                               lambda acc, t: acc + F.when((key > t["k"]) | ((key == t["k"]) & (rid >= t["i"])), 1)
                               .otherwise(0))
         bucket = bucket + F.coalesce(reached, F.lit(0))

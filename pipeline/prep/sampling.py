@@ -67,6 +67,7 @@ import numpy as np
 from pipeline.data.schema import has_info, read_info, write_info
 from pipeline.errors import InputError
 from pipeline.io import atomic_dir, is_local, label_key, local_path, spark_uri, write_json
+from pipeline.prep.literals import array_sql
 
 log = logging.getLogger(__name__)
 
@@ -577,8 +578,10 @@ def _lookup(label_col: str, values: Mapping, dtype):
     labels = list(values)
     if all(isinstance(c, int) and not isinstance(c, bool) for c in labels) \
             and min(labels) >= 0 and max(labels) < 4 * len(labels) + 16:
-        arr = F.array(*[F.lit(values[i]).cast(dtype) if i in values else none
-                        for i in range(max(labels) + 1)])
+        dense = [values.get(i) for i in range(max(labels) + 1)]
+        table = array_sql(dense, dtype.simpleString())   # one Py4J call instead of two per class
+        arr = F.expr(table) if table is not None else F.array(*[F.lit(v).cast(dtype) if v is not None else none
+                                                                for v in dense])
         label = F.col(label_col).cast("int")
         return F.when((label >= 0) & (label <= max(labels)), arr[label]).otherwise(none)
     pairs = []

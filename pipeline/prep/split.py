@@ -199,17 +199,21 @@ def _write_splits(spark, assigned, fit: dict, info: DatasetInfo, label_col: str,
     info.labels = labels
     data_cols = [c for c in assigned.columns if c != SPLIT_COL]
     assigned.write.partitionBy(SPLIT_COL).parquet(spark_uri(tmp / "_all"))
+    # the counts of all three splits, read back from the written files in one job (label column only)
+    written: dict = {name: {} for name in SPLITS}
+    if any((tmp / "_all" / f"{SPLIT_COL}={name}").exists() for name in SPLITS):
+        for name, lab, n in (spark.read.parquet(spark_uri(tmp / "_all"))
+                             .groupBy(SPLIT_COL, label_col).count().collect()):
+            written[name][int(lab)] = int(n)
     split_counts = {}
     for name in SPLITS:
         part_dir = tmp / "_all" / f"{SPLIT_COL}={name}"
         target = tmp / name
         if part_dir.exists():
             part_dir.rename(target)
-            part = spark.read.parquet(spark_uri(target))
-            c = {int(r[0]): int(r[1]) for r in part.groupBy(label_col).count().collect()}
         else:
             spark.createDataFrame([], assigned.select(*data_cols).schema).write.parquet(spark_uri(target))
-            c = {}
+        c = written[name]
         split_counts[name] = {str(k): c.get(k, 0) for k in range(len(labels))}
         write_info(target, DatasetInfo(**{**info.to_dict(), "class_counts": split_counts[name]}))
     shutil.rmtree(tmp / "_all", ignore_errors=True)
