@@ -145,7 +145,10 @@ def bootstrap_counts(df, pred_cols: Sequence[str], n_classes: int, replicates: i
     from pyspark.sql import functions as F
 
     B, C = int(replicates), int(n_classes)
-    narrow = df.select(F.col(id_col).cast("long").alias("_id"), F.col(label_col).cast("long").alias("_t"),
+    # integer ids are used as they are; any other id type (strings, …) by its 64-bit hash
+    integral = df.schema[id_col].dataType.typeName() in ("byte", "short", "integer", "long")
+    rid = F.col(id_col).cast("long") if integral else F.xxhash64(F.col(id_col))
+    narrow = df.select(rid.alias("_id"), F.col(label_col).cast("long").alias("_t"),
                        *[F.col(c).cast("long").alias(f"_p{i}") for i, c in enumerate(pred_cols)])
 
     def summed(strata):

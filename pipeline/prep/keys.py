@@ -29,7 +29,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pipeline.prep.literals import map_sql, number_sql
+from pipeline.prep.literals import int_lookup, map_sql, number_sql
 
 TARGET_BIN_ROWS = 2000
 MAX_BITS = 16
@@ -52,14 +52,7 @@ def bits_for(n: int) -> int:
 
 def _bin_col(label_col: str, bits: Mapping) -> F.Column:
     """Bin index of a row: the top ``b_c`` bits of its key (``b_c`` per class)."""
-    table = map_sql(bits, "bigint", {k: number_sql(int(v), "int") for k, v in bits.items()})
-    if table is not None:
-        b = F.coalesce(F.expr(table)[F.col(label_col)], F.lit(0))
-    else:
-        pairs = []
-        for label, b in bits.items():
-            pairs += [F.lit(label), F.lit(int(b))]
-        b = F.coalesce(F.create_map(*pairs)[F.col(label_col)], F.lit(0)) if pairs else F.lit(0)
+    b = int_lookup(label_col, bits)
     # An arithmetic shift keeps the signed order of the key; adding 2**(b-1) makes the bin
     # index non-negative and monotone in the key.
     shifted = F.expr(f"shiftright({KEY}, 64 - _bits) + shiftleft(1L, _bits - 1)")
@@ -118,14 +111,7 @@ def bucket_col(plan: dict, label_col: str, id_col: str = "id", id_type=None) -> 
     always = [(lab, a) for lab, (a, _) in plan.items() if a]
     bucket = F.lit(0)
     if always:
-        table = map_sql(dict(always), "bigint", {lab: number_sql(int(a), "int") for lab, a in always})
-        if table is not None:
-            bucket = F.coalesce(F.expr(table)[F.col(label_col)], F.lit(0))
-        else:
-            pairs = []
-            for lab, a in always:
-                pairs += [F.lit(lab), F.lit(int(a))]
-            bucket = F.coalesce(F.create_map(*pairs)[F.col(label_col)], F.lit(0))
+        bucket = int_lookup(label_col, dict(always))
     with_rows = [(lab, thr) for lab, (_, thr) in plan.items() if thr]
     if with_rows:
         id_sql = id_type.simpleString() if id_type is not None else "bigint"
@@ -139,7 +125,7 @@ def bucket_col(plan: dict, label_col: str, id_col: str = "id", id_type=None) -> 
                 parts.append(f"named_struct('k', {ks}, 'i', {is_})")
             return f"array({', '.join(parts)})"
 
-        table = map_sql(dict(with_rows), "bigint", {lab: rows_sql(thr) for lab, thr in with_rows})
+        table = map_sql({lab: rows_sql(thr) for lab, thr in with_rows}, "bigint")
         if table is not None:
             thresholds = F.expr(table)
         else:

@@ -27,12 +27,29 @@ def array_sql(values: Sequence, sql_type: str) -> Optional[str]:
     return None if any(p is None for p in parts) else f"CAST(array({', '.join(parts)}) AS array<{sql_type}>)"
 
 
-def map_sql(entries: Mapping, key_type: str, value_sql: Mapping) -> Optional[str]:
-    """``map(k0, v0, …)`` with numeric keys of ``key_type`` and values given as SQL text, or None."""
+def map_sql(value_sql: Mapping, key_type: str) -> Optional[str]:
+    """``map(k0, v0, …)`` with numeric keys of ``key_type`` and values given as SQL text, or None
+    when a key is not a number or a value is None (no SQL for it)."""
     parts = []
-    for k, v in entries.items():
+    for k, v in value_sql.items():
         ks = number_sql(k, key_type)
-        if ks is None or ks == "NULL" or value_sql.get(k) is None:
+        if ks is None or ks == "NULL" or v is None:
             return None
-        parts += [ks, value_sql[k]]
+        parts += [ks, v]
     return f"map({', '.join(parts)})" if parts else None
+
+
+def int_lookup(label_col: str, values: Mapping):
+    """A Column with the int ``values[label]`` of each row's label, 0 for labels not in ``values``."""
+    # deferred: pyspark is slow to import
+    from pyspark.sql import functions as F
+
+    if not values:
+        return F.lit(0)
+    table = map_sql({k: number_sql(int(v), "int") for k, v in values.items()}, "bigint")
+    if table is not None:
+        return F.coalesce(F.expr(table)[F.col(label_col)], F.lit(0))
+    pairs = []
+    for k, v in values.items():
+        pairs += [F.lit(k), F.lit(int(v))]
+    return F.coalesce(F.create_map(*pairs)[F.col(label_col)], F.lit(0))

@@ -31,6 +31,13 @@ def test_bootstrap_is_deterministic_and_stratified(spark):
     assert np.ptp(a["tp"][:, 0]) > 0
     c = bootstrap_counts(df, ["pred"], K, replicates=30, seed=8)["pred"]
     assert not np.allclose(a["tp"], c["tp"])
+    # string ids: weighed by their hash, still stratified, varied and deterministic
+    named = df.withColumn("id", df["id"].cast("string").alias("id"))
+    s1 = bootstrap_counts(named, ["pred"], K, replicates=30, seed=7)["pred"]
+    s2 = bootstrap_counts(named.repartition(3), ["pred"], K, replicates=30, seed=7)["pred"]
+    np.testing.assert_allclose(s1["tp"], s2["tp"])
+    np.testing.assert_allclose(s1["tp"] + s1["fn"], np.tile(np.bincount(y, minlength=K), (30, 1)))
+    assert np.ptp(s1["tp"][:, 0]) > 0 and not np.allclose(s1["tp"], a["tp"])
 
 
 def test_intervals_cover_point_and_stay_bounded(spark):

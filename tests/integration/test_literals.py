@@ -4,14 +4,14 @@ from __future__ import annotations
 import numpy as np
 from pyspark.sql import functions as F
 
-from pipeline.prep.literals import array_sql, map_sql, number_sql
+from pipeline.prep.literals import array_sql, int_lookup, map_sql, number_sql
 
 
 def test_number_sql_takes_only_numbers():
     assert number_sql(None, "bigint") == "NULL"
     assert number_sql("3", "bigint") is None and number_sql(True, "int") is None
     assert array_sql([1, "a"], "bigint") is None
-    assert map_sql({"a": 1}, "bigint", {"a": "1"}) is None
+    assert map_sql({"a": "1"}, "bigint") is None and map_sql({1: None}, "bigint") is None
 
 
 def test_tables_match_elementwise_literals(spark):
@@ -22,10 +22,16 @@ def test_tables_match_elementwise_literals(spark):
         F.array(*[F.lit(None if v is None else int(v)).cast("bigint") for v in longs]).alias("a_ref"),
         F.expr(array_sql(doubles, "double")).alias("d"),
         F.array(*[F.lit(None if v is None else float(v)).cast("double") for v in doubles]).alias("d_ref"),
-        F.expr(map_sql({3: 0, 10: 1}, "bigint", {3: "named_struct('k', CAST('-5' AS bigint))",
-                                                 10: "named_struct('k', CAST('9' AS bigint))"}))[F.lit(10)]["k"]
-        .alias("m"),
+        F.expr(map_sql({3: "named_struct('k', CAST('-5' AS bigint))",
+                        10: "named_struct('k', CAST('9' AS bigint))"}, "bigint"))[F.lit(10)]["k"].alias("m"),
     ).first()
     assert row["a"] == row["a_ref"] == [None if v is None else int(v) for v in longs]
     assert row["d"] == row["d_ref"]
     assert row["m"] == 9
+
+
+def test_int_lookup_numbers_and_strings(spark):
+    df = spark.createDataFrame([(0, "a"), (4, "b"), (9, "z")], "n long, s string")
+    got = df.select(int_lookup("n", {0: 3, 4: 7}).alias("x"), int_lookup("s", {"a": 1, "b": 2}).alias("y"),
+                    int_lookup("n", {}).alias("z")).collect()
+    assert [(r.x, r.y, r.z) for r in got] == [(3, 1, 0), (7, 2, 0), (0, 0, 0)]
