@@ -1,7 +1,7 @@
 """Literal Columns of many numbers (per-class tables: cut-offs, thresholds, bits) as one SQL expression.
 
 Built element by element, every ``F.lit(v).cast(t)`` is a few Py4J round trips (~1 ms each); a
-103-class table of cut-off rows took 1.5 s of the split stage and 0.5 s of each sample just to
+103-class table of cut-off rows took 1.5 s of the split stage and 0.7 s of each sample just to
 build its Column. Parsed by the JVM from one SQL string it is one call. Only numbers take this
 path; anything else (string ids or labels) returns None and the caller builds the Column itself.
 """
