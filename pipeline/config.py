@@ -147,6 +147,7 @@ class PredictSection:
     input: Optional[str] = None
     out: Optional[str] = None
     batch_size: int = 1024
+    corrected: bool = True              # add probs_corrected (the model's prior correction and temperature)
 
 
 @dataclass
@@ -154,6 +155,8 @@ class EvaluateSection:
     threshold_moving: Optional[str] = None  # None | prior | cost | tuned
     cost: Optional[list] = None             # binary cost threshold: [c10, c01]
     tune_metric: str = "f1"
+    prior_correction: str = "auto"          # auto | on | off: move probabilities to the unsampled prior
+    calibrate: Optional[str] = None         # None | temperature (fitted on the validation split)
 
 
 @dataclass

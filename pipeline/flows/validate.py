@@ -20,6 +20,8 @@ what                                      who owns the rule
 ``stream.reader``                         :data:`pipeline.stream.readers.READERS`
 ``evaluate.threshold_moving``             :func:`pipeline.evaluation.thresholds.check_rule`
 ``train.amp_dtype``                       :func:`pipeline.train.loop.check_amp_dtype`
+``evaluate.prior_correction``             :func:`pipeline.train.correction.correction_mode`
+``evaluate.calibrate``                    :func:`pipeline.train.correction.check_calibrator`
 ========================================  =================================================
 
 and the rules that join keys: a method that needs validation data when there is none, a
@@ -44,6 +46,7 @@ from pipeline.io import is_local, local_path
 from pipeline.prep.sampling import check_request, check_target
 from pipeline.evaluation.thresholds import check_rule
 from pipeline.train import PIPELINE_METHODS
+from pipeline.train.correction import check_calibrator, correction_mode
 
 #: The training loop's own ``train.method_params`` keys (any method may set them).
 LOOP_KEYS = {"dynamic_sampling", "drw_epoch", "drw_beta", "category_centers", "centroid_metric",
@@ -328,12 +331,20 @@ def validate_config(cfg: Config, command: str = "run", warn: Callable[[str], Non
 
     kind, n_classes = data_kind(cfg, command)
     if command != "train":
+        has_val = bool(d.val_path) or cfg.split.val > 0
         _sampling("sample", cfg.sample)
         try:
             check_rule(cfg.evaluate.threshold_moving, cfg.evaluate.cost, cfg.evaluate.tune_metric, n_classes)
         except InputError as e:
             raise _fail("evaluate.threshold_moving", e) from None
-        has_val = bool(d.val_path) or cfg.split.val > 0
+        for key, check in (("prior_correction", correction_mode), ("calibrate", check_calibrator)):
+            try:
+                check(getattr(cfg.evaluate, key))
+            except ValueError as e:
+                raise ConfigError(f"config key 'evaluate.{key}': {e}") from None
+        if check_calibrator(cfg.evaluate.calibrate) and not has_val:
+            raise ConfigError("config key 'evaluate.calibrate': temperature scaling is fitted on the validation "
+                              "split, and this run has none (split.val is 0)")
     else:
         has_val = bool(cfg.train.val_path)
     _training(cfg, kind, n_classes, has_val)

@@ -35,6 +35,35 @@ import numpy as np
 _TINY = 1e-300                      # log(0) guard: a probability of exactly 0 stays (almost) 0
 
 
+CORRECTION_MODES = ("auto", "on", "off")
+CALIBRATORS = ("temperature",)
+
+
+def correction_mode(value) -> str:
+    """``evaluate.prior_correction`` normalised to auto | on | off (YAML's true/false count as on/off).
+
+    Raises ValueError naming the accepted values.
+    """
+    if value is True:
+        return "on"
+    if value is False:
+        return "off"
+    v = str(value).strip().lower()
+    if v not in CORRECTION_MODES:
+        raise ValueError(f"expected one of {', '.join(CORRECTION_MODES)}, got {value!r}")
+    return v
+
+
+def check_calibrator(value) -> Optional[str]:
+    """``evaluate.calibrate``: None or temperature. Raises ValueError otherwise."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+        return None
+    v = str(value).strip().lower()
+    if v not in CALIBRATORS:
+        raise ValueError(f"expected null or one of {', '.join(CALIBRATORS)}, got {value!r}")
+    return v
+
+
 def prior_distribution(counts: Mapping | Sequence, n_classes: int) -> np.ndarray:
     """Class counts (a mapping class index → count, keys may be strings, or a sequence) → a prior."""
     c = np.zeros(n_classes, np.float64)
@@ -84,9 +113,35 @@ def softmax(z: np.ndarray) -> np.ndarray:
 def correct_probs(probs: np.ndarray, weights: Optional[np.ndarray] = None, temperature: float = 1.0) -> np.ndarray:
     """p̂ = softmax((log p + log w) / T): prior correction (``weights``), then temperature ``T``.
 
-    With ``weights=None`` and ``T=1`` this returns ``probs`` renormalised (the identity).
+    With ``weights=None`` and ``T=1`` there is nothing to correct: ``probs`` comes back as it is.
     """
+    if weights is None and float(temperature) == 1.0:
+        return np.asarray(probs, np.float64)
     return softmax(corrected_logits(probs, weights) / float(temperature))
+
+
+def calibration_block(train_counts, model_counts, n_classes: int, mode: str = "auto",
+                      temperature: Optional[float] = None) -> dict:
+    """What a model directory's ``model.json["calibration"]`` holds: both priors, whether scoring
+    applies the prior correction (``auto``: when they differ), and the temperature (None: none)."""
+    pi = prior_distribution(train_counts, n_classes)
+    pi_m = prior_distribution(model_counts, n_classes)
+    mode = correction_mode(mode)
+    on = mode == "on" or (mode == "auto" and prior_changed(pi, pi_m))
+    return {"train_prior": pi.tolist(), "model_prior": pi_m.tolist(), "prior_correction": bool(on),
+            "prior_correction_setting": mode, "temperature": None if temperature is None else float(temperature)}
+
+
+def scoring_transform(block: Optional[Mapping]) -> tuple[Optional[np.ndarray], float]:
+    """(prior weights or None, temperature) that scoring applies for a ``model.json`` calibration block.
+
+    No block (a model trained outside ``imbalance run``): no correction, T = 1.
+    """
+    if not block:
+        return None, 1.0
+    w = prior_weights(block["train_prior"], block["model_prior"]) if block.get("prior_correction") else None
+    t = block.get("temperature")
+    return w, 1.0 if t is None else float(t)
 
 
 # ------------------------------------------------------------------ temperature scaling
@@ -135,5 +190,5 @@ def fit_temperature(terms: Callable[[float], np.ndarray], max_iter: int = 30, to
     return 1.0 / beta
 
 
-__all__ = ["prior_distribution", "prior_weights", "prior_changed", "corrected_logits", "softmax",
-           "correct_probs", "nll_terms", "fit_temperature"]
+__all__ = ["CORRECTION_MODES", "CALIBRATORS", "correction_mode", "check_calibrator", "prior_distribution", "prior_weights", "prior_changed", "corrected_logits", "softmax",
+           "correct_probs", "calibration_block", "scoring_transform", "nll_terms", "fit_temperature"]

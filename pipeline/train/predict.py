@@ -6,7 +6,11 @@ partitions in batches, decoding image bytes / feature arrays with the same vecto
 training (:mod:`pipeline.stream.readers`). The output follows the predictions contract:
 
 ``id`` (long), ``label`` (int class index, from the input's label column), ``probs``
-(array<double>, softmax over the classes), ``pred`` (int, argmax of ``probs``)
+(array<double>, softmax over the classes: the network's raw probabilities), ``pred`` (int, argmax
+of ``probs``: the trained decision, which the correction does not move), and ``probs_corrected``
+(array<double>, ``probs`` moved to the prior of the data before sampling and, when fitted, divided
+by the temperature: :mod:`pipeline.train.correction`, with the priors and temperature of the
+model's ``model.json["calibration"]``; left out with ``corrected=False``)
 
 and is written atomically (temporary sibling directory, renamed into place), with
 ``_predictions.json`` beside the parts (model directory, input, classes and label names).
@@ -31,8 +35,10 @@ from pipeline.data.schema import DatasetInfo, has_info, read_info
 from pipeline.engines import get_spark
 from pipeline.errors import InputError
 from pipeline.io import atomic_dir, is_local, local_path, read_json, spark_uri, write_json
+from pipeline.train.correction import correct_probs, scoring_transform
 
-OUTPUT_SCHEMA = "id long, label int, probs array<double>, pred int"
+OUTPUT_SCHEMA = "id long, label int, probs array<double>, pred int, probs_corrected array<double>"
+RAW_SCHEMA = "id long, label int, probs array<double>, pred int"
 _MODEL_CACHE: dict = {}
 
 
@@ -81,7 +87,8 @@ def centroid_probs(features, centroids, metric: str = "euclidean", temperature: 
     return torch.softmax(score, dim=1)
 
 
-def predict_batches(batches: Iterator, model_dir: str, info: dict, batch_size: int) -> Iterator:
+def predict_batches(batches: Iterator, model_dir: str, info: dict, batch_size: int,
+                    corrected: bool = True) -> Iterator:
     """The ``mapInArrow`` body: Arrow batches (id, label, image|features) → prediction batches.
 
     Images and features are decoded from the Arrow buffers and ``probs`` is built from one flat
@@ -100,6 +107,7 @@ def predict_batches(batches: Iterator, model_dir: str, info: dict, batch_size: i
     from pipeline.train.methods import nearest_centroid_predict
 
     model, meta, centroids, method_state = _cached_model(model_dir)
+    weights, temperature = scoring_transform(meta.get("calibration"))
     method, state = method_state if method_state else (None, None)
     cc = meta.get("category_centers") or {}
     di = DatasetInfo(**info)
@@ -127,15 +135,23 @@ def predict_batches(batches: Iterator, model_dir: str, info: dict, batch_size: i
                     pred_out[s:s + m] = nearest_centroid_predict(feats, centroids, metric).numpy()
                 probs_out[s:s + m] = p.numpy()
         offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
-        yield pa.RecordBatch.from_arrays(
-            [batch.column("id").cast(pa.int64()), batch.column("label").cast(pa.int32()),
-             pa.ListArray.from_arrays(offsets, pa.array(probs_out.ravel())), pa.array(pred_out, pa.int32())],
-            names=["id", "label", "probs", "pred"])
+        cols = [batch.column("id").cast(pa.int64()), batch.column("label").cast(pa.int32()),
+                pa.ListArray.from_arrays(offsets, pa.array(probs_out.ravel())), pa.array(pred_out, pa.int32())]
+        names = ["id", "label", "probs", "pred"]
+        if corrected:
+            fixed = correct_probs(probs_out, weights, temperature)
+            cols.append(pa.ListArray.from_arrays(offsets, pa.array(fixed.ravel())))
+            names.append("probs_corrected")
+        yield pa.RecordBatch.from_arrays(cols, names=names)
 
 
 def predict(spark, model_dir: str, input_path: str, out_path: str, batch_size: int = 1024,
-            label_col: Optional[str] = None) -> str:
-    """Score every row of ``input_path`` with the model in ``model_dir``; write ``out_path``; return it."""
+            label_col: Optional[str] = None, corrected: bool = True) -> str:
+    """Score every row of ``input_path`` with the model in ``model_dir``; write ``out_path``; return it.
+
+    ``corrected``: add ``probs_corrected`` (the model's prior correction and temperature); False
+    writes the raw probabilities only.
+    """
     # deferred: pyspark is slow to import
     from pyspark.sql import functions as F
 
@@ -170,11 +186,13 @@ def predict(spark, model_dir: str, input_path: str, out_path: str, batch_size: i
     info_d = model_info.to_dict()
 
     def fn(batches):
-        return predict_batches(batches, model_dir_abs, info_d, batch_size)
+        return predict_batches(batches, model_dir_abs, info_d, batch_size, corrected)
 
-    preds = df.mapInArrow(fn, schema=OUTPUT_SCHEMA)
+    preds = df.mapInArrow(fn, schema=OUTPUT_SCHEMA if corrected else RAW_SCHEMA)
     side = {"model_dir": model_dir_abs, "input": str(input_path), "n_classes": meta["n_classes"],
-            "labels": meta["dataset"].get("labels"), "columns": ["id", "label", "probs", "pred"]}
+            "labels": meta["dataset"].get("labels"),
+            "columns": ["id", "label", "probs", "pred"] + (["probs_corrected"] if corrected else []),
+            "calibration": meta.get("calibration") if corrected else None}
     if is_local(out_path):
         with atomic_dir(out_path) as tmp:
             preds.write.mode("overwrite").parquet(spark_uri(tmp))
@@ -191,7 +209,8 @@ def predict_from_config(cfg) -> str:
         if not getattr(p, key):
             raise InputError(f"predict.{key} is not set")
     return predict(get_spark(cfg.spark), p.model, p.input, p.out, batch_size=p.batch_size,
-                   label_col=cfg.data.label_col if cfg.data.label_col != "label" else None)
+                   label_col=cfg.data.label_col if cfg.data.label_col != "label" else None,
+                   corrected=bool(p.corrected))
 
 
-__all__ = ["predict", "predict_from_config", "predict_batches", "centroid_probs", "OUTPUT_SCHEMA"]
+__all__ = ["predict", "predict_from_config", "predict_batches", "centroid_probs", "OUTPUT_SCHEMA", "RAW_SCHEMA"]

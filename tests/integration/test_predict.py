@@ -32,7 +32,7 @@ def test_predict_writes_the_contract_and_agrees_with_the_model(spark, trained):
     root, model_dir = trained
     out = predict(spark, model_dir, str(root / "test"), str(root / "preds"), batch_size=64)
     t = pq.read_table(out)
-    assert t.column_names == ["id", "label", "probs", "pred"]
+    assert t.column_names == ["id", "label", "probs", "pred", "probs_corrected"]
     d = t.to_pandas().sort_values("id").reset_index(drop=True)
     src = pq.read_table(root / "test").to_pandas().sort_values("id").reset_index(drop=True)
     assert d["id"].tolist() == src["id"].tolist()                 # every row exactly once
@@ -45,9 +45,39 @@ def test_predict_writes_the_contract_and_agrees_with_the_model(spark, trained):
     with torch.no_grad():
         ref = torch.softmax(model(torch.tensor(np.stack(src["features"].to_numpy()), dtype=torch.float32)), 1)
     np.testing.assert_allclose(probs, ref.double().numpy(), atol=1e-5)
+    # a model trained outside `imbalance run` has no calibration block: nothing to correct
+    np.testing.assert_allclose(np.stack(d["probs_corrected"].to_numpy()), probs, rtol=1e-12)
     assert (d["pred"].to_numpy() == (d["label"].to_numpy())).mean() > 0.6   # it learned something
     assert not [p for p in (root).iterdir() if p.name.startswith(".preds")]  # no temp dirs left
     assert (root / "preds" / "_predictions.json").is_file()
+
+
+def test_predict_applies_the_models_prior_correction_and_temperature(spark, trained, tmp_path):
+    import shutil
+
+    from pipeline.io import read_json, write_json
+    from pipeline.train.predict import predict
+
+    root, model_dir = trained
+    md = tmp_path / "model"
+    shutil.copytree(model_dir, md)
+    meta = read_json(md / "model.json")
+    pi, pi_model, T = [0.9, 0.09, 0.01], [1 / 3, 1 / 3, 1 / 3], 1.7
+    meta["calibration"] = {"train_prior": pi, "model_prior": pi_model, "prior_correction": True,
+                           "prior_correction_setting": "on", "temperature": T}
+    write_json(md / "model.json", meta)
+    d = pq.read_table(predict(spark, str(md), str(root / "test"), str(tmp_path / "p"))).to_pandas()
+    raw = np.stack(d["probs"].to_numpy())
+    got = np.stack(d["probs_corrected"].to_numpy())
+    bayes = raw * (np.array(pi) / np.array(pi_model))        # Bayes' rule by hand, then the temperature
+    bayes /= bayes.sum(axis=1, keepdims=True)
+    tempered = bayes ** (1 / T)
+    tempered /= tempered.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(got, tempered, rtol=1e-9)
+    assert (d["pred"].to_numpy() == raw.argmax(axis=1)).all()  # the decision is the trained one
+    assert read_json(tmp_path / "p" / "_predictions.json")["calibration"]["temperature"] == T
+    raw_only = pq.read_table(predict(spark, str(md), str(root / "test"), str(tmp_path / "r"), corrected=False))
+    assert raw_only.column_names == ["id", "label", "probs", "pred"]
 
 
 def test_predict_images_and_errors(spark, trained, tmp_path):
