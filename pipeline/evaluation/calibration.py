@@ -1,7 +1,7 @@
 """Calibration metrics of a predictions table: Brier score, top-label ECE and the reliability diagram.
 
 Pure NumPy partial sums: the evaluate stage's scan adds them over blocks of rows, so nothing is
-collected. The corrections themselves (prior, temperature) are :mod:`pipeline.train.correction`.
+collected. The corrections themselves (prior, temperature) are :mod:`pipeline.data.prior_correction`.
 
 **Metrics.** The Brier score here is Brier's (1950) multiclass form, the mean over rows of
 Σ_c (p_c − y_c)² (twice scikit-learn's binary ``brier_score_loss``). The expected calibration error

@@ -65,7 +65,9 @@ import numpy as np
 
 from pipeline.data.schema import has_info, read_info
 from pipeline.errors import InputError
+from pipeline.evaluation.calibration import ECE_BINS, brier_sum, ece_from_partials, reliability_bins, reliability_partials
 from pipeline.io import local_path, spark_uri, write_json
+from pipeline.data.prior_correction import correct_probs, scoring_transform
 
 log = logging.getLogger(__name__)
 
@@ -355,11 +357,14 @@ def _int_column(batch, name):
     return col.to_numpy(zero_copy_only=False).astype(np.int64), None
 
 
-def _scan_fn(k: int, has_pred: bool, has_adj: bool, adjust: Optional[Callable] = None):
+def _scan_fn(k: int, has_pred: bool, has_adj: bool, adjust: Optional[Callable] = None,
+             variants: Sequence = ()):
     """Per-partition validation and aggregates (confusion matrices, Brier sum, score histograms).
 
     ``adjust``: a function (n, k) probs → n class indices (a threshold-moving rule); its decisions
     are counted as ``pred_adjusted`` in this same pass instead of being read from a column.
+    ``variants``: (name, prior weights or None, temperature) per calibration column; each adds its
+    Brier sum and reliability bins (:mod:`pipeline.evaluation.calibration`) of the corrected probs.
     """
 
     def fn(batches: Iterator) -> Iterator:
@@ -373,6 +378,8 @@ def _scan_fn(k: int, has_pred: bool, has_adj: bool, adjust: Optional[Callable] =
         hist_tot = np.zeros(k * N_BUCKETS, np.int64)
         hist_pos = np.zeros(k * N_BUCKETS, np.int64)
         cls_off = (np.arange(k, dtype=np.int64) * N_BUCKETS)[None, :]
+        cal = np.zeros((len(variants), ECE_BINS, 3))
+        cal_brier = np.zeros(len(variants))
         err = None
         for batch in batches:
             if batch.num_rows == 0:
@@ -409,6 +416,10 @@ def _scan_fn(k: int, has_pred: bool, has_adj: bool, adjust: Optional[Callable] =
             B = score_bucket(P) + cls_off
             hist_tot += np.bincount(B.ravel(), minlength=k * N_BUCKETS)
             hist_pos += np.bincount(B[rows, labels], minlength=k * N_BUCKETS)
+            for v, (_, weights, temperature) in enumerate(variants):
+                Q = correct_probs(P, weights, temperature)
+                cal_brier[v] += brier_sum(Q, labels)
+                cal[v] += reliability_partials(Q, labels)
         out = {c: [] for c in ("kind", "i", "j", "a", "b", "x", "msg")}
 
         def add(kind, i=0, j=0, a=0, b=0, x=0.0, msg=None):
@@ -426,6 +437,11 @@ def _scan_fn(k: int, has_pred: bool, has_adj: bool, adjust: Optional[Callable] =
             for idx in np.flatnonzero(hist_tot):
                 add("hist", int(idx // N_BUCKETS), int(idx % N_BUCKETS),
                     int(hist_pos[idx]), int(hist_tot[idx] - hist_pos[idx]))
+            for v in range(len(variants)):
+                add("calbrier", v, x=float(cal_brier[v]))
+                for m in np.flatnonzero(cal[v, :, 0]):
+                    # bin counts and correct counts are integers; the confidence sum rides in x
+                    add("cal", v, int(m), int(cal[v, m, 0]), int(round(cal[v, m, 1])), float(cal[v, m, 2]))
         schema = pa.schema([("kind", pa.string()), ("i", pa.int64()), ("j", pa.int64()),
                             ("a", pa.int64()), ("b", pa.int64()), ("x", pa.float64()),
                             ("msg", pa.string())])
@@ -442,13 +458,16 @@ class Scan:
     cm_adjusted: Optional[np.ndarray]
     hist_pos: np.ndarray      # (K, N_BUCKETS)
     hist_neg: np.ndarray
+    cal_brier: Optional[np.ndarray] = None    # (variants,) Brier sums of the calibration variants
+    cal_bins: Optional[np.ndarray] = None     # (variants, ECE_BINS, 3): rows, correct, Σ confidence
 
 
-def scan_predictions(loaded: Loaded, adjust: Optional[Callable] = None) -> Scan:
+def scan_predictions(loaded: Loaded, adjust: Optional[Callable] = None, variants: Sequence = ()) -> Scan:
     """Pass 1: validate every row and aggregate what is O(classes) (raises InputError on bad rows).
 
     ``adjust``: a threshold-moving rule as a function of the probs block (see :func:`_scan_fn`);
     its confusion matrix is ``cm_adjusted``, as if the table had a ``pred_adjusted`` column.
+    ``variants``: the calibration columns to score (see :func:`_scan_fn`).
     """
     # deferred: pyspark is slow to import
     from pyspark.sql import functions as F
@@ -457,7 +476,7 @@ def scan_predictions(loaded: Loaded, adjust: Optional[Callable] = None) -> Scan:
     has_pred = "pred" in loaded.df.columns
     has_adj = loaded.has_adjusted or adjust is not None
     df = loaded.df.drop("pred_adjusted") if adjust is not None else loaded.df
-    agg = (df.mapInArrow(_scan_fn(k, has_pred, has_adj, adjust), _SCAN_SCHEMA)
+    agg = (df.mapInArrow(_scan_fn(k, has_pred, has_adj, adjust, variants), _SCAN_SCHEMA)
            .groupBy("kind", "i", "j")
            .agg(F.sum("a").alias("a"), F.sum("b").alias("b"), F.sum("x").alias("x"),
                 F.first("msg", ignorenulls=True).alias("msg"))
@@ -481,8 +500,18 @@ def scan_predictions(loaded: Loaded, adjust: Optional[Callable] = None) -> Scan:
     hn = np.zeros((k, N_BUCKETS), np.int64)
     hp[h.i.to_numpy(), h.j.to_numpy()] = h.a.to_numpy()
     hn[h.i.to_numpy(), h.j.to_numpy()] = h.b.to_numpy()
+    cal_brier = np.zeros(len(variants))
+    cal_bins = np.zeros((len(variants), ECE_BINS, 3))
+    cb = agg[agg.kind == "calbrier"]
+    cal_brier[cb.i.to_numpy()] = cb.x.to_numpy()
+    cr = agg[agg.kind == "cal"]
+    vi, mi = cr.i.to_numpy(), cr.j.to_numpy()
+    cal_bins[vi, mi, 0] = cr.a.to_numpy()
+    cal_bins[vi, mi, 1] = cr.b.to_numpy()
+    cal_bins[vi, mi, 2] = cr.x.to_numpy()
     return Scan(n=n, brier_sum=float(nrow.x.sum()), cm=matrix("cm") if has_pred else None,
-                cm_adjusted=matrix("cma") if has_adj else None, hist_pos=hp, hist_neg=hn)
+                cm_adjusted=matrix("cma") if has_adj else None, hist_pos=hp, hist_neg=hn,
+                cal_brier=cal_brier, cal_bins=cal_bins)
 
 
 # ------------------------------------------------------------------------------ pass 2: rank
@@ -706,17 +735,52 @@ def _threshold_block(cm: np.ndarray, names) -> dict:
     return per_class
 
 
+def calibration_variants(block: Optional[dict]) -> list:
+    """The calibration columns a model's ``model.json["calibration"]`` block asks to score:
+    ``raw`` always, ``prior_corrected`` when scoring applies the prior correction, and
+    ``temperature`` (prior correction, then T) when a temperature was fitted."""
+    weights, temperature = scoring_transform(block)
+    out = [("raw", None, 1.0)]
+    if weights is not None:
+        out.append(("prior_corrected", weights, 1.0))
+    if block and block.get("temperature") is not None:
+        out.append(("temperature", weights, temperature))
+    return out
+
+
+def calibration_summary(scan: Scan, variants: Sequence, block: Optional[dict]) -> dict:
+    """``metrics.json["calibration"]``: per variant ``{brier, ece, bins}``, and what was applied."""
+    out = {}
+    for v, (name, _, temperature) in enumerate(variants):
+        entry = {"brier": float(scan.cal_brier[v] / scan.n), "ece": ece_from_partials(scan.cal_bins[v]),
+                 "bins": reliability_bins(scan.cal_bins[v])}
+        if name == "temperature":
+            entry["T"] = float(temperature)
+        out[name] = entry
+    out["ece_bins"] = ECE_BINS
+    if block:
+        out["prior_correction"] = bool(block.get("prior_correction"))
+        out["train_prior"] = block.get("train_prior")
+        out["model_prior"] = block.get("model_prior")
+    return out
+
+
 def compute_metrics(spark, predictions, label_col: str = "label", pred_col: str = "pred",
                     n_classes: Optional[int] = None, class_names=None, curve_classes: int = 4,
-                    target_group_rows: Optional[int] = None, adjust: Optional[Callable] = None) -> dict:
+                    target_group_rows: Optional[int] = None, adjust: Optional[Callable] = None,
+                    calibration: Optional[dict] = None) -> dict:
     """All metrics of a predictions table, without writing anything (see module docstring).
 
     ``adjust``: a threshold-moving rule (probs block → class indices, e.g.
     :func:`pipeline.evaluation.thresholds.rule_adjuster`) whose decisions are scored as
     ``adjusted`` in the same scan, so no adjusted table has to be written and read again.
+    ``calibration``: the model's ``model.json["calibration"]`` block; the raw, prior-corrected
+    and temperature-scaled probabilities are scored from ``probs`` in the same scan
+    (``metrics["calibration"]``; only ``raw`` without a block).
     """
     loaded = load_predictions(spark, predictions, label_col, pred_col, n_classes, class_names)
-    scan = scan_predictions(loaded, adjust)
+    variants = calibration_variants(calibration)
+    scan = scan_predictions(loaded, adjust, variants)
     k = loaded.n_classes
     per_class = _threshold_block(scan.cm, loaded.class_names)
     present = [r["label"] for r in per_class if r["support"] > 0]
@@ -732,6 +796,7 @@ def compute_metrics(spark, predictions, label_col: str = "label", pred_col: str 
     if loaded.class_names is not None:
         metrics["class_names"] = loaded.class_names
     metrics["pr_curves"] = {str(c): rank["curves"][c] for c in rare if c in rank["curves"]}
+    metrics["calibration"] = calibration_summary(scan, variants, calibration)
     if scan.cm_adjusted is not None:
         adj = _threshold_block(scan.cm_adjusted, loaded.class_names)
         for r in adj:

@@ -2,7 +2,7 @@
 
 ::
 
-    source → profile → split → sample → materialize → train → predict → evaluate → report
+    source → profile → split → sample → materialize → train → calibrate → predict → evaluate → report
 
 Each stage writes into its own directory and, last, a ``_SUCCESS`` marker holding a fingerprint
 of its inputs (the upstream markers) and of the config keys it depends on. A rerun skips a stage
@@ -41,6 +41,7 @@ from pipeline.evaluation.evaluate import evaluate_predictions
 from pipeline.evaluation.report import write_report
 from pipeline.evaluation.thresholds import rule_adjuster, tune_threshold
 from pipeline.flows import tracking
+from pipeline.flows.calibrate import calibrate_model
 from pipeline.flows.compare import compare_methods, format_comparison, run_comparisons
 from pipeline.io import (
     atomic_dir,
@@ -332,7 +333,13 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
     train_fp = runner.stage("train", train_key, _train)
     model_dir = str(run_dir / "train" / "model")
     tracking.log_training(tr, run_dir, redo="train" in runner.ran)
-    tracking.log_model(tr, Path(model_dir), redo="train" in runner.ran)
+
+    # ---- calibrate: the priors (and temperature) scoring applies, written into model.json
+    calibrate_fp = runner.stage(
+        "calibrate", {"train": train_fp, "split": split_fp, "prior_correction": cfg.evaluate.prior_correction,
+                      "calibrate": cfg.evaluate.calibrate},
+        lambda d: calibrate_model(spark, cfg, run_dir, model_dir, train_data, val_split, d, log=log))
+    tracking.log_model(tr, Path(model_dir), redo="calibrate" in runner.ran)
 
     # ---- predict (test, and val for tuned thresholds)
 
@@ -341,8 +348,8 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
         for split_name, path in (("test", test_split), ("val", val_split)):
             predict(spark, model_dir, path, str(d / split_name), batch_size=cfg.predict.batch_size)
 
-    predict_fp = runner.stage("predict", {"train": train_fp, "split": split_fp, "predict": cfg.section("predict")},
-                              _predict)
+    predict_fp = runner.stage("predict", {"train": train_fp, "calibrate": calibrate_fp, "split": split_fp,
+                                          "predict": cfg.section("predict")}, _predict)
 
     # ---- evaluate (+ threshold moving)
 
@@ -359,7 +366,7 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
             adjust = rule_adjuster(rule, len(labels), class_counts=prior_counts(run_dir, train_data),
                                    cost=cfg.evaluate.cost, threshold=threshold)
         evaluate_predictions(spark, preds, str(d), label_col=label, n_classes=len(labels), class_names=labels,
-                             adjust=adjust)
+                             adjust=adjust, calibration=read_json(Path(model_dir) / "model.json").get("calibration"))
 
     evaluate_key = {"predict": predict_fp, "evaluate": cfg.section("evaluate")}
     if cfg.evaluate.threshold_moving == "prior":

@@ -20,8 +20,8 @@ what                                      who owns the rule
 ``stream.reader``                         :data:`pipeline.stream.readers.READERS`
 ``evaluate.threshold_moving``             :func:`pipeline.evaluation.thresholds.check_rule`
 ``train.amp_dtype``                       :func:`pipeline.train.loop.check_amp_dtype`
-``evaluate.prior_correction``             :func:`pipeline.train.correction.correction_mode`
-``evaluate.calibrate``                    :func:`pipeline.train.correction.check_calibrator`
+``evaluate.prior_correction``             :func:`pipeline.data.prior_correction.correction_mode`
+``evaluate.calibrate``                    :func:`pipeline.data.prior_correction.check_calibrator`
 ========================================  =================================================
 
 and the rules that join keys: a method that needs validation data when there is none, a
@@ -46,7 +46,7 @@ from pipeline.io import is_local, local_path
 from pipeline.prep.sampling import check_request, check_target
 from pipeline.evaluation.thresholds import check_rule
 from pipeline.train import PIPELINE_METHODS
-from pipeline.train.correction import check_calibrator, correction_mode
+from pipeline.data.prior_correction import check_calibrator, correction_mode
 
 #: The training loop's own ``train.method_params`` keys (any method may set them).
 LOOP_KEYS = {"dynamic_sampling", "drw_epoch", "drw_beta", "category_centers", "centroid_metric",

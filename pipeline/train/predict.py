@@ -9,7 +9,7 @@ training (:mod:`pipeline.stream.readers`). The output follows the predictions co
 (array<double>, softmax over the classes: the network's raw probabilities), ``pred`` (int, argmax
 of ``probs``: the trained decision, which the correction does not move), and ``probs_corrected``
 (array<double>, ``probs`` moved to the prior of the data before sampling and, when fitted, divided
-by the temperature: :mod:`pipeline.train.correction`, with the priors and temperature of the
+by the temperature: :mod:`pipeline.data.prior_correction`, with the priors and temperature of the
 model's ``model.json["calibration"]``; left out with ``corrected=False``)
 
 and is written atomically (temporary sibling directory, renamed into place), with
@@ -35,7 +35,7 @@ from pipeline.data.schema import DatasetInfo, has_info, read_info
 from pipeline.engines import get_spark
 from pipeline.errors import InputError
 from pipeline.io import atomic_dir, is_local, local_path, read_json, spark_uri, write_json
-from pipeline.train.correction import correct_probs, scoring_transform
+from pipeline.data.prior_correction import correct_probs, scoring_transform
 
 OUTPUT_SCHEMA = "id long, label int, probs array<double>, pred int, probs_corrected array<double>"
 RAW_SCHEMA = "id long, label int, probs array<double>, pred int"

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ["source", "profile", "split", "protocol", "sample", "materialize", "sample_pretrain",
-          "materialize_pretrain", "train", "predict", "evaluate", "comparison", "report"]
+          "materialize_pretrain", "train", "calibrate", "predict", "evaluate", "comparison", "report"]
 # The demo preset, shrunk so the test takes about a minute: same stages, same two-phase method.
 TINY = ["data.rows=2500", "train.epochs=1", "train.method_params.pretrain_epochs=1",
         "train.method_params.pretrain={strategy: threshold, cap: 60}", "stream.batch_size=64"]

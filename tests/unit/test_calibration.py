@@ -16,7 +16,7 @@ from pipeline.evaluation.calibration import (
     reliability_bins,
     reliability_partials,
 )
-from pipeline.train.correction import (
+from pipeline.data.prior_correction import (
     correct_probs,
     corrected_logits,
     fit_temperature,

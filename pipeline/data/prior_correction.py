@@ -1,6 +1,7 @@
 """The corrections scoring applies to a network's probabilities: prior correction and temperature.
 
-Pure NumPy. :func:`pipeline.train.predict.predict` applies them to every scored row (the
+Pure NumPy, in the data layer so that scoring and evaluation share one formula:
+:func:`pipeline.train.predict.predict` applies them to every scored row (the
 ``probs_corrected`` column), the MLflow model applies the same function, and the evaluate stage
 scores raw and corrected probabilities with :mod:`pipeline.evaluation.calibration`.
 

@@ -1,0 +1,68 @@
+"""Temperature scaling fitted on a validation predictions table, in Spark, nothing collected.
+
+Guo et al. (2017) fit one scalar T on held-out data by negative log-likelihood. Here the NLL and
+its two derivatives in β = 1/T (:func:`pipeline.data.prior_correction.nll_terms`) are summed per
+partition with ``mapInArrow`` and added on the driver: three numbers per pass, so the fit's memory
+does not grow with the rows. :func:`pipeline.data.prior_correction.fit_temperature` runs damped Newton
+on the convex NLL(β) and asks for one pass per step (the corrected log-probabilities are cached
+on the executors for those passes).
+"""
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import numpy as np
+
+from pipeline.evaluation.metrics import arrow_probs, load_predictions
+from pipeline.errors import InputError
+from pipeline.data.prior_correction import corrected_logits, fit_temperature, nll_terms
+
+_TERMS_SCHEMA = "n long, nll double, g double, h double"
+
+
+def _terms_fn(k: int, weights: Optional[np.ndarray], beta: float):
+    def fn(batches: Iterator) -> Iterator:
+        # deferred: pyarrow is slow to import
+        import pyarrow as pa
+
+        n, acc = 0, np.zeros(3)
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            P, err = arrow_probs(batch.column("probs"), k)
+            if err:
+                raise InputError(err)
+            labels = batch.column("label").to_numpy(zero_copy_only=False).astype(np.int64)
+            acc += nll_terms(corrected_logits(P, weights), labels, beta)
+            n += batch.num_rows
+        yield pa.RecordBatch.from_pydict({"n": [n], "nll": [acc[0]], "g": [acc[1]], "h": [acc[2]]})
+
+    return fn
+
+
+def fit_temperature_on(spark, predictions, weights: Optional[np.ndarray] = None, label_col: str = "label",
+                       n_classes: Optional[int] = None) -> float:
+    """The temperature minimising the validation NLL of softmax((log p + log w) / T).
+
+    ``predictions``: a predictions table (``label``, ``probs``), normally the validation split's;
+    ``weights``: the prior correction applied first (None: the raw probabilities).
+    """
+    # deferred: pyspark is slow to import
+    from pyspark.sql import functions as F
+
+    loaded = load_predictions(spark, predictions, label_col, None, n_classes)
+    df = loaded.df.where(F.col("label").isNotNull()).persist()
+    try:
+        def terms(beta: float) -> np.ndarray:
+            rows = df.mapInArrow(_terms_fn(loaded.n_classes, weights, beta), _TERMS_SCHEMA) \
+                .agg(F.sum("n"), F.sum("nll"), F.sum("g"), F.sum("h")).first()
+            if not rows[0]:
+                raise InputError("temperature scaling: the validation predictions have no labelled rows")
+            return np.array([rows[1], rows[2], rows[3]], np.float64)
+
+        return fit_temperature(terms)
+    finally:
+        df.unpersist()
+
+
+__all__ = ["fit_temperature_on"]
