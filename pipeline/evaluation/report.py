@@ -27,6 +27,7 @@ from pipeline.errors import InputError
 from pipeline.evaluation.compare_table import size_groups
 from pipeline.evaluation.intervals import LOW_SUPPORT, bootstrap_intervals, wilson_per_class
 from pipeline.evaluation.metrics import pr_curves
+from pipeline.evaluation.report_calibration import calibration_section
 from pipeline.evaluation.report_sections import (
     SORT_SCRIPT,
     comparison_section,
@@ -445,6 +446,7 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
                                else None)
     comp = comparison_section(run["comparison"], names, figs, _save, _plt()) if run.get("comparison") else None
     costs_section = learned_costs_section(predictions, per_class)
+    calib = calibration_section(metrics, figs, _save, _plt())
     has_adj = "adjusted" in metrics
     title = "Class-wise evaluation report"
 
@@ -475,6 +477,8 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
     md += ["| " + " | ".join(r) + " |" for r in rows]
     if costs_section:
         md += costs_section[0]
+    if calib:
+        md += calib[0]
     for t, fname, _, cap in figures:
         md += ["", f"## {t}", "", f"![{t}]({FIG_DIR}/{fname})", "", cap]
     _write_text(out / "report.md", "\n".join(md) + "\n")
@@ -509,6 +513,8 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
     parts.append(sortable_table(head, cells, table_id="per-class", keys=keys, row_class=low))
     if costs_section:
         parts.append(costs_section[1])
+    if calib:
+        parts.append(calib[1])
     for t, fname, data, cap in figures:
         b64 = base64.b64encode(data).decode("ascii")
         parts.append(f"<h2>{e(t)}</h2><img alt='{e(t)}' src='data:image/png;base64,{b64}'>"
@@ -519,4 +525,4 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
     if boot:
         (out / "intervals.json").write_text(json.dumps(boot))
     return {"markdown": str(out / "report.md"), "html": str(out / "report.html"),
-            "figures": [str(figs / f) for _, f, _, _ in figures]}
+            "figures": [str(figs / f) for _, f, _, _ in figures + ([calib[2]] if calib else [])]}
