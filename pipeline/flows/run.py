@@ -428,6 +428,9 @@ def _summary(run_dir: Path, runner: StageRunner) -> dict:
         out["metrics_adjusted"] = adjusted = _headline(metrics["adjusted"], metrics)
         head["adjusted_macro_f1"] = adjusted["macro_f1"]
         head["adjusted_balanced_accuracy"] = adjusted["balanced_accuracy"]
+    cal = metrics.get("calibration") or {}
+    out["calibration"] = {k: {"brier": v["brier"], "ece": v["ece"]} for k, v in cal.items()
+                          if isinstance(v, dict) and "brier" in v}
     return {"run_dir": str(run_dir), "report": str(run_dir / "report" / "report.html"),
             "metrics": head, **out, "ran": runner.ran, "skipped": runner.skipped,
             "seconds": {k: round(v, 2) for k, v in runner.timings.items()},
@@ -448,6 +451,10 @@ def _format_summary(s: dict) -> str:
     if "adjusted_macro_f1" in m:
         lines.append(f"after threshold moving: macro F1 {f(m['adjusted_macro_f1'])} | "
                      f"balanced accuracy {f(m['adjusted_balanced_accuracy'])}")
+    cal = s.get("calibration") or {}
+    if cal:
+        lines.append("calibration (Brier / ECE): " + " | ".join(
+            f"{name.replace('_', '-')} {f(v['brier'])} / {f(v['ece'])}" for name, v in cal.items()))
     lines.append(f"stages run: {', '.join(s['ran']) or 'none'}; skipped (up to date): {', '.join(s['skipped']) or 'none'}")
     lines.append(f"report: {s['report']}  ({s['total_seconds']:.0f}s)")
     return "\n".join(lines)

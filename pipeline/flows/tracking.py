@@ -257,27 +257,29 @@ def log_training(tr: Tracker, run_dir: Path, redo: bool = False) -> None:
 
 
 def log_model(tr: Tracker, model_dir: Path, redo: bool = False) -> None:
-    """The best model with the ``mlflow.pytorch`` flavour and an input signature."""
+    """The model with the ``mlflow.pytorch`` flavour and an input signature: the network with its
+    scoring rule and calibration (:class:`pipeline.train.scorer.CalibratedScorer`), so
+    ``mlflow.pyfunc`` / ``spark_udf`` return the corrected probabilities ``imbalance predict`` writes
+    as ``probs_corrected``; the model directory itself as ``model_files``."""
     def _do():
         # deferred: torch and mlflow.pytorch are heavy
         import torch
         from mlflow.models import infer_signature
 
-        # deferred: saved_model imports torch
-        from pipeline.train.saved_model import load_model
+        # deferred: the scorer imports torch
+        from pipeline.train.scorer import CalibratedScorer
 
-        model, meta = load_model(str(model_dir))
-        example = np.zeros((1, *meta["input_shape"]), dtype=np.float32)
+        scorer = CalibratedScorer.load(str(model_dir))
+        example = np.zeros((1, *scorer.meta["input_shape"]), dtype=np.float32)
         with torch.no_grad():
-            out = model(torch.from_numpy(example))
-        out = out[0] if isinstance(out, (tuple, list)) else out
+            out = scorer(torch.from_numpy(example))
         signature = infer_signature(example, out.numpy())
         mlflow = _mlflow()
         mlflow.set_tracking_uri(tr.uri)
         logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # its pickle notice: our own code, our own file
         # log_model goes through the fluent API: attach it to this run without making it "active" globally
         with mlflow.start_run(run_id=tr.run_id, log_system_metrics=False):
-            mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
+            mlflow.pytorch.log_model(scorer, name="model", signature=signature, input_example=example,
                                      serialization_format="pickle",  # pt2 (torch.export) fixes the batch size
                                      pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
         tr.client.log_artifacts(tr.run_id, str(model_dir), "model_files")
@@ -302,6 +304,10 @@ def final_metrics(metrics: dict, labels: list) -> dict[str, float]:
         name = _metric_safe(str(pc.get("name", labels[i] if i < len(labels) else pc.get("label", i))))
         out[f"test.f1.{name}"] = pc.get("f1")
         out[f"test.recall.{name}"] = pc.get("recall")
+    for variant, v in (metrics.get("calibration") or {}).items():
+        if isinstance(v, dict) and "brier" in v:
+            out[f"test.calibration.{variant}.brier"] = v["brier"]
+            out[f"test.calibration.{variant}.ece"] = v["ece"]
     adj = metrics.get("adjusted")
     if adj:
         out["test.adjusted.macro_f1"] = adj.get("macro", {}).get("f1")

@@ -35,56 +35,27 @@ from pipeline.data.schema import DatasetInfo, has_info, read_info
 from pipeline.engines import get_spark
 from pipeline.errors import InputError
 from pipeline.io import atomic_dir, is_local, local_path, read_json, spark_uri, write_json
-from pipeline.data.prior_correction import correct_probs, scoring_transform
 
 OUTPUT_SCHEMA = "id long, label int, probs array<double>, pred int, probs_corrected array<double>"
 RAW_SCHEMA = "id long, label int, probs array<double>, pred int"
 _MODEL_CACHE: dict = {}
 
 
-def _cached_model(model_dir: str):
+def _cached_scorer(model_dir: str):
     """Load the model once per Python worker process (Spark reuses workers across tasks)."""
     # deferred: torch is slow to import
-    from pipeline.train.saved_model import META_FILE, MODEL_FILE, load_centroids, load_model
+    from pipeline.train.hooks import METHOD_STATE_FILE
+    from pipeline.train.saved_model import META_FILE, MODEL_FILE
+    from pipeline.train.scorer import CalibratedScorer
 
     d = local_path(model_dir)
-    # deferred: torch is slow to import
-    from pipeline.train.hooks import METHOD_STATE_FILE
-
     state_file = d / METHOD_STATE_FILE  # a cost search rewrites it after training
     key = (str(d), os.path.getmtime(d / MODEL_FILE), os.path.getmtime(d / META_FILE),
            os.path.getmtime(state_file) if state_file.is_file() else None)
     if key not in _MODEL_CACHE:
         _MODEL_CACHE.clear()
-        # deferred: torch is slow to import
-        from pipeline.train.hooks import load_inference_state
-
-        model, meta = load_model(str(d), device="cpu")
-        _MODEL_CACHE[key] = (model, meta, load_centroids(str(d), meta), load_inference_state(d))
+        _MODEL_CACHE[key] = CalibratedScorer.load(str(d))
     return _MODEL_CACHE[key]
-
-
-def centroid_probs(features, centroids, metric: str = "euclidean", temperature: float = 1.0):
-    """Category-center probabilities: softmax over classes of −distance / T (cosine: similarity / T).
-
-    Classes without a centroid (NaN row) get probability 0. Float64 throughout.
-    """
-    # deferred: torch is slow to import
-    import torch
-
-    f = torch.as_tensor(features).to(torch.float64)
-    c = torch.as_tensor(centroids).to(torch.float64)
-    valid = ~torch.isnan(c).any(dim=1)
-    c0 = torch.nan_to_num(c, nan=0.0)
-    if metric == "cosine":
-        fn = f / f.norm(dim=1, keepdim=True).clamp_min(1e-300)
-        cn = c0 / c0.norm(dim=1, keepdim=True).clamp_min(1e-300)
-        score = fn @ cn.T
-    else:
-        score = -torch.cdist(f, c0)
-    score = score / float(temperature)
-    score[:, ~valid] = float("-inf")
-    return torch.softmax(score, dim=1)
 
 
 def predict_batches(batches: Iterator, model_dir: str, info: dict, batch_size: int,
@@ -102,14 +73,7 @@ def predict_batches(batches: Iterator, model_dir: str, info: dict, batch_size: i
     from pipeline.stream.readers import decode_features, decode_images, to_float
 
     torch.set_num_threads(1)  # one Spark task per core already
-    # deferred: torch is slow to import
-    from pipeline.train.hooks import predict_scores
-    from pipeline.train.methods import nearest_centroid_predict
-
-    model, meta, centroids, method_state = _cached_model(model_dir)
-    weights, temperature = scoring_transform(meta.get("calibration"))
-    method, state = method_state if method_state else (None, None)
-    cc = meta.get("category_centers") or {}
+    scorer = _cached_scorer(model_dir)
     di = DatasetInfo(**info)
     fc = di.feature_col
     k = int(di.n_classes)
@@ -124,23 +88,13 @@ def predict_batches(batches: Iterator, model_dir: str, info: dict, batch_size: i
             col = column.slice(s, batch_size)
             x = decode_images(col, di.image_shape) if di.kind == "image" else decode_features(col, di.n_features)
             m = len(col)
-            with torch.no_grad():
-                if centroids is None:  # softmax, or the training method's own scoring rule
-                    p = predict_scores(method, state, model, to_float(x))
-                    pred_out[s:s + m] = p.argmax(dim=1).numpy()
-                else:  # category centers: nearest centroid in deep-feature space
-                    _, feats = model(to_float(x), return_features=True)
-                    metric = cc.get("metric", "euclidean")
-                    p = centroid_probs(feats, centroids, metric, cc.get("temperature", 1.0))
-                    pred_out[s:s + m] = nearest_centroid_predict(feats, centroids, metric).numpy()
-                probs_out[s:s + m] = p.numpy()
+            probs_out[s:s + m], pred_out[s:s + m] = scorer.score(to_float(x))
         offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
         cols = [batch.column("id").cast(pa.int64()), batch.column("label").cast(pa.int32()),
                 pa.ListArray.from_arrays(offsets, pa.array(probs_out.ravel())), pa.array(pred_out, pa.int32())]
         names = ["id", "label", "probs", "pred"]
         if corrected:
-            fixed = correct_probs(probs_out, weights, temperature)
-            cols.append(pa.ListArray.from_arrays(offsets, pa.array(fixed.ravel())))
+            cols.append(pa.ListArray.from_arrays(offsets, pa.array(scorer.correct(probs_out).ravel())))
             names.append("probs_corrected")
         yield pa.RecordBatch.from_arrays(cols, names=names)
 
@@ -213,4 +167,4 @@ def predict_from_config(cfg) -> str:
                    corrected=bool(p.corrected))
 
 
-__all__ = ["predict", "predict_from_config", "predict_batches", "centroid_probs", "OUTPUT_SCHEMA", "RAW_SCHEMA"]
+__all__ = ["predict", "predict_from_config", "predict_batches", "OUTPUT_SCHEMA", "RAW_SCHEMA"]

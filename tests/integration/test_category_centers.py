@@ -96,7 +96,7 @@ def test_local_training_saves_centroids_and_spark_predicts_by_nearest_centroid(s
 
 def test_temperature_and_bad_params(tables, tmp_path):
     from pipeline.errors import ConfigError
-    from pipeline.train.predict import centroid_probs
+    from pipeline.train.scorer import centroid_probs
     from pipeline.train.loop import centers_params
 
     f = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
