@@ -157,6 +157,9 @@ class EvaluateSection:
     tune_metric: str = "f1"
     prior_correction: str = "auto"          # auto | on | off: move probabilities to the unsampled prior
     calibrate: Optional[str] = None         # None | temperature (fitted on the validation split)
+    target_prior: Optional[dict] = None     # class label -> count or share that scoring corrects to
+    #                                         (default: the training split before sampling; retrain sets
+    #                                         it from the new partitions when the class prior moved)
 
 
 @dataclass
@@ -180,6 +183,8 @@ class RetrainSection:
     tolerance: float = 0.01             # gate: macro-F1 may drop at most this much
     minority_recall_tolerance: float = 0.02  # gate: mean minority-class recall may drop at most this much
     warm_start: bool = True             # start from the production model's weights
+    prior_shift: float = 0.02           # total variation between the production model's training prior and the
+    #                                     new partitions' above which the candidate corrects to the new prior
 
 
 @dataclass

@@ -65,6 +65,36 @@ def check_calibrator(value) -> Optional[str]:
     return v
 
 
+def check_target_prior(value) -> Optional[dict]:
+    """``evaluate.target_prior``: None, or a mapping class label → count or share (numbers >= 0, not
+    all 0). Returns it with string keys; raises ValueError naming the problem."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not value:
+        raise ValueError(f"expected a mapping class label -> count or share, got {value!r}")
+    out = {}
+    for k, v in value.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or v != v or v == float("inf"):
+            raise ValueError(f"class {k!r}: expected a count or share >= 0, got {v!r}")
+        out[str(k)] = float(v)
+    if not sum(out.values()) > 0:
+        raise ValueError("the counts or shares sum to 0")
+    return out
+
+
+def target_counts(target_prior: Mapping, labels: Sequence) -> dict:
+    """A ``target_prior`` keyed by class label → counts keyed by class index (``labels[i]`` is class i).
+
+    Raises ValueError for a label the data does not have; classes it does not name get 0.
+    """
+    index = {str(lab): i for i, lab in enumerate(labels)}
+    unknown = [k for k in target_prior if str(k) not in index]
+    if unknown:
+        raise ValueError(f"evaluate.target_prior names class(es) {', '.join(map(str, unknown[:5]))} that the data "
+                         f"does not have (classes: {', '.join(map(str, list(labels)[:10]))})")
+    return {str(index[str(k)]): float(v) for k, v in target_prior.items()}
+
+
 def prior_distribution(counts: Mapping | Sequence, n_classes: int) -> np.ndarray:
     """Class counts (a mapping class index → count, keys may be strings, or a sequence) → a prior."""
     c = np.zeros(n_classes, np.float64)
@@ -191,5 +221,5 @@ def fit_temperature(terms: Callable[[float], np.ndarray], max_iter: int = 30, to
     return 1.0 / beta
 
 
-__all__ = ["CORRECTION_MODES", "CALIBRATORS", "correction_mode", "check_calibrator", "prior_distribution", "prior_weights", "prior_changed", "corrected_logits", "softmax",
+__all__ = ["CORRECTION_MODES", "CALIBRATORS", "correction_mode", "check_calibrator", "check_target_prior", "target_counts", "prior_distribution", "prior_weights", "prior_changed", "corrected_logits", "softmax",
            "correct_probs", "calibration_block", "scoring_transform", "nll_terms", "fit_temperature"]

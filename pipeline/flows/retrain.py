@@ -12,7 +12,11 @@ The lake is a partitioned Parquet table, ``<retrain.lake>/<partition_col>=<value
    model (``retrain.warm_start``), prediction and evaluation — into ``<run.root>/retrain-<ts>/``;
 3. reports drift of the class distribution against the production model's training data
    (``drift.json``: total-variation and Jensen–Shannon distances, ρ before/after, classes that
-   appeared or vanished, the largest changes in class share);
+   appeared or vanished, the largest changes in class share). When the *new* partitions' class
+   prior has moved from the production model's training data by more than
+   ``retrain.prior_shift`` (total variation), the candidate's probabilities are corrected to the
+   new partitions' prior (``evaluate.target_prior``; ``drift.json["prior_shift"]``), since those
+   are the data it will score next;
 4. scores the production model on the *same* fresh test split, so both are judged on equal terms;
 5. registers the candidate as a new version of ``registry.model_name`` (always; the partitions it
    saw, the drift report and the gate's verdict as tags) and promotes it only if
@@ -33,6 +37,7 @@ import time
 from pathlib import Path
 
 from pipeline.config import Config
+from pipeline.data.source import read_table
 from pipeline.engines import get_spark
 from pipeline.errors import InputError
 from pipeline.evaluation.evaluate import evaluate_predictions
@@ -108,6 +113,23 @@ def _production_model_dir(reg: promotion.Registry, mv, dest: Path) -> Path:
     return dest / "model_files"
 
 
+def _prior_shift(cfg: Config, prod, new: list[str]) -> dict:
+    """The new partitions' class counts (label → count, a small Spark aggregate) and how far their
+    prior is from the production model's training data: ``{new_counts, total_variation, moved}``."""
+    # deferred: pyspark is slow to import
+    from pyspark.sql import functions as F
+
+    # deferred: pipeline.prep.keys imports pyspark
+    from pipeline.prep.keys import exact_counts
+
+    df = read_table(get_spark(cfg.spark), cfg.retrain.lake, cfg.data.label_col)
+    df = df.where(F.col(cfg.retrain.partition_col).cast("string").isin([str(p) for p in new]))
+    counts = {str(k): int(v) for k, v in exact_counts(df, cfg.data.label_col).items()}
+    tvd = class_drift(json.loads(prod.tags.get("class_counts") or "{}"), counts)["total_variation"]
+    return {"new_counts": counts, "total_variation": tvd, "threshold": float(cfg.retrain.prior_shift),
+            "moved": bool(counts) and tvd > float(cfg.retrain.prior_shift)}
+
+
 def retrain(cfg: Config) -> dict:
     """One scheduled retrain; returns a summary (status, version, promoted, gate reasons, drift)."""
     validate_config(cfg, "retrain")  # before the registry or the lake is touched
@@ -123,6 +145,11 @@ def retrain(cfg: Config) -> dict:
     log(f"retrain: {len(new)} new partition(s): {', '.join(new[:10])}; production: {prod_version or 'none'}")
 
     run_cfg = copy.deepcopy(cfg)
+    shift = _prior_shift(cfg, prod, new) if prod is not None else None
+    if shift and shift["moved"] and cfg.evaluate.target_prior is None:
+        run_cfg.evaluate.target_prior = shift["new_counts"]
+        log(f"retrain: the new partitions' class prior moved (TVD {shift['total_variation']:.4f} > "
+            f"{cfg.retrain.prior_shift}): the candidate's probabilities are corrected to it")
     run_cfg.data.input = cfg.retrain.lake
     run_cfg.data.train_path = run_cfg.data.val_path = run_cfg.data.test_path = None
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
@@ -144,6 +171,7 @@ def retrain(cfg: Config) -> dict:
     now_counts = _counts_from_distribution(dist)
     drift = class_drift(json.loads(prod.tags.get("class_counts") or "{}"), now_counts) if prod else None
     if drift:
+        drift["prior_shift"] = shift
         write_json(run_dir / "drift.json", drift)
         log(f"retrain: class-distribution drift TVD {drift['total_variation']:.4f}, "
             f"JS {drift['jensen_shannon']:.4f}, rho {drift['rho_before']:.1f} -> {drift['rho_after']:.1f}")

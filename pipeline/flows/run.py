@@ -337,8 +337,8 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
     # ---- calibrate: the priors (and temperature) scoring applies, written into model.json
     calibrate_fp = runner.stage(
         "calibrate", {"train": train_fp, "split": split_fp, "prior_correction": cfg.evaluate.prior_correction,
-                      "calibrate": cfg.evaluate.calibrate},
-        lambda d: calibrate_model(spark, cfg, run_dir, model_dir, train_data, val_split, d, log=log))
+                      "calibrate": cfg.evaluate.calibrate, "target_prior": cfg.evaluate.target_prior},
+        lambda d: calibrate_model(spark, cfg, run_dir, model_dir, train_data, val_split, d, data["labels"], log=log))
     tracking.log_model(tr, Path(model_dir), redo="calibrate" in runner.ran)
 
     # ---- predict (test, and val for tuned thresholds)

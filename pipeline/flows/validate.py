@@ -22,6 +22,7 @@ what                                      who owns the rule
 ``train.amp_dtype``                       :func:`pipeline.train.loop.check_amp_dtype`
 ``evaluate.prior_correction``             :func:`pipeline.data.prior_correction.correction_mode`
 ``evaluate.calibrate``                    :func:`pipeline.data.prior_correction.check_calibrator`
+``evaluate.target_prior``                 :func:`pipeline.data.prior_correction.check_target_prior`
 ========================================  =================================================
 
 and the rules that join keys: a method that needs validation data when there is none, a
@@ -46,7 +47,7 @@ from pipeline.io import is_local, local_path
 from pipeline.prep.sampling import check_request, check_target
 from pipeline.evaluation.thresholds import check_rule
 from pipeline.train import PIPELINE_METHODS
-from pipeline.data.prior_correction import check_calibrator, correction_mode
+from pipeline.data.prior_correction import check_calibrator, check_target_prior, correction_mode
 
 #: The training loop's own ``train.method_params`` keys (any method may set them).
 LOOP_KEYS = {"dynamic_sampling", "drw_epoch", "drw_beta", "category_centers", "centroid_metric",
@@ -301,7 +302,7 @@ def validate_config(cfg: Config, command: str = "run", warn: Callable[[str], Non
         if not isinstance(name, str) or not name.strip() or any(ch in name for ch in "/:'\"%"):
             raise ConfigError(f"registry.model_name: {name!r} is not a registered model name "
                               "(non-empty, without / : ' \" %)")
-        for key, value in (("retrain.tolerance", cfg.retrain.tolerance),
+        for key, value in (("retrain.tolerance", cfg.retrain.tolerance), ("retrain.prior_shift", cfg.retrain.prior_shift),
                            ("retrain.minority_recall_tolerance", cfg.retrain.minority_recall_tolerance),
                            ("registry.lock_timeout", cfg.registry.lock_timeout)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
@@ -337,7 +338,8 @@ def validate_config(cfg: Config, command: str = "run", warn: Callable[[str], Non
             check_rule(cfg.evaluate.threshold_moving, cfg.evaluate.cost, cfg.evaluate.tune_metric, n_classes)
         except InputError as e:
             raise _fail("evaluate.threshold_moving", e) from None
-        for key, check in (("prior_correction", correction_mode), ("calibrate", check_calibrator)):
+        for key, check in (("prior_correction", correction_mode), ("calibrate", check_calibrator),
+                           ("target_prior", check_target_prior)):
             try:
                 check(getattr(cfg.evaluate, key))
             except ValueError as e:

@@ -66,6 +66,14 @@ def test_retrain_promotes_then_gate_rejects_a_bad_model(spark, ray_local, tmp_pa
     v2 = promotion.production(reg)
     assert json.loads(v2.tags["drift"])["total_variation"] == second["drift"]["total_variation"]
     assert v2.tags["gate.compared_with"] == "1" and v2.tags["replaced"] == "1"
+    # the new partition's prior moved (balanced now): the candidate scores at that prior, not the lake's mix
+    shift = second["drift"]["prior_shift"]
+    assert shift["moved"] and shift["new_counts"] == {"0": 300, "1": 300, "2": 300, "3": 300}
+    cal = json.loads((tmp_path / "runs" / second["run_dir"].rsplit("/", 1)[-1] / "train" / "model"
+                      / "model.json").read_text())["calibration"]
+    assert cal["train_prior"] == [0.25] * 4 and cal["train_prior_from"] == "evaluate.target_prior"
+    assert json.loads((tmp_path / "runs" / first["run_dir"].rsplit("/", 1)[-1] / "train" / "model"
+                       / "model.json").read_text())["calibration"]["train_prior_from"] == "training split before sampling"
 
     # a config that trains badly (no warm start, learning rate 1e-9: an untrained network) is rejected
     _write_partition(lake, "2026-11-04", nxt, [400, 200, 100, 50], seed=4)
