@@ -24,6 +24,7 @@ from pipeline.flows.experiment import run_experiment
 from pipeline.flows.retrain import retrain
 from pipeline.flows.run import run_pipeline
 from pipeline.flows.validate import validate_config
+from pipeline.io import local_path
 from pipeline.prep.sampling import format_manifest, sample_dataset
 from pipeline.train.predict import predict_from_config
 
@@ -123,7 +124,19 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    cfg = load_config(a.config, a.overrides)
+    overrides = list(a.overrides)
+    if a.config and "=" in a.config and not os.path.exists(a.config):  # no config file, only overrides
+        overrides.insert(0, a.config)
+        a.config = None
+    for key in ("model", "input", "out"):
+        if getattr(a, f"predict_{key}"):
+            overrides.append(f"predict.{key}={getattr(a, f'predict_{key}')}")
+    if a.raw:
+        overrides.append("predict.corrected=false")
+    cfg = load_config(a.config, overrides)
+    if str(cfg.predict.model or "").startswith("models:/"):  # the registered model: its model directory
+        out_dir = local_path(cfg.predict.out or ".")
+        cfg.predict.model = str(promotion.registered_model_dir(cfg, cfg.predict.model, out_dir.parent / f".{out_dir.name}.model"))
     validate_config(cfg, "predict")
     out = predict_from_config(cfg)
     print(out)
@@ -268,7 +281,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, func, text in (
         ("train", cmd_train, "train a DNN on Ray Train workers streaming Petastorm shards"),
-        ("predict", cmd_predict, "batch prediction over a split, writing the predictions table"),
         ("run", cmd_run, "run every stage into <run.root>/<run-id>/ (prints the run directory last)"),
         ("experiment", cmd_experiment, "grid of methods x imbalance levels x seeds, with statistics"),
         ("retrain", cmd_retrain, "scheduled retraining over a data lake, gated promotion"),
@@ -278,6 +290,20 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("config", help="YAML config (see conf/)")
         s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
         s.set_defaults(func=func)
+
+    text = "batch prediction over a table, writing the predictions table"
+    s = sub.add_parser("predict", help=text, description=text + " (probs, pred and probs_corrected: the "
+                       "probabilities moved to the unsampled class prior and temperature the model carries). "
+                       "Overrides are dotted config keys, e.g. predict.batch_size=2048.")
+    s.add_argument("config", nargs="?", default=None, help="YAML config (optional; its tracking.uri / run.root "
+                   "find a registry model)")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    s.add_argument("--model", dest="predict_model", default=None,
+                   help="model directory, or a registered model: models:/<name>@production, models:/<name>/<version>")
+    s.add_argument("--input", dest="predict_input", default=None, help="Parquet table to score (predict.input)")
+    s.add_argument("--out", dest="predict_out", default=None, help="where the predictions go (predict.out)")
+    s.add_argument("--raw", action="store_true", help="write the raw probabilities only (no probs_corrected)")
+    s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("registry", help="list, show, promote or roll back versions in the MLflow Model Registry",
                        description="The model versions retrain registered (MLflow Model Registry on tracking.uri; "

@@ -472,13 +472,13 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
     md += errors[0]
     if thresh:
         md += thresh[0]
+    if calib:
+        md += calib[0]
     md += ["", "## Per-class metrics (sorted by class size)", "", table_note, "",
            "| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
     md += ["| " + " | ".join(r) + " |" for r in rows]
     if costs_section:
         md += costs_section[0]
-    if calib:
-        md += calib[0]
     for t, fname, _, cap in figures:
         md += ["", f"## {t}", "", f"![{t}]({FIG_DIR}/{fname})", "", cap]
     _write_text(out / "report.md", "\n".join(md) + "\n")
@@ -506,6 +506,8 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
     parts.append(errors[1])
     if thresh:
         parts.append(thresh[1])
+    if calib:
+        parts.append(calib[1])
     parts.append("<h2>Per-class metrics (sorted by class size; click a column to sort)</h2>"
                  f"<p class='cap'>{e(table_note)}</p>"
                  + (f"<p class='warn'>⚠ {n_low} classes have fewer than {LOW_SUPPORT} test rows (shaded).</p>"
@@ -513,8 +515,6 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
     parts.append(sortable_table(head, cells, table_id="per-class", keys=keys, row_class=low))
     if costs_section:
         parts.append(costs_section[1])
-    if calib:
-        parts.append(calib[1])
     for t, fname, data, cap in figures:
         b64 = base64.b64encode(data).decode("ascii")
         parts.append(f"<h2>{e(t)}</h2><img alt='{e(t)}' src='data:image/png;base64,{b64}'>"

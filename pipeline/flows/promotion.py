@@ -179,6 +179,29 @@ def _exists(reg: Registry) -> bool:
         raise
 
 
+def registered_model_dir(cfg: Config, uri: str, dest: Path) -> Path:
+    """A registry model URI (``models:/<name>@<alias>`` or ``models:/<name>/<version>``) → the
+    version's model directory (``model.pt``, ``model.json`` with its calibration), downloaded
+    from its run's ``model_files`` artifacts into ``dest`` (reused when already there)."""
+    body = uri[len("models:/"):] if uri.startswith("models:/") else ""
+    name, sep, ref = body.partition("@") if "@" in body else body.partition("/")
+    if not name or not sep or not ref:
+        raise InputError(f"{uri} is not a registry model URI (models:/<name>@<alias> or models:/<name>/<version>)")
+    reg = open_registry(dataclasses.replace(cfg, registry=dataclasses.replace(cfg.registry, model_name=name)),
+                        must_exist=True)
+    if sep == "@":
+        version = aliases(reg).get(ref)
+        if version is None:
+            raise InputError(f"registry {reg.uri}: model {name} has no alias {ref!r}")
+    else:
+        version = ref
+    mv = get_version(reg, version)
+    if not (dest / "model_files" / "model.pt").is_file():
+        dest.mkdir(parents=True, exist_ok=True)
+        reg.client.download_artifacts(mv.run_id, "model_files", str(dest))
+    return dest / "model_files"
+
+
 # ----------------------------------------------------------------------- writes
 def logged_model_id(reg: Registry, run_id: str, name: str = "model") -> str:
     """The id of the model ``name`` that run ``run_id`` logged (``tracking.log_model``)."""

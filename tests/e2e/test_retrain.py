@@ -87,12 +87,35 @@ def test_retrain_promotes_then_gate_rejects_a_bad_model(spark, ray_local, tmp_pa
 
     # production is served from the registry: models:/<name>@production loads the promoted network
     import mlflow  # deferred: heavy
+    import mlflow.pyfunc
     import mlflow.pytorch
     import torch
     mlflow.set_tracking_uri(reg.uri)
     mlflow_model = mlflow.pytorch.load_model(f"models:/{reg.name}@production")
     out = mlflow_model(torch.zeros((2, DIM)))
     assert tuple((out[0] if isinstance(out, (tuple, list)) else out).shape) == (2, N_CLASSES)
+
+    # the nightly scoring job: `imbalance predict --model models:/<name>@production` writes the same corrected
+    # probabilities as the run that trained it, and so does the registered model in Spark (spark_udf)
+    from pipeline.cli import main
+
+    v2_run = tmp_path / "runs" / second["run_dir"].rsplit("/", 1)[-1]
+    scored = tmp_path / "scored"
+    assert main(["predict", f"run.root={tmp_path / 'runs'}", "--model", f"models:/{reg.name}@production",
+                 "--input", str(v2_run / "split" / "test"), "--out", str(scored)]) == 0
+    ours = pq.read_table(scored).to_pandas().sort_values("id").reset_index(drop=True)
+    theirs = pq.read_table(v2_run / "predict" / "test").to_pandas().sort_values("id").reset_index(drop=True)
+    assert ours["id"].tolist() == theirs["id"].tolist()
+    np.testing.assert_allclose(np.stack(ours["probs_corrected"]), np.stack(theirs["probs_corrected"]), rtol=1e-9)
+    assert not np.allclose(np.stack(ours["probs_corrected"]), np.stack(ours["probs"]))   # a correction applied
+    udf = mlflow.pyfunc.spark_udf(spark, f"models:/{reg.name}@production", result_type="array<double>",
+                                  env_manager="local")
+    served = (spark.read.parquet(str(v2_run / "split" / "test")).select("id", udf("features").alias("p"))
+              .toPandas().sort_values("id").reset_index(drop=True))
+    np.testing.assert_allclose(np.stack(served["p"]), np.stack(ours["probs_corrected"]), rtol=1e-6, atol=1e-9)
+    assert main(["predict", f"run.root={tmp_path / 'runs'}", "--model", f"models:/{reg.name}@production",
+                 "--input", str(v2_run / "split" / "test"), "--out", str(tmp_path / "raw"), "--raw"]) == 0
+    assert pq.read_table(tmp_path / "raw").column_names == ["id", "label", "probs", "pred"]
 
     # rollback through the aliases: production back to 1
     assert promotion.rollback(reg, "ops") == "1"

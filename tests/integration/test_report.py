@@ -45,14 +45,16 @@ def test_report_is_self_contained_and_sorted_by_class_size(spark, table, tmp_pat
     assert len(sup) == K and sup == sorted(sup, reverse=True)
     assert sup == sorted(np.bincount(y, minlength=K).tolist(), reverse=True)
     assert "ρ" in md and "threshold moving" in md.lower()
-    for fig in ("f1_recall_vs_size", "pr_curves", "confusion_matrix", "threshold_moving", "class_distribution"):
+    for fig in ("f1_recall_vs_size", "pr_curves", "confusion_matrix", "threshold_moving", "class_distribution",
+                "reliability"):
         f = out / "figures" / f"{fig}.png"
         assert f.is_file() and f.read_bytes().startswith(PNG), fig
         assert f"figures/{fig}.png" in md
     blobs = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
-    assert len(blobs) == 5 and all(base64.b64decode(b).startswith(PNG) for b in blobs)
+    assert len(blobs) == 6 and all(base64.b64decode(b).startswith(PNG) for b in blobs)
     assert "figures/" not in html                      # nothing outside the file
     assert json.loads((out / "metrics.json").read_text())["adjusted"]
+    assert "## Calibration of the probabilities" in md and "<table id='calibration'>" in html
 
 
 def test_report_computes_pr_curves_in_spark_when_metrics_lack_them(spark, table, tmp_path):
