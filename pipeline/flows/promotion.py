@@ -182,7 +182,7 @@ def _exists(reg: Registry) -> bool:
 def registered_model_dir(cfg: Config, uri: str, dest: Path) -> Path:
     """A registry model URI (``models:/<name>@<alias>`` or ``models:/<name>/<version>``) → the
     version's model directory (``model.pt``, ``model.json`` with its calibration), downloaded
-    from its run's ``model_files`` artifacts into ``dest`` (reused when already there)."""
+    into ``dest`` by :func:`download_model_dir`."""
     body = uri[len("models:/"):] if uri.startswith("models:/") else ""
     name, sep, ref = body.partition("@") if "@" in body else body.partition("/")
     if not name or not sep or not ref:
@@ -195,7 +195,12 @@ def registered_model_dir(cfg: Config, uri: str, dest: Path) -> Path:
             raise InputError(f"registry {reg.uri}: model {name} has no alias {ref!r}")
     else:
         version = ref
-    mv = get_version(reg, version)
+    return download_model_dir(reg, get_version(reg, version), dest)
+
+
+def download_model_dir(reg: Registry, mv, dest: Path) -> Path:
+    """A version's model directory, downloaded from its run's ``model_files`` artifacts into
+    ``dest`` (reused when already there): what warm start and prediction read."""
     if not (dest / "model_files" / "model.pt").is_file():
         dest.mkdir(parents=True, exist_ok=True)
         reg.client.download_artifacts(mv.run_id, "model_files", str(dest))

@@ -104,15 +104,6 @@ def _tag_list(mv, key: str) -> list:
         return []
 
 
-def _production_model_dir(reg: promotion.Registry, mv, dest: Path) -> Path:
-    """The production version's model directory (``model.pt``, ``model.json``…), downloaded from
-    its run's ``model_files`` artifacts into ``dest``: what warm start and prediction read."""
-    if not (dest / "model_files" / "model.pt").is_file():
-        dest.mkdir(parents=True, exist_ok=True)
-        reg.client.download_artifacts(mv.run_id, "model_files", str(dest))
-    return dest / "model_files"
-
-
 def _prior_shift(cfg: Config, prod, new: list[str]) -> dict:
     """The new partitions' class counts (label → count, a small Spark aggregate) and how far their
     prior is from the production model's training data: ``{new_counts, total_variation, moved}``."""
@@ -156,7 +147,7 @@ def retrain(cfg: Config) -> dict:
     run_cfg.run.id = f"retrain-{stamp}-{os.getpid()}"
     prod_dir = None
     if prod is not None:
-        prod_dir = _production_model_dir(reg, prod, local_path(cfg.run.root) / run_cfg.run.id / "production_model")
+        prod_dir = promotion.download_model_dir(reg, prod, local_path(cfg.run.root) / run_cfg.run.id / "production_model")
         if cfg.retrain.warm_start:
             run_cfg.train.init_from = str(prod_dir)
     run_dir = Path(run_pipeline(run_cfg, tracking_tags={"retrain.model": reg.name,
