@@ -112,9 +112,12 @@ def test_node_failure_resumes_from_checkpoint(ray_cluster, tmp_path):
     # the restarted worker group says where it resumed: at the checkpoint we saw before the kill,
     # or one that landed while the node was dying; never at the start
     resumed = [int(m) for m in re.findall(r"resuming after epoch (\d+)/5 from its checkpoint", text)]
-    assert len(resumed) == 1 and resumed[0] in (k, k + 1), (k, resumed, text[-4000:])
-    after = epochs_printed(text[text.index("resuming after epoch"):])
-    assert after == list(range(resumed[0] + 1, 6)), (k, resumed, after)
+    # (the group may be restarted more than once while the dead node is noticed, within
+    # train.max_failures; each restart resumes from a checkpoint, never from the start)
+    assert resumed and resumed[0] in (k, k + 1), (k, resumed, text[-4000:])
+    assert resumed == sorted(resumed) and len(resumed) <= 3, (k, resumed, text[-4000:])
+    after = epochs_printed(text[text.rindex("resuming after epoch"):])
+    assert after == list(range(resumed[-1] + 1, 6)), (k, resumed, after)
     got = json.loads((run_dir / "train" / "train_summary.json").read_text())
     assert got["epochs_run"] == clean["epochs_run"] == 5
     # Same seed, same shards, same resumed optimizer state, CPU float math: the model is the same up
