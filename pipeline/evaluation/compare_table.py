@@ -9,28 +9,11 @@ from __future__ import annotations
 
 from typing import Optional
 
+from pipeline.evaluation.metrics import GROUP_BASIS_TEXT, size_groups
+
 
 def _sub(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return None if a is None or b is None else a - b
-
-
-def size_groups(per_class: list[dict], sizes: Optional[dict] = None) -> dict:
-    """Mean F1 of the 5 largest classes (L5) and of the other present classes (Rest).
-
-    Largest by ``sizes`` (training rows per class) when given — on a balanced test set the test
-    support cannot tell the head from the tail — else by test support; ties by class index.
-    """
-    present = [r for r in per_class if r["support"] > 0]
-    key = (lambda r: (-sizes.get(r["label"], 0), r["label"])) if sizes else (lambda r: (-r["support"], r["label"]))
-    order = sorted(present, key=key)
-
-    def mean_f1(rs):
-        v = [r["f1"] for r in rs if r["f1"] is not None]
-        return sum(v) / len(v) if v else None
-
-    return {"L5": {"f1": mean_f1(order[:5]), "classes": [r["label"] for r in order[:5]]},
-            "rest": {"f1": mean_f1(order[5:]), "classes": [r["label"] for r in order[5:]]},
-            "by": "training rows" if sizes else "test support"}
 
 
 def compare_metrics(method: dict, reference: dict, deltas: dict, sizes: Optional[dict] = None) -> dict:
@@ -64,7 +47,7 @@ def compare_metrics(method: dict, reference: dict, deltas: dict, sizes: Optional
         g = size_groups(m["per_class"], sizes)
         return {"macro_f1": m["macro"]["f1"], "balanced_accuracy": m["balanced_accuracy"],
                 "accuracy": m["accuracy"], "l5_f1": g["L5"]["f1"], "rest_f1": g["rest"]["f1"],
-                "l5_classes": g["L5"]["classes"], "groups_by": g["by"],
+                "l5_classes": g["L5"]["classes"], "groups_by": GROUP_BASIS_TEXT[g["basis"]],
                 "f1_zero_classes": sum(1 for r in m["per_class"] if r["support"] > 0 and r["f1"] == 0)}
 
     s_m, s_r = summary(method), summary(reference)

@@ -140,14 +140,40 @@ def classwise_from_confusion(cm: np.ndarray) -> list[dict]:
     return rows
 
 
+def size_groups(per_class: list[dict], train_counts: Optional[dict] = None) -> dict:
+    """Mean F1 of the 5 largest classes (L5) and of the other present classes (Rest).
+
+    Lee et al.'s L5 are the five most populous *training* classes: largest by ``train_counts``
+    (training rows per class index) when given — on a balanced test set the test support cannot
+    tell the head from the tail — else by test support; ties by class index. ``basis`` says which
+    (``"training"`` or ``"support"``).
+    """
+    present = [r for r in per_class if r["support"] > 0]
+    if train_counts:
+        order = sorted(present, key=lambda r: (-train_counts.get(r["label"], 0), r["label"]))
+    else:
+        order = sorted(present, key=lambda r: (-r["support"], r["label"]))
+
+    def mean_f1(rs):
+        v = [r["f1"] for r in rs if r["f1"] is not None]
+        return float(np.mean(v)) if v else None
+
+    return {"L5": {"f1": mean_f1(order[:5]), "classes": [r["label"] for r in order[:5]]},
+            "rest": {"f1": mean_f1(order[5:]), "classes": [r["label"] for r in order[5:]]},
+            "basis": "training" if train_counts else "support"}
+
+
+GROUP_BASIS_TEXT = {"training": "training rows", "support": "test support"}
+
+
 def summarize(per_class: list[dict], cm: np.ndarray, brier: Optional[float] = None,
-              keys: Sequence[str] = RATE_KEYS) -> dict:
+              keys: Sequence[str] = RATE_KEYS, train_counts: Optional[dict] = None) -> dict:
     """Macro/weighted averages, accuracy, multiclass balanced accuracy and G-mean, L5/rest F1.
 
     Averages run over classes with support > 0 (null rates, e.g. an undefined specificity, are
     skipped). ``g_mean`` is the geometric mean of the present classes' recalls (0 when any is 0),
-    imbalanced-learn's multiclass ``geometric_mean_score``. L5 are the five classes with the
-    largest support (ties: lower index first); ``rest`` the other present classes.
+    imbalanced-learn's multiclass ``geometric_mean_score``. ``groups``: :func:`size_groups`, L5 by
+    ``train_counts`` (training rows per class) when given, else by support.
     """
     cm = np.asarray(cm, dtype=np.int64)
     n = int(cm.sum())
@@ -165,13 +191,6 @@ def summarize(per_class: list[dict], cm: np.ndarray, brier: Optional[float] = No
         g_mean = 0.0
     else:
         g_mean = float(np.exp(np.mean(np.log(recalls))))
-    order = sorted(present, key=lambda r: (-r["support"], r["label"]))
-    l5, rest = order[:5], order[5:]
-
-    def mean_f1(rs):
-        v = [r["f1"] for r in rs if r["f1"] is not None]
-        return float(np.mean(v)) if v else None
-
     sizes = [r["support"] for r in present]
     out = dict(
         n_rows=n,
@@ -186,8 +205,7 @@ def summarize(per_class: list[dict], cm: np.ndarray, brier: Optional[float] = No
         brier=brier,
         macro=macro,
         weighted=weighted,
-        groups={"L5": {"f1": mean_f1(l5), "classes": [r["label"] for r in l5]},
-                "rest": {"f1": mean_f1(rest), "classes": [r["label"] for r in rest]}},
+        groups=size_groups(per_class, train_counts),
         confusion_matrix=cm.tolist(),
         per_class=per_class,
         field_notes=FIELD_NOTES,
@@ -768,7 +786,7 @@ def calibration_summary(scan: Scan, variants: Sequence, block: Optional[dict]) -
 def compute_metrics(spark, predictions, label_col: str = "label", pred_col: str = "pred",
                     n_classes: Optional[int] = None, class_names=None, curve_classes: int = 4,
                     target_group_rows: Optional[int] = None, adjust: Optional[Callable] = None,
-                    calibration: Optional[dict] = None) -> dict:
+                    calibration: Optional[dict] = None, train_counts: Optional[dict] = None) -> dict:
     """All metrics of a predictions table, without writing anything (see module docstring).
 
     ``adjust``: a threshold-moving rule (probs block → class indices, e.g.
@@ -776,7 +794,8 @@ def compute_metrics(spark, predictions, label_col: str = "label", pred_col: str 
     ``adjusted`` in the same scan, so no adjusted table has to be written and read again.
     ``calibration``: the model's ``model.json["calibration"]`` block; the raw, prior-corrected
     and temperature-scaled probabilities are scored from ``probs`` in the same scan
-    (``metrics["calibration"]``; only ``raw`` without a block).
+    (``metrics["calibration"]``; only ``raw`` without a block). ``train_counts``: training rows
+    per class index, which the L5/Rest groups are taken by (else by test support).
     """
     loaded = load_predictions(spark, predictions, label_col, pred_col, n_classes, class_names)
     variants = calibration_variants(calibration)
@@ -791,7 +810,7 @@ def compute_metrics(spark, predictions, label_col: str = "label", pred_col: str 
         c = r["label"]
         r["roc_auc"] = rank["roc_auc"].get(c)
         r["pr_auc"] = rank["pr_auc"].get(c)
-    metrics = summarize(per_class, scan.cm, brier=scan.brier_sum / scan.n)
+    metrics = summarize(per_class, scan.cm, brier=scan.brier_sum / scan.n, train_counts=train_counts)
     metrics = {"pred_col": pred_col, **metrics}
     if loaded.class_names is not None:
         metrics["class_names"] = loaded.class_names
@@ -803,7 +822,8 @@ def compute_metrics(spark, predictions, label_col: str = "label", pred_col: str 
             r.pop("roc_auc")
             r.pop("pr_auc")
         metrics["adjusted"] = summarize(adj, scan.cm_adjusted, brier=None,
-                                        keys=tuple(k_ for k_ in RATE_KEYS if k_ not in ("roc_auc", "pr_auc")))
+                                        keys=tuple(k_ for k_ in RATE_KEYS if k_ not in ("roc_auc", "pr_auc")),
+                                        train_counts=train_counts)
         metrics["adjusted"].pop("brier")
         metrics["adjusted"].pop("field_notes")
     assert len(per_class) == k

@@ -24,9 +24,8 @@ import numpy as np
 
 from pipeline.engines import get_spark
 from pipeline.errors import InputError
-from pipeline.evaluation.compare_table import size_groups
 from pipeline.evaluation.intervals import LOW_SUPPORT, bootstrap_intervals, wilson_per_class
-from pipeline.evaluation.metrics import pr_curves
+from pipeline.evaluation.metrics import GROUP_BASIS_TEXT, pr_curves
 from pipeline.evaluation.report_calibration import calibration_section
 from pipeline.evaluation.report_sections import (
     SORT_SCRIPT,
@@ -40,6 +39,7 @@ from pipeline.evaluation.report_sections import (
     what_ran,
 )
 from pipeline.io import local_path, read_json, spark_uri
+from pipeline.prep.profile import MINORITY_RULE, describe_counts, plot_distribution
 
 METHOD_SUMMARY_FILE = "method_state.json"   # the training method's JSON-able state (pipeline.train.hook_base)
 
@@ -172,7 +172,7 @@ def plot_threshold_moving(metrics: dict, path: Path, sizes: Optional[dict] = Non
     names = ["accuracy", "balanced_accuracy", "g_mean", "macro F1", "macro precision", "L5 F1", "rest F1"]
 
     def vals(m):
-        g = size_groups(m["per_class"], sizes)     # L5 by training rows when known
+        g = m["groups"]     # L5 as metrics.json has it: by training rows when known
         return [m.get("accuracy"), m.get("balanced_accuracy"), m.get("g_mean"), m["macro"].get("f1"),
                 m["macro"].get("precision"), g["L5"]["f1"], g["rest"]["f1"]]
 
@@ -203,17 +203,12 @@ def plot_threshold_moving(metrics: dict, path: Path, sizes: Optional[dict] = Non
 
 
 def plot_distribution_json(dist: dict, path: Path) -> bytes:
-    plt = _plt()
-    counts = [c["count"] for c in dist["classes"]]
-    fig, ax = plt.subplots(figsize=(8, 3.8))
-    ax.bar(np.arange(len(counts)), counts, width=1.0, color="tab:blue")
-    ax.set_yscale("log")
-    ax.set_xlabel("class (largest first)")
-    ax.set_ylabel("rows (log scale)")
-    rho = dist.get("rho")
-    ax.set_title(f"Class distribution: {dist.get('n_rows', sum(counts))} rows, "
-                 f"{len(counts)} classes" + (f", ρ = {rho:.1f}" if rho else ""))
-    return _save(fig, path)
+    """The profile stage's chart of a ``distribution.json`` dict: the minority classes (the
+    profile's :data:`~pipeline.prep.profile.MINORITY_RULE`) in red."""
+    if "minority_classes" not in dist:
+        dist = describe_counts({c["label"]: c["count"] for c in dist["classes"]})
+    plot_distribution(dist, path)
+    return path.read_bytes()
 
 
 def _distribution_figure(distribution, figs: Path) -> Optional[bytes]:
@@ -286,13 +281,13 @@ def _table(metrics: dict, sizes: Optional[dict] = None, boot: Optional[dict] = N
     return head, keys, rows, low
 
 
-def _summary(metrics: dict, boot: Optional[dict] = None, sizes: Optional[dict] = None) -> list[tuple[str, str, str]]:
+def _summary(metrics: dict, boot: Optional[dict] = None) -> list[tuple[str, str, str]]:
     adj = metrics.get("adjusted")
     b = boot or {}
-    by = "training rows" if sizes else "test support"
+    by = GROUP_BASIS_TEXT[metrics["groups"].get("basis", "support")]
 
     def group(m, g):
-        return size_groups(m["per_class"], sizes)[g]["f1"]
+        return m["groups"][g]["f1"]     # the same L5 as metrics.json, summary.json and MLflow
 
     def both(get):
         return _fmt(get(metrics)), (_fmt(get(adj)) if adj else "")
@@ -424,22 +419,16 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
                         plot_threshold_moving(metrics, figs / "threshold_moving.png", sizes),
                         "Same scores, new decisions (pred_adjusted): no retraining."))
     if sizes:   # the training data's distribution (after any protocol), not the source's
-        n_tr = sum(sizes.values())
-        distribution = {"n_rows": n_tr, "n_classes": len(sizes), "rho": max(sizes.values()) / max(1, min(sizes.values())),
-                        "classes": [{"label": c, "count": n, "fraction": n / n_tr}
-                                    for c, n in sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))]}
+        distribution = describe_counts({c: n for c, n in sizes.items() if n > 0})
     dist_png = _distribution_figure(distribution, figs)
     if dist_png is not None:
         figures.append(("Class distribution of the training data" if sizes else "Class distribution (profile stage)",
                         "class_distribution.png", dist_png,
-                        "Class sizes, log scale. Red: the minority classes, "
-                        "the smallest classes that together hold at most half of the rows (classes "
-                        "taken smallest first while their running total stays <= 50%; the "
-                        "minority/majority split of Dong et al.'s Class Rectification Loss, CRL)."))
+                        f"Class sizes, log scale. Red: the minority classes, {MINORITY_RULE}."))
 
     head, keys, cells, low = _table(metrics, sizes, boot)
     rows = [[t for t, _ in r] for r in cells]
-    summary = _summary(metrics, boot, sizes)
+    summary = _summary(metrics, boot)
     ran = what_ran(run, metrics, timings) if run else None
     errors = errors_section(metrics, names)
     thresh = threshold_section(metrics, run.get("config", {}).get("evaluate", {}).get("threshold_moving") if run

@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.evaluation.intervals import LOW_SUPPORT
 from pipeline.io import read_json
+from pipeline.prep.sampling import training_counts
 
 THRESHOLD_RULES = {
     "prior": ("threshold moving by class priors (Buda et al.)",
@@ -59,8 +60,7 @@ def read_run(run_dir) -> dict:
 
 def train_counts(run: dict) -> Optional[dict]:
     """Training rows per class (the training split after any protocol), from the sample manifest."""
-    m = run.get("manifest")
-    return {int(k): int(v) for k, v in m["input_counts"].items()} if m else None
+    return training_counts(run.get("manifest"))
 
 
 def what_ran(run: dict, metrics: dict, timings: Optional[dict]) -> tuple[list[str], str]:

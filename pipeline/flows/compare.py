@@ -28,6 +28,7 @@ from pipeline.evaluation.compare_table import compare_metrics
 from pipeline.evaluation.intervals import DEFAULT_REPLICATES, paired_deltas
 from pipeline.flows.tracking import tracking_uri
 from pipeline.io import atomic_dir, read_json, read_success, write_json
+from pipeline.prep.sampling import read_training_counts
 
 SHARED_STAGES = ("sample", "materialize")
 
@@ -84,9 +85,7 @@ def run_comparisons(cfg: Config, run_dir: Path, data_dir: Path, protocol_name: s
     def _compare(d: Path) -> None:
         main_metrics = read_json(run_dir / "evaluate" / "metrics.json")
         n = int(main_metrics["n_classes"])
-        manifest = run_dir / "sample" / "manifest.json"
-        sizes = ({int(k): int(v) for k, v in read_json(manifest)["input_counts"].items()}
-                 if manifest.is_file() else None)
+        sizes = read_training_counts(run_dir / "sample")
         out = {"method": cfg.train.method, "method_params": cfg.train.method_params, "references": {}}
         for m, ref_dir in refs.items():
             deltas = paired_deltas(spark, str(run_dir / "predict" / "test"), str(ref_dir / "predict" / "test"),

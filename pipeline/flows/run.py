@@ -55,7 +55,7 @@ from pipeline.io import (
     write_success,
 )
 from pipeline.flows.validate import pretrain_section, validate_config
-from pipeline.prep.sampling import format_manifest, sample_dataset
+from pipeline.prep.sampling import format_manifest, read_training_counts, sample_dataset
 from pipeline.stream.materialize import materialize
 from pipeline.train import PIPELINE_METHODS
 from pipeline.train.predict import predict
@@ -366,7 +366,8 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
             adjust = rule_adjuster(rule, len(labels), class_counts=prior_counts(run_dir, train_data),
                                    cost=cfg.evaluate.cost, threshold=threshold)
         evaluate_predictions(spark, preds, str(d), label_col=label, n_classes=len(labels), class_names=labels,
-                             adjust=adjust, calibration=read_json(Path(model_dir) / "model.json").get("calibration"))
+                             adjust=adjust, calibration=read_json(Path(model_dir) / "model.json").get("calibration"),
+                             train_counts=read_training_counts(run_dir / "sample"))
 
     evaluate_key = {"predict": predict_fp, "evaluate": cfg.section("evaluate")}
     if cfg.evaluate.threshold_moving == "prior":

@@ -66,7 +66,7 @@ import numpy as np
 
 from pipeline.data.schema import has_info, read_info, write_info
 from pipeline.errors import InputError
-from pipeline.io import atomic_dir, is_local, label_key, local_path, spark_uri, write_json
+from pipeline.io import atomic_dir, is_local, label_key, local_path, read_json, spark_uri, write_json
 from pipeline.prep.literals import array_sql
 
 log = logging.getLogger(__name__)
@@ -764,6 +764,21 @@ def sample_dataset(spark, input: str, out: str, strategy: str, target: Any = "au
         }
         write_json(tmp / "manifest.json", manifest)
     return manifest
+
+
+def training_counts(manifest: Optional[Mapping]) -> Optional[dict]:
+    """Training rows per class index *before* sampling (a manifest's ``input_counts``), or None.
+
+    Lee et al.'s L5 and every "by training rows" axis use these: after RUS every class has the
+    same sampled count, so the sampled counts cannot tell the head from the tail.
+    """
+    return {int(k): int(v) for k, v in manifest["input_counts"].items()} if manifest else None
+
+
+def read_training_counts(sample_dir) -> Optional[dict]:
+    """:func:`training_counts` of ``<sample_dir>/manifest.json`` (None when there is none)."""
+    path = local_path(sample_dir) / "manifest.json"
+    return training_counts(read_json(path)) if path.is_file() else None
 
 
 def format_manifest(manifest: Mapping, max_rows: int = 24) -> str:

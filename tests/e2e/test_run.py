@@ -70,6 +70,35 @@ def test_demo_runs_every_stage_and_prints_run_dir_last(demo_run):
     assert "two_phase vs baseline: macro F1" in r.stdout
 
 
+def test_one_l5_by_training_rows_in_every_output(demo_run):
+    """On the demo's balanced test set every class has the same support, so L5 must come from the
+    training rows (Lee et al.), and the console, summary.json, metrics.json, MLflow and the report
+    must all show that same L5."""
+    import mlflow
+
+    root, r = demo_run
+    run_dir = Path(r.stdout.strip().splitlines()[-1])
+    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    counts = {int(k): v for k, v in json.loads((run_dir / "sample" / "manifest.json").read_text())["input_counts"].items()}
+    largest = sorted(counts, key=lambda c: (-counts[c], c))[:5]
+    groups = metrics["groups"]
+    assert groups["basis"] == "training" and groups["L5"]["classes"] == largest
+    f1 = {row["label"]: row["f1"] for row in metrics["per_class"]}
+    l5 = sum(f1[c] for c in largest) / 5
+    assert groups["L5"]["f1"] == pytest.approx(l5)
+    assert metrics["adjusted"]["groups"]["L5"]["classes"] == largest
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["metrics"]["l5_f1"] == pytest.approx(l5)
+    assert f"L5 F1 {l5:.4f}" in r.stdout
+    run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db").get_run(summary["mlflow_run_id"])
+    assert run.data.metrics["test.l5_f1"] == pytest.approx(l5)
+    report = (run_dir / "report" / "report.md").read_text()
+    line = next(x for x in report.splitlines() if "F1 of the 5 largest classes (L5, by training rows)" in x)
+    assert f"{l5:.3f}" in line
+    ref = json.loads((run_dir / "compare" / "baseline" / "evaluate" / "metrics.json").read_text())
+    assert ref["groups"]["L5"]["classes"] == largest     # the reference is grouped by the same training rows
+
+
 def test_rerun_recomputes_nothing(demo_run):
     root, _ = demo_run
     run_dir = next(root.glob("demo-*"))

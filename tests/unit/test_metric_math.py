@@ -185,3 +185,19 @@ def test_the_two_balanced_accuracies_have_their_own_names_and_every_field_is_doc
     documented = set(re.findall(r"^\| `([a-z_0-9]+)`", doc, re.M)) | set(re.findall(r"`([a-z_0-9]+)`", doc))
     fields = set(m) | set(m["per_class"][0]) | {"pred_col", "class_names", "pr_curves", "adjusted", "name"}
     assert not fields - documented, f"undocumented metrics.json fields: {sorted(fields - documented)}"
+
+
+def test_l5_is_taken_by_training_rows_when_they_are_known():
+    """Equal test support (a balanced test set) cannot tell the head from the tail; training rows can."""
+    cm = np.diag([10] * 8)
+    cm[0, 1] = cm[7, 6] = 5           # class 0 and 7 lose recall
+    rows = classwise_from_confusion(cm)
+    train = {c: n for c, n in enumerate([5, 9, 9, 1, 3, 2, 8, 50])}
+    m = summarize(rows, cm, train_counts=train)
+    assert m["groups"]["basis"] == "training"
+    assert m["groups"]["L5"]["classes"] == [7, 1, 2, 6, 0]     # by training rows, ties by index
+    f1 = {r["label"]: r["f1"] for r in rows}
+    assert m["groups"]["L5"]["f1"] == pytest.approx(np.mean([f1[c] for c in (7, 1, 2, 6, 0)]))
+    assert m["groups"]["rest"]["classes"] == [4, 5, 3]
+    by_support = summarize(rows, cm)["groups"]
+    assert by_support["basis"] == "support" and by_support["L5"]["classes"] == [0, 7, 1, 2, 3]
