@@ -95,7 +95,7 @@ class StreamSection:
     batch_size: int = 256
     shuffle: bool = True
     workers_count: int = 2              # Petastorm reader threads per Ray worker
-    shuffle_buffer: int = 0             # rows in the loader's shuffling queue (0: row groups + rows shuffled)
+    shuffle_buffer: int = 0             # rows mixed in seeded blocks of at least this many (0: row groups + rows within each)
 
 
 @dataclass

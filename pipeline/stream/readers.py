@@ -4,10 +4,14 @@ Two readers sit behind one interface, :func:`make_loader`:
 
 ``petastorm`` (default)
     ``petastorm.make_batch_reader(file_url(path), cur_shard=rank, shard_count=world_size,
-    num_epochs=1, seed=seed + epoch, shuffle_row_groups, shuffle_rows)`` wrapped in
-    ``petastorm.pytorch.BatchedDataLoader`` (the batched loader, not ``DataLoader``, which would
-    go row by row). Petastorm shards by row group: row group *i* (in Petastorm's own, sorted
-    enumeration) goes to shard ``i % world_size``.
+    num_epochs=1, seed=seed + epoch, shuffle_row_groups)`` with ``workers_count`` reader threads.
+    Petastorm shards by row group: row group *i* (in Petastorm's own, sorted enumeration) goes to
+    shard ``i % world_size``. The batches are **the same on every run** for a given seed: the row
+    groups are put back into the order Petastorm started them, whichever thread finished first
+    (:mod:`pipeline.stream.delivery_order`), and rows are permuted by seeded generators instead of
+    Petastorm's per-thread row shuffle and ``BatchedDataLoader``'s unseeded shuffling queue. Each
+    row group arrives whole and is cut into batches here, so nothing runs per row (what
+    ``BatchedDataLoader`` is for).
 ``ray_data``
     ``ray.data.read_parquet`` → ``ray.train.get_dataset_shard(name)`` →
     ``iter_torch_batches(collate_fn=...)``; inside Ray Train the driver passes the datasets to
@@ -58,6 +62,7 @@ import torch
 from pipeline.data.schema import DatasetInfo
 from pipeline.errors import InputError
 from pipeline.io import file_url, local_path
+from pipeline.stream.delivery_order import id_key, in_delivery_order, ventilation_order
 from pipeline.stream.read_sampling import row_multiplicity
 
 READERS = ("petastorm", "ray_data")
@@ -229,6 +234,45 @@ def row_group_index(url: str, _mtime_key: float) -> tuple:
     return tuple((piece.path, piece.row_group or 0) for piece in load_row_groups(dataset))
 
 
+def row_group_keys(path: str) -> tuple[str, tuple]:
+    """``(kind, key per row group)`` in Petastorm's order: what
+    :func:`pipeline.stream.delivery_order.in_delivery_order` recognises arriving row groups by.
+
+    ``"range"`` keys ``(min id, max id, rows)`` come from the footers' column statistics (no data
+    read); where a footer has no statistics for ``id``, or two row groups share a key (ROS copies
+    can), the ``id`` column is read once and each row group keyed by a digest of its ids.
+    """
+    return _row_group_keys(file_url(path), file_mtime(path))
+
+
+@lru_cache(maxsize=64)
+def _row_group_keys(url: str, _mtime_key: float) -> tuple[str, tuple]:
+    # deferred: petastorm and pyarrow are slow to import
+    import pyarrow.parquet as pq
+    from petastorm.fs_utils import get_filesystem_and_path_or_paths
+
+    fs, _ = get_filesystem_and_path_or_paths(url)
+    footers: dict = {}
+    keys = []
+    for piece_path, rg in row_group_index(url, _mtime_key):
+        md = footers.get(piece_path)
+        if md is None:
+            with fs.open(piece_path) as f:
+                md = footers[piece_path] = pq.ParquetFile(f).metadata
+        g = md.row_group(rg)
+        col = next((g.column(j) for j in range(g.num_columns) if g.column(j).path_in_schema == ID_COL), None)
+        st = col.statistics if col is not None else None
+        if g.num_rows and (st is None or not st.has_min_max):
+            break
+        keys.append((int(st.min), int(st.max), g.num_rows) if g.num_rows else (None, None, 0))
+    else:
+        if len(set(k for k in keys if k[2])) == sum(1 for k in keys if k[2]):
+            return "range", tuple(keys)
+    digests = tuple(id_key(t.column(ID_COL).to_numpy(zero_copy_only=False), "digest")
+                    for _, t in iter_row_group_columns(url, [ID_COL]))
+    return "digest", digests
+
+
 def iter_row_group_columns(path: str, columns: list) -> Iterator[tuple]:
     """``(row group number, pyarrow Table of columns)`` for every row group, in Petastorm's order.
 
@@ -320,6 +364,13 @@ class _Rebatcher:
             yield self._take(self.n)
 
 
+def _permuted(parts: list, rng: np.random.Generator) -> tuple:
+    """The rows of consecutive ``(x, y, ids)`` chunks, joined and put in a random order of ``rng``."""
+    cols = [torch.cat([p[i] for p in parts]) if len(parts) > 1 else parts[0][i] for i in range(3)]
+    perm = torch.from_numpy(rng.permutation(len(cols[1])))
+    return tuple(c[perm] for c in cols)
+
+
 # ------------------------------------------------------------------ Petastorm reader
 class _DecodingReader:
     """A Petastorm reader whose row groups come out with the image bytes already decoded.
@@ -375,7 +426,7 @@ class PetastormLoader(_LoaderSpec):
     with_ids: bool = False
     raw: bool = False             # images stay uint8 (convert on the device with to_float)
     workers_count: int = 2
-    shuffle_buffer: int = 0       # BatchedDataLoader shuffling queue (rows); 0: row groups + rows shuffled
+    shuffle_buffer: int = 0       # rows mixed in seeded blocks of at least this many (0: within each row group)
     rates: Optional[tuple] = None  # read-time sampling: one rate per class (None: every row once)
     sample_seed: int = 0          # read-time sampling: the seed of the (seed, epoch, id) hash
     augment: Optional[dict] = None  # read-time sampling: augment every copy after the first (pipeline.stream.augment)
@@ -411,7 +462,11 @@ class PetastormLoader(_LoaderSpec):
     def __len__(self) -> int:
         return self.steps
 
-    def _reader(self, num_epochs, seed):
+    @property
+    def _queue_size(self) -> int:
+        return max(4, 2 * self.workers_count)
+
+    def _reader(self, num_epochs, seed, shuffle_groups: bool):
         # deferred: petastorm is slow to import
         from petastorm import make_batch_reader
 
@@ -420,24 +475,42 @@ class PetastormLoader(_LoaderSpec):
             file_url(self.path),
             schema_fields=["^" + re.escape(c) + "$" for c in cols],
             reader_pool_type="thread", workers_count=self.workers_count,
-            results_queue_size=max(4, 2 * self.workers_count),
-            seed=seed, shuffle_row_groups=self.shuffle, shuffle_rows=self.shuffle,
+            results_queue_size=self._queue_size,
+            seed=seed, shuffle_row_groups=shuffle_groups, shuffle_rows=False,   # rows: our seeded permutation
             num_epochs=num_epochs,
             cur_shard=self.rank if self._sharded else None,
             shard_count=self.world_size if self._sharded else None)
 
     def _chunks(self, num_epochs, seed) -> Iterator[tuple]:
-        # deferred: petastorm is slow to import
-        from petastorm.pytorch import BatchedDataLoader
-
-        reader = _DecodingReader(self._reader(num_epochs, seed), self.info)
-        cap = self.shuffle_buffer if self.shuffle else 0
-        with BatchedDataLoader(reader, batch_size=self.batch_size, shuffling_queue_capacity=cap) as loader:
-            for b in loader:
-                x = b[self.info.feature_col]
-                y = b[self.info.label_col].long()
-                ids = b[ID_COL].long()
-                yield x, y, ids
+        """Whole row groups as ``(x, y, ids)`` tensors, in a order fixed by ``seed`` however the
+        reader threads finish: Petastorm's own start order, restored by
+        :func:`~pipeline.stream.delivery_order.in_delivery_order`; rows permuted by a generator
+        seeded with (seed, rank, position) and, with ``shuffle_buffer``, mixed in seeded blocks of
+        at least that many rows. Row groups arrive whole, so no Python runs per row."""
+        kind, keys = row_group_keys(self.path)
+        shuffle_groups = self.shuffle and num_epochs == 1     # see delivery_order: later passes are not replayable
+        order = ventilation_order(row_group_rows(self.path), self.rank, self.world_size if self._sharded else None,
+                                  seed, shuffle_groups, num_epochs)
+        queue = self._queue_size
+        with self._reader(num_epochs, seed, shuffle_groups) as raw:
+            arrivals = in_delivery_order(_DecodingReader(raw, self.info), (keys[i] for i in order),
+                                         lambda r: id_key(getattr(r, ID_COL), kind),
+                                         max_waiting=4 * (self.workers_count + queue + 2))
+            block, n = [], 0
+            for pos, r in enumerate(arrivals):
+                cols = (torch.from_numpy(np.ascontiguousarray(getattr(r, self.info.feature_col))),
+                        torch.from_numpy(np.asarray(getattr(r, self.info.label_col), dtype=np.int64)),
+                        torch.from_numpy(np.asarray(getattr(r, ID_COL), dtype=np.int64)))
+                if not self.shuffle:
+                    yield cols
+                    continue
+                block.append(cols)
+                n += len(cols[1])
+                if n >= self.shuffle_buffer:
+                    yield _permuted(block, np.random.default_rng([seed, self.rank, pos]))
+                    block, n = [], 0
+            if block:
+                yield _permuted(block, np.random.default_rng([seed, self.rank, pos]))
 
     def _sampled_chunks(self, num_epochs, seed, gen, counter: list) -> Iterator[tuple]:
         """Chunks after read-time sampling: each row ``row_multiplicity`` times (0 = skipped), mixed

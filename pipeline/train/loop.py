@@ -609,6 +609,9 @@ def train_epoch(s: TrainingSession, epoch: int, crash) -> dict:
     """One pass over this worker's shard: the method's start-of-epoch step, then every batch.
     Returns the epoch's history entry (loss, rows, rows/s summed over workers)."""
     tc, device = s.cfg.train, s.device
+    # dropout and the methods' draws depend on (seed, epoch, rank) only, so an epoch resumed from a
+    # checkpoint draws the same numbers as in an uninterrupted run
+    torch.manual_seed((s.seed * 1_000_003 + epoch * 7919 + s.rank) % (2**63 - 1))
     if s.drw.get("drw_epoch") is not None and hasattr(s.loss_fn, "set_weight"):
         s.loss_fn.set_weight(drw_weight_for_epoch(epoch, s.drw, s.counts))
     s.hook.start_epoch(EpochContext(
