@@ -60,4 +60,5 @@ def compare_metrics(method: dict, reference: dict, deltas: dict, sizes: Optional
                       "balanced_accuracy": _sub(s_m["balanced_accuracy"], s_r["balanced_accuracy"]),
                       "balanced_accuracy_ci": deltas["balanced_accuracy_delta_ci"],
                       "l5_f1": _sub(s_m["l5_f1"], s_r["l5_f1"]), "rest_f1": _sub(s_m["rest_f1"], s_r["rest_f1"])},
-            "replicates": deltas["replicates"], "seed": deltas["seed"], "n_rows": deltas["n_rows"]}
+            "replicates": deltas["replicates"], "seed": deltas["seed"], "n_rows": deltas["n_rows"],
+            "seeds": deltas.get("seeds", {"method": 1, "reference": 1}), "covers": deltas.get("covers", "test rows")}

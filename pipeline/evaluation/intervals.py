@@ -29,7 +29,15 @@ Poisson bootstrap* done on Spark's executors over the predictions table, with no
 Percentile intervals of bounded statistics stay inside [0, 1]. For a difference between two
 models (method − reference) both prediction tables are joined on ``id`` and every replicate
 weighs the same rows in both (a *paired* bootstrap), so the interval of the difference reflects
-only how differently the two models treat the same test rows.
+how differently the two models treat the same test rows.
+
+When each model was trained with several seeds, one test-row bootstrap describes one trained
+model, not the method. The comparison then uses a *two-level* bootstrap (Davison & Hinkley 1997,
+§3.8, resampling at both stages of a two-stage design): in replicate b, level 1 draws S seeds
+with replacement out of a model's S trained copies and level 2 weighs the test rows with the
+replicate's weights, the same weights for every seed and both models; a statistic is the mean over
+the drawn seeds (:func:`seed_resampled`). Its interval covers the training randomness as well as
+the test sample; with one seed it is the paired bootstrap above.
 """
 from __future__ import annotations
 
@@ -235,28 +243,55 @@ def _support(df, n_classes: int, label_col: str) -> np.ndarray:
     return s
 
 
+def seed_resampled(per_seed: Sequence[dict], rng: np.random.Generator) -> dict:
+    """Level 1 of the two-level bootstrap: for every replicate b, S seeds drawn with replacement
+    out of the ``S = len(per_seed)`` trained models, and each statistic averaged over the draws.
+
+    ``per_seed[s]``: :func:`replicate_metrics` of seed s, arrays with the replicate b on axis 0
+    (the same row weights for every seed). Returns arrays of the same shapes. One seed: itself.
+    """
+    S = len(per_seed)
+    B = len(next(iter(per_seed[0].values())))
+    pick = rng.integers(0, S, size=(B, S))                     # (B, S) seed indexes
+    rows = np.arange(B)[:, None]
+    return {k: np.stack([m[k] for m in per_seed])[pick, rows].mean(axis=1) for k in per_seed[0]}
+
+
+def _as_list(x) -> list:
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
 def paired_deltas(spark, method_preds, reference_preds, n_classes: int, pred_col: str = "pred",
                   replicates: int = DEFAULT_REPLICATES, seed: int = 0, label_col: str = "label",
                   id_col: str = "id") -> dict:
     """Method − reference on the same test rows: per-class F1 and recall deltas and macro F1 /
     balanced-accuracy deltas, each with a 95% paired stratified-bootstrap interval.
 
-    Both tables are joined on ``id_col`` (they must hold the same rows and labels); each replicate
-    weighs the same rows in both, so the interval is that of the difference, not of two
-    independent estimates.
+    ``method_preds`` / ``reference_preds``: one predictions table (a path or a DataFrame) per
+    trained seed, or a single one. All are joined on ``id_col`` (they must hold the same rows and
+    labels); each replicate weighs the same rows in every table, so the interval is that of the
+    difference, not of two independent estimates. With several seeds the intervals are the
+    two-level bootstrap's (module docstring): they cover the seeds as well as the test rows.
     """
     # deferred: pyspark is slow to import
     from pyspark.sql import functions as F
 
-    m = method_preds if not isinstance(method_preds, str) else spark.read.parquet(method_preds)
-    r = reference_preds if not isinstance(reference_preds, str) else spark.read.parquet(reference_preds)
-    joined = (m.select(F.col(id_col), F.col(label_col), F.col(pred_col).alias("_pm"))
-              .join(r.select(F.col(id_col), F.col(pred_col).alias("_pr")), [id_col]))
+    def read(t):
+        return t if not isinstance(t, str) else spark.read.parquet(t)
+
+    ms, rs = [read(t) for t in _as_list(method_preds)], [read(t) for t in _as_list(reference_preds)]
+    cols = [f"_pm{i}" for i in range(len(ms))] + [f"_pr{j}" for j in range(len(rs))]
+    joined = ms[0].select(F.col(id_col), F.col(label_col), F.col(pred_col).alias(cols[0]))
+    for t, c in zip(ms[1:] + rs, cols[1:]):
+        joined = joined.join(t.select(F.col(id_col), F.col(pred_col).alias(c)), [id_col])
     support = _support(joined, n_classes, label_col)
-    counts = bootstrap_counts(joined, ["_pm", "_pr"], n_classes, replicates, seed, label_col, id_col)
-    a, b = replicate_metrics(counts["_pm"], support), replicate_metrics(counts["_pr"], support)
+    counts = bootstrap_counts(joined, cols, n_classes, replicates, seed, label_col, id_col)
+    rng = np.random.default_rng([int(seed), 0x5EED])
+    a = seed_resampled([replicate_metrics(counts[c], support) for c in cols[:len(ms)]], rng)
+    b = seed_resampled([replicate_metrics(counts[c], support) for c in cols[len(ms):]], rng)
     out = {"replicates": int(replicates), "seed": int(seed), "level": 0.95, "n_rows": int(support.sum()),
-           "support": [int(v) for v in support], "per_class": {}}
+           "support": [int(v) for v in support], "seeds": {"method": len(ms), "reference": len(rs)},
+           "covers": "seeds and test rows" if max(len(ms), len(rs)) > 1 else "test rows", "per_class": {}}
     for k in ("f1", "recall"):
         lo, hi = percentile_ci(a[k] - b[k])
         out["per_class"][f"{k}_delta_ci"] = [list(p) for p in zip(_nums(lo), _nums(hi))]

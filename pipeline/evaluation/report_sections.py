@@ -58,6 +58,17 @@ def read_run(run_dir) -> dict:
             "comparison": js(d / "comparison" / "comparison.json")}
 
 
+def interval_basis(c: dict) -> str:
+    """In words, what a comparison's intervals cover (``comparison.json`` ``covers``)."""
+    if c.get("covers") == "seeds and test rows":
+        s = c["seeds"]
+        return (f"two-level bootstrap over the training seeds ({s['method']} and {s['reference']} trained "
+                "models) and, paired across the models, the test rows")
+    return ("stratified paired bootstrap over the test rows only: each model was trained once, so the "
+            "intervals do not cover training randomness, and a run with another seed can move the numbers "
+            "by more than they show")
+
+
 def train_counts(run: dict) -> Optional[dict]:
     """Training rows per class (the training split after any protocol), from the sample manifest."""
     return training_counts(run.get("manifest"))
@@ -231,8 +242,8 @@ def comparison_section(comp: dict, names: dict, figs: Path, save, plt) -> tuple[
         gained = ", ".join(names[i] for i in c["gained"]) or "none"
         lost = ", ".join(names[i] for i in c["lost"]) or "none"
         note = (f"Both models were trained on the same split and training set and scored on the same "
-                f"{c['n_rows']} test rows (raw argmax decisions). Intervals: 95%, stratified paired bootstrap "
-                f"over the test rows ({c['replicates']} replicates, seed {c['seed']}); L5 = the 5 largest "
+                f"{c['n_rows']} test rows (raw argmax decisions). Intervals: 95%, {interval_basis(c)} "
+                f"({c['replicates']} replicates, seed {c['seed']}); L5 = the 5 largest "
                 f"classes by {m.get('groups_by', 'test support')}, ties by class index. A class gained (lost) when its F1-delta interval lies "
                 "above (below) 0.")
         md += ["", f"## {title}", "", note, "", f"| metric | {method} | {ref} | difference |", "| --- | --- | --- | --- |"]

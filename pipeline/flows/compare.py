@@ -111,5 +111,7 @@ def format_comparison(run_dir: Path) -> str:
         lo, hi = d["macro_f1_ci"]
         lines.append(f"{comp['method']} vs {ref}: macro F1 {c['method']['macro_f1']:.4f} vs {c['reference']['macro_f1']:.4f} "
                      f"(difference {d['macro_f1']:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}]); classes gained "
-                     f"{len(c['gained'])}, lost {len(c['lost'])}")
+                     f"{len(c['gained'])}, lost {len(c['lost'])}; intervals cover "
+                     + ("the training seeds and the test rows" if c.get("covers") == "seeds and test rows"
+                        else "the test rows only (one training seed)"))
     return "\n".join(lines)

@@ -68,6 +68,10 @@ def test_demo_runs_every_stage_and_prints_run_dir_last(demo_run):
     assert len(test_support) == 1                      # the balanced test set
     assert "two_phase vs baseline" in (run_dir / "report" / "report.md").read_text()
     assert "two_phase vs baseline: macro F1" in r.stdout
+    # one training seed: both outputs say that the intervals cover the test rows only
+    assert "intervals cover the test rows only (one training seed)" in r.stdout
+    assert comp["covers"] == "test rows" and comp["seeds"] == {"method": 1, "reference": 1}
+    assert "do not cover training randomness" in (run_dir / "report" / "report.md").read_text()
 
 
 def test_one_l5_by_training_rows_in_every_output(demo_run):
@@ -97,6 +101,33 @@ def test_one_l5_by_training_rows_in_every_output(demo_run):
     assert f"{l5:.3f}" in line
     ref = json.loads((run_dir / "compare" / "baseline" / "evaluate" / "metrics.json").read_text())
     assert ref["groups"]["L5"]["classes"] == largest     # the reference is grouped by the same training rows
+
+
+def _weights_digest(model_dir: Path) -> str:
+    import hashlib
+
+    import torch
+
+    state = torch.load(model_dir / "model.pt", weights_only=True)
+    return hashlib.sha256(b"".join(k.encode() + state[k].numpy().tobytes() for k in sorted(state))).hexdigest()
+
+
+def test_demo_twice_gives_identical_weights_and_metrics(demo_run, tmp_path):
+    """Same config and seed, fresh run root: two Ray workers with two reader threads each, two-phase
+    learning and its baseline train to the same bits, so every metric and verdict is the same."""
+    root, r = demo_run
+    first = Path(r.stdout.strip().splitlines()[-1])
+    again = _imbalance(["run", "conf/demo.yaml", f"run.root={tmp_path}", *TINY])
+    assert again.returncode == 0, again.stderr[-4000:]
+    second = Path(again.stdout.strip().splitlines()[-1])
+    for model in ("train/pretrain/model", "train/model", "compare/baseline/train/model"):
+        assert _weights_digest(first / model) == _weights_digest(second / model), model
+    for out in ("evaluate/metrics.json", "compare/baseline/evaluate/metrics.json", "comparison/comparison.json"):
+        a, b = (json.loads((d / out).read_text()) for d in (first, second))
+        if "references" in a:
+            for ref in (*a["references"].values(), *b["references"].values()):
+                ref.pop("run_dir")
+        assert a == b, out
 
 
 def test_rerun_recomputes_nothing(demo_run):

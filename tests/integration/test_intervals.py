@@ -103,3 +103,39 @@ def test_counts_match_a_row_by_row_reference(spark):
     assert (w[:, y == 4] == 0).any()          # the fallback is exercised
     for k in ref:
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-9, atol=1e-9)
+
+
+def test_seed_resampling_against_a_loop_over_replicates():
+    """Level 1 of the two-level bootstrap, written out replicate by replicate with the same draws."""
+    from pipeline.evaluation.intervals import seed_resampled
+
+    rng = np.random.default_rng(0)
+    per_seed = [{"f1": rng.random((50, 3)), "macro_f1": rng.random(50)} for _ in range(4)]
+    got = seed_resampled(per_seed, np.random.default_rng(9))
+    pick = np.random.default_rng(9).integers(0, 4, size=(50, 4))
+    for b in range(50):
+        want = np.mean([per_seed[s]["f1"][b] for s in pick[b]], axis=0)
+        np.testing.assert_allclose(got["f1"][b], want, rtol=1e-12)
+        assert got["macro_f1"][b] == pytest.approx(np.mean([per_seed[s]["macro_f1"][b] for s in pick[b]]))
+    one = seed_resampled(per_seed[:1], np.random.default_rng(9))
+    np.testing.assert_array_equal(one["f1"], per_seed[0]["f1"])   # one seed: the paired bootstrap itself
+
+
+def test_two_level_interval_covers_the_seeds(spark):
+    """Three trained seeds whose errors differ: the interval over seeds and test rows is wider than the
+    test-rows-only interval of any one seed, covers every seed's own delta, and three identical seeds
+    give exactly the one-seed interval."""
+    ref, y, _ = _preds(spark, 5, 0.5)
+    seeds = [_preds(spark, 10 + s, flip)[0] for s, flip in enumerate((0.1, 0.3, 0.2))]
+    two = paired_deltas(spark, seeds, ref, K, replicates=200, seed=3)
+    assert two["seeds"] == {"method": 3, "reference": 1} and two["covers"] == "seeds and test rows"
+    width = two["macro_f1_delta_ci"][1] - two["macro_f1_delta_ci"][0]
+    ones = [paired_deltas(spark, s, ref, K, replicates=200, seed=3) for s in seeds]
+    assert ones[0]["covers"] == "test rows"
+    assert all(width > o["macro_f1_delta_ci"][1] - o["macro_f1_delta_ci"][0] for o in ones)
+    lo, hi = two["macro_f1_delta_ci"]
+    for o in ones:                                             # each seed's centre lies inside
+        assert lo <= sum(o["macro_f1_delta_ci"]) / 2 <= hi
+    same = paired_deltas(spark, [seeds[0]] * 3, ref, K, replicates=200, seed=3)
+    assert same["macro_f1_delta_ci"] == pytest.approx(ones[0]["macro_f1_delta_ci"], abs=1e-12)
+    np.testing.assert_allclose(same["per_class"]["f1_delta_ci"], ones[0]["per_class"]["f1_delta_ci"], atol=1e-12)
