@@ -4,8 +4,12 @@ On one generated table of 32×32 uint8 images (raw bytes, as materialize writes 
 
 * ``pyarrow``   — raw ``pyarrow.parquet`` reading of the same files, row group by row group, with
                   the same vectorised decode to float32 (N, 1, 32, 32) batches: the reference rate;
-* ``petastorm`` — ``make_loader(reader="petastorm")``: ``make_batch_reader`` + ``BatchedDataLoader``
-                  with per-epoch shuffling, float batches as the training loop receives them;
+* ``petastorm`` — ``make_loader(reader="petastorm")``: ``make_batch_reader`` with row groups put back
+                  into a seeded order and rows permuted by seeded generators (the same batches on
+                  every run), float batches as the training loop receives them;
+* ``petastorm_unordered`` — the reader as it was before the order was fixed: ``make_batch_reader``
+                  with Petastorm's own row shuffle + ``BatchedDataLoader``, row groups in the order the
+                  threads finish them: what the fixed order costs;
 * ``ray_data``  — ``make_loader(reader="ray_data")``: ``read_parquet`` → ``iter_torch_batches``;
 * ``lenet_in_memory`` — LeNet-5 training steps (forward, backward, Adam) on tensors already in
                   memory: the compute ceiling of this machine;
@@ -91,6 +95,32 @@ def rate_loader(path: Path, batch: int, reader: str, workers: int, epoch: int = 
     return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
 
 
+def rate_unordered(path: Path, batch: int, workers: int, epoch: int = 0) -> float:
+    """The previous Petastorm loader: same reader, but arrival order and Petastorm's row shuffle."""
+    import re
+
+    from petastorm import make_batch_reader
+    from petastorm.pytorch import BatchedDataLoader
+
+    from pipeline.data.schema import read_info
+    from pipeline.io import file_url
+    from pipeline.stream.readers import _DecodingReader, to_float
+
+    info = read_info(path)
+    cols = ["id", info.label_col, info.feature_col]
+    t0, c0 = time.perf_counter(), time.process_time()
+    n = 0
+    reader = make_batch_reader(file_url(path), schema_fields=["^" + re.escape(c) + "$" for c in cols],
+                               reader_pool_type="thread", workers_count=workers,
+                               results_queue_size=max(4, 2 * workers), seed=epoch, shuffle_row_groups=True,
+                               shuffle_rows=True, num_epochs=1)
+    with BatchedDataLoader(_DecodingReader(reader, info), batch_size=batch) as loader:
+        for b in loader:
+            x = to_float(b[info.feature_col])
+            n += len(b[info.label_col])
+    return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
+
+
 def _lenet():
     import torch
 
@@ -170,12 +200,14 @@ def main(argv=None) -> dict:
     res = {"rows": a.rows, "files": a.files, "row_group": a.row_group, "batch": a.batch, "workers": a.workers,
            "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count()}
     try:
-        runs = {"pyarrow": [], "petastorm": [], "ray_data": []}
+        runs = {"pyarrow": [], "petastorm": [], "petastorm_unordered": [], "ray_data": []}
         rate_pyarrow(path, a.batch)                      # warm-up: page cache, imports, allocator
         rate_loader(path, a.batch, "petastorm", a.workers, epoch=99)
-        for r in range(a.repeat):                        # interleaved, so load changes hit both alike
+        rate_unordered(path, a.batch, a.workers, epoch=99)
+        for r in range(a.repeat):                        # interleaved, so load changes hit all alike
             runs["pyarrow"].append(rate_pyarrow(path, a.batch))
             runs["petastorm"].append(rate_loader(path, a.batch, "petastorm", a.workers, epoch=r))
+            runs["petastorm_unordered"].append(rate_unordered(path, a.batch, a.workers, epoch=r))
         if not a.no_ray:
             from pipeline.config import RaySection
             from pipeline.engines import get_ray
@@ -203,6 +235,9 @@ def main(argv=None) -> dict:
         res["petastorm_vs_pyarrow"] = round(res["petastorm_rows_s"] / res["pyarrow_rows_s"], 3)
         res["petastorm_vs_pyarrow_paired"] = round(statistics.median(
             p[0] / a[0] for p, a in zip(runs["petastorm"], runs["pyarrow"])), 3)
+        res["ordered_vs_unordered"] = round(res["petastorm_rows_s"] / res["petastorm_unordered_rows_s"], 3)
+        res["ordered_vs_unordered_paired"] = round(statistics.median(
+            p[0] / u[0] for p, u in zip(runs["petastorm"], runs["petastorm_unordered"])), 3)
         res["petastorm_vs_pyarrow_cpu"] = round(res["petastorm_rows_per_cpu_s"] / res["pyarrow_rows_per_cpu_s"], 3)
         if "ray_data_rows_s" in res:
             res["ray_data_vs_pyarrow"] = round(res["ray_data_rows_s"] / res["pyarrow_rows_s"], 3)
@@ -236,11 +271,17 @@ def markdown(res: dict) -> str:
         f"| Petastorm loader (shuffled) | {res['petastorm_rows_s']:,.0f} | {res['petastorm_runs']} | "
         f"{res['petastorm_vs_pyarrow']:.2f} (paired runs: {res['petastorm_vs_pyarrow_paired']:.2f}) | "
         f"{res['petastorm_rows_per_cpu_s']:,.0f} ({res['petastorm_vs_pyarrow_cpu']:.2f}) |",
+        f"| previous Petastorm loader (arrival order, Petastorm's row shuffle, BatchedDataLoader) | "
+        f"{res['petastorm_unordered_rows_s']:,.0f} | {res['petastorm_unordered_runs']} | "
+        f"{res['petastorm_unordered_rows_s'] / res['pyarrow_rows_s']:.2f} | {res['petastorm_unordered_rows_per_cpu_s']:,.0f} |",
     ]
     if "ray_data_rows_s" in res:
         lines.append(f"| Ray Data loader (local shuffle) | {res['ray_data_rows_s']:,.0f} | {res['ray_data_runs']} | "
                      f"{res['ray_data_vs_pyarrow']:.2f} | (work in Ray worker processes) |")
     lines += [
+        "",
+        f"Fixed delivery order (the same batches on every run) vs the previous loader: "
+        f"{res['ordered_vs_unordered']:.2f}× the rows/s (median of paired runs {res['ordered_vs_unordered_paired']:.2f}×).",
         "",
         f"LeNet-5 training (forward + backward + Adam, CPU): {res['lenet_in_memory_rows_s']:,.0f} rows/s on "
         f"in-memory tensors (compute ceiling) vs {res['lenet_petastorm_rows_s']:,.0f} rows/s fed by Petastorm "
