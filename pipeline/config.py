@@ -29,6 +29,7 @@ class RunSection:
     id: Optional[str] = None            # default: <config stem>-<hash of the resolved config> (see default_run_id)
     seed: int = 0                       # default seed for every stage that takes one
     compare_with: Any = None            # a method or a list (e.g. baseline): reference models on the same data (flows/compare.py)
+    seeds: Optional[list] = None        # training seeds: each model trains once per seed on the same data (flows/seeds.py)
 
 
 @dataclass

@@ -28,7 +28,7 @@ def compare_metrics(method: dict, reference: dict, deltas: dict, sizes: Optional
             continue
         q = ref_by[c]
         f1_ci, rec_ci = pc["f1_delta_ci"][c], pc["recall_delta_ci"][c]
-        row = {"label": c, "name": r.get("name"), "support": r["support"],
+        row = {"label": c, "name": r.get("name"), "train_rows": (sizes or {}).get(c), "support": r["support"],
                "f1": r["f1"], "f1_ref": q["f1"], "f1_delta": _sub(r["f1"], q["f1"]), "f1_delta_ci": f1_ci,
                "f1_ci": pc["f1_method_ci"][c], "f1_ref_ci": pc["f1_reference_ci"][c],
                "recall": r["recall"], "recall_ref": q["recall"], "recall_delta": _sub(r["recall"], q["recall"]),

@@ -37,7 +37,9 @@ model, not the method. The comparison then uses a *two-level* bootstrap (Davison
 with replacement out of a model's S trained copies and level 2 weighs the test rows with the
 replicate's weights, the same weights for every seed and both models; a statistic is the mean over
 the drawn seeds (:func:`seed_resampled`). Its interval covers the training randomness as well as
-the test sample; with one seed it is the paired bootstrap above.
+the test sample; with one seed it is the paired bootstrap above. Where every seed has its own test
+rows (an experiment draws a split per seed), level 2 is each seed's own paired bootstrap and level 1
+draws seeds (:func:`blocked_deltas`).
 """
 from __future__ import annotations
 
@@ -304,4 +306,39 @@ def paired_deltas(spark, method_preds, reference_preds, n_classes: int, pred_col
         for name, mm in (("method", a), ("reference", b)):
             lo, hi = percentile_ci(mm[k])
             out[f"{k}_{name}_ci"] = [_nums(lo)[0], _nums(hi)[0]]
+    return out
+
+
+def blocked_deltas(spark, pairs: Sequence[tuple], n_classes: int, replicates: int = DEFAULT_REPLICATES,
+                   seed: int = 0, label_col: str = "label", id_col: str = "id") -> dict:
+    """Method − reference over seeds that each have *their own* test rows (an experiment's trials:
+    a seed draws its own split): 95% two-level bootstrap intervals of the macro F1 and balanced
+    accuracy deltas.
+
+    ``pairs``: one ``(method_preds, method_col, reference_preds, reference_col)`` per seed (paths or
+    DataFrames; the columns name the decisions, e.g. ``pred`` or ``pred_adjusted``). Level 2 is the
+    paired stratified bootstrap of each seed's test rows; level 1 draws seeds with replacement and
+    averages their replicate deltas (:func:`seed_resampled`). Returns the mean delta over the seeds
+    of each metric, its interval, and the number of seeds.
+    """
+    # deferred: pyspark is slow to import
+    from pyspark.sql import functions as F
+
+    def read(t):
+        return t if not isinstance(t, str) else spark.read.parquet(t)
+
+    per_seed = []
+    for m_preds, m_col, r_preds, r_col in pairs:
+        joined = read(m_preds).select(F.col(id_col), F.col(label_col), F.col(m_col).alias("_pm")).join(
+            read(r_preds).select(F.col(id_col), F.col(r_col).alias("_pr")), [id_col])
+        support = _support(joined, n_classes, label_col)
+        counts = bootstrap_counts(joined, ["_pm", "_pr"], n_classes, replicates, seed, label_col, id_col)
+        a, b = replicate_metrics(counts["_pm"], support), replicate_metrics(counts["_pr"], support)
+        per_seed.append({k: a[k] - b[k] for k in ("macro_f1", "balanced_accuracy")})
+    drawn = seed_resampled(per_seed, np.random.default_rng([int(seed), 0xB10C]))
+    out = {"replicates": int(replicates), "seed": int(seed), "level": 0.95, "seeds": len(pairs),
+           "covers": "seeds and test rows" if len(pairs) > 1 else "test rows"}
+    for k, v in drawn.items():
+        lo, hi = percentile_ci(v)
+        out[f"{k}_delta_ci"] = [_nums(lo)[0], _nums(hi)[0]]
     return out

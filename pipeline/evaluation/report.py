@@ -30,6 +30,7 @@ from pipeline.evaluation.report_calibration import calibration_section
 from pipeline.evaluation.report_sections import (
     SORT_SCRIPT,
     comparison_section,
+    seed_spread_section,
     errors_section,
     plot_training,
     read_run,
@@ -434,6 +435,7 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
     thresh = threshold_section(metrics, run.get("config", {}).get("evaluate", {}).get("threshold_moving") if run
                                else None)
     comp = comparison_section(run["comparison"], names, figs, _save, _plt()) if run.get("comparison") else None
+    seeds = seed_spread_section(run["seed_spread"]) if run.get("seed_spread") else None
     costs_section = learned_costs_section(predictions, per_class)
     calib = calibration_section(metrics, figs, _save, _plt())
     has_adj = "adjusted" in metrics
@@ -450,6 +452,8 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
     md = [f"# {title}", ""]
     if ran:
         md += ran[0]
+    if seeds:
+        md += seeds[0]
     if comp:
         md += comp[0]
     md += ["", "## Summary", "", f"Predictions column: `{metrics.get('pred_col', 'pred')}`"
@@ -485,6 +489,8 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
              "</style></head><body>", f"<h1>{e(title)}</h1>"]
     if ran:
         parts.append(ran[1])
+    if seeds:
+        parts.append(seeds[1])
     if comp:
         parts.append(comp[1])
     parts.append("<h2>Summary</h2><table><tr><th>metric</th><th>value</th>"

@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 
 from pipeline.evaluation.intervals import LOW_SUPPORT
+from pipeline.evaluation.seed_spread import HEADLINE_NAMES
 from pipeline.io import read_json
 from pipeline.prep.sampling import training_counts
 
@@ -45,6 +46,16 @@ def _signed(v, d: int = 3) -> str:
     return "—" if v is None else f"{v:+.{d}f}"
 
 
+def _sd(block: dict, key: str) -> str:
+    """`` (sd 0.012)``: the seed-to-seed standard deviation of ``key`` in a comparison block, if any."""
+    s = (block.get("seed_spread") or {}).get(key)
+    return "" if not s or s.get("sd") is None else f" (sd {s['sd']:.3f})"
+
+
+def _n(v) -> str:
+    return "—" if v is None else f"{v:,}"
+
+
 def read_run(run_dir) -> dict:
     """What a run directory says about itself (missing files give empty entries)."""
     d = Path(run_dir)
@@ -55,7 +66,26 @@ def read_run(run_dir) -> dict:
     return {"config": js(d / "config.json") or {}, "manifest": js(d / "sample" / "manifest.json"),
             "pretrain_manifest": js(d / "sample_pretrain" / "manifest.json"),
             "train_summary": js(d / "train" / "train_summary.json"),
-            "comparison": js(d / "comparison" / "comparison.json")}
+            "comparison": js(d / "comparison" / "comparison.json"),
+            "seed_spread": js(d / "seed_spread" / "spread.json")}
+
+
+def seed_spread_section(sp: dict) -> tuple[list[str], str]:
+    """The headline metrics of every training seed, their mean, standard deviation and range."""
+    e = html.escape
+    seeds = [str(x) for x in sp["seeds"]]
+    names = HEADLINE_NAMES | {"adjusted_macro_f1": "macro F1 after threshold moving"}
+    head = ["metric"] + [f"seed {x}" for x in seeds] + ["mean", "sd", "min – max"]
+    rows = [[names.get(k, k)] + [_f(sp["per_seed"][x].get(k)) for x in seeds]
+            + [_f(v["mean"]), _f(v["sd"]), f"{_f(v['min'])} – {_f(v['max'])}"] for k, v in sp["metrics"].items()]
+    note = (f"The same model trained with {len(seeds)} seeds (initial weights, delivery order, dropout) on the same "
+            f"split and training set. The rest of this report is seed {seeds[0]}'s; sd is the sample standard "
+            "deviation over the seeds.")
+    md = ["", "## Across training seeds", "", note, "", "| " + " | ".join(head) + " |",
+          "| " + " | ".join("---" for _ in head) + " |"] + ["| " + " | ".join(r) + " |" for r in rows]
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return md, (f"<h2 id='seeds'>Across training seeds</h2><p class='cap'>{e(note)}</p><table><tr>"
+                + "".join(f"<th>{e(h)}</th>" for h in head) + f"</tr>{body}</table>")
 
 
 def interval_basis(c: dict) -> str:
@@ -228,20 +258,27 @@ def comparison_section(comp: dict, names: dict, figs: Path, save, plt) -> tuple[
     for ref, c in comp["references"].items():
         title = f"{method} vs {ref}"
         m, r, dl = c["method"], c["reference"], c["delta"]
-        rows = [("macro F1", f"{_f(m['macro_f1'])} {_ci(m['macro_f1_ci'])}", f"{_f(r['macro_f1'])} {_ci(r['macro_f1_ci'])}",
+        rows = [("macro F1", f"{_f(m['macro_f1'])} {_ci(m['macro_f1_ci'])}{_sd(m, 'macro_f1')}",
+                 f"{_f(r['macro_f1'])} {_ci(r['macro_f1_ci'])}{_sd(r, 'macro_f1')}",
                  f"{_signed(dl['macro_f1'])} {_ci(dl['macro_f1_ci'])}"),
-                ("balanced accuracy", f"{_f(m['balanced_accuracy'])} {_ci(m['balanced_accuracy_ci'])}",
-                 f"{_f(r['balanced_accuracy'])} {_ci(r['balanced_accuracy_ci'])}",
+                ("balanced accuracy", f"{_f(m['balanced_accuracy'])} {_ci(m['balanced_accuracy_ci'])}"
+                 f"{_sd(m, 'balanced_accuracy')}",
+                 f"{_f(r['balanced_accuracy'])} {_ci(r['balanced_accuracy_ci'])}{_sd(r, 'balanced_accuracy')}",
                  f"{_signed(dl['balanced_accuracy'])} {_ci(dl['balanced_accuracy_ci'])}"),
-                ("accuracy", _f(m["accuracy"]), _f(r["accuracy"]), _signed(m["accuracy"] - r["accuracy"])),
-                (f"F1 of the 5 largest classes (L5, by {m.get('groups_by', 'test support')})", _f(m["l5_f1"]),
-                 _f(r["l5_f1"]), _signed(dl["l5_f1"])),
-                ("F1 of the other classes (Rest)", _f(m["rest_f1"]), _f(r["rest_f1"]), _signed(dl["rest_f1"])),
+                ("accuracy", _f(m["accuracy"]) + _sd(m, "accuracy"), _f(r["accuracy"]) + _sd(r, "accuracy"),
+                 _signed(m["accuracy"] - r["accuracy"])),
+                (f"F1 of the 5 largest classes (L5, by {m.get('groups_by', 'test support')})",
+                 _f(m["l5_f1"]) + _sd(m, "l5_f1"), _f(r["l5_f1"]) + _sd(r, "l5_f1"), _signed(dl["l5_f1"])),
+                ("F1 of the other classes (Rest)", _f(m["rest_f1"]) + _sd(m, "rest_f1"),
+                 _f(r["rest_f1"]) + _sd(r, "rest_f1"), _signed(dl["rest_f1"])),
                 ("classes at F1 = 0", str(m["f1_zero_classes"]), str(r["f1_zero_classes"]),
                  f"{m['f1_zero_classes'] - r['f1_zero_classes']:+d}")]
         gained = ", ".join(names[i] for i in c["gained"]) or "none"
         lost = ", ".join(names[i] for i in c["lost"]) or "none"
-        note = (f"Both models were trained on the same split and training set and scored on the same "
+        seeds = c.get("seeds", {}).get("method", 1)
+        values = (f"Each value is the mean over {seeds} training seeds, with the seed-to-seed standard deviation "
+                  "(sd). " if seeds > 1 else "")
+        note = (values + f"Both models were trained on the same split and training set and scored on the same "
                 f"{c['n_rows']} test rows (raw argmax decisions). Intervals: 95%, {interval_basis(c)} "
                 f"({c['replicates']} replicates, seed {c['seed']}); L5 = the 5 largest "
                 f"classes by {m.get('groups_by', 'test support')}, ties by class index. A class gained (lost) when its F1-delta interval lies "
@@ -249,10 +286,10 @@ def comparison_section(comp: dict, names: dict, figs: Path, save, plt) -> tuple[
         md += ["", f"## {title}", "", note, "", f"| metric | {method} | {ref} | difference |", "| --- | --- | --- | --- |"]
         md += [f"| {a} | {b} | {cc} | {d} |" for a, b, cc, d in rows]
         md += ["", f"Classes gained ({len(c['gained'])}): {gained}", "", f"Classes lost ({len(c['lost'])}): {lost}", "",
-               f"| class | support | F1 {method} | F1 {ref} | ΔF1 [95% CI] | Δrecall [95% CI] | verdict |",
-               "| --- | --- | --- | --- | --- | --- | --- |"]
+               f"| class | training rows | test rows | F1 {method} | F1 {ref} | ΔF1 [95% CI] | Δrecall [95% CI] | verdict |",
+               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for x in c["per_class"]:
-            md.append(f"| {names[x['label']]} | {x['support']} | {_f(x['f1'])} | {_f(x['f1_ref'])} | "
+            md.append(f"| {names[x['label']]} | {_n(x.get('train_rows'))} | {x['support']} | {_f(x['f1'])} | {_f(x['f1_ref'])} | "
                       f"{_signed(x['f1_delta'])} {_ci(x['f1_delta_ci'])} | {_signed(x['recall_delta'])} "
                       f"{_ci(x['recall_delta_ci'])} | {x['verdict']} |")
         fname = f"delta_{ref}.png"
@@ -268,17 +305,18 @@ def comparison_section(comp: dict, names: dict, figs: Path, save, plt) -> tuple[
                      f"<p><b>Classes gained ({len(c['gained'])}):</b> {e(gained)}<br><b>Classes lost "
                      f"({len(c['lost'])}):</b> {e(lost)}</p>"
                      f"<img alt='{e(title)}' src='data:image/png;base64,{b64}'><p class='cap'>{e(cap)}</p>")
-        head = ["class", "support", f"F1 {method}", f"F1 {ref}", "ΔF1", "ΔF1 95% CI", "Δrecall", "Δrecall 95% CI",
+        head = ["class", "training rows", "test rows", f"F1 {method}", f"F1 {ref}", "ΔF1", "ΔF1 95% CI", "Δrecall", "Δrecall 95% CI",
                 "verdict"]
         body = []
         for x in c["per_class"]:
-            cells = [(names[x["label"]], x["label"]), (str(x["support"]), x["support"]), (_f(x["f1"]), x["f1"]),
+            cells = [(names[x["label"]], x["label"]), (_n(x.get("train_rows")), x.get("train_rows")),
+                     (str(x["support"]), x["support"]), (_f(x["f1"]), x["f1"]),
                      (_f(x["f1_ref"]), x["f1_ref"]), (_signed(x["f1_delta"]), x["f1_delta"]),
                      (_ci(x["f1_delta_ci"]), x["f1_delta_ci"][0]), (_signed(x["recall_delta"]), x["recall_delta"]),
                      (_ci(x["recall_delta_ci"]), x["recall_delta_ci"][0]), (x["verdict"], x["verdict"])]
             body.append(cells)
         parts.append(sortable_table(head, body, table_id=f"cmp-{ref}",
-                                    keys=["class", "support", "f1", "f1_ref", "df1", "df1_lo", "drecall",
+                                    keys=["class", "train_rows", "support", "f1", "f1_ref", "df1", "df1_lo", "drecall",
                                           "drecall_lo", "verdict"]))
     return md, "".join(parts), figures
 

@@ -13,12 +13,13 @@ own, with its own predictions, metrics and report — on exactly the data the ma
 Then a ``comparison`` stage pairs the method's and each reference's test predictions on ``id``
 and computes the per-class F1 / recall deltas and the macro deltas with a paired stratified
 bootstrap (:mod:`pipeline.evaluation.intervals`), into ``<run>/comparison/comparison.json``, which
-the report shows.
+the report shows. With ``run.seeds`` each reference trains the same seeds as the method
+(:mod:`pipeline.flows.seeds`); the point estimates are the means over the seeds, and the intervals
+are the two-level bootstrap's (seeds, then test rows paired across the models).
 """
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +27,9 @@ from pipeline.config import Config
 from pipeline.errors import ConfigError
 from pipeline.evaluation.compare_table import compare_metrics
 from pipeline.evaluation.intervals import DEFAULT_REPLICATES, paired_deltas
-from pipeline.flows.tracking import tracking_uri
+from pipeline.evaluation.seed_spread import average_metrics
+from pipeline.flows.child_runs import child_config, link_stages
+from pipeline.flows.seeds import seed_run_dirs, training_seeds
 from pipeline.io import atomic_dir, read_json, read_success, write_json
 from pipeline.prep.sampling import read_training_counts
 
@@ -49,21 +52,10 @@ def compare_methods(cfg: Config, known: list[str]) -> list[str]:
 
 def reference_config(cfg: Config, method: str, run_dir: Path) -> Config:
     """The main config with ``train.method = method`` (its own default parameters), run under
-    ``<run>/compare/<method>/`` and comparing with nothing."""
-    train = dataclasses.replace(cfg.train, method=method, method_params={})
-    run = dataclasses.replace(cfg.run, root=str(run_dir / "compare"), id=method, compare_with=None)
-    # tracked in the main run's store and experiment (not a store under compare/)
-    tracking = dataclasses.replace(cfg.tracking, uri=tracking_uri(cfg),
-                                   experiment=cfg.tracking.experiment or str(cfg.run.id))
-    return dataclasses.replace(cfg, run=run, train=train, tracking=tracking)
-
-
-def _link_shared(run_dir: Path, ref_dir: Path) -> None:
-    ref_dir.mkdir(parents=True, exist_ok=True)
-    for name in SHARED_STAGES:
-        src, dst = run_dir / name, ref_dir / name
-        if src.is_dir() and not dst.exists():
-            os.symlink(os.path.relpath(src, ref_dir), dst)
+    ``<run>/compare/<method>/``, comparing with nothing, with the same training seeds."""
+    cfg_ref = child_config(cfg, run_dir / "compare", method,
+                           dataclasses.replace(cfg.train, method=method, method_params={}))
+    return dataclasses.replace(cfg_ref, run=dataclasses.replace(cfg_ref.run, seeds=cfg.run.seeds))
 
 
 def run_comparisons(cfg: Config, run_dir: Path, data_dir: Path, protocol_name: str, runner,
@@ -73,26 +65,38 @@ def run_comparisons(cfg: Config, run_dir: Path, data_dir: Path, protocol_name: s
 
     ``run_fn`` is :func:`pipeline.flows.run.run_pipeline` (passed in: that module calls this one).
     """
+    seeds = training_seeds(cfg)
+    mine = seed_run_dirs(run_dir, seeds)
     refs = {}
     for m in methods:
         ref_dir = run_dir / "compare" / m
-        _link_shared(run_dir, ref_dir)
+        link_stages(run_dir, ref_dir, SHARED_STAGES)
         run_fn(reference_config(cfg, m, run_dir), data_dir=str(data_dir), protocol_name=protocol_name)
-        refs[m] = ref_dir
-    key = {"method": read_success(run_dir / "evaluate"), "replicates": replicates, "seed": cfg.run.seed,
-           "references": {m: read_success(d / "evaluate") for m, d in refs.items()}}
+        refs[m] = seed_run_dirs(ref_dir, seeds)
+    key = {"method": [read_success(d / "evaluate") for d in mine], "replicates": replicates, "seed": cfg.run.seed,
+           "references": {m: [read_success(d / "evaluate") for d in ds] for m, ds in refs.items()}}
+
+    def metrics_of(dirs: list[Path]) -> dict:
+        return average_metrics([read_json(d / "evaluate" / "metrics.json") for d in dirs])
+
+    def spread_of(dirs: list[Path]) -> dict | None:
+        p = dirs[0] / "seed_spread" / "spread.json"
+        return read_json(p)["metrics"] if len(dirs) > 1 and p.is_file() else None
 
     def _compare(d: Path) -> None:
-        main_metrics = read_json(run_dir / "evaluate" / "metrics.json")
+        main_metrics = metrics_of(mine)
         n = int(main_metrics["n_classes"])
         sizes = read_training_counts(run_dir / "sample")
-        out = {"method": cfg.train.method, "method_params": cfg.train.method_params, "references": {}}
-        for m, ref_dir in refs.items():
-            deltas = paired_deltas(spark, str(run_dir / "predict" / "test"), str(ref_dir / "predict" / "test"),
+        out = {"method": cfg.train.method, "method_params": cfg.train.method_params, "training_seeds": seeds,
+               "references": {}}
+        for m, ref_dirs in refs.items():
+            deltas = paired_deltas(spark, [str(x / "predict" / "test") for x in mine],
+                                   [str(x / "predict" / "test") for x in ref_dirs],
                                    n, replicates=replicates, seed=cfg.run.seed, label_col=cfg.data.label_col)
-            ref_metrics = read_json(ref_dir / "evaluate" / "metrics.json")
-            out["references"][m] = compare_metrics(main_metrics, ref_metrics, deltas, sizes)
-            out["references"][m]["run_dir"] = str(ref_dir)
+            c = compare_metrics(main_metrics, metrics_of(ref_dirs), deltas, sizes)
+            c["method"]["seed_spread"], c["reference"]["seed_spread"] = spread_of(mine), spread_of(ref_dirs)
+            c["run_dir"] = str(ref_dirs[0])
+            out["references"][m] = c
         with atomic_dir(d) as tmp:
             write_json(Path(tmp) / "comparison.json", out)
 
@@ -109,7 +113,10 @@ def format_comparison(run_dir: Path) -> str:
     for ref, c in comp["references"].items():
         d = c["delta"]
         lo, hi = d["macro_f1_ci"]
-        lines.append(f"{comp['method']} vs {ref}: macro F1 {c['method']['macro_f1']:.4f} vs {c['reference']['macro_f1']:.4f} "
+        sds = [(b.get("seed_spread") or {}).get("macro_f1", {}).get("sd") for b in (c["method"], c["reference"])]
+        over = (f" (means over {c['seeds']['method']} seeds; seed sd {sds[0]:.4f} and {sds[1]:.4f})"
+                if None not in sds else "")
+        lines.append(f"{comp['method']} vs {ref}: macro F1 {c['method']['macro_f1']:.4f} vs {c['reference']['macro_f1']:.4f}{over} "
                      f"(difference {d['macro_f1']:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}]); classes gained "
                      f"{len(c['gained'])}, lost {len(c['lost'])}; intervals cover "
                      + ("the training seeds and the test rows" if c.get("covers") == "seeds and test rows"

@@ -56,7 +56,8 @@ from typing import Optional
 import yaml
 
 from pipeline.config import Config, config_from_dict, merge_overrides
-from pipeline.engines import get_ray
+from pipeline.engines import get_ray, get_spark
+from pipeline.evaluation.intervals import blocked_deltas
 from pipeline.errors import ConfigError, InputError
 from pipeline.flows import tracking
 from pipeline.flows.run import log, prepare_data, run_pipeline
@@ -223,10 +224,37 @@ def _rows_from(summary: dict, level: dict, method: dict, seed: int) -> list[dict
             "finished": summary.get("finished"), "data_dir": summary.get("data_dir")}
     raw, adjusted = summary["metrics"], summary.get("metrics_adjusted")
     if method["threshold_variant"]:  # run_experiment checked that the trial moves thresholds
-        return [{"method": method["name"], **base, **{k: raw.get(k) for k in TRIAL_METRICS}},
-                {"method": method["threshold_variant"], **base, **{k: adjusted.get(k) for k in TRIAL_METRICS}}]
+        return [{"method": method["name"], **base, "decisions": "raw", **{k: raw.get(k) for k in TRIAL_METRICS}},
+                {"method": method["threshold_variant"], **base, "decisions": "threshold moving",
+                 **{k: adjusted.get(k) for k in TRIAL_METRICS}}]
     chosen = adjusted if adjusted is not None else raw
-    return [{"method": method["name"], **base, **{k: chosen.get(k) for k in TRIAL_METRICS}}]
+    return [{"method": method["name"], **base, "decisions": "raw" if adjusted is None else "threshold moving",
+             **{k: chosen.get(k) for k in TRIAL_METRICS}}]
+
+
+def level_deltas(spark, rows: list[dict], reference: str, level_col: str, n_classes: int,
+                 label_col: str = "label") -> list[dict]:
+    """Each method − ``reference`` on each level, macro F1 and balanced accuracy, with the two-level
+    bootstrap's 95% intervals over the seeds and each seed's own test rows
+    (:func:`pipeline.evaluation.intervals.blocked_deltas`). Methods are compared on their raw
+    argmax decisions, so a row whose table entry is threshold-moved is left out (the moved decisions
+    are scored in the evaluation's scan, not stored in the predictions)."""
+    raw = [r for r in rows if r["decisions"] == "raw"]
+    out = []
+    for level in dict.fromkeys(r[level_col] for r in raw):
+        ref = {r["seed"]: r for r in raw if r[level_col] == level and r["method"] == reference}
+        for method in dict.fromkeys(r["method"] for r in raw if r[level_col] == level and r["method"] != reference):
+            mine = {r["seed"]: r for r in raw if r[level_col] == level and r["method"] == method}
+            seeds = sorted(set(mine) & set(ref))
+            if not seeds:
+                continue
+            pairs = [(f"{mine[s]['run_dir']}/predict/test", "pred", f"{ref[s]['run_dir']}/predict/test", "pred")
+                     for s in seeds]
+            d = blocked_deltas(spark, pairs, n_classes, seed=min(seeds), label_col=label_col)
+            out.append({"level": level, "method": method, "reference": reference, "seeds": seeds,
+                        **{f"{k}_delta": sum(mine[s][k] - ref[s][k] for s in seeds) / len(seeds)
+                           for k in ("macro_f1", "balanced_accuracy")}, **d})
+    return out
 
 
 def run_experiment(cfg: Config) -> str:
@@ -326,8 +354,10 @@ def run_experiment(cfg: Config) -> str:
         rhos = [str(lv["rho"]) for lv in levels]
         level_col = "level" if None not in [lv["rho"] for lv in levels] and len(set(rhos)) == len(rhos) \
             else "level_name"
+        deltas = level_deltas(get_spark(cfg.spark), rows, methods[0]["name"], level_col,
+                              _n_classes(rows), cfg.data.label_col)
         write_experiment_report(trials, out, metrics=metrics, by=("method", level_col),
-                                title=f"Experiment {cfg.run.id}")
+                                title=f"Experiment {cfg.run.id}", deltas=deltas)
         log(f"experiment: {len(rows)} results from {len(grid) - len(failed)} trials; report: {out / 'report.html'}")
         tracking.log_experiment(parent, out)
     parent.finish("FAILED" if failed else "FINISHED")
@@ -335,6 +365,10 @@ def run_experiment(cfg: Config) -> str:
         raise RuntimeError(f"{len(failed)} of {len(grid)} trials failed (see {out / 'trials.json'}): "
                            + "; ".join(failed[:3]))
     return str(out)
+
+
+def _n_classes(rows: list[dict]) -> int:
+    return int(read_json(Path(rows[0]["run_dir"]) / "evaluate" / "metrics.json")["n_classes"])
 
 
 def _write_trials(out: Path, grid, results: dict) -> tuple[list[dict], list[str]]:

@@ -596,10 +596,32 @@ def _blocks_to_html(blocks: list[tuple], title: str) -> str:
     return "\n".join(parts)
 
 
+def _deltas_blocks(deltas: list[dict]) -> list[tuple]:
+    """The report's table of method − reference per level, with the two-level intervals."""
+    def cell(d, k):
+        lo, hi = d[f"{k}_delta_ci"]
+        return f"{d[f'{k}_delta']:+.4f} [{_fmt(lo)}, {_fmt(hi)}]"
+
+    def verdict(d):
+        lo, hi = d["macro_f1_delta_ci"]
+        return "better" if lo is not None and lo > 0 else "worse" if hi is not None and hi < 0 else "no clear change"
+
+    ref = deltas[0]["reference"]
+    text = (f"Each method against {ref} on the same level, on raw argmax decisions: the mean difference over the seeds "
+            "and its 95% two-level bootstrap interval (seeds drawn with replacement, then each seed's test rows "
+            "resampled, paired across the two models), which covers the training and split randomness of the seeds "
+            "as well as the test sample. Better / worse: the macro-F1 interval excludes 0.")
+    rows = [[_level_label(d["level"]), d["method"], len(d["seeds"]), cell(d, "macro_f1"), cell(d, "balanced_accuracy"),
+             verdict(d)] for d in deltas]
+    return [("h2", f"Difference to {ref} per level (two-level bootstrap)"), ("p", text),
+            ("table", ["level", "method", "seeds", "Δ macro F1 [95% CI]", "Δ balanced accuracy [95% CI]",
+                       "macro F1"], rows)]
+
+
 def write_experiment_report(trials_df: pd.DataFrame, out_dir: str | os.PathLike,
                             metrics: list[str] | None = None, by: Sequence[str] = ("method", "level"),
                             seed_col: str = "seed", alpha: float = 0.05,
-                            title: str = "Experiment report") -> dict:
+                            title: str = "Experiment report", deltas: list[dict] | None = None) -> dict:
     """Write the experiment's tables, tests, plots and report into ``out_dir``.
 
     Files: ``results.csv`` (the trials as given), ``summary.csv`` (:func:`summarize_trials`),
@@ -609,7 +631,9 @@ def write_experiment_report(trials_df: pd.DataFrame, out_dir: str | os.PathLike,
     ``metrics=None`` reports every metric of :data:`DEFAULT_METRICS` present in the table; named
     metrics must be present. Blocks for the tests are (level, seed). Files are written in a temporary
     directory and moved into ``out_dir`` at the end (``report.html`` last), so a crash leaves no
-    half-written report; other files in ``out_dir`` are left alone. Returns ``{"paths": {...},
+    half-written report; other files in ``out_dir`` are left alone. ``deltas``: each method − the
+    reference on each level with two-level bootstrap intervals (:func:`pipeline.flows.experiment.level_deltas`),
+    written to ``stats.json`` ``two_level_deltas`` and tabled in the report. Returns ``{"paths": {...},
     "stats": ..., "summary": DataFrame}``.
     """
     by = list(by)
@@ -646,6 +670,9 @@ def write_experiment_report(trials_df: pd.DataFrame, out_dir: str | os.PathLike,
                             f"Tests: Friedman across methods with blocks = ({', '.join(block_cols)}), "
                             f"Iman–Davenport F, Nemenyi critical difference and pairwise Wilcoxon "
                             f"signed-rank with Holm's correction, all at α = {alpha}."))
+        if deltas:
+            blocks += _deltas_blocks(deltas)
+        all_stats["two_level_deltas"] = deltas or []
         rank_rows = []
         for m in metrics:
             fr = all_stats["metrics"][m]["friedman"]

@@ -43,6 +43,8 @@ from pipeline.evaluation.thresholds import rule_adjuster, tune_threshold
 from pipeline.flows import tracking
 from pipeline.flows.calibrate import calibrate_model
 from pipeline.flows.compare import compare_methods, format_comparison, run_comparisons
+from pipeline.flows.seeds import first_seed, format_spread, spread_stage, train_other_seeds, training_seeds
+from pipeline.evaluation.seed_spread import headline
 from pipeline.io import (
     atomic_dir,
     fingerprint,
@@ -251,6 +253,7 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
     (an experiment's trial); see :mod:`pipeline.flows.tracking`.
     """
     validate_config(cfg, "run")  # every key and input checked before anything is written
+    cfg = first_seed(cfg)
     method = cfg.train.method
     # deferred: torch is slow to import (the hook registry builds torch modules)
     from pipeline.train.hooks import hook_names
@@ -375,6 +378,14 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
     evaluate_fp = runner.stage("evaluate", evaluate_key, _evaluate)
     tracking.log_evaluation(tr, run_dir, labels, redo="evaluate" in runner.ran)
 
+    # ---- the other training seeds (run.seeds), each a child run nested under this one
+    seeds = training_seeds(cfg)
+    spread_fp = None
+    if len(seeds) > 1:
+        seed_run = functools.partial(run_pipeline, parent_run_id=tr.run_id)
+        spread_fp = spread_stage(runner, seeds, train_other_seeds(cfg, run_dir, ddir, protocol_name, seed_run))
+        tracking.log_seed_spread(tr, run_dir, redo="seed_spread" in runner.ran)
+
     # ---- reference models on the same data, and the paired comparison (run.compare_with)
     compare_fp = None
     if references:
@@ -384,7 +395,10 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
 
     # ---- report
 
-    runner.stage("report", {"evaluate": evaluate_fp, "profile": profile_fp, "comparison": compare_fp},
+    report_key = {"evaluate": evaluate_fp, "profile": profile_fp, "comparison": compare_fp}
+    if spread_fp:
+        report_key["seed_spread"] = spread_fp
+    runner.stage("report", report_key,
                  lambda d: write_report(str(run_dir / "evaluate"), str(d),
                                         distribution=str(ddir / "profile" / "distribution.json"),
                                         predictions=str(run_dir / "predict" / "test"), spark=spark, label_col=label,
@@ -401,34 +415,24 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
     write_json(run_dir / "summary.json", summary)
     tr.finish()
     print(_format_summary(summary))
+    if "seeds" in summary:
+        print(format_spread(summary["seeds"]))
     if references:
         print(format_comparison(run_dir))
     return str(run_dir)
 
 
-def _headline(m: dict, aucs_from: dict) -> dict:
-    """The headline metrics of a ``metrics.json`` block; ROC/PR AUC from ``aucs_from`` (the raw
-    block: threshold moving moves decisions, not scores, so AUCs are unchanged by it)."""
-    return {
-        "macro_f1": m.get("macro", {}).get("f1"),
-        "balanced_accuracy": m.get("balanced_accuracy"),
-        "g_mean": m.get("g_mean"),
-        "macro_roc_auc": aucs_from["macro"].get("roc_auc"),
-        "macro_pr_auc": aucs_from["macro"].get("pr_auc"),
-        "accuracy": m.get("accuracy"),
-        "l5_f1": m.get("groups", {}).get("L5", {}).get("f1"),
-        "rest_f1": m.get("groups", {}).get("rest", {}).get("f1"),
-    }
-
-
 def _summary(run_dir: Path, runner: StageRunner) -> dict:
     metrics = read_json(run_dir / "evaluate" / "metrics.json")
-    head = _headline(metrics, metrics)
+    head = headline(metrics)
     out = {}
     if "adjusted" in metrics:
-        out["metrics_adjusted"] = adjusted = _headline(metrics["adjusted"], metrics)
+        out["metrics_adjusted"] = adjusted = headline(metrics["adjusted"], metrics)
         head["adjusted_macro_f1"] = adjusted["macro_f1"]
         head["adjusted_balanced_accuracy"] = adjusted["balanced_accuracy"]
+    spread = run_dir / "seed_spread" / "spread.json"
+    if spread.is_file():
+        out["seeds"] = read_json(spread)
     cal = metrics.get("calibration") or {}
     out["calibration"] = {k: {"brier": v["brier"], "ece": v["ece"]} for k, v in cal.items()
                           if isinstance(v, dict) and "brier" in v}

@@ -352,3 +352,14 @@ def log_experiment(tr: Tracker, out: Path) -> None:
             else:
                 tr.client.log_artifact(tr.run_id, str(p), "experiment")
     tr.part("experiment", _do, redo=True)
+
+
+def log_seed_spread(tr: Tracker, run_dir: Path, redo: bool = False) -> None:
+    """``seeds.<metric>.mean|sd|min|max`` over the training seeds, and ``seed_spread/spread.json``."""
+    def _do():
+        path = run_dir / "seed_spread" / "spread.json"
+        sp = read_json(path)
+        _log_metrics(tr, {f"seeds.{k}.{stat}": v for k, s in sp["metrics"].items() for stat, v in s.items()
+                          if v is not None})
+        tr.client.log_artifact(tr.run_id, str(path), "seed_spread")
+    tr.part("seed spread", _do, redo)

@@ -43,6 +43,7 @@ from pipeline.data.ingest import LABEL_FROM
 from pipeline.data.schema import has_info, read_info
 from pipeline.errors import ConfigError, InputError
 from pipeline.flows.compare import compare_methods
+from pipeline.flows.seeds import training_seeds
 from pipeline.io import is_local, local_path
 from pipeline.prep.sampling import check_request, check_target
 from pipeline.evaluation.thresholds import check_rule
@@ -208,6 +209,7 @@ def _training(cfg: Config, kind: Optional[str], n_classes: Optional[int], has_va
     if method not in known:
         raise ConfigError(f"config key 'train.method': unknown method '{method}' (choose from: {', '.join(known)})")
     compare_methods(cfg, known)  # run.compare_with names known methods
+    training_seeds(cfg)          # run.seeds: distinct integers
     if method in PIPELINE_METHODS:
         allowed = TWO_PHASE_KEYS if method == "two_phase" else LOOP_KEYS
         for k in mp:
@@ -291,6 +293,8 @@ def validate_config(cfg: Config, command: str = "run", warn: Callable[[str], Non
             _images(d)
         else:
             _exists("data.input", d.input)
+    if command == "experiment" and cfg.run.seeds is not None:
+        raise ConfigError("config key 'run.seeds': an experiment takes its seeds from experiment.seeds")
     if command == "retrain":
         if not cfg.retrain.lake:
             raise ConfigError("config key 'retrain.lake' is required: the partitioned lake table to train on")

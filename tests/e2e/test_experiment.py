@@ -37,6 +37,16 @@ def test_digits_grid_runs_in_parallel_resumes_and_reports(spark, ray_local, tmp_
     stats = json.loads((tmp_path / "exp" / "stats.json").read_text())
     assert "macro_f1" in json.dumps(stats)
     assert (tmp_path / "exp" / "report.html").stat().st_size > 5000
+    # ROS against the baseline on the level: a two-level interval over both seeds and their test rows;
+    # the threshold-moved variant is not in it (its decisions are not stored in the predictions)
+    (d,) = stats["two_level_deltas"]
+    assert (d["method"], d["reference"], d["seeds"], d["covers"]) == ("ros", "baseline", [0, 1], "seeds and test rows")
+    want = [trials[(trials["seed"] == s) & (trials["method"] == "ros")]["macro_f1"].iloc[0]
+            - trials[(trials["seed"] == s) & (trials["method"] == "baseline")]["macro_f1"].iloc[0] for s in (0, 1)]
+    assert d["macro_f1_delta"] == pytest.approx(sum(want) / 2)
+    assert d["macro_f1_delta_ci"][0] <= d["macro_f1_delta_ci"][1]
+    assert "Difference to baseline per level (two-level bootstrap)" in (tmp_path / "exp" / "report.md").read_text()
+    assert stats["block_cols"][-1] == "seed" and len(stats["block_cols"]) == 2   # blocks: level × seed
 
     # ros+tm is the ROS model's threshold-moved decisions: same run, same AUC (scores unchanged)
     for seed in (0, 1):

@@ -9,13 +9,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ["source", "profile", "split", "protocol", "sample", "materialize", "sample_pretrain",
-          "materialize_pretrain", "train", "calibrate", "predict", "evaluate", "comparison", "report"]
-# The demo preset, shrunk so the test takes about a minute: same stages, same two-phase method.
-TINY = ["data.rows=2500", "train.epochs=1", "train.method_params.pretrain_epochs=1",
+          "materialize_pretrain", "train", "calibrate", "predict", "evaluate", "seed_spread", "comparison", "report"]
+# The demo preset, shrunk so the test takes about a minute: same stages, same two-phase method,
+# two training seeds instead of three.
+TINY = ["data.rows=2500", "run.seeds=[0, 1]", "train.epochs=1", "train.method_params.pretrain_epochs=1",
         "train.method_params.pretrain={strategy: threshold, cap: 60}", "stream.batch_size=64"]
 
 pytestmark = pytest.mark.slow
@@ -68,10 +70,65 @@ def test_demo_runs_every_stage_and_prints_run_dir_last(demo_run):
     assert len(test_support) == 1                      # the balanced test set
     assert "two_phase vs baseline" in (run_dir / "report" / "report.md").read_text()
     assert "two_phase vs baseline: macro F1" in r.stdout
-    # one training seed: both outputs say that the intervals cover the test rows only
-    assert "intervals cover the test rows only (one training seed)" in r.stdout
-    assert comp["covers"] == "test rows" and comp["seeds"] == {"method": 1, "reference": 1}
-    assert "do not cover training randomness" in (run_dir / "report" / "report.md").read_text()
+    # two training seeds: each model's second seed is a child run on the same data
+    for model_dir in (run_dir, ref):
+        seed1 = model_dir / "seeds" / "1"
+        assert json.loads((seed1 / "config.json").read_text())["train"]["seed"] == 1
+        assert (seed1 / "sample").is_symlink() and (seed1 / "materialize").is_symlink()
+        assert (seed1 / "evaluate" / "metrics.json").is_file()
+    assert (run_dir / "seeds" / "1" / "sample_pretrain").is_symlink()
+    assert comp["covers"] == "seeds and test rows" and comp["seeds"] == {"method": 2, "reference": 2}
+    assert "intervals cover the training seeds and the test rows" in r.stdout
+
+
+def _seed_metrics(model_dir: Path) -> list[dict]:
+    return [json.loads((d / "evaluate" / "metrics.json").read_text()) for d in (model_dir, model_dir / "seeds" / "1")]
+
+
+def test_seeds_give_means_spread_and_nested_runs(demo_run):
+    """run.seeds: the comparison's point estimates are the means over the seeds, the spread of every
+    headline metric reaches spread.json, summary.json, the console, MLflow and the report, and MLflow
+    holds one run per model and seed, nested under the main run."""
+    import mlflow
+
+    root, r = demo_run
+    run_dir = Path(r.stdout.strip().splitlines()[-1])
+    ref = run_dir / "compare" / "baseline"
+    mine, theirs = _seed_metrics(run_dir), _seed_metrics(ref)
+    comp = json.loads((run_dir / "comparison" / "comparison.json").read_text())["references"]["baseline"]
+    macro = [m["macro"]["f1"] for m in mine]
+    assert comp["method"]["macro_f1"] == pytest.approx(np.mean(macro))
+    assert comp["reference"]["macro_f1"] == pytest.approx(np.mean([m["macro"]["f1"] for m in theirs]))
+    assert comp["method"]["seed_spread"]["macro_f1"]["sd"] == pytest.approx(np.std(macro, ddof=1))
+    row = comp["per_class"][7]
+    assert row["f1"] == pytest.approx(np.mean([m["per_class"][7]["f1"] for m in mine]))
+    counts = json.loads((run_dir / "sample" / "manifest.json").read_text())["input_counts"]
+    assert row["train_rows"] == counts[str(row["label"])]         # the training split's rows of the class
+    for c in comp["per_class"]:   # a verdict needs the two-level interval to exclude 0
+        lo, hi = c["f1_delta_ci"]
+        assert c["verdict"] == ("gained" if lo > 0 else "lost" if hi < 0 else "no clear change")
+
+    spread = json.loads((run_dir / "seed_spread" / "spread.json").read_text())
+    assert spread["seeds"] == [0, 1] and spread["per_seed"]["1"]["macro_f1"] == mine[1]["macro"]["f1"]
+    assert spread["metrics"]["macro_f1"]["min"] == min(macro) and spread["metrics"]["macro_f1"]["max"] == max(macro)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["seeds"] == spread
+    m = spread["metrics"]["macro_f1"]
+    assert f"over 2 training seeds (0, 1), mean ± sd [min, max]: macro F1 {m['mean']:.4f} ± {m['sd']:.4f}" in r.stdout
+    report = (run_dir / "report" / "report.md").read_text()
+    assert "## Across training seeds" in report and f"(sd {m['sd']:.3f})" in report
+    assert "| class | training rows | test rows |" in report
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
+    main = client.get_run(summary["mlflow_run_id"])
+    assert main.data.metrics["seeds.macro_f1.sd"] == pytest.approx(m["sd"])
+    exp = main.info.experiment_id
+    children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{main.info.run_id}'")
+    by_kind = {(c.data.tags.get("kind"), c.data.tags.get("seed")): c for c in children}
+    assert set(by_kind) == {("seed", "1"), ("reference", None)}
+    grand = client.search_runs([exp], f"tags.mlflow.parentRunId = '{by_kind[('reference', None)].info.run_id}'")
+    assert [(g.data.tags["kind"], g.data.tags["seed"]) for g in grand] == [("seed", "1")]
+    assert by_kind[("seed", "1")].data.metrics["test.macro_f1"] == pytest.approx(mine[1]["macro"]["f1"])
 
 
 def test_one_l5_by_training_rows_in_every_output(demo_run):
@@ -113,21 +170,21 @@ def _weights_digest(model_dir: Path) -> str:
 
 
 def test_demo_twice_gives_identical_weights_and_metrics(demo_run, tmp_path):
-    """Same config and seed, fresh run root: two Ray workers with two reader threads each, two-phase
-    learning and its baseline train to the same bits, so every metric and verdict is the same."""
+    """Same training config and seed, fresh run root: two Ray workers with two reader threads each and
+    two-phase learning train to the same bits, so every metric is the same. (The second run trains the
+    method's first seed only, to keep the suite short: the reference and the other seed train by the
+    same code, and the first run's two seeds must differ.)"""
     root, r = demo_run
     first = Path(r.stdout.strip().splitlines()[-1])
-    again = _imbalance(["run", "conf/demo.yaml", f"run.root={tmp_path}", *TINY])
+    again = _imbalance(["run", "conf/demo.yaml", f"run.root={tmp_path}", *TINY, "run.seeds=[0]",
+                        "run.compare_with=null"])
     assert again.returncode == 0, again.stderr[-4000:]
     second = Path(again.stdout.strip().splitlines()[-1])
-    for model in ("train/pretrain/model", "train/model", "compare/baseline/train/model"):
+    for model in ("train/pretrain/model", "train/model"):
         assert _weights_digest(first / model) == _weights_digest(second / model), model
-    for out in ("evaluate/metrics.json", "compare/baseline/evaluate/metrics.json", "comparison/comparison.json"):
-        a, b = (json.loads((d / out).read_text()) for d in (first, second))
-        if "references" in a:
-            for ref in (*a["references"].values(), *b["references"].values()):
-                ref.pop("run_dir")
-        assert a == b, out
+    assert _weights_digest(first / "train/model") != _weights_digest(first / "seeds/1/train/model")
+    a, b = (json.loads((d / "evaluate/metrics.json").read_text()) for d in (first, second))
+    assert a == b
 
 
 def test_rerun_recomputes_nothing(demo_run):
@@ -151,7 +208,7 @@ def test_changed_config_redoes_only_downstream(demo_run):
                     f"run.id={run_dir.name}"])
     assert r.returncode == 0, r.stderr[-4000:]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["ran"] == ["evaluate", "comparison", "report"]   # and the reference re-evaluates too
+    assert summary["ran"] == ["evaluate", "seed_spread", "comparison", "report"]   # and the reference re-evaluates too
     assert "adjusted" not in json.loads((run_dir / "evaluate" / "metrics.json").read_text())
 
 

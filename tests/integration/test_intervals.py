@@ -139,3 +139,31 @@ def test_two_level_interval_covers_the_seeds(spark):
     same = paired_deltas(spark, [seeds[0]] * 3, ref, K, replicates=200, seed=3)
     assert same["macro_f1_delta_ci"] == pytest.approx(ones[0]["macro_f1_delta_ci"], abs=1e-12)
     np.testing.assert_allclose(same["per_class"]["f1_delta_ci"], ones[0]["per_class"]["f1_delta_ci"], atol=1e-12)
+
+
+def _relabelled(spark, seed, flip, offset):
+    """A seed's own test set (ids shifted by ``offset``: other rows than the other seeds')."""
+    df, y, pred = _preds(spark, seed, flip)
+    return df.selectExpr(f"id + {offset} AS id", "label", "pred")
+
+
+def test_blocked_deltas_over_seeds_with_their_own_test_rows(spark):
+    """An experiment's seeds each hold their own split: one seed gives the paired bootstrap of its
+    rows, three copies of one seed give that same interval (drawing seeds changes nothing), and
+    three different seeds give an interval that holds each seed's centre."""
+    from pipeline.evaluation.intervals import blocked_deltas
+
+    refs = [_relabelled(spark, 5 + s, 0.5, 1000 * s) for s in range(3)]
+    mine = [_relabelled(spark, 10 + s, flip, 1000 * s) for s, flip in enumerate((0.1, 0.3, 0.2))]
+    pairs = [(m, "pred", r, "pred") for m, r in zip(mine, refs)]
+    one = blocked_deltas(spark, pairs[:1], K, replicates=200, seed=3)
+    assert one["covers"] == "test rows" and one["seeds"] == 1
+    assert one["macro_f1_delta_ci"] == pytest.approx(
+        paired_deltas(spark, mine[0], refs[0], K, replicates=200, seed=3)["macro_f1_delta_ci"], abs=1e-12)
+    same = blocked_deltas(spark, pairs[:1] * 3, K, replicates=200, seed=3)
+    assert same["macro_f1_delta_ci"] == pytest.approx(one["macro_f1_delta_ci"], abs=1e-12)
+    three = blocked_deltas(spark, pairs, K, replicates=200, seed=3)
+    assert three["covers"] == "seeds and test rows" and three["seeds"] == 3
+    lo, hi = three["macro_f1_delta_ci"]
+    assert lo <= sum(one["macro_f1_delta_ci"]) / 2 <= hi          # a seed's centre lies inside
+    assert hi - lo > 0

@@ -105,3 +105,8 @@ def test_report_shows_comparison_intervals_and_warnings(run_dir):
     assert "⚠" in md                       # class 5 has fewer than 20 test rows
     assert "Top confusions" in md and "## What ran" in md
     assert (run_dir / "report" / "figures" / "training.png").is_file()
+    # one training seed: the report and the console say that the intervals cover the test rows only
+    assert "do not cover training randomness" in md and "## Across training seeds" not in md
+    from pipeline.flows.compare import format_comparison
+    assert "intervals cover the test rows only (one training seed)" in format_comparison(run_dir)
+    assert "| class | training rows | test rows |" in md
