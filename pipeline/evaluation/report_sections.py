@@ -271,7 +271,8 @@ def comparison_section(comp: dict, names: dict, figs: Path, save, plt) -> tuple[
                  _f(m["l5_f1"]) + _sd(m, "l5_f1"), _f(r["l5_f1"]) + _sd(r, "l5_f1"), _signed(dl["l5_f1"])),
                 ("F1 of the other classes (Rest)", _f(m["rest_f1"]) + _sd(m, "rest_f1"),
                  _f(r["rest_f1"]) + _sd(r, "rest_f1"), _signed(dl["rest_f1"])),
-                ("classes at F1 = 0", str(m["f1_zero_classes"]), str(r["f1_zero_classes"]),
+                ("classes at F1 = 0" + (" in every seed" if c.get("seeds", {}).get("method", 1) > 1 else ""),
+                 str(m["f1_zero_classes"]), str(r["f1_zero_classes"]),
                  f"{m['f1_zero_classes'] - r['f1_zero_classes']:+d}")]
         gained = ", ".join(names[i] for i in c["gained"]) or "none"
         lost = ", ".join(names[i] for i in c["lost"]) or "none"

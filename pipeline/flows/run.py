@@ -411,6 +411,7 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
         runner.timings = {**data_runner.timings, **runner.timings}
     summary = _summary(run_dir, runner)
     summary["data_dir"] = str(ddir)
+    summary["model"] = {"method": method, "training_seed": seeds[0]}
     summary["mlflow_run_id"] = tr.run_id
     write_json(run_dir / "summary.json", summary)
     tr.finish()
@@ -448,7 +449,9 @@ def _format_summary(s: dict) -> str:
     def f(v):
         return "n/a" if v is None else f"{v:.4f}"
 
+    model = s.get("model")
     lines = [
+        f"== {model['method']}, training seed {model['training_seed']} ==" if model else "",
         f"macro F1 {f(m['macro_f1'])} | balanced accuracy (mean recall) {f(m['balanced_accuracy'])} | G-mean {f(m['g_mean'])} | "
         f"macro ROC AUC {f(m['macro_roc_auc'])} | macro PR AUC {f(m['macro_pr_auc'])} | accuracy {f(m['accuracy'])}",
         f"L5 F1 {f(m['l5_f1'])} | rest F1 {f(m['rest_f1'])}",
@@ -462,4 +465,4 @@ def _format_summary(s: dict) -> str:
             f"{name.replace('_', '-')} {f(v['brier'])} / {f(v['ece'])}" for name, v in cal.items()))
     lines.append(f"stages run: {', '.join(s['ran']) or 'none'}; skipped (up to date): {', '.join(s['skipped']) or 'none'}")
     lines.append(f"report: {s['report']}  ({s['total_seconds']:.0f}s)")
-    return "\n".join(lines)
+    return "\n".join(x for x in lines if x)

@@ -115,6 +115,9 @@ def test_seeds_give_means_spread_and_nested_runs(demo_run):
     assert summary["seeds"] == spread
     m = spread["metrics"]["macro_f1"]
     assert f"over 2 training seeds (0, 1), mean ± sd [min, max]: macro F1 {m['mean']:.4f} ± {m['sd']:.4f}" in r.stdout
+    for block in ("two_phase, training seed 0", "two_phase, training seed 1", "baseline, training seed 0",
+                  "baseline, training seed 1"):        # every console block names its model
+        assert f"== {block} ==" in r.stdout
     report = (run_dir / "report" / "report.md").read_text()
     assert "## Across training seeds" in report and f"(sd {m['sd']:.3f})" in report
     assert "| class | training rows | test rows |" in report
