@@ -30,6 +30,7 @@ from pipeline.evaluation.report_calibration import calibration_section
 from pipeline.evaluation.report_sections import (
     SORT_SCRIPT,
     comparison_section,
+    fixed,
     seed_spread_section,
     errors_section,
     plot_training,
@@ -53,7 +54,7 @@ def _fmt(v, digits: int = 4) -> str:
     if isinstance(v, float):
         if np.isnan(v):
             return "—"
-        return f"{v:.{digits}f}"
+        return fixed(v, digits)
     return str(v)
 
 
@@ -237,7 +238,7 @@ def _distribution_figure(distribution, figs: Path) -> Optional[bytes]:
 
 # ------------------------------------------------------------------------------ the report
 def _ci(ci) -> str:
-    return "—" if not ci or ci[0] is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+    return "—" if not ci or ci[0] is None else f"[{fixed(ci[0])}, {fixed(ci[1])}]"
 
 
 def _table(metrics: dict, sizes: Optional[dict] = None, boot: Optional[dict] = None):

@@ -30,20 +30,33 @@ THRESHOLD_RULES = {
 }
 
 
+def fixed(v: float, d: int = 3, signed: bool = False) -> str:
+    """``v`` with ``d`` decimals (a leading ``+`` when ``signed``); a value that rounds to zero prints
+    as ``0.000``, never ``-0.000``."""
+    text = f"{v:+.{d}f}" if signed else f"{v:.{d}f}"
+    return f"{0:.{d}f}" if float(text) == 0 else text
+
+
 def _f(v, d: int = 3) -> str:
     if v is None or (isinstance(v, float) and np.isnan(v)):
         return "—"
-    return f"{v:.{d}f}"
+    return fixed(v, d)
 
 
 def _ci(ci, d: int = 3) -> str:
     if not ci or ci[0] is None:
         return "—"
-    return f"[{ci[0]:.{d}f}, {ci[1]:.{d}f}]"
+    return f"[{fixed(ci[0], d)}, {fixed(ci[1], d)}]"
 
 
 def _signed(v, d: int = 3) -> str:
-    return "—" if v is None else f"{v:+.{d}f}"
+    return "—" if v is None else fixed(v, d, signed=True)
+
+
+def per_class_range(values: list) -> str:
+    """``"30 per class"``, or ``"10 to 1000 per class"`` when the classes differ."""
+    lo, hi = min(values), max(values)
+    return f"{lo} per class" if lo == hi else f"{lo} to {hi} per class"
 
 
 def _sd(block: dict, key: str) -> str:
@@ -117,12 +130,12 @@ def what_ran(run: dict, metrics: dict, timings: Optional[dict]) -> tuple[list[st
                       f"μ = {data.get('protocol_mu')}), imposed on {'train and val only' if data.get('protocol_scope') == 'train' else 'the whole source'}"))
     if counts:
         vals = [v for v in counts.values() if v > 0]
-        items.append(("training rows", f"{sum(vals)} in {len(vals)} classes, {max(vals)} to {min(vals)} per class, "
+        items.append(("training rows", f"{sum(vals)} in {len(vals)} classes, {per_class_range(vals)}, "
                       f"ρ = {max(vals) / min(vals):.0f}"))
     if hist and hist[-1].get("val_n") is not None:
         items.append(("validation rows", str(hist[-1]["val_n"])))
     sup = [r["support"] for r in metrics["per_class"] if r["support"] > 0]
-    items.append(("test rows", f"{metrics['n_rows']}, {min(sup)} to {max(sup)} per class"
+    items.append(("test rows", f"{metrics['n_rows']}, {per_class_range(sup)}"
                   + (" (balanced)" if min(sup) == max(sup) else "")))
     model = cfg.get("model", {})
     items.append(("model", model.get("name", "?") + (f"-{model.get('depth')}" if model.get("name") == "resnet" else "")))

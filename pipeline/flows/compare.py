@@ -27,6 +27,7 @@ from pipeline.config import Config
 from pipeline.errors import ConfigError
 from pipeline.evaluation.compare_table import compare_metrics
 from pipeline.evaluation.intervals import DEFAULT_REPLICATES, paired_deltas
+from pipeline.evaluation.report_sections import fixed
 from pipeline.evaluation.seed_spread import average_metrics
 from pipeline.flows.child_runs import child_config, link_stages
 from pipeline.flows.seeds import seed_run_dirs, training_seeds
@@ -117,7 +118,8 @@ def format_comparison(run_dir: Path) -> str:
         over = (f" (means over {c['seeds']['method']} seeds; seed sd {sds[0]:.4f} and {sds[1]:.4f})"
                 if None not in sds else "")
         lines.append(f"{comp['method']} vs {ref}: macro F1 {c['method']['macro_f1']:.4f} vs {c['reference']['macro_f1']:.4f}{over} "
-                     f"(difference {d['macro_f1']:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}]); classes gained "
+                     f"(difference {fixed(d['macro_f1'], 4, True)}, 95% CI [{fixed(lo, 4, True)}, {fixed(hi, 4, True)}]); "
+                     f"classes gained "
                      f"{len(c['gained'])}, lost {len(c['lost'])}; intervals cover "
                      + ("the training seeds and the test rows" if c.get("covers") == "seeds and test rows"
                         else "the test rows only (one training seed)"))

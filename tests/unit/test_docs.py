@@ -48,3 +48,21 @@ def test_docs_link_only_to_files_that_exist():
             assert (path.parent / target).exists(), f"{path.relative_to(ROOT)} links to missing {target}"
         for conf in re.findall(r"`(conf/[\w.-]+\.yaml)`", path.read_text()):
             assert (ROOT / conf).exists(), f"{path.relative_to(ROOT)} names missing {conf}"
+
+
+def test_docs_cite_sections_only_of_files_in_the_repository():
+    """A citation such as `SOME.md "A section"` in the docs, the Docker files or the configs names a file
+    that ships with the repository."""
+    paths = [*USER_FACING, *sorted((ROOT / "docker").iterdir())]
+    shipped = {p.name for p in ROOT.rglob("*.md") if ".venv" not in p.parts}
+    for path in paths:
+        for name in re.findall(r"([\w.-]+\.md) \"", path.read_text(encoding="utf-8")):
+            assert name in shipped, f"{path.relative_to(ROOT)} cites {name}, which is not in the repository"
+
+
+def test_readme_first_command_states_the_demo_imbalance():
+    import yaml
+
+    first = (ROOT / "README.md").read_text().split("```bash", 1)[1].split("```", 1)[0]
+    rho = yaml.safe_load((ROOT / "conf" / "demo.yaml").read_text())["data"]["protocol_rho"]
+    assert re.findall(r"rho = (\d+)", first) == [str(rho)]

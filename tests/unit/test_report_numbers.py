@@ -1,0 +1,26 @@
+"""Numbers as the report and console print them: no negative zero, no "30 to 30"."""
+from __future__ import annotations
+
+from pipeline.evaluation import report_sections as rs
+
+
+def test_values_that_round_to_zero_print_without_a_sign():
+    assert rs._ci([-0.0002, 0.1]) == "[0.000, 0.100]"
+    assert rs._signed(-0.0004) == "0.000" and rs._signed(0.0123) == "+0.012" and rs._signed(-0.02) == "-0.020"
+    assert rs._f(-0.0001) == "0.000" and rs._f(None) == "—"
+    assert rs.fixed(-0.00004, 4, signed=True) == "0.0000" and rs.fixed(-0.25, 2) == "-0.25"
+
+
+def test_equal_class_sizes_are_one_number():
+    assert rs.per_class_range([30, 30, 30]) == "30 per class"
+    assert rs.per_class_range([1000, 10, 10]) == "10 to 1000 per class"
+
+
+def test_what_ran_says_30_per_class_for_a_balanced_test_set():
+    metrics = {"n_rows": 90, "per_class": [{"support": 30}] * 3}
+    run = {"config": {"data": {"synth_preset": "plankton"}, "train": {}, "model": {}},
+           "manifest": {"input_counts": {"0": 100, "1": 100, "2": 100}}}
+    items, _ = rs.what_ran(run, metrics, None)
+    text = "\n".join(items)
+    assert "90, 30 per class (balanced)" in text and "300 in 3 classes, 100 per class" in text
+    assert " to " not in text.split("test rows")[1].split("\n")[0]
