@@ -60,7 +60,8 @@ class DataSection:
     label_from: str = "folder"          # images: class from the folder name | manifest
     manifest: Optional[str] = None      # images: CSV/Parquet of path,label (paths relative to data.images)
     min_size: int = 2                   # images narrower or lower than this go to rejected/
-    synth_preset: str = "plankton"      # used when input is None: plankton | tabular
+    synth_preset: Optional[str] = "plankton"  # used when no input is given: plankton | tabular | ...; null: none
+    #                                            (a config for your own data: data.input or data.images required)
     rows: int = 20000
     label_col: str = "label"
     image_shape: Optional[list] = None  # raw uint8 images: [H, W] or [H, W, C]

@@ -123,6 +123,9 @@ def _numbers(cfg: Config) -> None:
     if sp.val + sp.test >= 1.0:
         raise ConfigError(f"config keys split.val + split.test must be < 1, got {sp.val + sp.test:g}")
     d = cfg.data
+    if d.input is None and not d.train_path and not d.images and d.synth_preset is None:
+        raise ConfigError("config key 'data.images' (or data.input): this config reads your own data and has no "
+                          "synthetic fallback (data.synth_preset is null); set data.images=/path/to/image/tree")
     if d.input is None and not d.train_path and not d.images and d.synth_preset not in SYNTH_KINDS:
         raise ConfigError(f"unknown data.synth_preset '{d.synth_preset}' (known: {', '.join(SYNTH_KINDS)})")
     if d.protocol not in (None, "step", "linear"):

@@ -72,6 +72,17 @@ def test_a_bad_image_option_fails_before_ingest(tmp_path, bad):
     assert not root.exists(), f"{bad}: wrote {list(root.rglob('*'))}"
 
 
+def test_the_image_preset_without_images_names_the_key(tmp_path):
+    """conf/images.yaml is for the user's own images: without data.images it must not fall back to
+    synthetic data (its data.synth_preset is null)."""
+    root = tmp_path / "runs"
+    r = _imbalance(["run", "conf/images.yaml", f"run.root={root}"], timeout=60)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("imbalance run: error: config key 'data.images'"), lines
+    assert not root.exists()
+
+
 def test_a_failed_run_leaves_a_finished_runs_config_alone(tmp_path):
     """A finished run (here: its record and one stage marker) and a rerun of the same id that
     fails on a missing input: the finished run's config.json is untouched."""
