@@ -160,8 +160,12 @@ def plot_training(history: list, path: Path, save, plt) -> Optional[bytes]:
     """Train loss, val macro-F1 and val balanced accuracy per epoch; per-class val recall heat map."""
     if not history:
         return None
-    ep = [h["epoch"] + 1 for h in history]
+    from matplotlib.ticker import MaxNLocator
+
+    ep = [h["epoch"] for h in history]     # train_summary.json counts epochs from 1
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(15, 4), gridspec_kw={"width_ratios": [1, 1, 1.6]})
+    for ax in (a1, a2, a3):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     a1.plot(ep, [h.get("train_loss") for h in history], "o-")
     a1.set_xlabel("epoch")
     a1.set_ylabel("train loss")

@@ -61,7 +61,7 @@ def run_dir(spark, tmp_path_factory):
     (root / "sample" / "manifest.json").write_text(json.dumps(
         {"input_counts": {str(c): int(n) for c, n in enumerate([400, 250, 150, 100, 90, 10])}}))
     hist = [{"epoch": e, "train_loss": 2.0 / (e + 1), "val_macro_f1": 0.2 * e, "val_balanced_accuracy": 0.25 * e,
-             "val_recall": [min(1.0, 0.3 * e + 0.05 * c) for c in range(K)]} for e in range(3)]
+             "val_recall": [min(1.0, 0.3 * e + 0.05 * c) for c in range(K)]} for e in range(1, 4)]
     (root / "train").mkdir()
     (root / "train" / "train_summary.json").write_text(json.dumps({"history": hist, "epochs_run": 3, "best_epoch": 2}))
     write_report(root / "evaluate", root / "report", predictions=str(root / "predict" / "test"), spark=spark,

@@ -24,3 +24,21 @@ def test_what_ran_says_30_per_class_for_a_balanced_test_set():
     text = "\n".join(items)
     assert "90, 30 per class (balanced)" in text and "300 in 3 classes, 100 per class" in text
     assert " to " not in text.split("test rows")[1].split("\n")[0]
+
+
+def test_training_curves_count_epochs_from_one_with_integer_ticks(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hist = [{"epoch": e, "train_loss": 1.0 / e, "val_macro_f1": 0.1 * e, "val_balanced_accuracy": 0.1 * e,
+             "val_recall": [0.5, 0.5]} for e in (1, 2, 3)]     # as train_summary.json holds them
+    fig = rs.plot_training(hist, tmp_path / "t.png", lambda f, p: f, plt)
+    loss, curves, recall = fig.axes[:3]
+    assert list(loss.lines[0].get_xdata()) == [1, 2, 3]
+    for ax in (loss, curves, recall):
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    assert recall.images[0].get_extent()[:2] == [0.5, 3.5]
+    plt.close(fig)
