@@ -258,7 +258,9 @@ def plot_deltas(rows: list[dict], path: Path, save, plt) -> bytes:
     ax.vlines(x, lo, hi, colors=colors, lw=1.2, alpha=0.7)
     ax.scatter(x, d, c=colors, s=14, zorder=3)
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_ylim(-1.02, 1.02)
+    top, bottom = max(hi.max(initial=0.0), 0.0), min(lo.min(initial=0.0), 0.0)
+    pad = 0.05 * max(top - bottom, 0.1)
+    ax.set_ylim(max(bottom - pad, -1.02), min(top + pad, 1.02))     # the data's range, 0 always shown
     ax.set_xticks([])
     ax.set_xlabel(f"{len(rs)} classes, sorted by F1 delta (green: gained, red: lost, grey: interval contains 0)")
     ax.set_ylabel("F1 (method) − F1 (reference)")

@@ -42,3 +42,18 @@ def test_training_curves_count_epochs_from_one_with_integer_ticks(tmp_path):
         assert ticks and all(float(t).is_integer() for t in ticks), ticks
     assert recall.images[0].get_extent()[:2] == [0.5, 3.5]
     plt.close(fig)
+
+
+def test_the_delta_plot_spans_the_intervals_not_minus_one_to_one(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [{"label": c, "f1_delta": d, "f1_delta_ci": [lo, hi], "verdict": v}
+            for c, (d, lo, hi, v) in enumerate([(0.2, 0.1, 0.5, "gained"), (-0.1, -0.3, 0.05, "no clear change"),
+                                                (0.0, None, None, "no clear change")])]
+    fig = rs.plot_deltas(rows, tmp_path / "d.png", lambda f, p: f, plt)
+    lo, hi = fig.axes[0].get_ylim()
+    assert -0.4 < lo <= -0.3 and 0.5 <= hi < 0.6
+    plt.close(fig)
