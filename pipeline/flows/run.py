@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -254,12 +255,27 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
     """
     validate_config(cfg, "run")  # every key and input checked before anything is written
     cfg = first_seed(cfg)
-    method = cfg.train.method
     # deferred: torch is slow to import (the hook registry builds torch modules)
     from pipeline.train.hooks import hook_names
 
     references = compare_methods(cfg, list(PIPELINE_METHODS) + hook_names())  # validated above
     run_dir = local_path(cfg.run.root) / str(cfg.run.id)
+    existed = run_dir.exists()
+    log(f"run id: {cfg.run.id}  (directory: {run_dir})")
+    tr = tracking.start(cfg, run_dir, tracking_tags, parent_run_id)
+    try:
+        return _run_stages(cfg, run_dir, tr, references, data_dir, protocol_name)
+    except BaseException as e:
+        tr.fail(e)     # FAILED (KILLED on Ctrl-C) in MLflow, with the error as a tag
+        if not existed and run_dir.is_dir() and not any(p.is_dir() for p in run_dir.iterdir()):
+            shutil.rmtree(run_dir)   # failed before any stage wrote anything: no directory left behind
+        raise
+
+
+def _run_stages(cfg: Config, run_dir: Path, tr, references: list[str], data_dir: Optional[str],
+                protocol_name: str) -> str:
+    """The stages of :func:`run_pipeline`, logged to the open MLflow run ``tr``."""
+    method = cfg.train.method
     # config.json is (re)written only when a stage actually runs (StageRunner), so a failed or
     # up-to-date rerun never changes a finished run's record
     runner = StageRunner(run_dir, config=cfg.to_dict())
@@ -268,8 +284,6 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
     spark = get_spark(cfg.spark)
     seed = cfg.run.seed
     label = cfg.data.label_col
-    log(f"run id: {cfg.run.id}  (directory: {run_dir})")
-    tr = tracking.start(cfg, run_dir, tracking_tags, parent_run_id)
     tracking.log_config(tr, cfg)
 
     data = data_stages(cfg, spark, data_runner, ddir, protocol_name)

@@ -151,6 +151,16 @@ class Tracker:
             self.logged.append(name)
         self._save()
 
+    def fail(self, error: BaseException) -> None:
+        """End the MLflow run as KILLED (Ctrl-C) or FAILED, with the error's first line as the tag ``error``."""
+        if self.active and self.run_id:
+            first = str(error).splitlines()[0][:500] if str(error) else ""
+            try:
+                self.client.set_tag(self.run_id, "error", f"{type(error).__name__}: {first}")
+            except Exception:  # noqa: BLE001 - the run's own error is the one to report
+                pass
+        self.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+
     def finish(self, status: str = "FINISHED") -> None:
         """End the MLflow run; one warning line if something was not logged."""
         if self.client is None:

@@ -110,3 +110,30 @@ def test_an_input_error_inside_a_ray_worker_is_one_line_exit_2(tmp_path):
     assert last.startswith("imbalance run: error:"), r.stderr[-4000:]
     assert "rate" in last.lower(), last
     assert "Error count" not in r.stderr  # Ray's failure policy never saw a failure to retry
+    # the MLflow run ended FAILED with the error as a tag, not RUNNING for ever
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FAILED" and "rate" in run.data.tags["error"].lower()
+
+
+def test_a_run_that_fails_in_its_first_stage_leaves_no_directory(tmp_path):
+    """An image tree with one class folder: the ingest refuses it (one line, exit 2), the MLflow run
+    is FAILED, and no run directory is left behind."""
+    from PIL import Image
+
+    tree = tmp_path / "tree" / "only"
+    tree.mkdir(parents=True)
+    for i in range(4):
+        Image.new("L", (8, 8), color=i * 40).save(tree / f"{i}.png")
+    root = tmp_path / "runs"
+    r = _imbalance(["run", "conf/images.yaml", f"run.root={root}", f"data.images={tmp_path / 'tree'}"], timeout=300)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines()[-1].startswith("imbalance run: error:")
+    assert {p.name for p in root.iterdir()} <= {"mlflow.db", "mlartifacts"}, list(root.iterdir())  # the store only
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FAILED" and run.data.tags["error"]
