@@ -216,9 +216,17 @@ def data_stages(cfg: Config, spark, runner: "StageRunner", ddir: Path, protocol_
         split_fp = runner.stage(protocol_name, {"split": split_fp, **protocol_key}, _protocol_splits)
         train_split = str(ddir / protocol_name / "train")
         val_split = str(ddir / protocol_name / "val")
+        if has_info(train_split):   # the imbalance the model trains on, beside the source's
+            from pipeline.prep.profile import describe_counts
+
+            train_dist = describe_counts(read_info(train_split).class_counts)
+            log("training split after the protocol: " + format_distribution(train_dist).splitlines()[0]
+                + f" (the source: rho = {dist['rho']:.1f})\n" + format_distribution(train_dist).splitlines()[1])
+            dist = train_dist | {"source_rho": dist["rho"]}
 
     return {"train": train_split, "val": val_split, "test": test_split, "split_fp": split_fp,
-            "profile_fp": profile_fp, "labels": read_json(ddir / "split" / "labels.json")["labels"]}
+            "profile_fp": profile_fp, "labels": read_json(ddir / "split" / "labels.json")["labels"],
+            "training_distribution": dist}
 
 
 def prepare_data(cfg: Config, data_dir: str, protocol_name: str = "protocol") -> dict:
@@ -289,7 +297,7 @@ def _run_stages(cfg: Config, run_dir: Path, tr, references: list[str], data_dir:
     data = data_stages(cfg, spark, data_runner, ddir, protocol_name)
     train_split, val_split, test_split = data["train"], data["val"], data["test"]
     split_fp, profile_fp = data["split_fp"], data["profile_fp"]
-    tracking.log_data(tr, ddir, split_fp, redo="profile" in data_runner.ran)
+    tracking.log_data(tr, ddir, split_fp, data["training_distribution"], redo="profile" in data_runner.ran)
 
     # ---- sample + materialize (one pair per training set)
     def sampled_set(name: str, sample_cfg: SampleSection) -> tuple[str, str]:

@@ -220,13 +220,17 @@ def log_config(tr: Tracker, cfg: Config) -> None:
     tr.part("config", _do)
 
 
-def log_data(tr: Tracker, ddir: Path, data_fp: str, redo: bool = False) -> None:
-    """Data fingerprint, ρ and class counts (an artifact), the distribution plot."""
+def log_data(tr: Tracker, ddir: Path, data_fp: str, training: dict, redo: bool = False) -> None:
+    """Data fingerprint, ρ and class counts (an artifact), the distribution plot.
+
+    ``data.rho``: the imbalance of the data the model trains on (``training``: the training split's
+    distribution after a train-only protocol, else the profile's); ``data.source_rho`` beside it
+    when the two differ."""
     def _do():
         dist = read_json(ddir / "profile" / "distribution.json")
         tr.client.set_tag(tr.run_id, "data_fingerprint", data_fp)
-        metrics = {"data.rho": dist.get("rho"), "data.n_classes": dist.get("n_classes"),
-                   "data.rows": dist.get("n_rows")}
+        metrics = {"data.rho": training.get("rho"), "data.source_rho": training.get("source_rho"),
+                   "data.n_classes": dist.get("n_classes"), "data.rows": dist.get("n_rows")}
         _log_metrics(tr, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         tr.client.log_dict(tr.run_id, {str(c["label"]): int(c["count"]) for c in dist["classes"]},
                            "data/class_counts.json")
