@@ -357,7 +357,7 @@ def learned_costs_section(predictions, per_class: list[dict]) -> Optional[tuple[
 
 def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spark=None,
                  label_col: str = "label", curve_classes: int = 4, run_dir=None,
-                 timings: Optional[dict] = None) -> dict:
+                 timings: Optional[dict] = None, source: Optional[dict] = None) -> dict:
     """Write ``report.md``, ``report.html`` and ``figures/*.png`` into ``out_dir``.
 
     ``metrics_dir`` holds ``metrics.json``. PR curves come from its ``pr_curves``; when it has
@@ -374,6 +374,8 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
     figs.mkdir(parents=True, exist_ok=True)
     per_class = metrics["per_class"]
     run = read_run(local_path(run_dir)) if run_dir is not None else {}
+    if source is not None:     # the run's data source (pipeline.data.describe_source), when the caller knows it
+        run["source"] = source
     sizes = train_counts(run) if run else None
     names = {r["label"]: _name(r) for r in per_class}
     boot = None

@@ -15,6 +15,7 @@ from typing import Optional
 
 import numpy as np
 
+from pipeline.data.describe_source import describe_source
 from pipeline.evaluation.intervals import LOW_SUPPORT
 from pipeline.evaluation.seed_spread import HEADLINE_NAMES
 from pipeline.io import read_json
@@ -80,7 +81,8 @@ def read_run(run_dir) -> dict:
             "pretrain_manifest": js(d / "sample_pretrain" / "manifest.json"),
             "train_summary": js(d / "train" / "train_summary.json"),
             "comparison": js(d / "comparison" / "comparison.json"),
-            "seed_spread": js(d / "seed_spread" / "spread.json")}
+            "seed_spread": js(d / "seed_spread" / "spread.json"),
+            "ingest": js(d / "source" / "ingest.json")}
 
 
 def seed_spread_section(sp: dict) -> tuple[list[str], str]:
@@ -123,8 +125,7 @@ def what_ran(run: dict, metrics: dict, timings: Optional[dict]) -> tuple[list[st
     counts = train_counts(run)
     hist = (run.get("train_summary") or {}).get("history") or []
     items = []
-    src = data.get("input") or f"synthetic '{data.get('synth_preset')}', {data.get('rows')} rows"
-    items.append(("data", src))
+    items.append(("data", (run.get("source") or describe_source(data, run.get("ingest")))["text"]))
     if data.get("protocol"):
         items.append(("imbalance protocol", f"{data['protocol']} (ρ = {data.get('protocol_rho')}, "
                       f"μ = {data.get('protocol_mu')}), imposed on {'train and val only' if data.get('protocol_scope') == 'train' else 'the whole source'}"))

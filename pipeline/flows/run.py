@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from pipeline.config import Config, SampleSection
+from pipeline.data.describe_source import describe_source
 from pipeline.data.schema import has_info, read_info, write_info
 from pipeline.data.source import read_table
 from pipeline.engines import get_spark
@@ -297,7 +298,9 @@ def _run_stages(cfg: Config, run_dir: Path, tr, references: list[str], data_dir:
     data = data_stages(cfg, spark, data_runner, ddir, protocol_name)
     train_split, val_split, test_split = data["train"], data["val"], data["test"]
     split_fp, profile_fp = data["split_fp"], data["profile_fp"]
-    tracking.log_data(tr, ddir, split_fp, data["training_distribution"], redo="profile" in data_runner.ran)
+    ingest = ddir / "source" / "ingest.json"
+    source = describe_source(cfg.to_dict()["data"], read_json(ingest) if ingest.is_file() else None)
+    tracking.log_data(tr, ddir, split_fp, data["training_distribution"], source, redo="profile" in data_runner.ran)
 
     # ---- sample + materialize (one pair per training set)
     def sampled_set(name: str, sample_cfg: SampleSection) -> tuple[str, str]:
@@ -424,7 +427,7 @@ def _run_stages(cfg: Config, run_dir: Path, tr, references: list[str], data_dir:
                  lambda d: write_report(str(run_dir / "evaluate"), str(d),
                                         distribution=str(ddir / "profile" / "distribution.json"),
                                         predictions=str(run_dir / "predict" / "test"), spark=spark, label_col=label,
-                                        run_dir=str(run_dir), timings=dict(runner.timings)))
+                                        run_dir=str(run_dir), timings=dict(runner.timings), source=source))
     tracking.log_report(tr, run_dir, redo="report" in runner.ran)
 
     if data_runner is not runner:
@@ -433,6 +436,7 @@ def _run_stages(cfg: Config, run_dir: Path, tr, references: list[str], data_dir:
         runner.timings = {**data_runner.timings, **runner.timings}
     summary = _summary(run_dir, runner)
     summary["data_dir"] = str(ddir)
+    summary["source"] = source
     summary["model"] = {"method": method, "training_seed": seeds[0]}
     summary["mlflow_run_id"] = tr.run_id
     write_json(run_dir / "summary.json", summary)

@@ -220,7 +220,7 @@ def log_config(tr: Tracker, cfg: Config) -> None:
     tr.part("config", _do)
 
 
-def log_data(tr: Tracker, ddir: Path, data_fp: str, training: dict, redo: bool = False) -> None:
+def log_data(tr: Tracker, ddir: Path, data_fp: str, training: dict, source: dict, redo: bool = False) -> None:
     """Data fingerprint, ρ and class counts (an artifact), the distribution plot.
 
     ``data.rho``: the imbalance of the data the model trains on (``training``: the training split's
@@ -229,8 +229,11 @@ def log_data(tr: Tracker, ddir: Path, data_fp: str, training: dict, redo: bool =
     def _do():
         dist = read_json(ddir / "profile" / "distribution.json")
         tr.client.set_tag(tr.run_id, "data_fingerprint", data_fp)
+        tr.client.set_tag(tr.run_id, "data.source", source["text"][:5000])
+        tr.client.set_tag(tr.run_id, "data.source_kind", source["kind"])
         metrics = {"data.rho": training.get("rho"), "data.source_rho": training.get("source_rho"),
-                   "data.n_classes": dist.get("n_classes"), "data.rows": dist.get("n_rows")}
+                   "data.n_classes": dist.get("n_classes"), "data.rows": dist.get("n_rows"),
+                   "data.images_ingested": source.get("images"), "data.files_rejected": source.get("rejected")}
         _log_metrics(tr, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         tr.client.log_dict(tr.run_id, {str(c["label"]): int(c["count"]) for c in dist["classes"]},
                            "data/class_counts.json")

@@ -35,6 +35,18 @@ def test_run_from_png_tree_trains_and_quarantines(tmp_path):
     run_dir = Path(r.stdout.strip().splitlines()[-1])
     ingest = json.loads((run_dir / "source" / "ingest.json").read_text())
     assert ingest["images"] == len(expected["good"]) and ingest["rejected"] == len(expected["bad"])
+    # the report, summary.json and MLflow name the image tree, not the unused synthetic defaults
+    summary = json.loads((run_dir / "summary.json").read_text())
+    src = summary["source"]
+    assert (src["kind"], src["root"], src["images"], src["rejected"]) == ("image tree", str(tree), ingest["images"],
+                                                                           ingest["rejected"])
+    what_ran = (run_dir / "report" / "report.md").read_text().split("## What ran")[1].split("\n## ")[0]
+    assert f"image tree {tree}: {ingest['images']:,} images" in what_ran and "synthetic" not in what_ran
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs'}/mlflow.db")
+    tags = client.get_run(summary["mlflow_run_id"]).data.tags
+    assert tags["data.source_kind"] == "image tree" and tags["data.source"] == src["text"]
     split = json.loads((run_dir / "split" / "split.json").read_text())
     assert split["rejected"] == 0 and split["labels"] == [str(i) for i in range(10)]
     metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
