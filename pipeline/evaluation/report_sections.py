@@ -161,6 +161,7 @@ def plot_training(history: list, path: Path, save, plt) -> Optional[bytes]:
     """Train loss, val macro-F1 and val balanced accuracy per epoch; per-class val recall heat map."""
     if not history:
         return None
+    # deferred: matplotlib is slow to import, and only the report draws
     from matplotlib.ticker import MaxNLocator
 
     ep = [h["epoch"] for h in history]     # train_summary.json counts epochs from 1

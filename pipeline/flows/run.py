@@ -185,7 +185,7 @@ def data_stages(cfg: Config, spark, runner: "StageRunner", ddir: Path, protocol_
         source = str(ddir / "protocol")
 
     # ---- profile
-    from pipeline.prep.profile import format_distribution, profile
+    from pipeline.prep.profile import describe_counts, format_distribution, profile
 
     profile_fp = runner.stage("profile", {"source": source_fp, "label": label},
                               lambda d: profile(spark, source, str(d), label_col=label))
@@ -218,8 +218,6 @@ def data_stages(cfg: Config, spark, runner: "StageRunner", ddir: Path, protocol_
         train_split = str(ddir / protocol_name / "train")
         val_split = str(ddir / protocol_name / "val")
         if has_info(train_split):   # the imbalance the model trains on, beside the source's
-            from pipeline.prep.profile import describe_counts
-
             train_dist = describe_counts(read_info(train_split).class_counts)
             log("training split after the protocol: " + format_distribution(train_dist).splitlines()[0]
                 + f" (the source: rho = {dist['rho']:.1f})\n" + format_distribution(train_dist).splitlines()[1])
