@@ -494,11 +494,15 @@ def scan_predictions(loaded: Loaded, adjust: Optional[Callable] = None, variants
     has_pred = "pred" in loaded.df.columns
     has_adj = loaded.has_adjusted or adjust is not None
     df = loaded.df.drop("pred_adjusted") if adjust is not None else loaded.df
+    # the float partials (one per partition and group) are added on the driver with math.fsum, which
+    # is exact and so independent of the order Spark merges partitions in: the same predictions give
+    # the same bits of every sum, run after run
     agg = (df.mapInArrow(_scan_fn(k, has_pred, has_adj, adjust, variants), _SCAN_SCHEMA)
            .groupBy("kind", "i", "j")
-           .agg(F.sum("a").alias("a"), F.sum("b").alias("b"), F.sum("x").alias("x"),
+           .agg(F.sum("a").alias("a"), F.sum("b").alias("b"), F.collect_list("x").alias("xs"),
                 F.first("msg", ignorenulls=True).alias("msg"))
            .toPandas())
+    agg["x"] = agg.xs.map(math.fsum)
     errs = agg[agg.kind == "err"]
     if len(errs):
         raise InputError(str(errs.msg.iloc[0]))

@@ -9,6 +9,7 @@ on the executors for those passes).
 """
 from __future__ import annotations
 
+import math
 from typing import Iterator, Optional
 
 import numpy as np
@@ -54,11 +55,11 @@ def fit_temperature_on(spark, predictions, weights: Optional[np.ndarray] = None,
     df = loaded.df.where(F.col("label").isNotNull()).persist()
     try:
         def terms(beta: float) -> np.ndarray:
-            rows = df.mapInArrow(_terms_fn(loaded.n_classes, weights, beta), _TERMS_SCHEMA) \
-                .agg(F.sum("n"), F.sum("nll"), F.sum("g"), F.sum("h")).first()
-            if not rows[0]:
+            # one row per partition; math.fsum is exact, so the sums do not depend on partition order
+            parts = df.mapInArrow(_terms_fn(loaded.n_classes, weights, beta), _TERMS_SCHEMA).collect()
+            if not sum(r["n"] for r in parts):
                 raise InputError("temperature scaling: the validation predictions have no labelled rows")
-            return np.array([rows[1], rows[2], rows[3]], np.float64)
+            return np.array([math.fsum(r[c] for r in parts) for c in ("nll", "g", "h")], np.float64)
 
         return fit_temperature(terms)
     finally:

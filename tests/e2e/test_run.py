@@ -131,7 +131,8 @@ def test_seeds_give_means_spread_and_nested_runs(demo_run):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
     main = client.get_run(summary["mlflow_run_id"])
     assert main.data.metrics["seeds.macro_f1.sd"] == pytest.approx(m["sd"])
-    assert main.data.metrics["data.rho"] > 1 and main.data.metrics["data.source_rho"] == 1
+    source_rho = json.loads((run_dir / "profile" / "distribution.json").read_text())["rho"]
+    assert main.data.metrics["data.rho"] > source_rho and main.data.metrics["data.source_rho"] == pytest.approx(source_rho)
     exp = main.info.experiment_id
     children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{main.info.run_id}'")
     by_kind = {(c.data.tags.get("kind"), c.data.tags.get("seed")): c for c in children}
