@@ -502,7 +502,7 @@ def scan_predictions(loaded: Loaded, adjust: Optional[Callable] = None, variants
            .agg(F.sum("a").alias("a"), F.sum("b").alias("b"), F.collect_list("x").alias("xs"),
                 F.first("msg", ignorenulls=True).alias("msg"))
            .toPandas())
-    agg["x"] = agg.xs.map(math.fsum)
+    agg["x"] = agg["xs"].map(math.fsum)
     errs = agg[agg.kind == "err"]
     if len(errs):
         raise InputError(str(errs.msg.iloc[0]))
