@@ -283,19 +283,3 @@ def test_rerun_replaces_output_and_bad_rerun_keeps_old(spark, tied, tmp_path):
     assert (out / "metrics.json").read_text() == before
     assert not math.isnan(json.loads(before)["brier"])
 
-
-def test_float_sums_do_not_depend_on_how_the_rows_are_split(spark, tmp_path):
-    """The same predictions in 3 files and in 7: the Brier score and the calibration are bit-identical
-    (the partials are added exactly), so a rerun's metrics.json matches whatever the partitioning."""
-    rng = np.random.default_rng(5)
-    n, k = 3000, 4
-    y = rng.integers(0, k, n)
-    probs = rng.dirichlet(np.ones(k), size=n)
-    pred = probs.argmax(axis=1)
-    out = []
-    for files in (3, 7):
-        write_table(tmp_path / f"p{files}", y, probs, pred, n_files=files)
-        out.append(evaluate_predictions(spark, str(tmp_path / f"p{files}"), str(tmp_path / f"m{files}"), n_classes=k))
-    a, b = (json.loads((tmp_path / f"m{f}" / "metrics.json").read_text()) for f in (3, 7))
-    assert a["brier"] == b["brier"] and a["calibration"] == b["calibration"]
-    assert a["brier"] == pytest.approx(np.mean(np.sum((probs - np.eye(k)[y]) ** 2, axis=1)), rel=1e-12)
