@@ -251,9 +251,9 @@ def level_deltas(spark, rows: list[dict], reference: str, level_col: str, n_clas
             pairs = [(f"{mine[s]['run_dir']}/predict/test", "pred", f"{ref[s]['run_dir']}/predict/test", "pred")
                      for s in seeds]
             d = blocked_deltas(spark, pairs, n_classes, seed=min(seeds), label_col=label_col)
-            out.append({"level": level, "method": method, "reference": reference, "seeds": seeds,
-                        **{f"{k}_delta": sum(mine[s][k] - ref[s][k] for s in seeds) / len(seeds)
-                           for k in ("macro_f1", "balanced_accuracy")}, **d})
+            out.append({**d, "confidence": d["level"], "level": level, "method": method, "reference": reference,
+                        "seeds": seeds, **{f"{k}_delta": sum(mine[s][k] - ref[s][k] for s in seeds) / len(seeds)
+                                           for k in ("macro_f1", "balanced_accuracy")}})
     return out
 
 

@@ -610,7 +610,8 @@ def _deltas_blocks(deltas: list[dict]) -> list[tuple]:
     text = (f"Each method against {ref} on the same level, on raw argmax decisions: the mean difference over the seeds "
             "and its 95% two-level bootstrap interval (seeds drawn with replacement, then each seed's test rows "
             "resampled, paired across the two models), which covers the training and split randomness of the seeds "
-            "as well as the test sample. Better / worse: the macro-F1 interval excludes 0.")
+            "as well as the test sample (with one seed: the test rows only). Better / worse: the macro-F1 interval "
+            "excludes 0.")
     rows = [[_level_label(d["level"]), d["method"], len(d["seeds"]), cell(d, "macro_f1"), cell(d, "balanced_accuracy"),
              verdict(d)] for d in deltas]
     return [("h2", f"Difference to {ref} per level (two-level bootstrap)"), ("p", text),
