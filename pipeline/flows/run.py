@@ -219,8 +219,8 @@ def data_stages(cfg: Config, spark, runner: "StageRunner", ddir: Path, protocol_
         val_split = str(ddir / protocol_name / "val")
         if has_info(train_split):   # the imbalance the model trains on, beside the source's
             train_dist = describe_counts(read_info(train_split).class_counts)
-            log("training split after the protocol: " + format_distribution(train_dist).splitlines()[0]
-                + f" (the source: rho = {dist['rho']:.1f})\n" + format_distribution(train_dist).splitlines()[1])
+            head, minority = format_distribution(train_dist).splitlines()[:2]
+            log(f"training split after the protocol: {head} (the source: rho = {dist['rho']:.1f})\n{minority}")
             dist = train_dist | {"source_rho": dist["rho"]}
 
     return {"train": train_split, "val": val_split, "test": test_split, "split_fp": split_fp,
