@@ -43,6 +43,7 @@ from pipeline.data.ingest import LABEL_FROM
 from pipeline.data.schema import has_info, read_info
 from pipeline.errors import ConfigError, InputError
 from pipeline.flows.compare import compare_methods
+from pipeline.flows.reachable import check_clusters_reachable
 from pipeline.flows.seeds import training_seeds
 from pipeline.io import is_local, local_path
 from pipeline.prep.sampling import check_request, check_target
@@ -111,7 +112,9 @@ def _numbers(cfg: Config) -> None:
     if tc.patience is not None and tc.patience < 1:
         raise ConfigError(f"config key 'train.patience' must be >= 1 or null, got {tc.patience}")
     for key, value in (("train.lr", tc.lr), ("train.cpus_per_worker", tc.cpus_per_worker),
-                       ("stream.row_group_mb", cfg.stream.row_group_mb)):
+                       ("stream.row_group_mb", cfg.stream.row_group_mb),
+                       ("spark.connect_timeout_s", cfg.spark.connect_timeout_s),
+                       ("ray.connect_timeout_s", cfg.ray.connect_timeout_s)):
         if not value > 0:
             raise ConfigError(f"config key '{key}' must be > 0, got {value}")
     if tc.weight_decay < 0:
@@ -277,8 +280,16 @@ def validate_config(cfg: Config, command: str = "run", warn: Callable[[str], Non
     """Check ``cfg`` for ``imbalance <command>`` before anything runs or is written.
 
     Raises :class:`ConfigError` (one line naming the key) for the first problem found; returns the
-    warnings (already passed to ``warn``).
+    warnings (already passed to ``warn``). The clusters it names must answer too
+    (:func:`pipeline.flows.reachable.check_clusters_reachable`), checked last because it may wait.
     """
+    warnings = _check_values(cfg, command, warn)
+    check_clusters_reachable(cfg)
+    return warnings
+
+
+def _check_values(cfg: Config, command: str, warn: Callable[[str], None]) -> list[str]:
+    """Every rule on the config's values and inputs (see :func:`validate_config`)."""
     if command not in COMMANDS:
         raise ValueError(f"validate_config: unknown command {command!r}")
     warnings: list[str] = []

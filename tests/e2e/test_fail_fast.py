@@ -137,3 +137,32 @@ def test_a_run_that_fails_in_its_first_stage_leaves_no_directory(tmp_path):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.status == "FAILED" and run.data.tags["error"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("args, key, address", [
+    (["conf/cluster.yaml"], "spark.master", "spark://spark-master:7077"),     # the shipped recipe, no such host
+    (["conf/tabular.yaml", "spark.master=spark://127.0.0.1:{port}", "spark.connect_timeout_s=3"],
+     "spark.master", "spark://127.0.0.1:{port}"),
+    (["conf/tabular.yaml", "ray.address=127.0.0.1:{port}", "ray.connect_timeout_s=3"], "ray.address", "127.0.0.1:{port}"),
+])
+def test_an_unreachable_cluster_is_one_line_exit_2_within_its_wait(tmp_path, args, key, address):
+    """Nothing listens at the address: a configuration error before any stage, not a traceback."""
+    port = _free_port()
+    root = tmp_path / "runs"
+    t0 = time.time()
+    r = _imbalance(["run", *[a.format(port=port) for a in args], f"run.root={root}"], timeout=120)
+    took = time.time() - t0
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert len(lines) == 1, lines
+    assert f"'{key}'" in lines[0] and address.format(port=port) in lines[0], lines[0]
+    assert not root.exists(), list(root.rglob("*"))
+    assert took < 60, f"{took:.1f}s"
