@@ -4,11 +4,16 @@ A config file is a mapping of sections (``run``, ``spark``, ``ray``, ``data``, `
 ``sample``, ``stream``, ``model``, ``train``, ``predict``, ``evaluate``, ``registry``,
 ``retrain``, ``experiment``, ``tracking``) to keys. Overrides use dotted keys: ``run.root=runs-test``,
 ``train.epochs=3``, ``train.loss_params={gamma: 2}``; values are parsed as YAML. An unknown
-section or key, or a value of the wrong type, raises :class:`ConfigError` naming the key.
+section or key, or a value of the wrong type, raises :class:`ConfigError` naming the key (and
+the nearest known key: "unknown config key 'train.epoch' — did you mean 'train.epochs'?").
+
+Each key is declared with its default and one line of help, ``_key(default, help)``;
+``imbalance config keys`` (:mod:`pipeline.config_keys`) prints them, so a new key needs its help.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import re
 import json
@@ -23,200 +28,229 @@ import yaml
 from pipeline.errors import ConfigError
 
 
+def _key(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING) -> Any:
+    """A config key with its one line of help (``imbalance config keys`` prints it; a unit test
+    fails for a key without help). ``factory`` makes a mutable default (a list or a dict)."""
+    return field(default=default, default_factory=factory, metadata={"help": help})
+
+
+def _section(cls: type, help: str) -> Any:
+    """A config section: its dataclass and one line saying what it is for."""
+    return field(default_factory=cls, metadata={"help": help})
+
+
 @dataclass
 class RunSection:
-    root: str = "runs"                  # run directories go to <root>/<id>/
-    id: Optional[str] = None            # default: <config stem>-<hash of the resolved config> (see default_run_id)
-    seed: int = 0                       # default seed for every stage that takes one
-    compare_with: Any = None            # a method or a list (e.g. baseline): reference models on the same data (flows/compare.py)
-    seeds: Optional[list] = None        # training seeds: each model trains once per seed on the same data (flows/seeds.py)
+    root: str = _key("runs", "run directories go to <root>/<id>/")
+    id: Optional[str] = _key(None, "run directory name; null: <config stem>-<8-hex hash of the resolved config>")
+    seed: int = _key(0, "default seed for every stage that takes one")
+    compare_with: Any = _key(None, "a method or a list of them (e.g. baseline): reference models trained on the "
+                                   "same data and compared per class in the report")
+    seeds: Optional[list] = _key(None, "training seeds: each model trains once per seed on the same data; "
+                                       "the report shows the spread")
 
 
 @dataclass
 class SparkSection:
-    master: Optional[str] = None        # None: spark-submit's master if given, else local[*]
-    app_name: str = "imbalance-pipeline"
-    driver_memory: str = "4g"
-    shuffle_partitions: int = 16
-    ui: bool = False
-    log_level: str = "ERROR"
-    conf: dict = field(default_factory=dict)  # extra spark.* settings
+    master: Optional[str] = _key(None, "Spark master; null: spark-submit's master if given, else local[*]")
+    app_name: str = _key("imbalance-pipeline", "Spark application name")
+    driver_memory: str = _key("4g", "spark.driver.memory of a local session")
+    shuffle_partitions: int = _key(16, "spark.sql.shuffle.partitions")
+    ui: bool = _key(False, "start the Spark web UI")
+    log_level: str = _key("ERROR", "Spark's log level (ERROR, WARN, INFO, ...)")
+    conf: dict = _key(factory=dict, help="extra Spark settings, spark.* name -> value (free-form)")
+    connect_timeout_s: float = _key(30.0, "how long to wait for spark.master to answer before any stage runs")
 
 
 @dataclass
 class RaySection:
-    address: Optional[str] = None       # None: a private local Ray (never joins a `ray start` cluster); "auto", host:port or ray://host:port for a cluster
-    num_cpus: Optional[int] = None      # local Ray only
-    log_to_driver: bool = True          # forward worker output: epoch lines to the console, the rest to <run>/train/ray-workers.log
+    address: Optional[str] = _key(None, "null: a private local Ray (never joins a `ray start` cluster); "
+                                        "auto, host:port or ray://host:port for a cluster")
+    num_cpus: Optional[int] = _key(None, "CPUs of a local Ray (null: all)")
+    log_to_driver: bool = _key(True, "forward worker output: epoch lines to the console, the rest to "
+                                     "<run>/train/ray-workers.log")
+    connect_timeout_s: float = _key(30.0, "how long to wait for ray.address to answer before any stage runs")
 
 
 @dataclass
 class DataSection:
-    input: Optional[str] = None         # source table (Parquet dir / lake path); None: images, else synthesize
-    images: Optional[str] = None        # image folder tree <root>/<class>/<file>.png: the source stage ingests it
-    size: int = 32                      # encoded images (folders or PNG/JPEG bytes in a table): output side
-    mode: str = "L"                     # L (greyscale) | RGB
-    resize: str = "pad"                 # pad (keep aspect, pad to square) | crop | stretch
-    label_from: str = "folder"          # images: class from the folder name | manifest
-    manifest: Optional[str] = None      # images: CSV/Parquet of path,label (paths relative to data.images)
-    min_size: int = 2                   # images narrower or lower than this go to rejected/
-    synth_preset: Optional[str] = "plankton"  # used when no input is given: plankton | tabular | ...; null: none
-    #                                            (a config for your own data: data.input or data.images required)
-    rows: int = 20000
-    label_col: str = "label"
-    image_shape: Optional[list] = None  # raw uint8 images: [H, W] or [H, W, C]
-    train_path: Optional[str] = None    # data that already has a split, as separate paths
-    val_path: Optional[str] = None
-    test_path: Optional[str] = None
-    protocol: Optional[str] = None      # impose imbalance: None | step | linear
-    protocol_rho: float = 10.0
-    protocol_mu: float = 0.5            # step: fraction of classes that are minority
-    protocol_scope: str = "source"      # source: before the split | train: train and val only, test stays as is
+    input: Optional[str] = _key(None, "source table (Parquet directory or lake path); null: data.images, "
+                                      "else synthesize data.synth_preset")
+    images: Optional[str] = _key(None, "image folder tree <root>/<class>/<file>.png, ingested by the source stage")
+    size: int = _key(32, "encoded images (folders, or PNG/JPEG bytes in a table): output side in pixels")
+    mode: str = _key("L", "encoded images: L (greyscale) | RGB")
+    resize: str = _key("pad", "encoded images: pad (keep aspect, pad to square) | crop | stretch")
+    label_from: str = _key("folder", "images: the class from the folder name (folder) | data.manifest (manifest)")
+    manifest: Optional[str] = _key(None, "images: CSV/Parquet of path,label (paths relative to data.images)")
+    min_size: int = _key(2, "images narrower or lower than this go to rejected/")
+    synth_preset: Optional[str] = _key("plankton", "synthetic data when no input is given: plankton | "
+                                                   "plankton_balanced | digits | tabular; null: none "
+                                                   "(then data.input or data.images is required)")
+    rows: int = _key(20000, "rows of synthetic data")
+    label_col: str = _key("label", "name of the label column")
+    image_shape: Optional[list] = _key(None, "raw uint8 images in a table: [H, W] or [H, W, C]")
+    train_path: Optional[str] = _key(None, "data that already has a split: the training table "
+                                           "(with data.val_path and data.test_path)")
+    val_path: Optional[str] = _key(None, "data that already has a split: the validation table")
+    test_path: Optional[str] = _key(None, "data that already has a split: the test table")
+    protocol: Optional[str] = _key(None, "impose imbalance: null | step | linear")
+    protocol_rho: float = _key(10.0, "the protocol's imbalance ratio (largest / smallest class)")
+    protocol_mu: float = _key(0.5, "step protocol: fraction of classes that are minority")
+    protocol_scope: str = _key("source", "source: impose before the split | train: on train and val only, "
+                                         "the test split stays as it is")
 
 
 @dataclass
 class SplitSection:
-    val: float = 0.1
-    test: float = 0.2
-    seed: Optional[int] = None          # default run.seed
+    val: float = _key(0.1, "validation fraction of each class")
+    test: float = _key(0.2, "test fraction of each class")
+    seed: Optional[int] = _key(None, "seed of the split's hash (null: run.seed)")
 
 
 @dataclass
 class SampleSection:
-    strategy: str = "none"              # none | rus | ros | threshold | floor | hybrid
-    target: Any = "auto"                # auto | majority | not minority | not majority | all | float | dict
-    cap: Optional[int] = None
-    floor: Optional[int] = None
-    seed: Optional[int] = None
+    strategy: str = _key("none", "sampling of the training split: none | rus | ros | threshold | floor | hybrid")
+    target: Any = _key("auto", "rus/ros: auto | majority | not minority | not majority | all | a float "
+                               "(binary) | a mapping label -> count")
+    cap: Optional[int] = _key(None, "threshold/hybrid: cap every class at this many rows")
+    floor: Optional[int] = _key(None, "floor/hybrid: raise every class to this many rows")
+    seed: Optional[int] = _key(None, "sampling seed (null: run.seed)")
 
 
 @dataclass
 class StreamSection:
-    reader: str = "petastorm"           # petastorm | ray_data
-    row_group_mb: float = 32.0
-    batch_size: int = 256
-    shuffle: bool = True
-    workers_count: int = 2              # Petastorm reader threads per Ray worker
-    shuffle_buffer: int = 0             # rows mixed in seeded blocks of at least this many (0: row groups + rows within each)
+    reader: str = _key("petastorm", "how workers read the training set: petastorm | ray_data")
+    row_group_mb: float = _key(32.0, "Parquet row group size of the materialized training set (MB)")
+    batch_size: int = _key(256, "rows per batch when reading validation and test data")
+    shuffle: bool = _key(True, "shuffle rows while reading")
+    workers_count: int = _key(2, "Petastorm reader threads per Ray worker")
+    shuffle_buffer: int = _key(0, "rows mixed in seeded blocks of at least this many "
+                                  "(0: row groups, and rows within each)")
 
 
 @dataclass
 class ModelSection:
-    name: str = "lenet"                 # mlp | csdnn | lenet | resnet (see pipeline.train.models)
-    hidden: list = field(default_factory=lambda: [128, 64])  # mlp hidden sizes ([] = logistic regression)
-    depth: int = 18                     # resnet depth: 10 | 18 | 34 | 50 (also 101 | 152)
-    dropout: float = 0.0                # on the deep features (and between mlp hidden layers)
-    width: int = 64                     # resnet base width: stages have width, 2w, 4w, 8w channels
-    batch_norm: bool = False            # mlp: BatchNorm1d after each hidden layer
-    classifier: str = "linear"          # linear | cosine (normalised head, for ldam's scale s=30)
+    name: str = _key("lenet", "mlp | csdnn | lenet | resnet")
+    hidden: list = _key(factory=lambda: [128, 64], help="mlp hidden layer sizes ([] = logistic regression)")
+    depth: int = _key(18, "resnet depth: 10 | 18 | 34 | 50 | 101 | 152")
+    dropout: float = _key(0.0, "dropout on the deep features (and between mlp hidden layers)")
+    width: int = _key(64, "resnet base width: the stages have width, 2w, 4w, 8w channels")
+    batch_norm: bool = _key(False, "mlp: BatchNorm1d after each hidden layer")
+    classifier: str = _key("linear", "linear | cosine (a normalised head, for ldam's scale s=30)")
 
 
 @dataclass
 class TrainSection:
-    loss: str = "ce"
-    loss_params: dict = field(default_factory=dict)
-    epochs: int = 3
-    batch_size: int = 256
-    lr: float = 1e-3
-    optimizer: str = "adam"             # adam | sgd
-    weight_decay: float = 0.0
-    num_workers: int = 2                # Ray Train workers
-    cpus_per_worker: float = 0.5        # 2-core machines: leave Ray Data a CPU
-    use_gpu: Optional[bool] = None      # None: use a GPU when Ray sees one
-    amp: bool = True                    # mixed precision on GPU
-    amp_dtype: str = "bf16"             # bf16 | fp16 (fp16 adds a GradScaler)
-    momentum: float = 0.9               # sgd only
-    seed: Optional[int] = None          # default run.seed (model init, shuffling)
-    progress: bool = True               # tqdm bar per epoch with rows/s (rank 0)
-    select_metric: str = "macro_f1"     # best-checkpoint / early-stopping metric on val
-    patience: Optional[int] = None      # early stopping after this many epochs without gain
-    max_failures: int = 1
-    method: str = "baseline"            # baseline | two_phase | ... (see pipeline.train.methods)
-    method_params: dict = field(default_factory=dict)  # e.g. dynamic_sampling, category_centers (docs/methods.md)
-    read_sampling: Optional[dict] = None  # per-epoch sampling in the reader: {strategy: ros|rus|threshold|floor|
-    #                                      hybrid|rates|dynamic, target, cap, floor, rates, seed, initial, epoch_rows}
-    train_path: Optional[str] = None    # standalone `imbalance train`: materialized train data
-    val_path: Optional[str] = None
-    out: Optional[str] = None           # standalone: where checkpoints/model go
-    resume: bool = True
-    init_from: Optional[str] = None     # warm start: a model directory (same architecture)
+    loss: str = _key("ce", "the loss, e.g. ce | weighted_ce | focal | ldam (an unknown name's error lists them all)")
+    loss_params: dict = _key(factory=dict, help="the loss's parameters, e.g. {gamma: 2} for focal (docs/methods.md)")
+    epochs: int = _key(3, "training epochs")
+    batch_size: int = _key(256, "training rows per batch and worker")
+    lr: float = _key(1e-3, "learning rate")
+    optimizer: str = _key("adam", "adam | adamw | sgd")
+    weight_decay: float = _key(0.0, "the optimizer's weight decay")
+    num_workers: int = _key(2, "Ray Train workers")
+    cpus_per_worker: float = _key(0.5, "CPUs per Ray Train worker (on 2 cores, 0.5 leaves Ray Data a CPU)")
+    use_gpu: Optional[bool] = _key(None, "null: use a GPU when Ray sees one")
+    amp: bool = _key(True, "mixed precision on GPU")
+    amp_dtype: str = _key("bf16", "bf16 | fp16 (fp16 adds a GradScaler)")
+    momentum: float = _key(0.9, "sgd momentum")
+    seed: Optional[int] = _key(None, "seed of model init and shuffling (null: run.seed)")
+    progress: bool = _key(True, "a progress bar per epoch with rows/s")
+    select_metric: str = _key("macro_f1", "validation metric that picks the best checkpoint and stops early")
+    patience: Optional[int] = _key(None, "stop early after this many epochs without gain (null: never)")
+    max_failures: int = _key(1, "Ray Train restarts after a worker failure")
+    method: str = _key("baseline", "training method: baseline | two_phase | ... (an unknown name's error lists "
+                                   "them all)")
+    method_params: dict = _key(factory=dict, help="the method's parameters, e.g. dynamic_sampling, "
+                                                  "category_centers (docs/methods.md)")
+    read_sampling: Optional[dict] = _key(None, "per-epoch sampling in the reader: {strategy: ros | rus | "
+                                               "threshold | floor | hybrid | rates | dynamic, target, cap, "
+                                               "floor, rates, seed, initial, epoch_rows}")
+    train_path: Optional[str] = _key(None, "standalone `imbalance train`: the materialized training table")
+    val_path: Optional[str] = _key(None, "standalone `imbalance train`: the validation table")
+    out: Optional[str] = _key(None, "standalone `imbalance train`: where checkpoints and the model go")
+    resume: bool = _key(True, "resume from the last checkpoint")
+    init_from: Optional[str] = _key(None, "warm start from a model directory (same architecture)")
 
 
 @dataclass
 class PredictSection:
-    split: str = "test"
-    model: Optional[str] = None         # standalone `imbalance predict`: model dir
-    input: Optional[str] = None
-    out: Optional[str] = None
-    batch_size: int = 1024
-    corrected: bool = True              # add probs_corrected (the model's prior correction and temperature)
+    split: str = _key("test", "the split a run predicts")
+    model: Optional[str] = _key(None, "standalone `imbalance predict`: the model directory")
+    input: Optional[str] = _key(None, "standalone `imbalance predict`: the table to score")
+    out: Optional[str] = _key(None, "standalone `imbalance predict`: where the predictions go")
+    batch_size: int = _key(1024, "rows per prediction batch")
+    corrected: bool = _key(True, "add probs_corrected (the model's prior correction and temperature)")
 
 
 @dataclass
 class EvaluateSection:
-    threshold_moving: Optional[str] = None  # None | prior | cost | tuned
-    cost: Optional[list] = None             # binary cost threshold: [c10, c01]
-    tune_metric: str = "f1"
-    prior_correction: str = "auto"          # auto | on | off: move probabilities to the unsampled prior
-    calibrate: Optional[str] = None         # None | temperature (fitted on the validation split)
-    target_prior: Optional[dict] = None     # class label -> count or share that scoring corrects to
-    #                                         (default: the training split before sampling; retrain sets
-    #                                         it from the new partitions when the class prior moved)
+    threshold_moving: Optional[str] = _key(None, "also evaluate threshold moving: null | prior | cost | tuned")
+    cost: Optional[list] = _key(None, "binary cost threshold: [c10, c01]")
+    tune_metric: str = _key("f1", "what the tuned threshold maximises: f1 | balanced_accuracy | g_mean | accuracy")
+    prior_correction: str = _key("auto", "auto | on | off: move probabilities to the unsampled class prior")
+    calibrate: Optional[str] = _key(None, "null | temperature (fitted on the validation split)")
+    target_prior: Optional[dict] = _key(None, "class label -> count or share that scoring corrects to "
+                                              "(null: the training split before sampling)")
 
 
 @dataclass
 class RegistrySection:
-    model_name: str = "imbalance"       # the MLflow registered model (on tracking.uri) retrain adds versions to
-    lock_timeout: float = 600.0         # seconds to wait for another process's register/promote (see pipeline.flows.promotion)
+    model_name: str = _key("imbalance", "the MLflow registered model (on tracking.uri) retrain adds versions to")
+    lock_timeout: float = _key(600.0, "seconds to wait for another process's register or promote")
 
 
 @dataclass
 class TrackingSection:
-    enabled: bool = True                # log runs, experiments and retrains to MLflow
-    uri: Optional[str] = None           # None: sqlite:///<run.root>/mlflow.db, artifacts in <run.root>/mlartifacts;
-    #                                     or a server, e.g. http://host:5000
-    experiment: Optional[str] = None    # MLflow experiment name (default: the config file's stem, or run.id when set)
+    enabled: bool = _key(True, "log runs, experiments and retrains to MLflow")
+    uri: Optional[str] = _key(None, "null: sqlite:///<run.root>/mlflow.db (artifacts in <run.root>/mlartifacts); "
+                                    "or a server, e.g. http://host:5000")
+    experiment: Optional[str] = _key(None, "MLflow experiment name (null: the config file's stem, or run.id "
+                                           "when set)")
 
 
 @dataclass
 class RetrainSection:
-    lake: Optional[str] = None
-    partition_col: str = "ingest_date"
-    tolerance: float = 0.01             # gate: macro-F1 may drop at most this much
-    minority_recall_tolerance: float = 0.02  # gate: mean minority-class recall may drop at most this much
-    warm_start: bool = True             # start from the production model's weights
-    prior_shift: float = 0.02           # total variation between the production model's training prior and the
-    #                                     new partitions' above which the candidate corrects to the new prior
+    lake: Optional[str] = _key(None, "the partitioned lake table to retrain on")
+    partition_col: str = _key("ingest_date", "the lake's partition column")
+    tolerance: float = _key(0.01, "gate: macro-F1 may drop at most this much")
+    minority_recall_tolerance: float = _key(0.02, "gate: mean minority-class recall may drop at most this much")
+    warm_start: bool = _key(True, "start from the production model's weights")
+    prior_shift: float = _key(0.02, "total variation between the production model's training prior and the new "
+                                    "partitions' above which the candidate corrects to the new prior")
 
 
 @dataclass
 class ExperimentSection:
-    methods: list = field(default_factory=list)
-    levels: list = field(default_factory=list)
-    seeds: list = field(default_factory=lambda: [0, 1, 2])
-    out: Optional[str] = None
-    parallel: Optional[int] = None      # trials at once as Ray tasks (None: one per CPU with in-process
-    #                                     training, else 1); trials that train on Ray Train hold no CPU themselves
-    metrics: list = field(default_factory=list)  # headline metrics to test (default: all the trial table has)
+    methods: list = _key(factory=list, help="the methods: each {name, overrides}, or a bare name (no overrides)")
+    levels: list = _key(factory=list, help="the imbalance levels: each {name, rho, overrides} (empty: one level, "
+                                           "the base config)")
+    seeds: list = _key(factory=lambda: [0, 1, 2], help="seeds of each method and level")
+    out: Optional[str] = _key(None, "output directory (null: <run.root>/experiment-<run.id>)")
+    parallel: Optional[int] = _key(None, "trials at once as Ray tasks (null: one per CPU with in-process "
+                                         "training, else 1)")
+    metrics: list = _key(factory=list, help="headline metrics to test (default: all the trial table has)")
 
 
 @dataclass
 class Config:
-    run: RunSection = field(default_factory=RunSection)
-    spark: SparkSection = field(default_factory=SparkSection)
-    ray: RaySection = field(default_factory=RaySection)
-    data: DataSection = field(default_factory=DataSection)
-    split: SplitSection = field(default_factory=SplitSection)
-    sample: SampleSection = field(default_factory=SampleSection)
-    stream: StreamSection = field(default_factory=StreamSection)
-    model: ModelSection = field(default_factory=ModelSection)
-    train: TrainSection = field(default_factory=TrainSection)
-    predict: PredictSection = field(default_factory=PredictSection)
-    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
-    registry: RegistrySection = field(default_factory=RegistrySection)
-    retrain: RetrainSection = field(default_factory=RetrainSection)
-    experiment: ExperimentSection = field(default_factory=ExperimentSection)
-    tracking: TrackingSection = field(default_factory=TrackingSection)
+    run: RunSection = _section(RunSection, "where runs go, their id and seeds")
+    spark: SparkSection = _section(SparkSection, "the Spark session")
+    ray: RaySection = _section(RaySection, "the Ray cluster training runs on")
+    data: DataSection = _section(DataSection, "the source: a table, image folders, pre-split tables or synthetic "
+                                              "data, and an imposed imbalance")
+    split: SplitSection = _section(SplitSection, "the stratified train/val/test split")
+    sample: SampleSection = _section(SampleSection, "sampling of the training split before training")
+    stream: StreamSection = _section(StreamSection, "streaming the training set to the workers")
+    model: ModelSection = _section(ModelSection, "the network")
+    train: TrainSection = _section(TrainSection, "training: loss, method, optimizer, Ray Train workers")
+    predict: PredictSection = _section(PredictSection, "batch prediction")
+    evaluate: EvaluateSection = _section(EvaluateSection, "metrics, threshold moving, prior correction and "
+                                                          "calibration")
+    registry: RegistrySection = _section(RegistrySection, "the MLflow Model Registry retrain promotes in")
+    retrain: RetrainSection = _section(RetrainSection, "scheduled retraining over a lake, and its gate")
+    experiment: ExperimentSection = _section(ExperimentSection, "a grid of methods x imbalance levels x seeds")
+    tracking: TrackingSection = _section(TrackingSection, "MLflow tracking")
     source: Optional[str] = None        # the file it was loaded from (not a YAML key)
 
     def to_dict(self) -> dict:
@@ -283,6 +317,34 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
     return value
 
 
+def nearest(word: str, choices) -> Optional[str]:
+    """The choice closest to a misspelt ``word`` (:func:`difflib.get_close_matches`, ignoring
+    case), or None when none is close."""
+    by_lower = {str(c).lower(): str(c) for c in choices}
+    found = difflib.get_close_matches(str(word).lower(), list(by_lower), n=1)
+    return by_lower[found[0]] if found else None
+
+
+def did_you_mean(word: str, choices, prefix: str = "") -> str:
+    """`` — did you mean '<prefix><nearest>'?``, the end of a one-line error; "" when nothing is close."""
+    found = nearest(word, choices)
+    return f" — did you mean '{prefix}{found}'?" if found else ""
+
+
+def _section_class(f: dataclasses.Field) -> type:
+    return globals()[f.type] if isinstance(f.type, str) else f.type
+
+
+def _nearest_key(cls: type, key: str, prefix: str) -> str:
+    """The suggestion for an unknown ``prefix + key``: the same key in another section
+    (``train.dropout`` → ``model.dropout``), else the nearest key of its section (or section)."""
+    owners = [f.name for f in dataclasses.fields(Config) if f.name != "source" and f"{f.name}." != prefix
+              and key in {k.name for k in dataclasses.fields(_section_class(f))}]
+    if owners:
+        return did_you_mean(key, [key], f"{owners[0]}.")
+    return did_you_mean(key, [f.name for f in dataclasses.fields(cls) if f.name != "source"], prefix)
+
+
 def _build(cls: type, data: dict, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"config section '{prefix.rstrip('.')}' must be a mapping, got {data!r}")
@@ -295,10 +357,10 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
                               "tracking.uri (default sqlite:///<run.root>/mlflow.db); name the model with "
                               "registry.model_name")
         if key not in fields or key == "source":
-            raise ConfigError(f"unknown config key '{full}'")
+            raise ConfigError(f"unknown config key '{full}'" + _nearest_key(cls, key, prefix))
         f = fields[key]
         if dataclasses.is_dataclass(f.type) or (isinstance(f.type, str) and f.type.endswith("Section")):
-            sub_cls = globals()[f.type] if isinstance(f.type, str) else f.type
+            sub_cls = _section_class(f)
             kwargs[key] = _build(sub_cls, value or {}, f"{full}.")
         else:
             kwargs[key] = _check_type(full, value, f.type)
