@@ -171,7 +171,7 @@ def plot_confusion(cm: np.ndarray, per_class: list[dict], path: Path, sizes: Opt
 def plot_threshold_moving(metrics: dict, path: Path, sizes: Optional[dict] = None) -> bytes:
     plt = _plt()
     adj = metrics["adjusted"]
-    names = ["accuracy", "balanced_accuracy", "g_mean", "macro F1", "macro precision", "L5 F1", "rest F1"]
+    names = ["accuracy", "balanced accuracy", "G-mean", "macro F1", "macro precision", "L5 F1", "Rest F1"]
 
     def vals(m):
         g = m["groups"]     # L5 as metrics.json has it: by training rows when known
