@@ -15,6 +15,7 @@ import warnings
 from typing import Callable, Sequence
 
 from pipeline.config import load_config
+from pipeline.config_keys import config_keys, format_config, format_keys, with_suggestion
 from pipeline.engines import get_spark, stop_ray
 from pipeline.errors import InputError
 from pipeline.evaluation.evaluate import evaluate_predictions
@@ -23,12 +24,15 @@ from pipeline.flows import promotion
 from pipeline.flows.experiment import run_experiment
 from pipeline.flows.retrain import retrain
 from pipeline.flows.run import run_pipeline
-from pipeline.flows.validate import validate_config
+from pipeline.flows.seeds import first_seed
+from pipeline.flows.validate import COMMANDS, SYNTH_KINDS, validate_config
 from pipeline.io import local_path
 from pipeline.prep.sampling import format_manifest, sample_dataset
 from pipeline.train.predict import predict_from_config
 
 LABEL_HELP = "name of the label column (default: label)"
+CONFIG_HELP = ("Every config key with its type, default and meaning: imbalance config keys; the resolved "
+               "config: imbalance config show CONFIG [key=value ...].")
 
 
 def _target(text: str):
@@ -206,7 +210,59 @@ def cmd_registry(a: argparse.Namespace) -> int:
     return 0
 
 
+def _print_to_pager(text: str) -> None:
+    """Print ``text``; a reader that stops early (``| head``) ends the output quietly."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
+
+
+def cmd_config(a: argparse.Namespace) -> int:
+    if a.action == "keys":
+        _print_to_pager(format_keys(config_keys(a.section)))
+        return 0
+    cfg = load_config(a.config, a.overrides)
+    validate_config(cfg, a.for_command)     # the same one-line errors as the command itself
+    _print_to_pager(format_config(first_seed(cfg) if a.for_command == "run" else cfg, a.format))
+    return 0
+
+
 # ---------------------------------------------------------------- parser
+class _SynthHelp(argparse.HelpFormatter):
+    """``synth --help``: the --preset line lists every preset of :data:`pipeline.data.synth.PRESETS`."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = super()._get_help_string(action) or ""
+        if action.dest != "preset":
+            return text
+        # deferred: pipeline.data.synth imports pandas, slow to import; only this help text needs it
+        from pipeline.data.synth import PRESETS
+
+        return text + ": " + ", ".join(
+            f"{p} ({SYNTH_KINDS[p][0]}, {SYNTH_KINDS[p][1]} classes)" if p in SYNTH_KINDS else p for p in PRESETS)
+
+
+def _add_config(sub) -> None:
+    """``imbalance config keys [SECTION]`` and ``imbalance config show CONFIG [key=value ...]``."""
+    s = sub.add_parser("config", help="every config key explained, or a config resolved",
+                       description="The keys config files and key=value overrides accept, and the config "
+                                   "a command would run with.")
+    acts = s.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = acts.add_parser("keys", help="every section and key: type, default, one line of help")
+    a.add_argument("section", nargs="?", default=None, help="only this section (e.g. train) or key")
+    a = acts.add_parser("show", help="the resolved config after overrides (as <run>/config.json records it)",
+                        description="Load CONFIG, apply the overrides and check the result as the command "
+                                    "would (one line and exit 2 for a bad key or value), then print it.")
+    a.add_argument("config", help="YAML config (see conf/)")
+    a.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    a.add_argument("--format", choices=["json", "yaml"], default="json",
+                   help="json (default: the form of <run>/config.json) or yaml (a config file)")
+    a.add_argument("--for", dest="for_command", choices=COMMANDS, default="run",
+                   help="check it as this command would (default: run)")
+    s.set_defaults(func=cmd_config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="imbalance",
@@ -215,8 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="show INFO logs")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    s = sub.add_parser("synth", help="generate a synthetic imbalanced data set (Parquet) with Spark")
-    s.add_argument("--preset", default="plankton", help="plankton (32x32 images, 103 classes) or tabular")
+    s = sub.add_parser("synth", help="generate a synthetic imbalanced data set (Parquet) with Spark",
+                       formatter_class=_SynthHelp)
+    s.add_argument("--preset", default="plankton", help="which data (default plankton)")
     s.add_argument("--rows", type=int, default=20000, help="number of rows (default 20000)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--partitions", type=int, default=None, help="output files (default: by size)")
@@ -286,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("retrain", cmd_retrain, "scheduled retraining over a data lake, gated promotion"),
     ):
         s = sub.add_parser(name, help=text, description=text + ". Overrides are dotted config keys, "
-                           "e.g. run.root=runs-test train.epochs=2.")
+                           "e.g. run.root=runs-test train.epochs=2. " + CONFIG_HELP)
         s.add_argument("config", help="YAML config (see conf/)")
         s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
         s.set_defaults(func=func)
@@ -294,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     text = "batch prediction over a table, writing the predictions table"
     s = sub.add_parser("predict", help=text, description=text + " (probs, pred and probs_corrected: the "
                        "probabilities moved to the unsampled class prior and temperature the model carries). "
-                       "Overrides are dotted config keys, e.g. predict.batch_size=2048.")
+                       "Overrides are dotted config keys, e.g. predict.batch_size=2048. " + CONFIG_HELP)
     s.add_argument("config", nargs="?", default=None, help="YAML config (optional; its tracking.uri / run.root "
                    "find a registry model)")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -349,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tune-metric", default="f1",
                    help="metric the tuned threshold maximises: f1, balanced_accuracy, g_mean, accuracy")
     s.set_defaults(func=cmd_evaluate)
+    _add_config(sub)
     return p
 
 
@@ -378,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except InputError as e:
         _stop_ray_log_forwarding()
-        print(f"imbalance {args.command}: error: {e}", file=sys.stderr)
+        print(f"imbalance {args.command}: error: {with_suggestion(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"imbalance {args.command}: interrupted", file=sys.stderr)
