@@ -259,7 +259,8 @@ def test_killed_run_resumes_with_correct_outputs(tmp_path):
 def test_bad_config_key_exit_2_one_line(tmp_path):
     r = _imbalance(["run", "conf/demo.yaml", f"run.root={tmp_path}", "train.epochz=3"])
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == ["imbalance run: error: unknown config key 'train.epochz'"]
+    assert r.stderr.strip().splitlines() == ["imbalance run: error: unknown config key 'train.epochz' "
+                                             "— did you mean 'train.epochs'?"]
     assert not any(tmp_path.iterdir())
 
 
