@@ -17,8 +17,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 import threading
 import time
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -31,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from pipeline.config import RaySection, SparkSection
 
 log = logging.getLogger(__name__)
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"   # set by Ray in the driver of a submitted job
 LOG4J_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2.properties")
 
 
@@ -59,7 +62,8 @@ def get_spark(cfg: "SparkSection | None" = None) -> "SparkSession":
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    if not is_cluster_master(cfg.master):   # a cluster's executors must reach the driver by its address
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = SparkSession.builder.appName(cfg.app_name)
     # spark.master in the config wins; under spark-submit its --master stands (setting one here
     # would override it); otherwise Spark runs embedded in this process.
@@ -92,7 +96,43 @@ def get_spark(cfg: "SparkSection | None" = None) -> "SparkSession":
         builder = builder.config(str(k), str(v))
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.log_level)
+    if is_cluster_master(cfg.master) and not launched_by_spark_submit():
+        # no spark-submit --py-files: ship this package to the executors as spark-submit would
+        spark.sparkContext.addPyFile(str(package_zip()))
     return spark
+
+
+def is_cluster_master(master: Optional[str]) -> bool:
+    """A master whose executors run elsewhere (standalone, YARN, Kubernetes), not ``local[...]``."""
+    return bool(master) and not str(master).startswith("local")
+
+
+# ------------------------------------------------------------------ this package on cluster workers
+def package_dir() -> Path:
+    """A directory holding this package (``pipeline/``) as the driver imports it.
+
+    Imported from a zip (spark-submit ``--py-files imbalance_pipeline.zip``), the package is
+    extracted once into a temporary directory, since Ray ships directories and wheels, not zips.
+    """
+    here = Path(__file__).resolve().parent
+    if here.is_dir():
+        return here
+    archive = next(p for p in here.parents if p.is_file())          # .../imbalance_pipeline.zip
+    out = Path(tempfile.mkdtemp(prefix="imbalance-pipeline-"))
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(out, [n for n in z.namelist() if n.startswith("pipeline/")])
+    return out / "pipeline"
+
+
+def package_zip() -> Path:
+    """This package as a zip with ``pipeline/`` at its root, for ``SparkContext.addPyFile``."""
+    src = package_dir()
+    out = Path(tempfile.mkdtemp(prefix="imbalance-pipeline-")) / "imbalance_pipeline.zip"
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(src.rglob("*")):
+            if f.is_file() and "__pycache__" not in f.parts:
+                z.write(f, Path("pipeline") / f.relative_to(src))
+    return out
 
 
 def stop_spark() -> None:
@@ -122,6 +162,10 @@ def get_ray(cfg: "RaySection | None" = None) -> None:
     )
     if cfg.address:
         kwargs["address"] = cfg.address
+        # A Ray job (`ray job submit --working-dir`) brings its code; any other driver ships this
+        # package to the cluster's workers, whose environment has the pinned stack only.
+        if RAY_JOB_ENV not in os.environ:
+            kwargs["runtime_env"] = {"py_modules": [str(package_dir())]}
     else:
         # "local": a private instance every time. With no address Ray would join whatever cluster
         # `ray start` left on this machine (/tmp/ray/ray_current_cluster), and hang if it is gone.
