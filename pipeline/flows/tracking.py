@@ -23,15 +23,26 @@ parts already logged. A rerun with the same config resumes that MLflow run and l
 there yet, so a rerun that skips every stage logs nothing new (and a rerun after a crash fills in
 what the crash left out); a changed config opens a new MLflow run, since its results differ.
 
+What the MLflow UI shows: the headline test metrics (``test.macro_f1``, ``test.balanced_accuracy``,
+...) as metrics; the per-class results as one table artifact, ``evaluate/per_class.json`` (logged
+with ``log_table``: one row per class, the UI's artifact view shows it as a table) instead of a
+metric chart per class. The experiment is tagged ``mlflow.experimentKind=custom_model_development``
+(model training, not GenAI), and a finished top-level run prints one ``MLflow:`` line with a link
+to the experiment's runs list in the UI (:func:`runs_link`).
+
 MLflow failing (a server that went away) never fails the run: the first error turns tracking off
 for the rest of the process's run, and :meth:`Tracker.finish` prints one warning line naming what
 was not logged.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import posixpath
+import shlex
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -39,9 +50,14 @@ import numpy as np
 
 from pipeline.config import Config
 from pipeline.io import fingerprint, local_path, read_json, write_json
+from pipeline.prep.sampling import read_training_counts
 
 RECORD = "tracking.json"
 MAX_PARAM = 6000  # MLflow's limit on a param value's length (characters)
+PER_CLASS_TABLE = "evaluate/per_class.json"
+# MLflow 3's UI: the experiment kind its own "GenAI / Model training" selector writes
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 
 
 def tracking_uri(cfg: Config) -> str:
@@ -102,10 +118,25 @@ def connect(cfg: Config):
 
 
 def experiment_id(client, name: str, artifacts: Optional[str]) -> str:
+    """The id of experiment ``name``, created if missing, tagged as a model-training experiment
+    (a kind already set, e.g. in the UI, is left as it is)."""
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    return client.create_experiment(name, artifact_location=artifacts)
+    if exp is None:
+        return client.create_experiment(name, artifact_location=artifacts, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    if EXPERIMENT_KIND_TAG not in exp.tags:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
+
+
+def runs_link(uri: str, experiment: str) -> str:
+    """The MLflow UI's page of experiment ``experiment``'s runs on tracking URI ``uri``: the server
+    itself for an ``http(s)`` URI, else where ``mlflow ui --backend-store-uri <uri>`` serves.
+
+    MLflow 3's UI opens an experiment on its GenAI overview unless it is told otherwise: the
+    ``runs`` tab and ``workflowType=machine_learning`` (its "Model training" mode) open the runs
+    list, whatever mode the browser last used."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_ADDRESS
+    return f"{base}/#/experiments/{experiment}/runs?workflowType=machine_learning"
 
 
 class Tracker:
@@ -116,12 +147,14 @@ class Tracker:
     """
 
     def __init__(self, client, run_id: Optional[str], record_path: Optional[Path], logged: list[str],
-                 uri: str = ""):
+                 uri: str = "", parent_run_id: Optional[str] = None):
         self.client = client
         self.run_id = run_id
         self.record_path = record_path
         self.logged = logged
         self.uri = uri
+        self.parent_run_id = parent_run_id
+        self.experiment_id: Optional[str] = None
         self.failed: list[str] = []
         self.error: Optional[str] = None
 
@@ -162,7 +195,8 @@ class Tracker:
         self.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
 
     def finish(self, status: str = "FINISHED") -> None:
-        """End the MLflow run; one warning line if something was not logged."""
+        """End the MLflow run; one warning line if something was not logged, else (a finished
+        top-level run) one ``MLflow:`` line with the link to its experiment's runs."""
         if self.client is None:
             return
         if self.active and self.run_id:
@@ -171,9 +205,23 @@ class Tracker:
             except Exception as e:  # noqa: BLE001
                 self.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
                 self.failed.append("run end")
+        if self.active and self.run_id and status == "FINISHED" and not self.parent_run_id:
+            try:
+                print(self.link_line(), flush=True)
+            except Exception:  # noqa: BLE001 - the link is a convenience; the run is logged
+                pass
         if self.failed:
             print(f"warning: MLflow tracking at {self.uri} failed ({self.error}); not logged: "
                   f"{', '.join(self.failed)} (the run directory has everything)", file=sys.stderr, flush=True)
+
+    def link_line(self) -> str:
+        """``MLflow: <runs link>``, with the command that serves a store that is not a server."""
+        if self.experiment_id is None:
+            self.experiment_id = self.client.get_run(self.run_id).info.experiment_id
+        line = f"MLflow: {runs_link(self.uri, self.experiment_id)}"
+        if not self.uri.startswith(("http://", "https://")):
+            line += f"  (serve it with: mlflow ui --backend-store-uri {shlex.quote(self.uri)})"
+        return line
 
 
 def start(cfg: Config, run_dir: Path, tags: Optional[dict] = None, parent_run_id: Optional[str] = None) -> Tracker:
@@ -184,7 +232,7 @@ def start(cfg: Config, run_dir: Path, tags: Optional[dict] = None, parent_run_id
     record_path = run_dir / RECORD
     config_fp = fingerprint({k: v for k, v in cfg.to_dict().items() if k != "tracking"}, uri)
     rec = read_json(record_path) if record_path.is_file() else {}
-    tracker = Tracker(None, None, record_path, [], uri)
+    tracker = Tracker(None, None, record_path, [], uri, parent_run_id)
     try:
         client = connect(cfg)
         tracker.client = client
@@ -196,7 +244,7 @@ def start(cfg: Config, run_dir: Path, tags: Optional[dict] = None, parent_run_id
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = client.create_run(exp, tags={k: str(v) for k, v in all_tags.items()})
-        tracker.run_id = run.info.run_id
+        tracker.run_id, tracker.experiment_id = run.info.run_id, exp
         write_json(record_path, {"run_id": tracker.run_id, "config": config_fp, "uri": uri, "logged": []})
     except Exception as e:  # noqa: BLE001 - the run goes on without tracking
         tracker.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
@@ -269,7 +317,7 @@ def log_training(tr: Tracker, run_dir: Path, redo: bool = False) -> None:
         for i in range(0, len(batch), 1000):
             tr.client.log_batch(tr.run_id, metrics=batch[i:i + 1000])
         if table["epoch"]:
-            tr.client.log_table(tr.run_id, data=table, artifact_file="training/val_recall_per_class.json")
+            _log_table(tr, table, "training/val_recall_per_class.json")
     tr.part("training", _do, redo)
 
 
@@ -303,8 +351,9 @@ def log_model(tr: Tracker, model_dir: Path, redo: bool = False) -> None:
     tr.part("model", _do, redo)
 
 
-def final_metrics(metrics: dict, labels: list) -> dict[str, float]:
-    """MLflow metric names for a ``metrics.json``: headline metrics and per-class F1/recall by class."""
+def final_metrics(metrics: dict) -> dict[str, float]:
+    """MLflow metric names for a ``metrics.json``'s headline metrics (the per-class results are a
+    table: :func:`per_class_table`)."""
     out: dict[str, Any] = {
         "test.macro_f1": metrics.get("macro", {}).get("f1"),
         "test.weighted_f1": metrics.get("weighted", {}).get("f1"),
@@ -316,11 +365,6 @@ def final_metrics(metrics: dict, labels: list) -> dict[str, float]:
         "test.l5_f1": metrics.get("groups", {}).get("L5", {}).get("f1"),
         "test.rest_f1": metrics.get("groups", {}).get("rest", {}).get("f1"),
     }
-    per_class = metrics.get("per_class") or []
-    for i, pc in enumerate(per_class):
-        name = _metric_safe(str(pc.get("name", labels[i] if i < len(labels) else pc.get("label", i))))
-        out[f"test.f1.{name}"] = pc.get("f1")
-        out[f"test.recall.{name}"] = pc.get("recall")
     for variant, v in (metrics.get("calibration") or {}).items():
         if isinstance(v, dict) and "brier" in v:
             out[f"test.calibration.{variant}.brier"] = v["brier"]
@@ -333,9 +377,68 @@ def final_metrics(metrics: dict, labels: list) -> dict[str, float]:
     return {k: float(v) for k, v in out.items() if isinstance(v, (int, float)) and v == v}
 
 
-def _metric_safe(name: str) -> str:
-    """MLflow metric names allow letters, digits and ``_ - . / space``."""
-    return "".join(ch if ch.isalnum() or ch in "_-. /" else "_" for ch in name)
+def per_class_table(metrics: dict, labels: Optional[list] = None,
+                    train_counts: Optional[dict] = None) -> dict[str, list]:
+    """The per-class rows of a ``metrics.json`` as table columns, one row per class in class order:
+    ``class`` (its name), ``label`` (its index), ``train_rows`` (training rows before sampling, when
+    ``train_counts`` is given), ``support`` (test rows), precision, recall and F1 with 95% Wilson
+    intervals of precision and recall (``*_lo``, ``*_hi``), specificity, G-mean, ROC and PR AUC, and
+    after threshold moving (``metrics["adjusted"]``) ``*_adjusted`` precision, recall and F1.
+    Undefined values (a class absent from the test set) are null."""
+    # deferred: intervals imports pyarrow
+    from pipeline.evaluation.intervals import wilson_per_class
+
+    per_class = metrics.get("per_class") or []
+    labels = labels or []
+    wilson = {w["label"]: w for w in wilson_per_class(per_class)}
+    adjusted = {r["label"]: r for r in (metrics.get("adjusted") or {}).get("per_class") or []}
+    cols: dict[str, list] = {}
+    for i, pc in enumerate(per_class):
+        c = pc.get("label", i)
+        w = wilson[c]
+        row = {"class": str(pc.get("name", labels[i] if i < len(labels) else c)), "label": c}
+        if train_counts is not None:
+            row["train_rows"] = train_counts.get(c)
+        row.update({"support": pc.get("support"),
+                    "precision": pc.get("precision"), "precision_lo": w["precision_ci"][0],
+                    "precision_hi": w["precision_ci"][1],
+                    "recall": pc.get("recall"), "recall_lo": w["recall_ci"][0], "recall_hi": w["recall_ci"][1],
+                    "f1": pc.get("f1"), "specificity": pc.get("specificity"), "g_mean": pc.get("g_mean"),
+                    "roc_auc": pc.get("roc_auc"), "pr_auc": pc.get("pr_auc")})
+        if adjusted:
+            a = adjusted.get(c, {})
+            row.update({f"{k}_adjusted": a.get(k) for k in ("precision", "recall", "f1")})
+        for k, v in row.items():
+            cols.setdefault(k, []).append(v)
+    return cols
+
+
+def _log_table(tr: Tracker, data: dict[str, list], artifact_file: str) -> None:
+    """A table artifact: ``log_table`` registers it (the run's ``mlflow.loggedArtifacts`` tag, which
+    makes the UI show it as a table), then the file is written again in the same layout with the
+    values as they are (``log_table`` keeps 10 decimals) — which also replaces, rather than appends
+    to, a table already in the run when its stage ran again."""
+    folder = posixpath.dirname(artifact_file) or None
+    if artifact_file not in {f.path for f in tr.client.list_artifacts(tr.run_id, folder)}:
+        tr.client.log_table(tr.run_id, data=data, artifact_file=artifact_file)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / posixpath.basename(artifact_file)
+        path.write_text(table_json(data))
+        tr.client.log_artifact(tr.run_id, str(path), folder)
+
+
+def table_json(data: dict[str, list]) -> str:
+    """Columns as the JSON ``log_table`` writes and ``load_table`` reads (pandas' ``split`` layout:
+    ``{"columns": [...], "data": [[row], ...]}``), floats in full; NaN becomes null."""
+    cols = list(data)
+    n = len(data[cols[0]]) if cols else 0
+
+    def value(v):
+        if isinstance(v, (np.integer, np.floating)):
+            v = v.item()
+        return None if isinstance(v, float) and v != v else v
+    return json.dumps({"columns": cols, "data": [[value(data[c][i]) for c in cols] for i in range(n)]},
+                      allow_nan=False)
 
 
 def _log_metrics(tr: Tracker, metrics: dict[str, float], step: int = 0) -> None:
@@ -346,9 +449,13 @@ def _log_metrics(tr: Tracker, metrics: dict[str, float], step: int = 0) -> None:
 
 
 def log_evaluation(tr: Tracker, run_dir: Path, labels: list, redo: bool = False) -> None:
+    """The headline test metrics, the per-class table (:func:`per_class_table`, with the training
+    rows from the sample manifest) and ``metrics.json``."""
     def _do():
         path = run_dir / "evaluate" / "metrics.json"
-        _log_metrics(tr, final_metrics(read_json(path), labels))
+        metrics = read_json(path)
+        _log_metrics(tr, final_metrics(metrics))
+        _log_table(tr, per_class_table(metrics, labels, read_training_counts(run_dir / "sample")), PER_CLASS_TABLE)
         tr.client.log_artifact(tr.run_id, str(path), "evaluate")
     tr.part("evaluation", _do, redo)
 

@@ -50,6 +50,12 @@ def _client(root):
     return mlflow.MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
 
 
+def _mlflow_global_uri(root):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")   # MlflowClient.load_table searches the global store
+
+
 def test_run_is_tracked_with_params_curves_metrics_artifacts_and_model(tabular_run):
     root, out, err = tabular_run
     assert "warning: MLflow" not in err
@@ -72,7 +78,18 @@ def test_run_is_tracked_with_params_curves_metrics_artifacts_and_model(tabular_r
         assert key in m, key
     ours = json.loads((_run_dir(out) / "evaluate" / "metrics.json").read_text())
     assert m["test.macro_f1"] == pytest.approx(ours["macro"]["f1"])
-    assert sum(k.startswith("test.f1.") for k in m) == 10 and sum(k.startswith("test.recall.") for k in m) == 10
+    # per-class results: one table artifact with a row per class, not a metric per class
+    assert [k for k in m if k.startswith(("test.f1.", "test.recall.", "test.precision."))] == []
+    _mlflow_global_uri(root)
+    table = client.load_table(exp.experiment_id, "evaluate/per_class.json", run_ids=[run.info.run_id])
+    assert len(table) == 10
+    for row, pc in zip(table.to_dict("records"), ours["per_class"]):   # load_table reads class "0" as 0
+        assert str(row["class"]) == str(pc["name"]) and row["support"] == pc["support"] and row["train_rows"] > 0
+        for k in ("precision", "recall", "f1"):
+            assert row[k] == pytest.approx(pc[k]), (pc["name"], k)
+    # the printed link opens the experiment's training runs
+    assert f"MLflow: http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" in out
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
 
     def files(path=None):
         return {f.path for f in client.list_artifacts(run.info.run_id, path)}
@@ -81,7 +98,7 @@ def test_run_is_tracked_with_params_curves_metrics_artifacts_and_model(tabular_r
     assert "data/profile/class_distribution.png" in files("data/profile")
     assert "sample/manifest.json" in files("sample")
     assert "training/val_recall_per_class.json" in files("training")
-    assert "evaluate/metrics.json" in files("evaluate")
+    assert {"evaluate/metrics.json", "evaluate/per_class.json"} <= files("evaluate")
     assert {"report/report.html", "report/report.md"} <= files("report")
 
     # the model: mlflow.pytorch flavour with an input signature, loadable and predicting
