@@ -12,6 +12,9 @@ Settings come from environment variables so the file needs no edits:
 ``registry.model_name``), ``IMBALANCE_BIN`` (directory of the ``imbalance`` script, e.g. a virtualenv's
 ``bin``). Airflow is not a dependency of the project: without it this module only defines the
 commands (so it can be checked and imported anywhere) and ``dag`` is ``None``.
+
+Both tasks retry once, 30 minutes later, except when ``imbalance`` exits with status 2 (bad input or
+configuration: retrying cannot help): then the task fails at once and the run fails.
 """
 from __future__ import annotations
 
@@ -26,21 +29,38 @@ SCHEDULE = "30 2 * * *"  # nightly at 02:30, as deploy/cron/imbalance-retrain.cr
 
 _path = f"export PATH={shlex.quote(BIN)}:$PATH && " if BIN else ""
 
-# Exit status 2 means bad input/configuration: retrying cannot help, so the task fails at once.
 RETRAIN_COMMAND = (f"{_path}cd {shlex.quote(HOME)} && "
                    f"imbalance retrain {shlex.quote(CONFIG)}")
 REGISTRY_COMMAND = (f"{_path}cd {shlex.quote(HOME)} && "
                     f"imbalance registry --config {shlex.quote(CONFIG)} list")
+BAD_INPUT_STATUS = 2  # the CLI's exit status for bad input/configuration
 
 try:  # Airflow 3 moved BashOperator to the standard provider; Airflow 2 has it in core.
     from airflow import DAG
     try:
-        from airflow.providers.standard.operators.bash import BashOperator
+        from airflow.providers.standard.operators.bash import BashOperator as _AirflowBashOperator
     except ImportError:
-        from airflow.operators.bash import BashOperator
+        from airflow.operators.bash import BashOperator as _AirflowBashOperator
+    try:
+        from airflow.sdk.exceptions import AirflowFailException
+    except ImportError:
+        from airflow.exceptions import AirflowFailException
 except ImportError:  # Airflow not installed: keep the module importable for checks
     DAG = None
     BashOperator = None
+else:
+    class BashOperator(_AirflowBashOperator):
+        """Airflow's BashOperator, except that exit status 2 (bad input or configuration) fails the
+        task without a retry: a retry would only wait ``retry_delay`` to fail the same way."""
+
+        def execute(self, context):
+            try:
+                return super().execute(context)
+            except Exception as e:
+                proc = self.subprocess_hook.sub_process   # the finished command (Airflow 2 and 3)
+                if proc is not None and proc.returncode == BAD_INPUT_STATUS:
+                    raise AirflowFailException(f"{e} (bad input or configuration: not retried)") from e
+                raise
 
 dag = None
 if DAG is not None:
