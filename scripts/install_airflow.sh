@@ -46,7 +46,9 @@ constraints=$(mktemp)
 scratch=$(mktemp -d)   # AIRFLOW_HOME for the check below: Airflow writes airflow.cfg wherever that is
 trap 'rm -rf "$constraints" "$scratch"' EXIT
 printf '%s\n' "$PINS" > "$constraints"
-"$VENV/bin/python" -m pip install -q -c "$constraints" "$(head -1 "$constraints")"
+# --no-compile: Python compiles the modules Airflow imports on first use; compiling all of them here
+# would double the install time
+"$VENV/bin/python" -m pip install -q --no-compile -c "$constraints" "$(head -1 "$constraints")"
 got=$(AIRFLOW_HOME="$scratch" "$VENV/bin/airflow" version 2>/dev/null | tail -1)
 [ "apache-airflow==$got" = "$(head -1 "$constraints")" ] \
   || { echo "install_airflow: $VENV/bin/airflow version says '$got'" >&2; exit 1; }

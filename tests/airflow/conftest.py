@@ -130,7 +130,7 @@ def write_partition(lake: Path, date: str, sizes, seed: int, dim: int = 8) -> No
 
 
 TINY_RETRAIN = """\
-# a tiny retrain: one small lake partition, one epoch of a small MLP, one Spark and one Ray CPU
+# a tiny retrain: one small lake partition, one epoch of a small MLP on one Ray worker
 run:
   root: {root}/runs
 registry:
@@ -153,11 +153,11 @@ stream:
   batch_size: 64
   row_group_mb: 0.05
 spark:
-  master: local[1]
+  master: local[2]
   shuffle_partitions: 2
   driver_memory: 1g
 ray:
-  num_cpus: 1
+  num_cpus: 2
 """
 
 
