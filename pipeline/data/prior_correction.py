@@ -182,6 +182,11 @@ def nll_terms(logits: np.ndarray, labels: np.ndarray, beta: float) -> np.ndarray
     NLL(β) = Σ_i [logsumexp(β z_i) − β z_i,y]; d/dβ = Σ_i [E_q z − z_y]; d²/dβ² = Σ_i Var_q z,
     with q = softmax(β z_i). The NLL is convex in β, so Newton's method on these sums converges.
     """
+    return nll_row_terms(logits, labels, beta).sum(axis=1)
+
+
+def nll_row_terms(logits: np.ndarray, labels: np.ndarray, beta: float) -> np.ndarray:
+    """The three terms of :func:`nll_terms` per row, shape (3, rows), for sums in any grouping."""
     z = np.where(np.isfinite(logits), logits, np.log(_TINY))
     s = beta * z
     mx = s.max(axis=1, keepdims=True)
@@ -192,7 +197,7 @@ def nll_terms(logits: np.ndarray, labels: np.ndarray, beta: float) -> np.ndarray
     lse = (mx + np.log(tot))[:, 0]
     ez = np.sum(q * z, axis=1)
     ez2 = np.sum(q * z * z, axis=1)
-    return np.array([np.sum(lse - beta * zy), np.sum(ez - zy), np.sum(np.maximum(ez2 - ez * ez, 0.0))])
+    return np.stack([lse - beta * zy, ez - zy, np.maximum(ez2 - ez * ez, 0.0)])
 
 
 def fit_temperature(terms: Callable[[float], np.ndarray], max_iter: int = 30, tol: float = 1e-7,
@@ -222,4 +227,5 @@ def fit_temperature(terms: Callable[[float], np.ndarray], max_iter: int = 30, to
 
 
 __all__ = ["CORRECTION_MODES", "CALIBRATORS", "correction_mode", "check_calibrator", "check_target_prior", "target_counts", "prior_distribution", "prior_weights", "prior_changed", "corrected_logits", "softmax",
-           "correct_probs", "calibration_block", "scoring_transform", "nll_terms", "fit_temperature"]
+           "correct_probs", "calibration_block", "scoring_transform", "nll_terms", "nll_row_terms",
+           "fit_temperature"]

@@ -10,19 +10,54 @@ is Guo et al.'s top-label ECE with M = 15 equal-width confidence bins B_m = ((m�
     ECE = Σ_m |B_m| / n · | acc(B_m) − conf(B_m) |
 
 with conf the row's largest probability and acc whether that class is the true one.
+
+**Exact partial sums.** Spark adds the partials of its partitions in whatever order they finish,
+and how rows fall into partitions and Arrow batches varies from run to run. Float sums would then
+differ in their last bits between two runs on the same predictions. So every sum here is an integer:
+each row's value is first rounded to a multiple of 2⁻⁴⁰ (an error of at most 2⁻⁴¹ ≈ 4.5·10⁻¹³ per
+row), and integers add exactly in any order. The same predictions give the same bits of every metric.
 """
 from __future__ import annotations
 
 import numpy as np
 
 ECE_BINS = 15
+FIXED_BITS = 40          # partial sums count units of 2⁻⁴⁰
+FIXED_LIMIT = 2.0 ** 22  # |value| below this: one value is < 2⁶² units
+
+
+# ------------------------------------------------------------------------- exact partial sums
+def fixed_sum(values: np.ndarray) -> int:
+    """Σ values as a Python int of 2⁻⁴⁰ units, each value rounded first; adds exactly across blocks.
+
+    Values must be finite with |v| < 2²² (probabilities, confidences, per-row Brier and NLL terms)."""
+    v = np.asarray(values, np.float64).ravel()
+    if not len(v):
+        return 0
+    top = float(np.max(np.abs(v)))
+    if not top < FIXED_LIMIT:
+        raise ValueError(f"fixed_sum: value {top!r} is not finite or not below 2**22")
+    q = np.rint(v * float(1 << FIXED_BITS)).astype(np.int64)
+    chunk = max(1, (1 << 62) // (int(np.max(np.abs(q))) + 1))    # each int64 sum stays below 2⁶³
+    return sum(int(q[i:i + chunk].sum()) for i in range(0, len(q), chunk))
+
+
+def from_fixed(units: int) -> float:
+    """The float nearest to ``units`` · 2⁻⁴⁰ (Python's int division rounds correctly)."""
+    return int(units) / (1 << FIXED_BITS)
+
 
 # ------------------------------------------------------------------ calibration metrics (partials)
-def brier_sum(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Σ over rows of Σ_c (p_c − y_c)²; divide by the row count for the Brier score."""
+def brier_units(probs: np.ndarray, labels: np.ndarray) -> int:
+    """Σ over rows of Σ_c (p_c − y_c)², in 2⁻⁴⁰ units (:func:`fixed_sum`); exact across blocks."""
     d = np.array(probs, np.float64, copy=True)
     d[np.arange(len(labels)), labels] -= 1.0
-    return float(np.einsum("ij,ij->", d, d))
+    return fixed_sum(np.einsum("ij,ij->i", d, d))
+
+
+def brier_sum(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Σ over rows of Σ_c (p_c − y_c)²; divide by the row count for the Brier score."""
+    return from_fixed(brier_units(probs, labels))
 
 
 def confidence_bin(conf: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
@@ -31,18 +66,31 @@ def confidence_bin(conf: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
 
 
 def reliability_partials(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
-    """Per confidence bin: (rows, correct rows, Σ confidence), shape (bins, 3); sums across blocks."""
+    """Per confidence bin: (rows, correct rows, Σ confidence in 2⁻⁴⁰ units), shape (bins, 3).
+
+    Python ints (object dtype), so blocks add exactly: ``partials(a) + partials(b)`` has the same
+    bits as ``partials(a ∪ b)``."""
     conf = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    correct = probs.argmax(axis=1) == labels
     b = confidence_bin(conf, bins)
-    return np.stack([np.bincount(b, minlength=bins).astype(np.float64),
-                     np.bincount(b, weights=correct, minlength=bins),
-                     np.bincount(b, weights=conf, minlength=bins)], axis=1)
+    out = np.zeros((bins, 3), dtype=object)
+    out[:, 0] = [int(c) for c in np.bincount(b, minlength=bins)]
+    out[:, 1] = [int(c) for c in np.bincount(b[correct], minlength=bins)]
+    order = np.argsort(b, kind="stable")
+    edges = np.searchsorted(b[order], np.arange(bins + 1))
+    out[:, 2] = [fixed_sum(conf[order[edges[m]:edges[m + 1]]]) for m in range(bins)]
+    return out
+
+
+def _as_floats(partials: np.ndarray) -> np.ndarray:
+    """(bins, 3) floats: rows, correct rows, Σ confidence, from :func:`reliability_partials`."""
+    p = np.asarray(partials)
+    return np.array([[float(r), float(c), from_fixed(s)] for r, c, s in p], np.float64).reshape(-1, 3)
 
 
 def ece_from_partials(partials: np.ndarray) -> float:
     """ECE = Σ_m |B_m| / n · |acc(B_m) − conf(B_m)| from :func:`reliability_partials` sums."""
-    p = np.asarray(partials, np.float64)
+    p = _as_floats(partials)
     n = p[:, 0].sum()
     if n == 0:
         raise ValueError("ece_from_partials: no rows")
@@ -51,7 +99,7 @@ def ece_from_partials(partials: np.ndarray) -> float:
 
 def reliability_bins(partials: np.ndarray) -> list[dict]:
     """The reliability diagram's points: per bin its range, rows, accuracy and mean confidence."""
-    p = np.asarray(partials, np.float64)
+    p = _as_floats(partials)
     m = len(p)
     out = []
     for i, (n, correct, conf) in enumerate(p):
@@ -61,5 +109,5 @@ def reliability_bins(partials: np.ndarray) -> list[dict]:
     return out
 
 
-__all__ = ["ECE_BINS", "brier_sum", "confidence_bin", "reliability_partials", "ece_from_partials",
+__all__ = ["ECE_BINS", "FIXED_BITS", "fixed_sum", "from_fixed", "brier_units", "brier_sum", "confidence_bin", "reliability_partials", "ece_from_partials",
            "reliability_bins"]

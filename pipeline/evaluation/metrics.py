@@ -65,7 +65,8 @@ import numpy as np
 
 from pipeline.data.schema import has_info, read_info
 from pipeline.errors import InputError
-from pipeline.evaluation.calibration import ECE_BINS, brier_sum, ece_from_partials, reliability_bins, reliability_partials
+from pipeline.evaluation.calibration import (ECE_BINS, brier_units, ece_from_partials, from_fixed, reliability_bins,
+                                             reliability_partials)
 from pipeline.io import local_path, spark_uri, write_json
 from pipeline.data.prior_correction import correct_probs, scoring_transform
 
@@ -326,7 +327,18 @@ def load_predictions(spark, predictions, label_col: str = "label", pred_col: Opt
 
 
 # ------------------------------------------------------------------------------ pass 1: scan
-_SCAN_SCHEMA = "kind string, i long, j long, a long, b long, x double, msg string"
+# xh, xl: an exact sum in 2⁻⁴⁰ units (see pipeline.evaluation.calibration), split as xh·2³⁰ + xl so
+# that Spark's long sums of them cannot overflow and add to the same bits in any order
+_SCAN_SCHEMA = "kind string, i long, j long, a long, b long, xh long, xl long, msg string"
+_SPLIT = 30
+
+
+def _split(units: int) -> tuple[int, int]:
+    return units >> _SPLIT, units & ((1 << _SPLIT) - 1)
+
+
+def _join(xh, xl) -> float:
+    return from_fixed((int(xh) << _SPLIT) + int(xl))
 
 
 def arrow_probs(col, k: int):
@@ -390,14 +402,14 @@ def _scan_fn(k: int, has_pred: bool, has_adj: bool, adjust: Optional[Callable] =
         import pyarrow as pa
 
         n = 0
-        brier = 0.0
+        brier = 0            # exact sums in 2⁻⁴⁰ units (see pipeline.evaluation.calibration)
         cm = np.zeros(k * k, np.int64)
         cma = np.zeros(k * k, np.int64) if has_adj else None
         hist_tot = np.zeros(k * N_BUCKETS, np.int64)
         hist_pos = np.zeros(k * N_BUCKETS, np.int64)
         cls_off = (np.arange(k, dtype=np.int64) * N_BUCKETS)[None, :]
-        cal = np.zeros((len(variants), ECE_BINS, 3))
-        cal_brier = np.zeros(len(variants))
+        cal = [np.zeros((ECE_BINS, 3), dtype=object) for _ in variants]
+        cal_brier = [0] * len(variants)
         err = None
         for batch in batches:
             if batch.num_rows == 0:
@@ -424,9 +436,7 @@ def _scan_fn(k: int, has_pred: bool, has_adj: bool, adjust: Optional[Callable] =
             m = len(labels)
             n += m
             rows = np.arange(m)
-            D = P.copy()
-            D[rows, labels] -= 1.0
-            brier += float(np.einsum("ij,ij->", D, D))
+            brier += brier_units(P, labels)
             if has_pred:
                 cm += np.bincount(labels * k + preds["pred"], minlength=k * k)
             if has_adj:
@@ -436,12 +446,12 @@ def _scan_fn(k: int, has_pred: bool, has_adj: bool, adjust: Optional[Callable] =
             hist_pos += np.bincount(B[rows, labels], minlength=k * N_BUCKETS)
             for v, (_, weights, temperature) in enumerate(variants):
                 Q = correct_probs(P, weights, temperature)
-                cal_brier[v] += brier_sum(Q, labels)
+                cal_brier[v] += brier_units(Q, labels)
                 cal[v] += reliability_partials(Q, labels)
-        out = {c: [] for c in ("kind", "i", "j", "a", "b", "x", "msg")}
+        out = {c: [] for c in ("kind", "i", "j", "a", "b", "xh", "xl", "msg")}
 
-        def add(kind, i=0, j=0, a=0, b=0, x=0.0, msg=None):
-            for key, v in zip(out, (kind, i, j, a, b, x, msg)):
+        def add(kind, i=0, j=0, a=0, b=0, x=0, msg=None):
+            for key, v in zip(out, (kind, i, j, a, b, *_split(x), msg)):
                 out[key].append(v)
 
         if err:
@@ -456,12 +466,13 @@ def _scan_fn(k: int, has_pred: bool, has_adj: bool, adjust: Optional[Callable] =
                 add("hist", int(idx // N_BUCKETS), int(idx % N_BUCKETS),
                     int(hist_pos[idx]), int(hist_tot[idx] - hist_pos[idx]))
             for v in range(len(variants)):
-                add("calbrier", v, x=float(cal_brier[v]))
-                for m in np.flatnonzero(cal[v, :, 0]):
-                    # bin counts and correct counts are integers; the confidence sum rides in x
-                    add("cal", v, int(m), int(cal[v, m, 0]), int(round(cal[v, m, 1])), float(cal[v, m, 2]))
+                add("calbrier", v, x=cal_brier[v])
+                for m in range(ECE_BINS):
+                    if cal[v][m, 0]:
+                        # rows and correct rows in a, b; the confidence sum in x
+                        add("cal", v, m, int(cal[v][m, 0]), int(cal[v][m, 1]), int(cal[v][m, 2]))
         schema = pa.schema([("kind", pa.string()), ("i", pa.int64()), ("j", pa.int64()),
-                            ("a", pa.int64()), ("b", pa.int64()), ("x", pa.float64()),
+                            ("a", pa.int64()), ("b", pa.int64()), ("xh", pa.int64()), ("xl", pa.int64()),
                             ("msg", pa.string())])
         yield pa.RecordBatch.from_pydict(out, schema=schema)
 
@@ -477,7 +488,7 @@ class Scan:
     hist_pos: np.ndarray      # (K, N_BUCKETS)
     hist_neg: np.ndarray
     cal_brier: Optional[np.ndarray] = None    # (variants,) Brier sums of the calibration variants
-    cal_bins: Optional[np.ndarray] = None     # (variants, ECE_BINS, 3): rows, correct, Σ confidence
+    cal_bins: Optional[np.ndarray] = None     # (variants, ECE_BINS, 3): rows, correct, Σ confidence (units)
 
 
 def scan_predictions(loaded: Loaded, adjust: Optional[Callable] = None, variants: Sequence = ()) -> Scan:
@@ -494,15 +505,15 @@ def scan_predictions(loaded: Loaded, adjust: Optional[Callable] = None, variants
     has_pred = "pred" in loaded.df.columns
     has_adj = loaded.has_adjusted or adjust is not None
     df = loaded.df.drop("pred_adjusted") if adjust is not None else loaded.df
-    # the float partials (one per partition and group) are added on the driver with math.fsum, which
-    # is exact and so independent of the order Spark merges partitions in: the same predictions give
-    # the same bits of every sum, run after run
+    # every partial is an integer (float sums in 2⁻⁴⁰ units), so Spark adds them exactly in any order
+    # and however rows fall into partitions: the same predictions give the same bits of every sum
     agg = (df.mapInArrow(_scan_fn(k, has_pred, has_adj, adjust, variants), _SCAN_SCHEMA)
            .groupBy("kind", "i", "j")
-           .agg(F.sum("a").alias("a"), F.sum("b").alias("b"), F.collect_list("x").alias("xs"),
+           .agg(*(F.sum(c).alias(c) for c in ("a", "b", "xh", "xl")),
                 F.first("msg", ignorenulls=True).alias("msg"))
            .toPandas())
-    agg["x"] = agg["xs"].map(math.fsum)
+    agg["x"] = [_join(h, l) for h, l in zip(agg.xh, agg.xl)]
+    agg["units"] = [(int(h) << _SPLIT) + int(l) for h, l in zip(agg.xh, agg.xl)]
     errs = agg[agg.kind == "err"]
     if len(errs):
         raise InputError(str(errs.msg.iloc[0]))
@@ -523,15 +534,14 @@ def scan_predictions(loaded: Loaded, adjust: Optional[Callable] = None, variants
     hp[h.i.to_numpy(), h.j.to_numpy()] = h.a.to_numpy()
     hn[h.i.to_numpy(), h.j.to_numpy()] = h.b.to_numpy()
     cal_brier = np.zeros(len(variants))
-    cal_bins = np.zeros((len(variants), ECE_BINS, 3))
+    cal_bins = np.zeros((len(variants), ECE_BINS, 3), dtype=object)
     cb = agg[agg.kind == "calbrier"]
     cal_brier[cb.i.to_numpy()] = cb.x.to_numpy()
     cr = agg[agg.kind == "cal"]
     vi, mi = cr.i.to_numpy(), cr.j.to_numpy()
-    cal_bins[vi, mi, 0] = cr.a.to_numpy()
-    cal_bins[vi, mi, 1] = cr.b.to_numpy()
-    cal_bins[vi, mi, 2] = cr.x.to_numpy()
-    return Scan(n=n, brier_sum=float(nrow.x.sum()), cm=matrix("cm") if has_pred else None,
+    for v, m, rows, correct, units in zip(vi, mi, cr.a, cr.b, cr.units):
+        cal_bins[v, m] = [int(rows), int(correct), units]
+    return Scan(n=n, brier_sum=from_fixed(sum(nrow.units)), cm=matrix("cm") if has_pred else None,
                 cm_adjusted=matrix("cma") if has_adj else None, hist_pos=hp, hist_neg=hn,
                 cal_brier=cal_brier, cal_bins=cal_bins)
 
@@ -722,7 +732,7 @@ def ranking_stats(spark, loaded: Loaded, scan: Scan, classes: Sequence[int],
         part = sums[sums.cls == c]
         auc2 = int(part.auc2.astype("int64").sum())
         out["roc_auc"][c] = auc2 / (2.0 * P * N) if P > 0 and N > 0 else None
-        out["pr_auc"][c] = float(part.ap.sum()) / P if P > 0 else None
+        out["pr_auc"][c] = math.fsum(part.ap) / P if P > 0 else None     # exact: any group order
     pts = res[res.kind == "pt"].sort_values(["cls", "t"])
     for c, part in pts.groupby("cls"):
         out["curves"][int(c)] = {"recall": [0.0] + part.x.tolist(),

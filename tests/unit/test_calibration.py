@@ -11,6 +11,9 @@ from sklearn.metrics import brier_score_loss
 
 from pipeline.evaluation.calibration import (
     brier_sum,
+    brier_units,
+    fixed_sum,
+    from_fixed,
     confidence_bin,
     ece_from_partials,
     reliability_bins,
@@ -101,10 +104,28 @@ def test_ece_matches_a_plain_loop_and_adds_over_blocks():
     labels = rng.integers(0, 5, size=600)
     whole = reliability_partials(probs, labels)
     parts = reliability_partials(probs[:250], labels[:250]) + reliability_partials(probs[250:], labels[250:])
-    np.testing.assert_allclose(parts, whole)
+    assert (parts == whole).all()
     assert ece_from_partials(whole) == pytest.approx(_ece_loop(probs, labels), rel=1e-12)
     bins = reliability_bins(whole)
     assert len(bins) == 15 and sum(b["count"] for b in bins) == 600
+
+
+def test_partial_sums_have_the_same_bits_in_any_order_and_any_split():
+    """Spark merges partitions in any order and rows fall into partitions and batches differently
+    from run to run: the Brier sum and the confidence sums must not change in their last bits."""
+    rng = np.random.default_rng(8)
+    probs = _probs(rng, 20_000, 7)
+    labels = rng.integers(0, 7, size=20_000)
+    whole_b, whole_r = brier_units(probs, labels), reliability_partials(probs, labels)
+    for trial in range(5):
+        perm = rng.permutation(20_000)
+        cuts = np.sort(rng.choice(np.arange(1, 20_000), size=6, replace=False))
+        blocks = np.split(perm, cuts)
+        assert sum(brier_units(probs[i], labels[i]) for i in reversed(blocks)) == whole_b
+        assert (sum(reliability_partials(probs[i], labels[i]) for i in blocks) == whole_r).all()
+        floats = [brier_sum(probs[i], labels[i]) for i in blocks]
+        assert brier_sum(probs, labels) == pytest.approx(sum(floats), rel=1e-12)
+    assert abs(from_fixed(fixed_sum(np.full(3, 0.1))) - 0.3) <= 3 * 2.0 ** -41   # each value rounded once
 
 
 def test_confidence_bins_are_right_closed():
