@@ -192,6 +192,12 @@ class EvaluateSection:
     calibrate: Optional[str] = _key(None, "null | temperature (fitted on the validation split)")
     target_prior: Optional[dict] = _key(None, "class label -> count or share that scoring corrects to "
                                               "(null: the training split before sampling)")
+    precision_levels: list = _key(factory=lambda: [0.5, 0.8, 0.9, 0.95],
+                                  help="two-class data: the precisions recall_at_precision is reported at")
+    recall_levels: list = _key(factory=lambda: [0.5, 0.8, 0.9, 0.95],
+                               help="two-class data: the recalls precision_at_recall is reported at")
+    alert_fractions: list = _key(factory=lambda: [0.001, 0.01],
+                                 help="two-class data: the shares of rows flagged that precision_at_k is reported at")
 
 
 @dataclass

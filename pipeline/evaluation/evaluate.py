@@ -13,7 +13,7 @@ def evaluate_predictions(spark, predictions, out, label_col: str = "label", pred
                          n_classes: Optional[int] = None, class_names=None, *,
                          report: bool = False, distribution=None, curve_classes: int = 4,
                          target_group_rows: Optional[int] = None, adjust=None, calibration=None,
-                         train_counts: Optional[dict] = None) -> dict:
+                         train_counts: Optional[dict] = None, binary_levels: Optional[dict] = None) -> dict:
     """Evaluate a predictions table; write ``out/metrics.json`` and ``out/metrics.parquet``.
 
     ``out`` is replaced atomically (and, with ``report=True``, holds ``report.md``/``report.html``
@@ -23,10 +23,12 @@ def evaluate_predictions(spark, predictions, out, label_col: str = "label", pred
     ``adjusted`` in the same pass over the table. ``calibration``: the model's
     ``model.json["calibration"]`` block, whose corrections are scored beside the raw probabilities.
     ``train_counts``: training rows per class, which L5/Rest are taken by (else by test support).
+    ``binary_levels``: the levels of two-class data's ``binary`` section (``evaluate.precision_levels``,
+    ``recall_levels``, ``alert_fractions``).
     """
     metrics = compute_metrics(spark, predictions, label_col, pred_col, n_classes, class_names,
                               curve_classes=curve_classes, target_group_rows=target_group_rows, adjust=adjust,
-                              calibration=calibration, train_counts=train_counts)
+                              calibration=calibration, train_counts=train_counts, binary_levels=binary_levels)
     with atomic_dir(out) as tmp:
         write_metrics(metrics, tmp)
         if report:

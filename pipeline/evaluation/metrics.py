@@ -65,6 +65,8 @@ import numpy as np
 
 from pipeline.data.schema import has_info, read_info
 from pipeline.errors import InputError
+from pipeline.evaluation.binary import (DEFAULT_ALERT_FRACTIONS, DEFAULT_PRECISION_LEVELS, DEFAULT_RECALL_LEVELS,
+                                        alert_rows, combine, group_partials, positive_class)
 from pipeline.evaluation.calibration import (ECE_BINS, brier_units, ece_from_partials, from_fixed, reliability_bins,
                                              reliability_partials)
 from pipeline.io import local_path, spark_uri, write_json
@@ -670,8 +672,23 @@ def _rank_map_fn(classes: np.ndarray, b2g: np.ndarray):
 _RANK_SCHEMA = "kind string, g long, cls long, auc2 long, ap double, x double, y double, t long"
 
 
-def _rank_group_fn(groups: list, curve: set, tune: Optional[str], points: int):
-    """Per group: exact AUC/AP contributions, thinned PR-curve points, best tuned threshold."""
+@dataclass(frozen=True)
+class BinarySpec:
+    """What the rank pass computes for two-class data (see :mod:`pipeline.evaluation.binary`)."""
+    positive: int                      # class index of the positive class
+    precision_levels: tuple = DEFAULT_PRECISION_LEVELS
+    recall_levels: tuple = DEFAULT_RECALL_LEVELS
+    alert_fractions: tuple = DEFAULT_ALERT_FRACTIONS
+    alert_m: tuple = ()                # ⌈fraction · n⌉ per alert fraction, set from the row count
+
+
+_BINARY_KINDS = ("rap", "par", "patk")
+
+
+def _rank_group_fn(groups: list, curve: set, tune: Optional[str], points: int,
+                   binary: Optional[BinarySpec] = None):
+    """Per group: exact AUC/AP contributions, thinned PR-curve points, best tuned threshold, and
+    for the positive class of two-class data its share of the rare-event metrics."""
     # deferred: pandas is slow to import
     import pandas as pd
 
@@ -689,6 +706,10 @@ def _rank_group_fn(groups: list, curve: set, tune: Optional[str], points: int):
             for i in keep:
                 rows.append(("pt", g, c, 0, 0.0, float(tp[i]) / P, float(tp[i]) / float(tp[i] + fp[i]),
                              int(tp[i])))
+        if binary is not None and c == binary.positive:
+            part = group_partials(tp, fp, T + F, P, binary.precision_levels, binary.recall_levels, binary.alert_m)
+            for kind in _BINARY_KINDS:
+                rows += [(kind, g, c, 0, 0.0, v, float("nan"), i) for i, v in enumerate(part[kind]) if v is not None]
         if tune is not None:
             vals = threshold_metric(tune, tp, fp, P, N)
             i = int(np.argmax(vals))           # first maximum = the largest threshold
@@ -706,14 +727,16 @@ def default_group_rows(spark, n_pairs: int) -> int:
 
 def ranking_stats(spark, loaded: Loaded, scan: Scan, classes: Sequence[int],
                   curve_classes: Sequence[int] = (), tune: Optional[str] = None,
-                  target_group_rows: Optional[int] = None, points: int = CURVE_POINTS) -> dict:
+                  target_group_rows: Optional[int] = None, points: int = CURVE_POINTS,
+                  binary: Optional[BinarySpec] = None) -> dict:
     """Pass 2: exact one-vs-rest ROC AUC / AP of ``classes`` (plus optional curves / tuning).
 
     Returns ``{"roc_auc": {c: float|None}, "pr_auc": {...}, "curves": {c: {"recall": [...],
-    "precision": [...]}}, "best": (metric, threshold) | None}``.
+    "precision": [...]}}, "best": (metric, threshold) | None, "binary": {...} | None}``; the last,
+    with ``binary``, holds the rare-event metrics of :func:`pipeline.evaluation.binary.combine`.
     """
     classes = np.array(sorted(set(int(c) for c in classes)), dtype=np.int64)
-    out: dict = {"roc_auc": {}, "pr_auc": {}, "curves": {}, "best": None}
+    out: dict = {"roc_auc": {}, "pr_auc": {}, "curves": {}, "best": None, "binary": None}
     if len(classes) == 0:
         return out
     target = target_group_rows or default_group_rows(spark, scan.n * len(classes))
@@ -722,7 +745,7 @@ def ranking_stats(spark, loaded: Loaded, scan: Scan, classes: Sequence[int],
     res = (loaded.df.select("label", "probs")
            .mapInArrow(_rank_map_fn(classes, b2g), _RANK_PAIRS_SCHEMA)
            .groupBy("g")
-           .applyInPandas(_rank_group_fn(groups, set(int(c) for c in curve_classes), tune, points),
+           .applyInPandas(_rank_group_fn(groups, set(int(c) for c in curve_classes), tune, points, binary),
                           _RANK_SCHEMA)
            .toPandas())
     sums = res[res.kind == "sum"]
@@ -737,11 +760,25 @@ def ranking_stats(spark, loaded: Loaded, scan: Scan, classes: Sequence[int],
     for c, part in pts.groupby("cls"):
         out["curves"][int(c)] = {"recall": [0.0] + part.x.tolist(),
                                  "precision": [1.0] + part.y.tolist()}
+    if binary is not None:
+        out["binary"] = _binary_partials(res, binary)
     best = res[res.kind == "best"]
     if len(best):
         b = best.sort_values(["x", "y"], ascending=[False, False]).iloc[0]
         out["best"] = (float(b.x), float(b.y))
     return out
+
+
+def _binary_partials(res, binary: BinarySpec) -> dict:
+    """The rank pass's rare-event rows, combined over groups (:func:`pipeline.evaluation.binary.combine`)."""
+    levels = {"rap": binary.precision_levels, "par": binary.recall_levels, "patk": binary.alert_fractions}
+    partials = []
+    for g, rows in res[res.kind.isin(_BINARY_KINDS)].groupby("g"):
+        part = {kind: [None] * len(levels[kind]) for kind in _BINARY_KINDS}
+        for kind, i, x in zip(rows.kind, rows.t, rows.x):
+            part[kind][int(i)] = float(x)
+        partials.append(part)
+    return combine(partials, binary.precision_levels, binary.recall_levels, binary.alert_fractions)
 
 
 def pr_curves(spark, predictions, classes: Sequence[int], label_col: str = "label",
@@ -765,6 +802,24 @@ def _threshold_block(cm: np.ndarray, names) -> dict:
         for r in per_class:
             r["name"] = names[r["label"]]
     return per_class
+
+
+def _binary_spec(loaded: Loaded, scan: Scan, levels: Optional[dict]) -> BinarySpec:
+    levels = levels or {}
+    support = [int(scan.hist_pos[c].sum()) for c in range(2)]
+    fractions = tuple(levels.get("alert_fractions", DEFAULT_ALERT_FRACTIONS))
+    return BinarySpec(positive=positive_class(loaded.class_names, support),
+                      precision_levels=tuple(levels.get("precision_levels", DEFAULT_PRECISION_LEVELS)),
+                      recall_levels=tuple(levels.get("recall_levels", DEFAULT_RECALL_LEVELS)),
+                      alert_fractions=fractions, alert_m=tuple(alert_rows(a, scan.n) for a in fractions))
+
+
+def _binary_section(spec: BinarySpec, per_class: list[dict], ranked: dict, names) -> dict:
+    """``metrics.json["binary"]``: the positive class's AUCs and rare-event metrics."""
+    pos = per_class[spec.positive]
+    label = spec.positive if names is None else names[spec.positive]
+    return {"positive_label": label, "positives": pos["support"], "rows": pos["support"] + pos["fp"] + pos["tn"],
+            "pr_auc": pos["pr_auc"], "roc_auc": pos["roc_auc"], **ranked}
 
 
 def calibration_variants(block: Optional[dict]) -> list:
@@ -800,7 +855,8 @@ def calibration_summary(scan: Scan, variants: Sequence, block: Optional[dict]) -
 def compute_metrics(spark, predictions, label_col: str = "label", pred_col: str = "pred",
                     n_classes: Optional[int] = None, class_names=None, curve_classes: int = 4,
                     target_group_rows: Optional[int] = None, adjust: Optional[Callable] = None,
-                    calibration: Optional[dict] = None, train_counts: Optional[dict] = None) -> dict:
+                    calibration: Optional[dict] = None, train_counts: Optional[dict] = None,
+                    binary_levels: Optional[dict] = None) -> dict:
     """All metrics of a predictions table, without writing anything (see module docstring).
 
     ``adjust``: a threshold-moving rule (probs block → class indices, e.g.
@@ -810,6 +866,8 @@ def compute_metrics(spark, predictions, label_col: str = "label", pred_col: str 
     and temperature-scaled probabilities are scored from ``probs`` in the same scan
     (``metrics["calibration"]``; only ``raw`` without a block). ``train_counts``: training rows
     per class index, which the L5/Rest groups are taken by (else by test support).
+    ``binary_levels``: for two-class data, ``precision_levels``, ``recall_levels`` and
+    ``alert_fractions`` of the ``binary`` section (:mod:`pipeline.evaluation.binary`; defaults there).
     """
     loaded = load_predictions(spark, predictions, label_col, pred_col, n_classes, class_names)
     variants = calibration_variants(calibration)
@@ -818,8 +876,9 @@ def compute_metrics(spark, predictions, label_col: str = "label", pred_col: str 
     per_class = _threshold_block(scan.cm, loaded.class_names)
     present = [r["label"] for r in per_class if r["support"] > 0]
     rare = sorted(present, key=lambda c: (per_class[c]["support"], c))[:max(0, curve_classes)]
+    binary = _binary_spec(loaded, scan, binary_levels) if k == 2 else None
     rank = ranking_stats(spark, loaded, scan, present, curve_classes=rare,
-                         target_group_rows=target_group_rows)
+                         target_group_rows=target_group_rows, binary=binary)
     for r in per_class:
         c = r["label"]
         r["roc_auc"] = rank["roc_auc"].get(c)
@@ -830,6 +889,8 @@ def compute_metrics(spark, predictions, label_col: str = "label", pred_col: str 
         metrics["class_names"] = loaded.class_names
     metrics["pr_curves"] = {str(c): rank["curves"][c] for c in rare if c in rank["curves"]}
     metrics["calibration"] = calibration_summary(scan, variants, calibration)
+    if binary is not None:
+        metrics["binary"] = _binary_section(binary, per_class, rank["binary"], loaded.class_names)
     if scan.cm_adjusted is not None:
         adj = _threshold_block(scan.cm_adjusted, loaded.class_names)
         for r in adj:

@@ -23,6 +23,8 @@ what                                      who owns the rule
 ``evaluate.prior_correction``             :func:`pipeline.data.prior_correction.correction_mode`
 ``evaluate.calibrate``                    :func:`pipeline.data.prior_correction.check_calibrator`
 ``evaluate.target_prior``                 :func:`pipeline.data.prior_correction.check_target_prior`
+``evaluate.precision_levels`` (recall,    :func:`pipeline.evaluation.binary.check_levels`
+alert fractions)
 ========================================  =================================================
 
 and the rules that join keys: a method that needs validation data when there is none, a
@@ -47,6 +49,7 @@ from pipeline.flows.reachable import check_clusters_reachable
 from pipeline.flows.seeds import training_seeds
 from pipeline.io import is_local, local_path
 from pipeline.prep.sampling import check_request, check_target
+from pipeline.evaluation.binary import check_levels
 from pipeline.evaluation.thresholds import check_rule
 from pipeline.train import PIPELINE_METHODS
 from pipeline.data.prior_correction import check_calibrator, check_target_prior, correction_mode
@@ -360,6 +363,11 @@ def _check_values(cfg: Config, command: str, warn: Callable[[str], None]) -> lis
                            ("target_prior", check_target_prior)):
             try:
                 check(getattr(cfg.evaluate, key))
+            except ValueError as e:
+                raise ConfigError(f"config key 'evaluate.{key}': {e}") from None
+        for key in ("precision_levels", "recall_levels", "alert_fractions"):
+            try:
+                check_levels(getattr(cfg.evaluate, key))
             except ValueError as e:
                 raise ConfigError(f"config key 'evaluate.{key}': {e}") from None
         if check_calibrator(cfg.evaluate.calibrate) and not has_val:
