@@ -18,6 +18,8 @@ from pipeline.config import load_config
 from pipeline.config_keys import config_keys, format_config, format_keys, with_suggestion
 from pipeline.engines import get_spark, stop_ray
 from pipeline.errors import InputError
+from pipeline.evaluation.binary import (DEFAULT_ALERT_FRACTIONS, DEFAULT_PRECISION_LEVELS, DEFAULT_RECALL_LEVELS,
+                                        LEVEL_KEYS, check_levels, format_binary)
 from pipeline.evaluation.evaluate import evaluate_predictions
 from pipeline.evaluation.thresholds import parse_class_counts, predictions_with_rule
 from pipeline.flows import promotion
@@ -33,6 +35,14 @@ from pipeline.train.predict import predict_from_config
 LABEL_HELP = "name of the label column (default: label)"
 CONFIG_HELP = ("Every config key with its type, default and meaning: imbalance config keys; the resolved "
                "config: imbalance config show CONFIG [key=value ...].")
+
+
+def _levels(text: str) -> list[float]:
+    """``--precision-levels 0.8,0.9``: numbers in (0, 1], checked by the same rule as the config keys."""
+    try:
+        return check_levels([float(x) for x in text.split(",")])
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _target(text: str):
@@ -158,13 +168,16 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
             label_col=a.label_col)
     metrics = evaluate_predictions(spark, preds, a.out, label_col=a.label_col,
                                    pred_col=a.pred_col, n_classes=n_classes, class_names=names,
-                                   report=not a.no_report, distribution=a.distribution)
+                                   report=not a.no_report, distribution=a.distribution,
+                                   binary_levels={k: getattr(a, k) for k in LEVEL_KEYS if getattr(a, k) is not None})
     line = (f"macro F1 {metrics['macro']['f1']:.4f}  balanced accuracy "
             f"{metrics['balanced_accuracy']:.4f}  G-mean {metrics['g_mean']:.4f}")
     if "adjusted" in metrics:
         adj = metrics["adjusted"]
         line += (f"  | {a.threshold_moving}: macro F1 {adj['macro']['f1']:.4f}  balanced accuracy "
                  f"{adj['balanced_accuracy']:.4f}  G-mean {adj['g_mean']:.4f}")
+    if "binary" in metrics:
+        print(format_binary(metrics["binary"]))
     print(line + f"  -> {a.out}/metrics.json" + ("" if a.no_report else f", {a.out}/report.html"))
     return 0
 
@@ -405,6 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--val-predictions", default=None, help="validation predictions to tune on ('tuned')")
     s.add_argument("--tune-metric", default="f1",
                    help="metric the tuned threshold maximises: f1, balanced_accuracy, g_mean, accuracy")
+    for flag, what, default in (
+            ("precision-levels", "precisions recall_at_precision is reported at", DEFAULT_PRECISION_LEVELS),
+            ("recall-levels", "recalls precision_at_recall is reported at", DEFAULT_RECALL_LEVELS),
+            ("alert-fractions", "shares of rows flagged that precision_at_k is reported at", DEFAULT_ALERT_FRACTIONS)):
+        s.add_argument(f"--{flag}", type=_levels, default=None, metavar="X,Y,…",
+                       help=f"two-class data: the {what} (default: {','.join(map(str, default))})")
     s.set_defaults(func=cmd_evaluate)
     _add_config(sub)
     return p

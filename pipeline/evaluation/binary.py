@@ -92,6 +92,21 @@ def combine(partials: Sequence[dict], precision_levels: Sequence[float], recall_
     }
 
 
+LEVEL_KEYS = ("precision_levels", "recall_levels", "alert_fractions")   # the evaluate section's keys
+
+
+def format_binary(b: dict) -> str:
+    """One console line of a ``binary`` section: the AUCs, then every level."""
+    def f(v):
+        return "n/a" if v is None else f"{v:.4f}"
+
+    parts = [f"positive class {b['positive_label']} ({b['positives']} of {b['rows']} rows): "
+             f"PR AUC {f(b['pr_auc'])} | ROC AUC {f(b['roc_auc'])}"]
+    parts += [f"recall at precision {k} {f(v)}" for k, v in b["recall_at_precision"].items()]
+    parts += [f"precision at top {float(k):.3g} {f(v)}" for k, v in b["precision_at_k"].items()]
+    return " | ".join(parts)
+
+
 def positive_class(class_names: Optional[Sequence], support: Sequence[int]) -> int:
     """Index of the positive class of two-class data: label 1, or, when the labels are strings
     other than 0/1, the minority class of the evaluated table (the lower index on a tie)."""
@@ -101,4 +116,4 @@ def positive_class(class_names: Optional[Sequence], support: Sequence[int]) -> i
 
 
 __all__ = ["DEFAULT_PRECISION_LEVELS", "DEFAULT_RECALL_LEVELS", "DEFAULT_ALERT_FRACTIONS", "check_levels",
-           "level_key", "alert_rows", "group_partials", "combine", "positive_class"]
+           "level_key", "alert_rows", "group_partials", "combine", "positive_class", "LEVEL_KEYS", "format_binary"]

@@ -39,6 +39,7 @@ from pipeline.data.schema import has_info, read_info, write_info
 from pipeline.data.source import read_table
 from pipeline.engines import get_spark
 from pipeline.errors import ConfigError
+from pipeline.evaluation.binary import LEVEL_KEYS, format_binary
 from pipeline.evaluation.evaluate import evaluate_predictions
 from pipeline.evaluation.report import write_report
 from pipeline.evaluation.thresholds import rule_adjuster, tune_threshold
@@ -393,7 +394,8 @@ def _run_stages(cfg: Config, run_dir: Path, tr, references: list[str], data_dir:
                                    cost=cfg.evaluate.cost, threshold=threshold)
         evaluate_predictions(spark, preds, str(d), label_col=label, n_classes=len(labels), class_names=labels,
                              adjust=adjust, calibration=read_json(Path(model_dir) / "model.json").get("calibration"),
-                             train_counts=read_training_counts(run_dir / "sample"))
+                             train_counts=read_training_counts(run_dir / "sample"),
+                             binary_levels={k: getattr(cfg.evaluate, k) for k in LEVEL_KEYS})
 
     evaluate_key = {"predict": predict_fp, "evaluate": cfg.section("evaluate")}
     if cfg.evaluate.threshold_moving == "prior":
@@ -458,6 +460,8 @@ def _summary(run_dir: Path, runner: StageRunner) -> dict:
     spread = run_dir / "seed_spread" / "spread.json"
     if spread.is_file():
         out["seeds"] = read_json(spread)
+    if "binary" in metrics:
+        out["binary"] = metrics["binary"]
     cal = metrics.get("calibration") or {}
     out["calibration"] = {k: {"brier": v["brier"], "ece": v["ece"]} for k, v in cal.items()
                           if isinstance(v, dict) and "brier" in v}
@@ -483,6 +487,8 @@ def _format_summary(s: dict) -> str:
     if "adjusted_macro_f1" in m:
         lines.append(f"after threshold moving: macro F1 {f(m['adjusted_macro_f1'])} | "
                      f"balanced accuracy {f(m['adjusted_balanced_accuracy'])}")
+    if s.get("binary"):
+        lines.append(format_binary(s["binary"]))
     cal = s.get("calibration") or {}
     if cal:
         lines.append("calibration (Brier / ECE): " + " | ".join(
