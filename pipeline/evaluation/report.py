@@ -26,6 +26,7 @@ from pipeline.engines import get_spark
 from pipeline.errors import InputError
 from pipeline.evaluation.intervals import LOW_SUPPORT, bootstrap_intervals, wilson_per_class
 from pipeline.evaluation.metrics import GROUP_BASIS_TEXT, pr_curves
+from pipeline.evaluation.report_binary import binary_section
 from pipeline.evaluation.report_calibration import calibration_section
 from pipeline.evaluation.report_sections import (
     SORT_SCRIPT,
@@ -441,6 +442,7 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
     seeds = seed_spread_section(run["seed_spread"]) if run.get("seed_spread") else None
     costs_section = learned_costs_section(predictions, per_class)
     calib = calibration_section(metrics, figs, _save, _plt())
+    rare_events = binary_section(metrics, figs, _save, _plt())
     has_adj = "adjusted" in metrics
     title = "Class-wise evaluation report"
 
@@ -465,6 +467,8 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
            "| --- | --- |" + (" --- |" if has_adj else "")]
     for name, v, a in summary:
         md.append(f"| {name} | {v} |" + (f" {a} |" if has_adj else ""))
+    if rare_events:
+        md += rare_events[0]
     md += errors[0]
     if thresh:
         md += thresh[0]
@@ -501,6 +505,8 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
     for name, v, a in summary:
         parts.append(f"<tr><td>{e(name)}</td><td>{e(v)}</td>" + (f"<td>{e(a)}</td>" if has_adj else "") + "</tr>")
     parts.append("</table>")
+    if rare_events:
+        parts.append(rare_events[1])
     parts.append(errors[1])
     if thresh:
         parts.append(thresh[1])
@@ -523,4 +529,5 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
     if boot:
         (out / "intervals.json").write_text(json.dumps(boot))
     return {"markdown": str(out / "report.md"), "html": str(out / "report.html"),
-            "figures": [str(figs / f) for _, f, _, _ in figures + ([calib[2]] if calib else [])]}
+            "figures": [str(figs / f) for _, f, _, _ in
+                        figures + ([calib[2]] if calib else []) + (rare_events[2] if rare_events else [])]}

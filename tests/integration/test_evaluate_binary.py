@@ -7,6 +7,7 @@ precision at k, a plain sort of the positive class's scores.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,3 +108,21 @@ def test_levels_reached_exactly_count(spark, tmp_path):
     assert b["precision_at_recall"] == {"1.0": 0.4}
     assert b["precision_at_k"] == {"0.25": 0.4, "1.0": 0.1}
     check(b, y, p1, levels)
+
+
+def test_report_shows_the_rare_event_numbers_and_figures(spark, tmp_path):
+    from pipeline.evaluation.report import write_report
+
+    y, probs, pred = rare_predictions(3000, 0.02, seed=4)
+    path = write_table(tmp_path / "p", y, probs, pred, n_files=2)
+    m = evaluate_predictions(spark, str(path), str(tmp_path / "e"))
+    out = write_report(tmp_path / "e", tmp_path / "r")
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "## Rare events: the positive class" in md
+    assert f"| recall at precision ≥ 0.9 | {m['binary']['recall_at_precision']['0.9']:.4f} |" in md
+    alerts = math.ceil(0.01 * 3000)
+    assert f"precision in the top 1.000% of rows ({alerts} alerts) | {m['binary']['precision_at_k']['0.01']:.4f} |" in md
+    names = {Path(f).name for f in out["figures"]}
+    assert {"pr_operating_points.png", "alert_budget.png"} <= names
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "<table id='binary'>" in html and html.count("data:image/png;base64,") == len(names)
