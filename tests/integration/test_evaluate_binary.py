@@ -59,7 +59,7 @@ def check(b, y, score, levels):
             assert b[key][level] == pytest.approx(v, abs=1e-12), (key, level, b[key][level], v)
 
 
-@pytest.mark.parametrize("denom,group_rows", [(40, None), (40, 7), (None, None), (None, 50)])
+@pytest.mark.parametrize("denom,group_rows", [(40, None), (40, 7), (None, 50)])
 def test_binary_section_matches_sklearn(spark, tmp_path, denom, group_rows):
     """Tied (multiples of 1/40) and continuous scores; one group per class, or many small ones."""
     y, probs, pred = rare_predictions(6000, 0.02, seed=1, denom=denom)
