@@ -74,8 +74,11 @@ def cmd_synth(a: argparse.Namespace) -> int:
         return 0
     if a.corrupt:
         raise InputError("--corrupt needs --format png-folders")
+    rare = {k: v for k, v in (("positive_rate", a.positive_rate), ("features", a.features)) if v is not None}
+    if rare and a.preset != "rare":
+        raise InputError("--positive-rate and --features apply to --preset rare only")
     info = synthesize(get_spark(), preset=a.preset, rows=a.rows, seed=a.seed, out=a.out,
-                      partitions=a.partitions)
+                      partitions=a.partitions, **rare)
     print(f"wrote {info['rows']} rows, {info['n_classes']} classes to {a.out}")
     return 0
 
@@ -296,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "and aspect ratios, as WHOI-Plankton is distributed (plankton preset)")
     s.add_argument("--corrupt", type=int, default=0,
                    help="png-folders: also write N bad files (truncated, not an image, empty)")
+    s.add_argument("--positive-rate", type=float, default=None,
+                   help="rare preset: share of positive rows, 0 < P < 0.5 (default 0.001)")
+    s.add_argument("--features", type=int, default=None,
+                   help="rare preset: feature columns, at least 4 (default 32)")
     s.set_defaults(func=cmd_synth)
 
     s = sub.add_parser("ingest", help="image folders (<root>/<class>/<file>.png) -> source table, bad files to rejected/",

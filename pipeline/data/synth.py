@@ -21,6 +21,11 @@ Presets
 ``tabular``
     ``features`` arrays (16 dims) from overlapping class-conditional Gaussians, 10 classes with
     geometric imbalance ρ = 100: fast to train on, for tests.
+``rare``
+    A fraud-shaped binary table: ``features`` arrays (``features`` dims, default 32), exactly
+    round(rows · ``positive_rate``) positives (default 0.1%) from several sub-populations (easy,
+    overlapping, a rare group), a mixture majority, label noise, heavy-tailed and nuisance columns,
+    exact and near duplicates. See :mod:`pipeline.data.synth_rare`.
 
 Class counts are exact: fractions × rows rounded by largest remainder (each class at least one
 row). Row ``i`` gets its class from an affine permutation of ``0..rows-1``, so every file holds
@@ -46,7 +51,7 @@ PLANKTON_ROWS = 3_400_000
 IMAGE_SIDE = 32
 TABULAR_CLASSES = 10
 TABULAR_DIM = 16
-PRESETS = ("plankton", "plankton_balanced", "tabular", "digits")
+PRESETS = ("plankton", "plankton_balanced", "tabular", "digits", "rare")
 
 
 def plankton_fractions() -> np.ndarray:
@@ -95,9 +100,13 @@ def _coprime_step(rows: int) -> int:
     return a
 
 
+def _positions(ids: np.ndarray, rows: int, step: int) -> np.ndarray:
+    """Each id's position in the affine permutation of ``0..rows-1`` (its rank in label order)."""
+    return (ids.astype(np.int64) * step + 12345) % rows  # object-free int64: rows*step < 2**63 for rows < 3e9
+
+
 def _labels_for(ids: np.ndarray, cum: np.ndarray, rows: int, step: int) -> np.ndarray:
-    pos = (ids.astype(np.int64) * step + 12345) % rows  # object-free int64: rows*step < 2**63 for rows < 3e9
-    return np.searchsorted(cum, pos, side="right").astype(np.int64)
+    return np.searchsorted(cum, _positions(ids, rows, step), side="right").astype(np.int64)
 
 
 # ---------------------------------------------------------------- plankton images
@@ -202,9 +211,11 @@ def _tabular_payload(means: np.ndarray):
     return payload
 
 
-def synthesize(spark, preset: str, rows: int, seed: int, out: str, partitions: int | None = None) -> dict:
+def synthesize(spark, preset: str, rows: int, seed: int, out: str, partitions: int | None = None, *,
+               positive_rate: float = 0.001, features: int = 32) -> dict:
     """Generate ``rows`` rows of ``preset`` with Spark and write them as Parquet at ``out``.
 
+    ``positive_rate`` and ``features`` are used (and checked) by the ``rare`` preset only.
     Returns ``{"rows", "n_classes", "class_counts", "partitions"}``. Output is written to a
     temporary directory and renamed into place, so a failure leaves nothing at ``out``.
     """
@@ -214,6 +225,8 @@ def synthesize(spark, preset: str, rows: int, seed: int, out: str, partitions: i
         raise InputError(f"--rows must be positive, got {rows}")
     if preset == "digits":
         return _write_digits(spark, out)
+    if preset == "rare":
+        return _write_rare(spark, rows, seed, out, partitions, positive_rate, features)
     if preset.startswith("plankton"):
         fractions = plankton_fractions()
         if preset == "plankton_balanced":
@@ -249,6 +262,28 @@ def synthesize(spark, preset: str, rows: int, seed: int, out: str, partitions: i
         write_info(tmp, info)
     return {"rows": int(rows), "n_classes": n_classes, "class_counts": counts.tolist(),
             "partitions": partitions}
+
+
+def _write_rare(spark, rows: int, seed: int, out: str, partitions: int | None, positive_rate: float,
+                features: int) -> dict:
+    """The ``rare`` preset (:mod:`pipeline.data.synth_rare`), generated per partition like ``tabular``."""
+    from pipeline.data.synth_rare import check_rare_args, rare_batches, rare_params
+
+    check_rare_args(positive_rate, features)
+    params = rare_params(rows, positive_rate, features, seed)
+    counts = params["counts"]
+    if partitions is None:
+        # ~64 MB of output per file, at least 2 files per core
+        partitions = max(2 * spark.sparkContext.defaultParallelism, math.ceil(rows * (features * 4 + 16) / 64e6))
+    partitions = min(partitions, rows)
+    info = DatasetInfo(kind="features", n_classes=2, n_features=features,
+                       class_counts={str(i): int(c) for i, c in enumerate(counts)})
+    df = spark.range(0, rows, numPartitions=partitions).mapInArrow(
+        rare_batches(params), "id long, label long, features array<float>")
+    with atomic_dir(local_path(out)) as tmp:
+        df.write.mode("overwrite").parquet(spark_uri(tmp))
+        write_info(tmp, info)
+    return {"rows": int(rows), "n_classes": 2, "class_counts": counts.tolist(), "partitions": partitions}
 
 
 def _write_digits(spark, out: str) -> dict:

@@ -173,8 +173,12 @@ def data_stages(cfg: Config, spark, runner: "StageRunner", ddir: Path, protocol_
 
         source = str(ddir / "source")
         key = {"preset": cfg.data.synth_preset, "rows": cfg.data.rows, "seed": seed}
+        rare = {}
+        if cfg.data.synth_preset == "rare":
+            rare = {"positive_rate": cfg.data.positive_rate, "features": cfg.data.features}
+            key.update(rare)
         source_fp = runner.stage("source", key, lambda d: synthesize(
-            spark, cfg.data.synth_preset, cfg.data.rows, seed, str(d)))
+            spark, cfg.data.synth_preset, cfg.data.rows, seed, str(d), **rare))
 
     if cfg.data.protocol and cfg.data.protocol_scope not in ("source", "train"):
         raise ConfigError(f"config key 'data.protocol_scope': expected source or train, got '{cfg.data.protocol_scope}'")

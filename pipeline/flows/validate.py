@@ -61,7 +61,7 @@ LOOP_KEYS = {"dynamic_sampling", "drw_epoch", "drw_beta", "category_centers", "c
 TWO_PHASE_KEYS = {"pretrain", "pretrain_epochs", "pretrain_read_sampling", "finetune_lr"} | LOOP_KEYS
 #: What each synth preset makes (kind, classes), for the checks that depend on it; one entry per synth.PRESETS.
 SYNTH_KINDS = {"plankton": ("image", 103), "plankton_balanced": ("image", 103), "digits": ("image", 10),
-               "tabular": ("features", 10)}
+               "tabular": ("features", 10), "rare": ("features", 2)}
 COMMANDS = ("run", "experiment", "retrain", "train", "predict")
 
 
