@@ -67,6 +67,7 @@ from pipeline.data.schema import has_info, read_info
 from pipeline.errors import InputError
 from pipeline.evaluation.binary import (DEFAULT_ALERT_FRACTIONS, DEFAULT_PRECISION_LEVELS, DEFAULT_RECALL_LEVELS,
                                         alert_rows, combine, group_partials, positive_class)
+from pipeline.evaluation.binary_bootstrap import binary_intervals, group_segments, join_segments
 from pipeline.evaluation.calibration import (ECE_BINS, brier_units, ece_from_partials, from_fixed, reliability_bins,
                                              reliability_partials)
 from pipeline.io import local_path, spark_uri, write_json
@@ -710,6 +711,11 @@ def _rank_group_fn(groups: list, curve: set, tune: Optional[str], points: int,
             part = group_partials(tp, fp, T + F, P, binary.precision_levels, binary.recall_levels, binary.alert_m)
             for kind in _BINARY_KINDS:
                 rows += [(kind, g, c, 0, 0.0, v, float("nan"), i) for i, v in enumerate(part[kind]) if v is not None]
+            # the group's segments, for the bootstrap (pipeline.evaluation.binary_bootstrap): one row per
+            # distinct positive score (t = positives, auc2 = tied negatives, ap = negatives above), then its tail
+            sp, st, sb, tail = group_segments(p, q)
+            rows += [("seg", g, c, int(st[i]), float(sb[i]), float(i), 0.0, int(sp[i])) for i in range(len(sp))]
+            rows.append(("tail", g, c, tail, 0.0, float("inf"), 0.0, 0))
         if tune is not None:
             vals = threshold_metric(tune, tp, fp, P, N)
             i = int(np.argmax(vals))           # first maximum = the largest threshold
@@ -762,6 +768,7 @@ def ranking_stats(spark, loaded: Loaded, scan: Scan, classes: Sequence[int],
                                  "precision": [1.0] + part.y.tolist()}
     if binary is not None:
         out["binary"] = _binary_partials(res, binary)
+        out["binary"]["intervals"] = _binary_intervals(res, binary)
     best = res[res.kind == "best"]
     if len(best):
         b = best.sort_values(["x", "y"], ascending=[False, False]).iloc[0]
@@ -779,6 +786,19 @@ def _binary_partials(res, binary: BinarySpec) -> dict:
             part[kind][int(i)] = float(x)
         partials.append(part)
     return combine(partials, binary.precision_levels, binary.recall_levels, binary.alert_fractions)
+
+
+def _binary_intervals(res, binary: BinarySpec) -> Optional[dict]:
+    """Poisson-bootstrap intervals of the binary metrics from the groups' segments, in score order."""
+    segs = res[res.kind.isin(("seg", "tail"))].sort_values(["g", "x"])
+    groups = []
+    for _, rows in segs.groupby("g", sort=True):
+        seg = rows[rows.kind == "seg"]
+        groups.append((seg.t.to_numpy(np.int64), seg.auc2.to_numpy(np.int64), seg.ap.to_numpy().astype(np.int64),
+                       int(rows[rows.kind == "tail"].auc2.sum())))
+    pos, tie, before, tail = join_segments(groups)
+    return binary_intervals(pos, tie, before, tail, binary.precision_levels, binary.recall_levels,
+                            binary.alert_fractions)
 
 
 def pr_curves(spark, predictions, classes: Sequence[int], label_col: str = "label",

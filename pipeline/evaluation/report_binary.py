@@ -25,15 +25,24 @@ def _fmt(v) -> str:
     return "—" if v is None else f"{v:.4f}"
 
 
-def binary_rows(b: dict) -> list[tuple[str, str]]:
-    """(metric, value) rows of the section's table."""
+def binary_rows(b: dict) -> list[tuple[str, str, str]]:
+    """(metric, value, 95% interval) rows of the section's table."""
+    ci = b.get("intervals") or {}
+
+    def iv(key, level=None):
+        c = ci.get(key) if level is None else (ci.get(key) or {}).get(level)
+        return "" if not c else f"[{c[0]:.4f}, {c[1]:.4f}]"
+
     rows = [("positive class", f"{b['positive_label']} ({b['positives']} of {b['rows']} rows, "
-                               f"{b['positives'] / b['rows']:.4%})"),
-            ("PR AUC (average precision)", _fmt(b["pr_auc"])), ("ROC AUC", _fmt(b["roc_auc"]))]
-    rows += [(f"recall at precision ≥ {k}", _fmt(v)) for k, v in b["recall_at_precision"].items()]
-    rows += [(f"precision at recall ≥ {k}", _fmt(v)) for k, v in b["precision_at_recall"].items()]
-    rows += [(f"precision in the top {float(k):.3%} of rows ({_alerts(b, k)} alerts)", _fmt(v))
-             for k, v in b["precision_at_k"].items()]
+                               f"{b['positives'] / b['rows']:.4%})", ""),
+            ("PR AUC (average precision)", _fmt(b["pr_auc"]), iv("pr_auc")),
+            ("ROC AUC", _fmt(b["roc_auc"]), iv("roc_auc"))]
+    rows += [(f"recall at precision ≥ {k}", _fmt(v), iv("recall_at_precision", k))
+             for k, v in b["recall_at_precision"].items()]
+    rows += [(f"precision at recall ≥ {k}", _fmt(v), iv("precision_at_recall", k))
+             for k, v in b["precision_at_recall"].items()]
+    rows += [(f"precision in the top {float(k):.3%} of rows ({_alerts(b, k)} alerts)", _fmt(v),
+              iv("precision_at_k", k)) for k, v in b["precision_at_k"].items()]
     return rows
 
 
@@ -99,11 +108,15 @@ def binary_section(metrics: dict, figs: Path, save, plt) -> Optional[tuple[list[
     curve = (metrics.get("pr_curves") or {}).get(str(index))
     e = html.escape
     rows = binary_rows(b)
-    md = ["", "## Rare events: the positive class", "", NOTE, "", "| metric | value |", "| --- | --- |"]
-    md += [f"| {name} | {v} |" for name, v in rows]
-    parts = ["<h2>Rare events: the positive class</h2>", f"<p class='cap'>{e(NOTE)}</p>",
-             "<table id='binary'><tr><th>metric</th><th>value</th></tr>"]
-    parts += [f"<tr><td>{e(name)}</td><td>{e(v)}</td></tr>" for name, v in rows]
+    reps = (b.get("intervals") or {}).get("replicates")
+    note = NOTE + (f" Intervals: 95%, Poisson bootstrap of the test rows ({reps} replicates); they cover the "
+                   "test sample, not training randomness (run.seeds for that)." if reps else "")
+    md = ["", "## Rare events: the positive class", "", note, "", "| metric | value | 95% interval |",
+          "| --- | --- | --- |"]
+    md += [f"| {name} | {v} | {c} |" for name, v, c in rows]
+    parts = ["<h2>Rare events: the positive class</h2>", f"<p class='cap'>{e(note)}</p>",
+             "<table id='binary'><tr><th>metric</th><th>value</th><th>95% interval</th></tr>"]
+    parts += [f"<tr><td>{e(name)}</td><td>{e(v)}</td><td>{e(c)}</td></tr>" for name, v, c in rows]
     parts.append("</table>")
     figures = []
     if curve:

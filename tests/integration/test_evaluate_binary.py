@@ -119,6 +119,9 @@ def test_report_shows_the_rare_event_numbers_and_figures(spark, tmp_path):
     out = write_report(tmp_path / "e", tmp_path / "r")
     md = (tmp_path / "r" / "report.md").read_text()
     assert "## Rare events: the positive class" in md
+    lo, hi = m["binary"]["intervals"]["pr_auc"]
+    assert lo < m["binary"]["pr_auc"] < hi
+    assert f"| PR AUC (average precision) | {m['binary']['pr_auc']:.4f} | [{lo:.4f}, {hi:.4f}] |" in md
     assert f"| recall at precision ≥ 0.9 | {m['binary']['recall_at_precision']['0.9']:.4f} |" in md
     alerts = math.ceil(0.01 * 3000)
     assert f"precision in the top 1.000% of rows ({alerts} alerts) | {m['binary']['precision_at_k']['0.01']:.4f} |" in md
@@ -126,3 +129,13 @@ def test_report_shows_the_rare_event_numbers_and_figures(spark, tmp_path):
     assert {"pr_operating_points.png", "alert_budget.png"} <= names
     html = (tmp_path / "r" / "report.html").read_text()
     assert "<table id='binary'>" in html and html.count("data:image/png;base64,") == len(names)
+
+
+def test_intervals_do_not_depend_on_how_the_scores_are_grouped(spark, tmp_path):
+    """The bootstrap walks the segments of every group in score order: one group or many, the
+    segments, and so the seeded replicates, are the same."""
+    y, probs, pred = rare_predictions(4000, 0.03, seed=5)        # distinct scores: groups without positives
+    path = write_table(tmp_path / "p", y, probs, pred, n_files=3)
+    one = evaluate_predictions(spark, str(path), str(tmp_path / "a"))["binary"]["intervals"]
+    many = evaluate_predictions(spark, str(path), str(tmp_path / "b"), target_group_rows=9)["binary"]["intervals"]
+    assert one == many and one["replicates"] == 200
