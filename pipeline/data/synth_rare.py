@@ -69,9 +69,10 @@ def check_rare_args(positive_rate: float, features: int) -> None:
     """One clear :class:`InputError` line for a bad ``positive_rate`` or ``features``."""
     if not (isinstance(positive_rate, (int, float)) and not isinstance(positive_rate, bool)
             and 0 < positive_rate < 0.5):
-        raise InputError(f"--positive-rate must be between 0 and 0.5 (exclusive), got {positive_rate}")
+        raise InputError(f"positive rate (--positive-rate, data.positive_rate) must be between 0 and 0.5 "
+                         f"(exclusive), got {positive_rate}")
     if isinstance(features, bool) or not isinstance(features, (int, np.integer)) or features < 4:
-        raise InputError(f"--features must be an integer of at least 4, got {features}")
+        raise InputError(f"features (--features, data.features) must be an integer of at least 4, got {features}")
 
 
 def feature_layout(features: int) -> dict:

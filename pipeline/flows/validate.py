@@ -43,6 +43,7 @@ from pipeline.config import Config, SampleSection
 from pipeline.data.images import check_options
 from pipeline.data.ingest import LABEL_FROM
 from pipeline.data.schema import has_info, read_info
+from pipeline.data.synth_rare import check_rare_args
 from pipeline.errors import ConfigError, InputError
 from pipeline.flows.compare import compare_methods
 from pipeline.flows.reachable import check_clusters_reachable
@@ -134,6 +135,11 @@ def _numbers(cfg: Config) -> None:
                           "synthetic fallback (data.synth_preset is null); set data.images=/path/to/image/tree")
     if d.input is None and not d.train_path and not d.images and d.synth_preset not in SYNTH_KINDS:
         raise ConfigError(f"unknown data.synth_preset '{d.synth_preset}' (known: {', '.join(SYNTH_KINDS)})")
+    if d.input is None and not d.train_path and not d.images and d.synth_preset == "rare":
+        try:
+            check_rare_args(d.positive_rate, d.features)
+        except InputError as e:
+            raise ConfigError(str(e)) from None
     if d.protocol not in (None, "step", "linear"):
         raise ConfigError(f"unknown data.protocol '{d.protocol}' (known: step, linear, or null)")
     if d.protocol_scope not in ("source", "train"):

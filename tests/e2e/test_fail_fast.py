@@ -31,6 +31,7 @@ BAD = [
     "train.select_metric=macro_f2",
     "train.method_params={dynamic_sampling: maybe}",
     "run.compare_with=basline",
+    "evaluate.alert_fractions=[0.001, 2]",
 ]
 
 

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from pipeline.config import load_config
 from pipeline.data.synth import PRESETS
-from pipeline.flows.validate import SYNTH_KINDS, data_kind
+import pytest
+
+from pipeline.errors import ConfigError
+from pipeline.flows.validate import SYNTH_KINDS, data_kind, validate_config
 
 
 def test_every_synth_preset_is_known_to_validation():
@@ -14,3 +17,12 @@ def test_data_kind_of_each_preset():
     for preset in PRESETS:
         cfg = load_config("conf/tabular.yaml", [f"data.synth_preset={preset}"])
         assert data_kind(cfg, "run") == SYNTH_KINDS[preset]
+
+
+@pytest.mark.parametrize("override,key", [("data.positive_rate=0.7", "data.positive_rate"),
+                                          ("data.features=2", "data.features"),
+                                          ("evaluate.recall_levels=[0]", "evaluate.recall_levels")])
+def test_rare_preset_and_binary_levels_are_checked_before_any_stage(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate_config(load_config("conf/rare.yaml", [override]), "run", warn=lambda _: None)
+    validate_config(load_config("conf/rare.yaml"), "run", warn=lambda _: None)
