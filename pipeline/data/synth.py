@@ -43,6 +43,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.data.schema import DatasetInfo, write_info
+from pipeline.data.synth_rare import check_rare_args, rare_batches, rare_params
+from pipeline.data.synth_rows import coprime_step, exact_counts, labels_for
 from pipeline.errors import InputError
 from pipeline.io import atomic_dir, local_path, spark_uri
 
@@ -72,41 +74,9 @@ def tabular_fractions(n_classes: int = TABULAR_CLASSES, rho: float = 100.0) -> n
     return sizes / sizes.sum()
 
 
-def exact_counts(fractions: np.ndarray, rows: int) -> np.ndarray:
-    """Integer counts summing to ``rows`` (largest remainder), each class at least 1."""
-    k = len(fractions)
-    if rows < k:
-        raise InputError(f"--rows {rows} is smaller than the number of classes ({k})")
-    raw = fractions * rows
-    counts = np.floor(raw).astype(np.int64)
-    order = np.argsort(-(raw - counts), kind="stable")
-    counts[order[: rows - counts.sum()]] += 1
-    for i in np.nonzero(counts == 0)[0]:        # every class keeps at least one row
-        counts[i] = 1
-        counts[np.argmax(counts)] -= 1
-    return counts
-
-
 def plankton_class_counts(rows: int = PLANKTON_ROWS) -> np.ndarray:
     """Exact per-class row counts of the plankton preset at ``rows`` rows, largest first."""
     return exact_counts(plankton_fractions(), rows)
-
-
-def _coprime_step(rows: int) -> int:
-    """A multiplier coprime with ``rows`` near rows·(√5−1)/2, for an affine permutation."""
-    a = max(1, int(rows * 0.6180339887)) | 1
-    while math.gcd(a, rows) != 1:
-        a += 2
-    return a
-
-
-def _positions(ids: np.ndarray, rows: int, step: int) -> np.ndarray:
-    """Each id's position in the affine permutation of ``0..rows-1`` (its rank in label order)."""
-    return (ids.astype(np.int64) * step + 12345) % rows  # object-free int64: rows*step < 2**63 for rows < 3e9
-
-
-def _labels_for(ids: np.ndarray, cum: np.ndarray, rows: int, step: int) -> np.ndarray:
-    return np.searchsorted(cum, _positions(ids, rows, step), side="right").astype(np.int64)
 
 
 # ---------------------------------------------------------------- plankton images
@@ -181,7 +151,7 @@ def _row_batches(rows: int, seed: int, cum: np.ndarray, step: int, payload):
             ids = batch.column("id").to_numpy()
             if len(ids) == 0:
                 continue
-            labels = _labels_for(ids, cum, rows, step)
+            labels = labels_for(ids, cum, rows, step)
             rng = np.random.default_rng([seed, int(ids[0]), len(ids)])
             yield pa.RecordBatch.from_pydict({"id": pa.array(ids, pa.int64()), "label": pa.array(labels, pa.int64()),
                                               **payload(labels, rng)})
@@ -238,7 +208,7 @@ def synthesize(spark, preset: str, rows: int, seed: int, out: str, partitions: i
     counts = exact_counts(fractions, rows)
     n_classes = len(counts)
     cum = np.cumsum(counts)
-    step = _coprime_step(rows)
+    step = coprime_step(rows)
     if partitions is None:
         # ~64 MB of output per file, at least 2 files per core
         cores = spark.sparkContext.defaultParallelism
@@ -267,8 +237,6 @@ def synthesize(spark, preset: str, rows: int, seed: int, out: str, partitions: i
 def _write_rare(spark, rows: int, seed: int, out: str, partitions: int | None, positive_rate: float,
                 features: int) -> dict:
     """The ``rare`` preset (:mod:`pipeline.data.synth_rare`), generated per partition like ``tabular``."""
-    from pipeline.data.synth_rare import check_rare_args, rare_batches, rare_params
-
     check_rare_args(positive_rate, features)
     params = rare_params(rows, positive_rate, features, seed)
     counts = params["counts"]
@@ -326,7 +294,7 @@ def _folder_writer(root: str, rows: int, seed: int, cum: np.ndarray, step: int, 
             ids = pdf["id"].to_numpy()
             if len(ids) == 0:
                 continue
-            labels = _labels_for(ids, cum, rows, step)
+            labels = labels_for(ids, cum, rows, step)
             rng = np.random.default_rng([seed, int(ids[0]), len(ids), 7])
             imgs = draw_images(labels, rng, params)
             side = rng.integers(24, 121, len(ids))                    # longer side 24..120 px
@@ -370,7 +338,7 @@ def synthesize_image_folders(spark, preset: str, rows: int, seed: int, out: str,
     if not 0 <= corrupt <= rows:
         raise InputError(f"--corrupt must be between 0 and --rows ({rows}), got {corrupt}")
     counts = exact_counts(plankton_fractions(), rows)
-    cum, step = np.cumsum(counts), _coprime_step(rows)
+    cum, step = np.cumsum(counts), coprime_step(rows)
     params = _class_params(len(counts), seed)
     if partitions is None:
         partitions = min(rows, max(2 * spark.sparkContext.defaultParallelism, math.ceil(rows / 20000)))

@@ -5,7 +5,7 @@ Size and classes
 ``rows`` = N rows, ``positive_rate`` = p (default 0.001), ``features`` = F (default 32, at least 4).
 Label 1 (positive) has exactly round(N·p) rows (largest remainder via ``exact_counts``; at least
 one), label 0 the rest. Row ``i`` gets its label from the same affine permutation of ``0..N-1``
-as every preset (``_labels_for`` / ``_coprime_step``), so positives are spread over ids and files.
+as every preset (``labels_for`` / ``coprime_step`` of :mod:`pipeline.data.synth_rows`), so positives are spread over ids and files.
 
 Features (columns of the ``features`` array<float>, in this order)
 -------------------------------------------------------------------
@@ -48,7 +48,7 @@ from typing import Iterator
 
 import numpy as np
 
-from pipeline.data.synth import _coprime_step, _labels_for, _positions, exact_counts
+from pipeline.data.synth_rows import coprime_step, exact_counts, labels_for, positions
 from pipeline.errors import InputError
 
 GROUPS = ("major_a", "major_b", "major_c", "major_flipped", "pos_easy", "pos_overlap", "pos_rare", "pos_flipped")
@@ -122,7 +122,7 @@ def rare_params(rows: int, positive_rate: float, features: int, seed: int) -> di
     counts = rare_counts(rows, positive_rate)
     group_cum = [np.cumsum(_shares(NEG_SHARES, int(counts[0]))), np.cumsum(_shares(POS_SHARES, int(counts[1])))]
     return {"rows": rows, "features": features, "seed": seed, "layout": lay, "counts": counts,
-            "cum": np.cumsum(counts), "step": _coprime_step(rows), "group_cum": group_cum,
+            "cum": np.cumsum(counts), "step": coprime_step(rows), "group_cum": group_cum,
             "means": means[DRAW_AS].astype(np.float32), "scales": scales[DRAW_AS].astype(np.float32),
             "logn_mu": LOGN_MU.astype(np.float32), "logn_sigma": LOGN_SIGMA.astype(np.float32)}
 
@@ -130,8 +130,8 @@ def rare_params(rows: int, positive_rate: float, features: int, seed: int) -> di
 def assign(ids: np.ndarray, params: dict) -> tuple[np.ndarray, np.ndarray]:
     """``(labels, groups)`` of ``ids``: the label permutation, then each row's rank within its class."""
     rows, cum, step = params["rows"], params["cum"], params["step"]
-    labels = _labels_for(ids, cum, rows, step)
-    rank = _positions(ids, rows, step) - np.where(labels == 1, cum[0], 0)
+    labels = labels_for(ids, cum, rows, step)
+    rank = positions(ids, rows, step) - np.where(labels == 1, cum[0], 0)
     groups = np.where(labels == 1,
                       4 + np.searchsorted(params["group_cum"][1], rank, side="right"),
                       np.searchsorted(params["group_cum"][0], rank, side="right")).astype(np.int64)
