@@ -158,7 +158,8 @@ class TrainSection:
     momentum: float = _key(0.9, "sgd momentum")
     seed: Optional[int] = _key(None, "seed of model init and shuffling (null: run.seed)")
     progress: bool = _key(True, "a progress bar per epoch with rows/s")
-    select_metric: str = _key("macro_f1", "validation metric that picks the best checkpoint and stops early")
+    select_metric: str = _key("macro_f1", "validation metric that picks the best checkpoint and stops early; "
+                                           "two-class data also: pr_auc | roc_auc (the positive class)")
     patience: Optional[int] = _key(None, "stop early after this many epochs without gain (null: never)")
     max_failures: int = _key(1, "Ray Train restarts after a worker failure")
     method: str = _key("baseline", "training method: baseline | two_phase | ... (an unknown name's error lists "

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 from pipeline.errors import InputError
 from pipeline.io import local_path, read_json, write_json
@@ -25,6 +25,15 @@ from pipeline.io import local_path, read_json, write_json
 INFO_FILE = "_dataset.json"
 IMAGE_COL = "image"
 FEATURES_COL = "features"
+
+
+def positive_class(class_names: Optional[Sequence], support: Sequence[int]) -> int:
+    """Index of the positive class of two-class data: label 1, or, when the labels are strings
+    other than 0/1, the minority class of the table (the lower index on a tie). The evaluation's
+    rare-event metrics and the training loop's validation PR AUC both read it from here."""
+    if class_names is None or [str(c) for c in class_names] in (["0", "1"], ["1", "0"]):
+        return 1 if class_names is None else [str(c) for c in class_names].index("1")
+    return 0 if support[0] <= support[1] else 1
 
 
 @dataclass

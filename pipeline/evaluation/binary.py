@@ -26,6 +26,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from pipeline.data.schema import positive_class
+
 DEFAULT_PRECISION_LEVELS = (0.5, 0.8, 0.9, 0.95)
 DEFAULT_RECALL_LEVELS = (0.5, 0.8, 0.9, 0.95)
 DEFAULT_ALERT_FRACTIONS = (0.001, 0.01)
@@ -105,14 +107,6 @@ def format_binary(b: dict) -> str:
     parts += [f"recall at precision {k} {f(v)}" for k, v in b["recall_at_precision"].items()]
     parts += [f"precision at top {float(k):.3g} {f(v)}" for k, v in b["precision_at_k"].items()]
     return " | ".join(parts)
-
-
-def positive_class(class_names: Optional[Sequence], support: Sequence[int]) -> int:
-    """Index of the positive class of two-class data: label 1, or, when the labels are strings
-    other than 0/1, the minority class of the evaluated table (the lower index on a tie)."""
-    if class_names is None or [str(c) for c in class_names] in (["0", "1"], ["1", "0"]):
-        return 1 if class_names is None else [str(c) for c in class_names].index("1")
-    return 0 if support[0] <= support[1] else 1
 
 
 __all__ = ["DEFAULT_PRECISION_LEVELS", "DEFAULT_RECALL_LEVELS", "DEFAULT_ALERT_FRACTIONS", "check_levels",

@@ -19,7 +19,8 @@ counter). Epochs are numbered 1..N everywhere a user sees them, as the log's "ep
 
 Per epoch: a tqdm bar with rows/s (rank 0), mixed precision on GPU (bf16 autocast, or fp16 with
 a ``GradScaler``), validation macro-F1 and per-class recall from a confusion matrix summed over
-workers, best-epoch selection and early stopping on ``train.select_metric`` with
+workers (two-class data also the positive class's PR AUC and ROC AUC, from a histogram of its
+log-odds summed over workers: :func:`confusion.ranking_from_histogram`), best-epoch selection and early stopping on ``train.select_metric`` with
 ``train.patience``, and LDAM-DRW (deferred re-weighting, Cao et al. 2019): from epoch
 ``drw_epoch`` on, the LDAM loss uses the class-balanced weights of :func:`losses.drw_weights`.
 
@@ -27,7 +28,7 @@ Two of the survey's methods run inside the loop (see ``docs/methods.md``):
 
 * **read-time sampling** (``train.read_sampling``): per-class rates for the
   streaming reader each epoch — ROS / RUS / threshold / floor / hybrid targets from
-  :func:`pipeline.sampling.plan_counts` (rate = target / n_c), explicit rates, or **dynamic
+  :func:`pipeline.prep.sampling.plan_counts` (rate = target / n_c), explicit rates, or **dynamic
   sampling** (Pouyanfar et al. 2018, survey Eq. 11; also ``train.method_params.dynamic_sampling:
   true``): after each epoch's validation the per-class F1 (from the confusion matrix all-reduced
   over workers, so every rank computes the same rates; rank 0's are broadcast anyway) gives the
@@ -56,20 +57,23 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.data.schema import DatasetInfo, read_info
+from pipeline.data.schema import DatasetInfo, positive_class, read_info
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import console_line, fingerprint, read_json, write_json
 from pipeline.train.progress import NoBar, bars_wanted
 from pipeline.prep.sampling import plan_counts
 from pipeline.stream.read_sampling import epoch_sampling_plan
 from pipeline.stream.readers import check_table, make_loader, to_float
-from pipeline.train.confusion import confusion_matrix, metrics_from_confusion
+from pipeline.train.confusion import (MARGIN_BINS, confusion_matrix, margin_histogram, metrics_from_confusion,
+                                      ranking_from_histogram)
 from pipeline.train.hooks import METHOD_STATE_FILE, EpochContext, MethodHook, build_hook
 from pipeline.train.saved_model import CENTROIDS_FILE, load_weights
 from pipeline.train.table_pass import pick_device, table_once
 
 CRASH_ENV = "IMBALANCE_TEST_CRASH_AT"        # test-only: "epoch:step:rank" → os._exit(1) once
-METRICS_HIGHER = ("macro_f1", "balanced_accuracy", "accuracy", "g_mean", "macro_recall")
+METRICS_HIGHER = ("macro_f1", "balanced_accuracy", "accuracy", "g_mean", "macro_recall", "pr_auc", "roc_auc")
+#: two-class data only: the positive class's validation PR AUC and ROC AUC (binned, see ``confusion``)
+RANKING_METRICS = ("pr_auc", "roc_auc")
 METRICS_LOWER = ("val_loss",)
 DRW_KEYS = ("drw_epoch", "drw_beta")
 
@@ -408,8 +412,11 @@ def _cpu_state(model: nn.Module) -> dict:
 @torch.no_grad()
 def evaluate_table(model: nn.Module, path: str, info: DatasetInfo, device: torch.device, batch_size: int,
                    reader: str = "petastorm", rank: int = 0, world_size: int = 1,
-                   autocast=None, workers_count: int = 2, predict_fn=None) -> tuple[np.ndarray, float]:
-    """(confusion matrix, mean cross-entropy) over the whole table, each row once, summed over workers.
+                   autocast=None, workers_count: int = 2, predict_fn=None,
+                   positive: Optional[int] = None) -> tuple[np.ndarray, float, Optional[np.ndarray]]:
+    """(confusion matrix, mean cross-entropy, margin histogram) over the whole table, each row once,
+    summed over workers. The histogram (:func:`~pipeline.train.confusion.margin_histogram` of the
+    ``positive`` class's log-odds) is ``None`` unless ``positive`` is given (two-class data).
 
     ``predict_fn(net, x) -> probabilities``: a method's own decision rule (e.g. CoSen's costs,
     LMLE's cluster-wise kNN) for the confusion matrix; the cross-entropy is always the logits'.
@@ -423,19 +430,26 @@ def evaluate_table(model: nn.Module, path: str, info: DatasetInfo, device: torch
     c = info.n_classes
     cm = torch.zeros(c * c, dtype=torch.float64)
     loss_sum = torch.zeros(1, dtype=torch.float64)
+    hist = torch.zeros(0 if positive is None else 2 * MARGIN_BINS, dtype=torch.float64)
     for x, y in table_once(path, info, device, batch_size, reader, rank, world_size, workers_count, "val"):
         y = y.to(device)
         with (autocast if autocast is not None else torch.autocast(device.type, enabled=False)):
             logits = net(x)
         logits = logits.float()
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double().cpu()
-        pred = logits.argmax(1) if predict_fn is None else predict_fn(net, x).argmax(1).to(y.device)
+        probs = None if predict_fn is None else predict_fn(net, x).to(y.device)
+        pred = logits.argmax(1) if probs is None else probs.argmax(1)
         cm += confusion_matrix(y, pred, c).reshape(-1).double().cpu()
-    both = _all_reduce(torch.cat([cm, loss_sum]), device)
-    cm = both[:-1].reshape(c, c).numpy()
+        if positive is not None:
+            scores = logits if probs is None else torch.log(probs.double().clamp_min(1e-300))
+            margin = scores[:, positive] - scores[:, 1 - positive]
+            hist += margin_histogram(margin, y == positive).reshape(-1).double().cpu()
+    both = _all_reduce(torch.cat([cm, hist, loss_sum]), device)
+    cm = both[:c * c].reshape(c, c).numpy()
     n = cm.sum()
     net.train(was_training)
-    return cm, float(both[-1].item() / n) if n else float("nan")
+    return (cm, float(both[-1].item() / n) if n else float("nan"),
+            None if positive is None else both[c * c:-1].reshape(2, MARGIN_BINS).numpy())
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -521,10 +535,7 @@ def setup_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, 
         raise InputError(f"train.epochs must be >= 1, got {n_epochs}")
     if tc.batch_size < 1:
         raise InputError(f"train.batch_size must be >= 1, got {tc.batch_size}")
-    select = tc.select_metric
-    if select not in METRICS_HIGHER + METRICS_LOWER:
-        raise InputError(f"train.select_metric must be one of {', '.join(METRICS_HIGHER + METRICS_LOWER)}, "
-                         f"got {select!r}")
+    select = tc.select_metric                     # checked by validate_config
     seed = tc.seed if tc.seed is not None else cfg.run.seed
     reader = cfg.stream.reader
 
@@ -678,13 +689,23 @@ def validate_epoch(s: TrainingSession, entry: dict) -> float:
     of ``train.select_metric`` that picks the best epoch (minus the train loss without validation)."""
     if not s.val_path:
         return -entry["train_loss"] if s.select not in METRICS_LOWER else entry["train_loss"]
-    cm, vloss = evaluate_table(s.model, s.val_path, read_info(s.val_path), s.device, s.eval_bs, s.reader, s.rank,
-                               s.world_size, s.autocast, s.cfg.stream.workers_count,
-                               predict_fn=_method_predict_fn(s.hook, s.device))
+    info = read_info(s.val_path)
+    positive = None
+    if info.n_classes == 2:
+        support = [(info.class_counts or {}).get(str(i), 0) for i in range(2)]
+        positive = positive_class(info.labels, support)
+    if s.select in RANKING_METRICS and positive is None:
+        raise InputError(f"train.select_metric '{s.select}' needs two-class data; the validation table "
+                         f"has {info.n_classes} classes")
+    cm, vloss, hist = evaluate_table(s.model, s.val_path, info, s.device, s.eval_bs, s.reader, s.rank,
+                                     s.world_size, s.autocast, s.cfg.stream.workers_count,
+                                     predict_fn=_method_predict_fn(s.hook, s.device), positive=positive)
     m = metrics_from_confusion(cm)
     m["val_loss"] = vloss
+    if hist is not None:
+        m.update(ranking_from_histogram(hist))
     entry.update({"val_" + k if k in ("n", "accuracy", "macro_f1", "balanced_accuracy", "g_mean",
-                                       "macro_recall") else k: v for k, v in m.items()
+                                       "macro_recall") + RANKING_METRICS else k: v for k, v in m.items()
                   if k not in ("f1", "support")})
     entry["val_recall"] = entry.pop("recall")
     entry["val_f1_per_class"] = m["f1"]
@@ -708,6 +729,7 @@ def record_epoch(s: TrainingSession, epoch: int, entry: dict, value: float) -> N
         v = entry.get("val_macro_f1")
         console_line(f"epoch {epoch + 1}/{s.n_epochs}: loss {entry['train_loss']:.4f}"
                      + (f"  val macro-F1 {v:.4f}" if v is not None else "")
+                     + (f"  val PR AUC {entry['val_pr_auc']:.4f}" if entry.get("val_pr_auc") is not None else "")
                      + f"  {entry['rows_per_s']:.0f} rows/s", in_ray=s.report_fn is not None)
 
 

@@ -159,3 +159,38 @@ def test_best_epoch_uses_the_logs_numbering(tabular, tmp_path, capsys):
     assert f"val macro-F1 {best_f1:.4f}" in best_line
     meta = json.loads((tmp_path / "out" / "model" / "model.json").read_text())
     assert meta["best_epoch"] == r["best_epoch"] and meta["best_metrics"]["epoch"] == r["best_epoch"]
+
+
+def test_two_class_validation_pr_auc_picks_the_epoch(tmp_path):
+    """Two-class data: every epoch records the positive class's validation PR AUC and ROC AUC, equal to
+    scikit-learn's on the saved model's log-odds rounded to the histogram's step; ``select_metric:
+    pr_auc`` keeps the epoch with the highest. On four classes it is one clear error."""
+    import pyarrow.parquet as pq
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from pipeline.errors import InputError
+    from pipeline.train.confusion import MARGIN_BINS, MARGIN_RANGE
+    from pipeline.train.saved_model import load_model
+    from pipeline.train.trainer import train_local
+
+    write_gaussian_table(tmp_path / "tr", 3000, 2, weights=[30, 1], files=2, seed=0, spread=0.7)
+    write_gaussian_table(tmp_path / "va", 2000, 2, weights=[30, 1], files=2, seed=1, start_id=10**6, spread=0.7)
+    cfg = load_config(None, TAB + ["train.epochs=3", "train.select_metric=pr_auc"])
+    r = train_local(cfg, str(tmp_path / "tr"), str(tmp_path / "va"), str(tmp_path / "out"))
+    aps = [h["val_pr_auc"] for h in r["history"]]
+    assert r["best_epoch"] == 1 + int(np.argmax(aps)) and all(0 < a <= 1 for a in aps)
+    model, _ = load_model(str(tmp_path / "out" / "model"))
+    t = pq.read_table(tmp_path / "va")
+    x = torch.tensor(np.stack(t["features"].to_numpy(zero_copy_only=False)).astype(np.float32))
+    y = t["label"].to_numpy()
+    with torch.no_grad():
+        logits = model.eval()(x).double()
+    margin = (logits[:, 1] - logits[:, 0]).numpy()
+    w = 2 * MARGIN_RANGE / MARGIN_BINS
+    rounded = np.floor((margin + MARGIN_RANGE) / w)
+    best = r["best_metrics"]
+    assert best["val_pr_auc"] == pytest.approx(average_precision_score(y, rounded), abs=1e-12)
+    assert best["val_roc_auc"] == pytest.approx(roc_auc_score(y, rounded), abs=1e-12)
+    with pytest.raises(InputError, match="select_metric 'pr_auc' needs two-class data"):
+        write_gaussian_table(tmp_path / "tr4", 400, 4, files=1, seed=0)
+        train_local(cfg, str(tmp_path / "tr4"), str(tmp_path / "tr4"), str(tmp_path / "out4"))

@@ -97,3 +97,23 @@ def test_old_checkpoints_progress_is_renumbered_like_the_log():
     assert new["best_epoch"] == 1 and new["best_metrics"]["epoch"] == 1
     assert [h["epoch"] for h in new["history"]] == [1, 2]
     assert upgrade_progress(new) == new                                # today's files are left alone
+
+
+def test_ranking_from_histogram_equals_scikit_learn_on_binned_scores():
+    """AP and ROC AUC from the log-odds histogram equal scikit-learn's on scores rounded to its bins
+    (ties within a bin are one threshold), and histograms of two shards add up."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from pipeline.train.confusion import MARGIN_BINS, MARGIN_RANGE, margin_histogram, ranking_from_histogram
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(30000) < 0.004).astype(int)
+    m = rng.standard_t(3, 30000) * 4 + 3.0 * y          # heavy tails: some land in the end bins
+    w = 2 * MARGIN_RANGE / MARGIN_BINS
+    rounded = np.clip(np.floor((m + MARGIN_RANGE) / w), 0, MARGIN_BINS - 1)
+    h = (margin_histogram(torch.tensor(m[:12345]), torch.tensor(y[:12345]))
+         + margin_histogram(torch.tensor(m[12345:]), torch.tensor(y[12345:]))).numpy()
+    r = ranking_from_histogram(h)
+    assert r["pr_auc"] == pytest.approx(average_precision_score(y, rounded), abs=1e-12)
+    assert r["roc_auc"] == pytest.approx(roc_auc_score(y, rounded), abs=1e-12)
+    assert ranking_from_histogram(np.stack([h[0], 0 * h[1]])) == {"pr_auc": None, "roc_auc": None}
