@@ -66,6 +66,9 @@ from pipeline.io import fingerprint, local_path, read_json, write_json
 
 TRIAL_METRICS = ["macro_f1", "g_mean", "balanced_accuracy", "macro_roc_auc", "macro_pr_auc", "l5_f1", "rest_f1",
                  "accuracy"]
+#: two-class trials add the rare-event metrics of ``metrics.json["binary"]``, named by their keys there
+BINARY_METRICS = ["binary.pr_auc", "binary.roc_auc", "binary.recall_at_precision.0.5",
+                  "binary.recall_at_precision.0.9", "binary.precision_at_k.0.001", "binary.precision_at_k.0.01"]
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
@@ -221,7 +224,8 @@ def _rows_from(summary: dict, level: dict, method: dict, seed: int) -> list[dict
     base = {"level": level["rho"] if level["rho"] is not None else level["name"], "level_name": level["name"],
             "seed": seed, "run_dir": summary["run_dir"], "train_seconds": summary["seconds"].get("train"),
             "trial_seconds": summary.get("wall_seconds"), "started": summary.get("started"),
-            "finished": summary.get("finished"), "data_dir": summary.get("data_dir")}
+            "finished": summary.get("finished"), "data_dir": summary.get("data_dir"),
+            **training_cost(Path(summary["run_dir"])), **binary_metrics(summary.get("binary"))}
     raw, adjusted = summary["metrics"], summary.get("metrics_adjusted")
     if method["threshold_variant"]:  # run_experiment checked that the trial moves thresholds
         return [{"method": method["name"], **base, "decisions": "raw", **{k: raw.get(k) for k in TRIAL_METRICS}},
@@ -230,6 +234,30 @@ def _rows_from(summary: dict, level: dict, method: dict, seed: int) -> list[dict
     chosen = adjusted if adjusted is not None else raw
     return [{"method": method["name"], **base, "decisions": "raw" if adjusted is None else "threshold moving",
              **{k: chosen.get(k) for k in TRIAL_METRICS}}]
+
+
+def binary_metrics(binary: Optional[dict]) -> dict:
+    """The :data:`BINARY_METRICS` of a trial's ``metrics.json["binary"]`` (none for multi-class data).
+    Threshold moving moves decisions, not scores, so a threshold-moving variant shares them."""
+    if not binary:
+        return {}
+    out = {}
+    for name in BINARY_METRICS:
+        _, field, *level = name.split(".", 2)
+        value = binary.get(field)
+        out[name] = value.get(level[0]) if level and isinstance(value, dict) else value
+    return out
+
+
+def training_cost(run_dir: Path) -> dict:
+    """Rows the training loop read (all epochs, all workers) and the epochs it ran, from
+    ``train/train_summary.json``."""
+    path = run_dir / "train" / "train_summary.json"
+    if not path.is_file():
+        return {}
+    ts = read_json(path)
+    return {"train_rows_seen": sum(int(h.get("rows", 0)) for h in ts.get("history", [])),
+            "epochs_run": ts.get("epochs_run"), "best_epoch": ts.get("best_epoch")}
 
 
 def level_deltas(spark, rows: list[dict], reference: str, level_col: str, n_classes: int,
@@ -348,7 +376,7 @@ def run_experiment(cfg: Config) -> str:
     rows, failed = _write_trials(out, grid, results)
     if rows:
         trials = pd.DataFrame(rows)
-        wanted = [m for m in (exp.metrics or TRIAL_METRICS) if m in trials]
+        wanted = [m for m in (exp.metrics or TRIAL_METRICS + BINARY_METRICS) if m in trials]
         metrics = [m for m in wanted if trials[m].notna().any()]
         # blocks are (level, seed): by ρ when every level has its own ρ, else by the level's name
         rhos = [str(lv["rho"]) for lv in levels]
@@ -357,7 +385,7 @@ def run_experiment(cfg: Config) -> str:
         deltas = level_deltas(get_spark(cfg.spark), rows, methods[0]["name"], level_col,
                               _n_classes(rows), cfg.data.label_col)
         write_experiment_report(trials, out, metrics=metrics, by=("method", level_col),
-                                title=f"Experiment {cfg.run.id}", deltas=deltas)
+                                title=f"Experiment {cfg.run.id}", deltas=deltas, reference=methods[0]["name"])
         log(f"experiment: {len(rows)} results from {len(grid) - len(failed)} trials; report: {out / 'report.html'}")
         tracking.log_experiment(parent, out)
     parent.finish("FAILED" if failed else "FINISHED")

@@ -619,10 +619,60 @@ def _deltas_blocks(deltas: list[dict]) -> list[tuple]:
                        "macro F1"], rows)]
 
 
+def paired_differences(df: pd.DataFrame, metric: str, reference: str, block_cols: Sequence[str],
+                       method_col: str = "method", confidence: float = 0.95) -> list[dict]:
+    """Each method − ``reference`` on ``metric``, paired within blocks (level, seed): the mean
+    difference over the blocks both have, with its Student-t interval over those blocks. When every
+    seed draws its own data and split (as the experiment's shared data stages do), the spread of
+    the blocks covers the data, the split, training and the test rows at once."""
+    cols = list(block_cols)
+    ref = df[df[method_col].astype(str) == reference].set_index(cols)[metric]
+    out = []
+    for method in dict.fromkeys(df[method_col].astype(str)):
+        if method == reference:
+            continue
+        mine = df[df[method_col].astype(str) == method].set_index(cols)[metric]
+        diff = (mine - ref).dropna()
+        mean, half, n = t_confidence_interval(diff.to_numpy(), confidence)
+        out.append({"method": method, "reference": reference, "metric": metric, "n": int(n), "mean": mean,
+                    "ci": [mean - half, mean + half] if np.isfinite(half) else [None, None]})
+    return out
+
+
+def _cost_blocks(df: pd.DataFrame, method_col: str) -> list[tuple]:
+    """A table of what each method's training cost: rows read, epochs run, training-stage seconds."""
+    cols = [c for c in ("train_rows_seen", "epochs_run", "train_seconds", "trial_seconds") if c in df]
+    if "train_rows_seen" not in cols:
+        return []
+    means = df.groupby(df[method_col].astype(str))[cols].mean()
+    rows = [[m] + [f"{means.loc[m, c]:,.0f}" if c == "train_rows_seen" else _fmt(means.loc[m, c], 1) for c in cols]
+            for m in means.index]
+    return [("h2", "Training cost (mean per trial)"),
+            ("p", "Rows the training loop read over all its epochs, the epochs it ran (early stopping may end it "
+                  "before train.epochs), and the seconds of the training stage and of the whole trial."),
+            ("table", ["method"] + cols, rows)]
+
+
+def _paired_blocks(df: pd.DataFrame, metrics: list[str], reference: str, block_cols: Sequence[str],
+                   method_col: str) -> tuple[list[tuple], list[dict]]:
+    found = [d for m in metrics for d in paired_differences(df, m, reference, block_cols, method_col)]
+    if not found:
+        return [], []
+    rows = [[d["metric"], d["method"], d["n"], f"{d['mean']:+.4f}",
+             "n/a" if d["ci"][0] is None else f"[{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]",
+             "n/a" if d["ci"][0] is None else "better" if d["ci"][0] > 0 else "worse" if d["ci"][1] < 0
+             else "no clear change"] for d in found]
+    text = (f"Each method − {reference} within each block ({', '.join(block_cols)}): the mean difference and its "
+            "95% Student-t interval over the blocks. Better / worse: the interval excludes 0.")
+    return [("h2", f"Paired difference to {reference}"), ("p", text),
+            ("table", ["metric", "method", "blocks", "mean difference", "95% CI", "verdict"], rows)], found
+
+
 def write_experiment_report(trials_df: pd.DataFrame, out_dir: str | os.PathLike,
                             metrics: list[str] | None = None, by: Sequence[str] = ("method", "level"),
                             seed_col: str = "seed", alpha: float = 0.05,
-                            title: str = "Experiment report", deltas: list[dict] | None = None) -> dict:
+                            title: str = "Experiment report", deltas: list[dict] | None = None,
+                            reference: str | None = None) -> dict:
     """Write the experiment's tables, tests, plots and report into ``out_dir``.
 
     Files: ``results.csv`` (the trials as given), ``summary.csv`` (:func:`summarize_trials`),
@@ -634,7 +684,10 @@ def write_experiment_report(trials_df: pd.DataFrame, out_dir: str | os.PathLike,
     directory and moved into ``out_dir`` at the end (``report.html`` last), so a crash leaves no
     half-written report; other files in ``out_dir`` are left alone. ``deltas``: each method − the
     reference on each level with two-level bootstrap intervals (:func:`pipeline.flows.experiment.level_deltas`),
-    written to ``stats.json`` ``two_level_deltas`` and tabled in the report. Returns ``{"paths": {...},
+    written to ``stats.json`` ``two_level_deltas`` and tabled in the report. ``reference`` (default:
+    the first method by name): the method every other is paired with (:func:`paired_differences`,
+    ``stats.json`` ``paired_differences``). A training-cost table is added when the trials have
+    ``train_rows_seen``. Returns ``{"paths": {...},
     "stats": ..., "summary": DataFrame}``.
     """
     by = list(by)
@@ -674,6 +727,9 @@ def write_experiment_report(trials_df: pd.DataFrame, out_dir: str | os.PathLike,
         if deltas:
             blocks += _deltas_blocks(deltas)
         all_stats["two_level_deltas"] = deltas or []
+        paired, all_stats["paired_differences"] = _paired_blocks(trials_df, metrics, reference or methods[0],
+                                                                 block_cols, method_col)
+        blocks += paired + _cost_blocks(trials_df, method_col)
         rank_rows = []
         for m in metrics:
             fr = all_stats["metrics"][m]["friedman"]
@@ -754,4 +810,4 @@ def write_experiment_report(trials_df: pd.DataFrame, out_dir: str | os.PathLike,
 __all__ = ["DEFAULT_METRICS", "summarize_trials", "t_confidence_interval", "friedman_test",
            "friedman_statistic", "iman_davenport", "average_ranks", "nemenyi", "nemenyi_q", "cd_cliques",
            "holm", "wilcoxon_holm", "plot_critical_difference", "plot_metric_vs_rho",
-           "write_experiment_report"]
+           "paired_differences", "write_experiment_report"]
