@@ -331,3 +331,48 @@ def test_report_degenerate_inputs(tmp_path):
     with pytest.raises(InputError, match="l5_f1"):
         es.write_experiment_report(_trials(), tmp_path / "r3", metrics=["l5_f1"])
     assert not (tmp_path / "r3" / "report.html").exists()
+
+
+def test_paired_differences_match_scipy_paired_t_and_report_the_cost(tmp_path):
+    """Method − reference within (level, seed) blocks: the mean and scipy's paired Student-t interval;
+    an incomplete block is left out; the report tables the differences and the training cost."""
+    df = _trials(methods=("baseline", "ros", "rus"), levels=(10, 100), seeds=range(4), noise=0.03)
+    df = df[~((df.method == "rus") & (df.level == 100) & (df.seed == 3))]     # one trial missing
+    df["train_rows_seen"] = np.where(df.method == "rus", 2_000, 80_000)
+    got = {d["method"]: d for d in es.paired_differences(df, "macro_f1", "baseline", ["level", "seed"])}
+    for m, n in (("ros", 8), ("rus", 7)):
+        a = df[df.method == m].set_index(["level", "seed"])["macro_f1"]
+        b = df[df.method == "baseline"].set_index(["level", "seed"])["macro_f1"]
+        d = (a - b).dropna()
+        ci = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+        assert got[m]["n"] == n and got[m]["mean"] == pytest.approx(d.mean())
+        assert got[m]["ci"] == pytest.approx(list(ci))
+    es.write_experiment_report(df, tmp_path, metrics=["macro_f1"], reference="baseline")
+    md = (tmp_path / "report.md").read_text()
+    assert "Paired difference to baseline" in md and f"{got['ros']['mean']:+.4f}" in md
+    assert "Training cost" in md and "| rus | 2,000 |" in md
+    st = json.loads((tmp_path / "stats.json").read_text())
+    assert {d["method"] for d in st["paired_differences"]} == {"ros", "rus"}
+
+
+def test_trial_rows_carry_the_binary_metrics_and_training_cost(tmp_path):
+    """A two-class trial's row holds the metrics.json["binary"] values under their dotted keys (its
+    threshold-moving variant the same: moving thresholds does not move scores) and the rows read."""
+    from pipeline.flows.experiment import BINARY_METRICS, _rows_from
+    from pipeline.io import write_json
+
+    (tmp_path / "train").mkdir()
+    write_json(tmp_path / "train" / "train_summary.json",
+               {"epochs_run": 2, "best_epoch": 2, "history": [{"rows": 1000}, {"rows": 1010}]})
+    binary = {"pr_auc": 0.3, "roc_auc": 0.9, "recall_at_precision": {"0.5": 0.4, "0.9": 0.05},
+              "precision_at_k": {"0.001": 0.5, "0.01": 0.1}}
+    head = {"macro_f1": 0.6}
+    summary = {"run_dir": str(tmp_path), "seconds": {"train": 3.0}, "metrics": head, "binary": binary,
+               "metrics_adjusted": {"macro_f1": 0.7}}
+    rows = _rows_from(summary, {"name": "base", "rho": None},
+                      {"name": "baseline", "threshold_variant": "prior_threshold"}, 0)
+    assert [r["method"] for r in rows] == ["baseline", "prior_threshold"]
+    for r in rows:
+        assert [r[k] for k in BINARY_METRICS] == [0.3, 0.9, 0.4, 0.05, 0.5, 0.1]
+        assert r["train_rows_seen"] == 2010 and r["epochs_run"] == 2
+    assert rows[0]["macro_f1"] == 0.6 and rows[1]["macro_f1"] == 0.7
