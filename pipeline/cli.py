@@ -14,7 +14,7 @@ import sys
 import warnings
 from typing import Callable, Sequence
 
-from pipeline.config import load_config
+from pipeline.config import DataSection, load_config
 from pipeline.config_keys import config_keys, format_config, format_keys, with_suggestion
 from pipeline.engines import get_spark, stop_ray
 from pipeline.errors import InputError
@@ -35,6 +35,8 @@ from pipeline.train.predict import predict_from_config
 LABEL_HELP = "name of the label column (default: label)"
 CONFIG_HELP = ("Every config key with its type, default and meaning: imbalance config keys; the resolved "
                "config: imbalance config show CONFIG [key=value ...].")
+
+MIN_SIZE = DataSection().min_size          # one default for ingest, split and data.min_size
 
 
 def _levels(text: str) -> list[float]:
@@ -318,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label-from", choices=["folder", "manifest"], default="folder",
                    help="class from the first folder under the root (default) or from --manifest")
     s.add_argument("--manifest", default=None, help="CSV or Parquet with path,label (paths relative to the root)")
-    s.add_argument("--min-size", type=int, default=2, help="reject images narrower or lower than this (default 2)")
+    s.add_argument("--min-size", type=int, default=MIN_SIZE,
+                   help=f"reject images narrower or lower than this (default {MIN_SIZE}, as data.min_size)")
     s.set_defaults(func=cmd_ingest)
 
     s = sub.add_parser("profile", help="class distribution: counts, rho, minority classes, chart")
@@ -339,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mode", choices=["L", "RGB"], default="L", help="encoded images: L (default) or RGB")
     s.add_argument("--resize", choices=["pad", "crop", "stretch"], default="pad",
                    help="encoded images: pad (keep aspect, default), crop or stretch")
-    s.add_argument("--min-size", type=int, default=1, help="encoded images: reject images smaller than this")
+    s.add_argument("--min-size", type=int, default=MIN_SIZE,
+                   help=f"encoded images: reject images narrower or lower than this (default {MIN_SIZE}, as data.min_size)")
     s.set_defaults(func=cmd_split)
 
     s = sub.add_parser("sample", help="exact distributed RUS/ROS/threshold/floor/hybrid sampling")

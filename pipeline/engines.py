@@ -135,13 +135,6 @@ def package_zip() -> Path:
     return out
 
 
-def stop_spark() -> None:
-    # deferred: pyspark is slow to import
-    from pyspark.sql import SparkSession
-
-    s = SparkSession.getActiveSession()
-    if s is not None:
-        s.stop()
 
 
 def get_ray(cfg: "RaySection | None" = None) -> None:

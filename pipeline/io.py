@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,6 +20,9 @@ from typing import Any, Iterator
 import numpy as np
 
 SUCCESS = "_SUCCESS"
+#: a training method's JSON-able state beside its model (written by pipeline.train.hook_base, read
+#: by the report, which runs without torch)
+METHOD_SUMMARY_FILE = "method_state.json"
 
 # A line a Ray worker prints for the user starts with this mark: the driver (engines.get_ray)
 # shows such lines on its console without Ray's "(pid=...)" prefix and sends every other worker
@@ -92,6 +96,19 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         json.dump(obj, f, indent=2, sort_keys=False, default=json_default)
         f.write("\n")
     os.replace(tmp, path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically (temp file + rename): readers see the old file or the new one."""
+    path = local_path(path)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def log(msg: str) -> None:
+    """A progress line for the user, on stderr (stdout carries the command's result)."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 def read_json(path: str | os.PathLike) -> Any:

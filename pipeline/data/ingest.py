@@ -33,10 +33,10 @@ aggregates; a bad file never stops the job: empty, not an image, truncated or co
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
-import sys
 import threading
 import time
 from typing import Iterator, Optional
@@ -48,7 +48,7 @@ from pipeline.data.images import (DECODED_FIELDS, EMPTY, EXTENSIONS, check_optio
 from pipeline.data.schema import DatasetInfo, write_info
 from pipeline.data.source import label_index, write_labels
 from pipeline.errors import InputError
-from pipeline.io import atomic_dir, is_local, local_path, spark_uri, write_json
+from pipeline.io import atomic_dir, is_local, local_path, log, spark_uri, write_json
 
 SUMMARY_FILE = "ingest.json"
 DATA_DIR = "data"
@@ -60,10 +60,6 @@ LABEL_FROM = ("folder", "manifest")
 REJECTED_COLS = ["path", "label", "id", "sha1", "reason"]
 DATA_COLS = ["id", "label", "image", "path", "width", "height", "sha1"]
 READERS = ("auto", "python", "spark")
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def extension_glob(extensions=EXTENSIONS) -> str:
@@ -503,7 +499,7 @@ def _ingest(spark, images, out, files, raw, m, direct, size, mode, resize, label
             spark.conf.set(k, v)
         spark.sparkContext.setJobGroup(group, f"imbalance ingest {images}")
         try:
-            with (Progress(spark, group, n_files) if progress else _Null()):
+            with (Progress(spark, group, n_files) if progress else contextlib.nullcontext()):
                 (dec.select(*DATA_COLS, "reason", "_ok").write.partitionBy("_ok")
                  .parquet(spark_uri(tmp / "_all")))
         finally:
@@ -562,14 +558,6 @@ def _ingest(spark, images, out, files, raw, m, direct, size, mode, resize, label
             summary["manifest_rows_without_file"] = manifest_missing
         write_json(tmp / SUMMARY_FILE, summary)
     return summary
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
 
 
 def format_summary(s: dict) -> str:

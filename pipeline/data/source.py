@@ -6,7 +6,7 @@ from typing import Optional
 
 from pipeline.data.schema import FEATURES_COL, IMAGE_COL, DatasetInfo, has_info, read_info
 from pipeline.errors import InputError
-from pipeline.io import is_local, local_path, read_json, spark_uri, write_json
+from pipeline.io import is_local, local_path, spark_uri, write_json
 
 LABELS_FILE = "labels.json"
 
@@ -88,6 +88,3 @@ def write_labels(directory: str | os.PathLike, labels: list) -> None:
     write_json(local_path(directory) / LABELS_FILE, {"labels": list(labels)})
 
 
-def read_labels(directory: str | os.PathLike) -> Optional[list]:
-    p = local_path(directory) / LABELS_FILE
-    return read_json(p)["labels"] if p.is_file() else None

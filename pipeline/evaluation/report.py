@@ -15,8 +15,6 @@ import base64
 import html
 import io
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -41,10 +39,9 @@ from pipeline.evaluation.report_sections import (
     train_counts,
     what_ran,
 )
-from pipeline.io import local_path, read_json, spark_uri
+from pipeline.io import METHOD_SUMMARY_FILE, local_path, read_json, spark_uri, write_text
 from pipeline.prep.profile import MINORITY_RULE, describe_counts, plot_distribution
 
-METHOD_SUMMARY_FILE = "method_state.json"   # the training method's JSON-able state (pipeline.train.hook_base)
 
 FIG_DIR = "figures"
 
@@ -57,12 +54,6 @@ def _fmt(v, digits: int = 4) -> str:
             return "—"
         return fixed(v, digits)
     return str(v)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _plt():
@@ -481,7 +472,7 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
         md += costs_section[0]
     for t, fname, _, cap in figures:
         md += ["", f"## {t}", "", f"![{t}]({FIG_DIR}/{fname})", "", cap]
-    _write_text(out / "report.md", "\n".join(md) + "\n")
+    write_text(out / "report.md", "\n".join(md) + "\n")
 
     # --- HTML (self-contained)
     e = html.escape
@@ -525,7 +516,7 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
                      f"<p class='cap'>{e(cap)}</p>")
     parts.append(SORT_SCRIPT)
     parts.append("</body></html>")
-    _write_text(out / "report.html", "\n".join(parts) + "\n")
+    write_text(out / "report.html", "\n".join(parts) + "\n")
     if boot:
         (out / "intervals.json").write_text(json.dumps(boot))
     return {"markdown": str(out / "report.md"), "html": str(out / "report.html"),

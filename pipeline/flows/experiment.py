@@ -60,9 +60,9 @@ from pipeline.engines import get_ray, get_spark
 from pipeline.evaluation.intervals import blocked_deltas
 from pipeline.errors import ConfigError, InputError
 from pipeline.flows import tracking
-from pipeline.flows.run import log, prepare_data, run_pipeline
+from pipeline.flows.run import prepare_data, run_pipeline
 from pipeline.flows.validate import validate_config
-from pipeline.io import fingerprint, local_path, read_json, write_json
+from pipeline.io import fingerprint, local_path, log, read_json, write_json
 
 TRIAL_METRICS = ["macro_f1", "g_mean", "balanced_accuracy", "macro_roc_auc", "macro_pr_auc", "l5_f1", "rest_f1",
                  "accuracy"]

@@ -43,10 +43,10 @@ from pipeline.errors import InputError
 from pipeline.evaluation.evaluate import evaluate_predictions
 from pipeline.flows import promotion
 from pipeline.flows.gate import gate
-from pipeline.flows.run import log, run_pipeline
+from pipeline.flows.run import run_pipeline
 from pipeline.flows.tracking import RECORD
 from pipeline.flows.validate import validate_config
-from pipeline.io import local_path, path_fingerprint, read_json, write_json
+from pipeline.io import local_path, log, path_fingerprint, read_json, write_json
 from pipeline.train.predict import predict
 
 

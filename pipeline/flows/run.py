@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -52,6 +51,7 @@ from pipeline.io import (
     atomic_dir,
     fingerprint,
     local_path,
+    log,
     path_fingerprint,
     read_json,
     read_success,
@@ -64,10 +64,6 @@ from pipeline.prep.sampling import format_manifest, read_training_counts, sample
 from pipeline.stream.materialize import materialize
 from pipeline.train import PIPELINE_METHODS
 from pipeline.train.predict import predict
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 class StageRunner:

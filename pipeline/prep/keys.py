@@ -80,7 +80,7 @@ def rank_thresholds(keyed: DataFrame, label_col: str, class_counts: Mapping, cut
     targets = []          # (label, bin, rank inside the bin)
     plan: dict = {}
     for label, grp in bin_counts.groupby(label_col, sort=False):
-        label = _native(label)
+        label = python_scalar(label)
         cuts = sorted(int(k) for k in cutoffs.get(label, []))
         plan[label] = (sum(1 for k in cuts if k <= 0), [])
         grp = grp.sort_values(BIN)
@@ -98,7 +98,7 @@ def rank_thresholds(keyed: DataFrame, label_col: str, class_counts: Mapping, cut
     w = Window.partitionBy(label_col, BIN).orderBy(KEY, id_col)
     edge = (binned.join(F.broadcast(wanted.select(label_col, BIN).distinct()), on=[label_col, BIN])
             .withColumn("_at", (F.row_number().over(w) - 1).cast("int")))
-    at = {(_native(r[0]), int(r[1]), int(r[2])): (int(r[3]), r[4]) for r in
+    at = {(python_scalar(r[0]), int(r[1]), int(r[2])): (int(r[3]), r[4]) for r in
           edge.join(F.broadcast(wanted.distinct()), on=[label_col, BIN, "_at"])
               .select(label_col, BIN, "_at", KEY, id_col).collect()}
     for label, b, rank in targets:       # a repeated cut-off (a zero fraction) is counted twice
@@ -172,14 +172,14 @@ def assign_buckets(
     return keyed.withColumn(BUCKET, bucket_col(plan, label_col, id_col, df.schema[id_col].dataType))
 
 
-def _native(v):
+def python_scalar(v):
     """numpy scalar → Python scalar (for dict keys and Spark literals)."""
     return v.item() if hasattr(v, "item") else v
 
 
 def exact_counts(df: DataFrame, label_col: str) -> dict:
     """Exact row count per label (a small aggregate)."""
-    return {_native(r[0]): int(r[1]) for r in df.groupBy(label_col).count().collect()}
+    return {python_scalar(r[0]): int(r[1]) for r in df.groupBy(label_col).count().collect()}
 
 
 def split_cutoffs(class_counts: Mapping, fractions: Sequence[float]) -> dict:

@@ -67,6 +67,7 @@ import numpy as np
 from pipeline.data.schema import has_info, read_info, write_info
 from pipeline.errors import InputError
 from pipeline.io import atomic_dir, is_local, label_key, local_path, read_json, spark_uri, write_json
+from pipeline.prep.keys import python_scalar
 from pipeline.prep.literals import array_sql
 
 log = logging.getLogger(__name__)
@@ -349,10 +350,6 @@ def _prefix(bits: int):
     return F.shiftright(F.col(_KEY), 64 - bits)
 
 
-def _native(v):
-    return v.item() if hasattr(v, "item") else v
-
-
 def _bin_counts(keyed, label_col: str, bits: int):
     """Rows per (class, top-``bits`` key prefix) as a pandas frame sorted by class and bin."""
     pdf = keyed.groupBy(label_col, _prefix(bits).alias(_BIN)).count().toPandas()
@@ -368,7 +365,7 @@ def _histogram(df, label_col: str, seed: int, bits: int):
     counts, hist = {}, {}
     for lab, grp in pdf.groupby(label_col, sort=True):
         grp = grp.sort_values(_BIN)
-        lab = _native(lab)
+        lab = python_scalar(lab)
         hist[lab] = (grp[_BIN].to_numpy(np.int64), grp["count"].to_numpy(np.int64))
         counts[lab] = int(grp["count"].sum())
     return counts, hist
@@ -423,7 +420,7 @@ def _thresholds(spark, df, label_col: str, seed: int, bits: int, hist: dict,
         pdf = (sub.groupBy(label_col, F.expr(f"shiftright({_KEY}, 64 - _depth)").alias(_BIN))
                   .count().toPandas())
         for lab, grp in pdf.groupby(label_col, sort=True):
-            lab = _native(lab)
+            lab = python_scalar(lab)
             grp = grp.sort_values(_BIN)
             old_bits, _, m, _ = state[lab]
             b, m2, size = _locate(grp[_BIN].to_numpy(), grp["count"].to_numpy(), m)
@@ -438,7 +435,7 @@ def _thresholds(spark, df, label_col: str, seed: int, bits: int, hist: dict,
               .join(F.broadcast(ranks), on=label_col, how="inner")
               .filter(F.col("_rn") == F.col("_m"))
               .select(label_col, _KEY, "id").collect())
-    out = {_native(r[0]): (int(r[1]), r[2]) for r in picked}
+    out = {python_scalar(r[0]): (int(r[1]), r[2]) for r in picked}
     missing = [lab for lab in state if lab not in out]
     if missing:  # pragma: no cover - would mean the histogram and pass 2 disagree
         raise RuntimeError(f"no threshold row found for classes {missing}")
@@ -475,7 +472,7 @@ def _plain_counts(df, label_col: str) -> dict:
     nulls = sum(int(r[1]) for r in rows if r[0] is None)
     if nulls:
         raise InputError(f"{nulls} rows have a null label in column '{label_col}'")
-    return {_native(r[0]): int(r[1]) for r in rows}
+    return {python_scalar(r[0]): int(r[1]) for r in rows}
 
 
 WINDOW_Z = 8.0             # candidate window half-width, in standard deviations (+ Z**2 rows)
@@ -535,12 +532,12 @@ def _window_pass(df, label_col: str, seed: int, counts: Mapping, extra: Mapping)
     if pdf[label_col].isna().any():
         nulls = int(pdf.loc[pdf[label_col].isna(), "_n"].sum())
         raise InputError(f"{nulls} rows have a null label in column '{label_col}'")
-    real = {_native(lab): int(n) for lab, n in pdf.groupby(label_col)["_n"].sum().items()}
+    real = {python_scalar(lab): int(n) for lab, n in pdf.groupby(label_col)["_n"].sum().items()}
     if real != dict(counts):
         return real, None
     thr = {}
     for lab, grp in pdf.groupby(label_col, sort=False):
-        lab = _native(lab)
+        lab = python_scalar(lab)
         if lab not in want:
             continue
         below = int(grp.loc[grp["_zone"] == 0, "_n"].sum())
@@ -553,7 +550,7 @@ def _window_pass(df, label_col: str, seed: int, counts: Mapping, extra: Mapping)
         keys = cands["_ck"].to_numpy(np.int64)
         i = int(np.argsort(keys, kind="stable")[m - 1])
         ident_v = cands["_id"].iloc[i]
-        thr[lab] = (int(keys[i]), _native(ident_v))
+        thr[lab] = (int(keys[i]), python_scalar(ident_v))
     return real, thr
 
 
@@ -729,7 +726,7 @@ def sample_dataset(spark, input: str, out: str, strategy: str, target: Any = "au
         t_write = time.time()
         # achieved counts, measured on what was written (reads only the label column)
         written = spark.read.parquet(spark_uri(data))
-        achieved = {_native(r[0]): int(r[1])
+        achieved = {python_scalar(r[0]): int(r[1])
                     for r in written.groupBy(label_col).count().collect()}
         achieved = {c: achieved.get(c, 0) for c in plan}
         if achieved != plan:

@@ -40,9 +40,9 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-METHOD_STATE_FILE = "method_state.pt"
-METHOD_SUMMARY_FILE = "method_state.json"   # the JSON-able part of the state, for readers without torch
+from pipeline.io import METHOD_SUMMARY_FILE
 
+METHOD_STATE_FILE = "method_state.pt"
 
 
 @dataclass
