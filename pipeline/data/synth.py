@@ -31,6 +31,17 @@ Class counts are exact: fractions × rows rounded by largest remainder (each cla
 row). Row ``i`` gets its class from an affine permutation of ``0..rows-1``, so every file holds
 a mix of classes, and its pixels from a generator seeded by (seed, partition), so a dataset is
 fully determined by (preset, rows, seed, partitions).
+
+References:
+
+* H. Lee, M. Park, J. Kim, "Plankton classification on imbalanced large scale database via
+  convolutional neural networks with transfer learning", ICIP 2016,
+  https://doi.org/10.1109/ICIP.2016.7533053
+* M. Buda, A. Maki, M. A. Mazurowski, "A systematic study of the class imbalance problem in
+  convolutional neural networks", Neural Networks 106 (2018),
+  https://doi.org/10.1016/j.neunet.2018.07.011
+* J. M. Johnson, T. M. Khoshgoftaar, "Survey on deep learning with class imbalance", Journal of Big
+  Data 6, 27 (2019), https://doi.org/10.1186/s40537-019-0192-5
 """
 from __future__ import annotations
 

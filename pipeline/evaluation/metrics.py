@@ -53,6 +53,14 @@ name (docs/metrics.md documents every field):
 * ``macro.balanced_accuracy`` = ``mean_ovr_balanced_accuracy`` = (1/K) Σ_c (recall_c +
   specificity_c)/2 — the mean of the per-class one-vs-rest values, much higher than the first
   when there are many classes (every class's specificity is near 1).
+
+References:
+
+* H. Lee, M. Park, J. Kim, "Plankton classification on imbalanced large scale database via
+  convolutional neural networks with transfer learning", ICIP 2016,
+  https://doi.org/10.1109/ICIP.2016.7533053
+* J. M. Johnson, T. M. Khoshgoftaar, "Survey on deep learning with class imbalance", Journal of Big
+  Data 6, 27 (2019), https://doi.org/10.1186/s40537-019-0192-5
 """
 from __future__ import annotations
 

@@ -13,6 +13,16 @@ Rules (each adds ``pred_adjusted`` to a predictions table; ``probs`` and ``pred`
 * ``tuned`` — binary only: a threshold chosen on the *validation* predictions to maximise a metric
   (F1 by default) over every distinct score, computed exactly in Spark by
   :func:`tune_threshold`; predict positive when ``p_1 ≥ t``.
+
+References:
+
+* M. Buda, A. Maki, M. A. Mazurowski, "A systematic study of the class imbalance problem in
+  convolutional neural networks", Neural Networks 106 (2018),
+  https://doi.org/10.1016/j.neunet.2018.07.011
+* C. X. Ling, V. S. Sheng, "Cost-sensitive learning and the class imbalance problem", Encyclopedia
+  of Machine Learning (2010), https://doi.org/10.1007/978-0-387-30164-8_181
+* J. M. Johnson, T. M. Khoshgoftaar, "Survey on deep learning with class imbalance", Journal of Big
+  Data 6, 27 (2019), https://doi.org/10.1186/s40537-019-0192-5
 """
 from __future__ import annotations
 

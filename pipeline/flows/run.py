@@ -22,6 +22,15 @@ Methods (``train.method``):
     augmented in the reader — for ``method_params.pretrain_epochs`` epochs, then fine-tune all
     layers on the full training split for ``train.epochs`` epochs (learning rate
     ``method_params.finetune_lr``, default ``train.lr``), starting from the pre-trained weights.
+
+References:
+
+* H. Lee, M. Park, J. Kim, "Plankton classification on imbalanced large scale database via
+  convolutional neural networks with transfer learning", ICIP 2016,
+  https://doi.org/10.1109/ICIP.2016.7533053
+* M. Buda, A. Maki, M. A. Mazurowski, "A systematic study of the class imbalance problem in
+  convolutional neural networks", Neural Networks 106 (2018),
+  https://doi.org/10.1016/j.neunet.2018.07.011
 """
 from __future__ import annotations
 

@@ -5,6 +5,11 @@ fraction}``, largest first), ``rho`` = max class size / min class size (survey E
 ``min_class_size``, ``max_class_size``, ``minority_classes`` (see :data:`MINORITY_RULE`),
 ``top5_fraction``. A log-scale bar chart
 ``class_distribution.png`` and ``labels.json`` (original label values in index order) sit beside it.
+
+References:
+
+* J. M. Johnson, T. M. Khoshgoftaar, "Survey on deep learning with class imbalance", Journal of Big
+  Data 6, 27 (2019), https://doi.org/10.1186/s40537-019-0192-5
 """
 from __future__ import annotations
 

@@ -53,6 +53,14 @@ Spark's ``sampleBy`` (Bernoulli per row) only hits its counts in expectation; a 
 per class gives exact ranks but puts the whole majority class into one task. Here exactness
 costs one scan of two narrow columns beyond what ``sampleBy`` needs (it, too, must count the
 classes to set its fractions), plus the count check on the output.
+
+References:
+
+* H. Lee, M. Park, J. Kim, "Plankton classification on imbalanced large scale database via
+  convolutional neural networks with transfer learning", ICIP 2016,
+  https://doi.org/10.1109/ICIP.2016.7533053
+* J. M. Johnson, T. M. Khoshgoftaar, "Survey on deep learning with class imbalance", Journal of Big
+  Data 6, 27 (2019), https://doi.org/10.1186/s40537-019-0192-5
 """
 from __future__ import annotations
 

@@ -20,6 +20,14 @@ further copy (copy number ≥ 1) is augmented as it is read, so no duplicate is 
 
 The random draws come from the reader's seeded generator, so an epoch is reproducible given
 the seed; everything is batched tensor work.
+
+References:
+
+* H. Lee, M. Park, J. Kim, "Plankton classification on imbalanced large scale database via
+  convolutional neural networks with transfer learning", ICIP 2016,
+  https://doi.org/10.1109/ICIP.2016.7533053
+* J. M. Johnson, T. M. Khoshgoftaar, "Survey on deep learning with class imbalance", Journal of Big
+  Data 6, 27 (2019), https://doi.org/10.1186/s40537-019-0192-5
 """
 from __future__ import annotations
 

@@ -46,6 +46,12 @@ groups (about 12 bytes a row, no features or images), computes every shard's exa
 count (:func:`sampled_shard_rows`), and runs ``ceil(max / batch_size)`` steps, topping up with fill
 rows drawn from its own sampled shard as above. Only the Petastorm reader samples
 (``streaming_split`` decides row placement at run time, so per-worker totals are not known ahead).
+
+References:
+
+* H. Lee, M. Park, J. Kim, "Plankton classification on imbalanced large scale database via
+  convolutional neural networks with transfer learning", ICIP 2016,
+  https://doi.org/10.1109/ICIP.2016.7533053
 """
 from __future__ import annotations
 

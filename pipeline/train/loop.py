@@ -38,6 +38,13 @@ Two of the survey's methods run inside the loop (see ``docs/methods.md``):
   training, one pass over the training table with the best weights computes each class's
   centroid of the deep features (:class:`methods.CentroidAccumulator`, summed over workers); the
   trainer saves them as ``model/centroids.pt`` and prediction assigns the nearest centroid.
+
+References:
+
+* S. Pouyanfar et al., "Dynamic sampling in convolutional neural networks for imbalanced data
+  classification", IEEE MIPR 2018, https://doi.org/10.1109/MIPR.2018.00027
+* J. M. Johnson, T. M. Khoshgoftaar, "Survey on deep learning with class imbalance", Journal of Big
+  Data 6, 27 (2019), https://doi.org/10.1186/s40537-019-0192-5
 """
 from __future__ import annotations
 

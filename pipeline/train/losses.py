@@ -26,6 +26,13 @@ Conventions shared by all losses
 * **Weights normalisation.** Per-class weights (``weighted_ce``, ``class_balanced``,
   :func:`drw_weights`, ``focal`` with ``alpha="balanced"``) are normalised to sum to C, so on
   balanced data they are all 1 and the loss equals plain cross-entropy (as in Cui et al. 2019).
+
+References:
+
+* S. Wang, W. Liu, J. Wu, L. Cao, Q. Meng, P. J. Kennedy, "Training deep neural networks on
+  imbalanced data sets", IJCNN 2016, https://doi.org/10.1109/IJCNN.2016.7727770
+* J. M. Johnson, T. M. Khoshgoftaar, "Survey on deep learning with class imbalance", Journal of Big
+  Data 6, 27 (2019), https://doi.org/10.1186/s40537-019-0192-5
 """
 from __future__ import annotations
 

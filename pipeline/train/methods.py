@@ -10,6 +10,13 @@
 - Read-time per-class sampling lives with the readers: :mod:`pipeline.stream.read_sampling`.
 
 Labels are the dense indices 0..n_classes-1 the split stage writes.
+
+References:
+
+* S. Pouyanfar et al., "Dynamic sampling in convolutional neural networks for imbalanced data
+  classification", IEEE MIPR 2018, https://doi.org/10.1109/MIPR.2018.00027
+* J. M. Johnson, T. M. Khoshgoftaar, "Survey on deep learning with class imbalance", Journal of Big
+  Data 6, 27 (2019), https://doi.org/10.1186/s40537-019-0192-5
 """
 from __future__ import annotations
 

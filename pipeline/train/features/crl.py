@@ -8,6 +8,13 @@ class-level and/or instance-level hard positives/negatives of every minority anc
 with Ω_imb = ½ Σ_c |n_c/n − 1/C_b| (the total-variation distance of the batch's class mix from
 uniform over its C_b classes: the least fraction of the batch that must change class for a
 uniform batch).
+
+References:
+
+* Q. Dong, S. Gong, X. Zhu, "Imbalanced deep learning by minority class incremental rectification",
+  IEEE TPAMI 41(6) (2019), https://doi.org/10.1109/TPAMI.2018.2832629
+* J. M. Johnson, T. M. Khoshgoftaar, "Survey on deep learning with class imbalance", Journal of Big
+  Data 6, 27 (2019), https://doi.org/10.1186/s40537-019-0192-5
 """
 from __future__ import annotations
 

@@ -8,6 +8,13 @@ farthest same-class p−−; nearest other-class negative n) and the *triple-hea
 
 D = squared Euclidean distance of unit-norm features; L = loss_fn(logits, y) + λ · mean_c mean_{a∈c} L_th.
 Prediction: the cluster-wise kNN rule over the saved cluster centres (:func:`lmle_knn_scores`).
+
+References:
+
+* C. Huang, Y. Li, C. C. Loy, X. Tang, "Learning deep representation for imbalanced classification",
+  CVPR 2016, https://doi.org/10.1109/CVPR.2016.580
+* J. M. Johnson, T. M. Khoshgoftaar, "Survey on deep learning with class imbalance", Journal of Big
+  Data 6, 27 (2019), https://doi.org/10.1186/s40537-019-0192-5
 """
 from __future__ import annotations
 
