@@ -46,7 +46,6 @@ from pipeline.data.describe_source import describe_source
 from pipeline.data.schema import has_info, read_info, write_info
 from pipeline.data.source import read_table
 from pipeline.engines import get_spark
-from pipeline.errors import ConfigError
 from pipeline.evaluation.binary import LEVEL_KEYS, format_binary
 from pipeline.evaluation.evaluate import evaluate_predictions
 from pipeline.evaluation.report import write_report
@@ -146,13 +145,8 @@ def data_stages(cfg: Config, spark, runner: "StageRunner", ddir: Path, protocol_
     presplit = None
     if cfg.data.train_path or cfg.data.val_path or cfg.data.test_path:
         presplit = {"train": cfg.data.train_path, "val": cfg.data.val_path, "test": cfg.data.test_path}
-        missing = [k for k, v in presplit.items() if not v]
-        if missing:
-            raise ConfigError(f"config keys data.train_path/val_path/test_path: '{missing[0]}' is missing")
         source = presplit["train"]
         source_fp = fingerprint({k: path_fingerprint(v) for k, v in presplit.items()})
-    elif cfg.data.input and cfg.data.images:
-        raise ConfigError("config keys data.input and data.images: give one source, not both")
     elif cfg.data.images:
         # deferred: the ingest stage imports pyspark, pyarrow and numpy
         from pipeline.data.ingest import DATA_DIR, format_summary, ingest_images
@@ -185,8 +179,6 @@ def data_stages(cfg: Config, spark, runner: "StageRunner", ddir: Path, protocol_
         source_fp = runner.stage("source", key, lambda d: synthesize(
             spark, cfg.data.synth_preset, cfg.data.rows, seed, str(d), **rare))
 
-    if cfg.data.protocol and cfg.data.protocol_scope not in ("source", "train"):
-        raise ConfigError(f"config key 'data.protocol_scope': expected source or train, got '{cfg.data.protocol_scope}'")
     protocol_key = {"protocol": cfg.data.protocol, "rho": cfg.data.protocol_rho, "mu": cfg.data.protocol_mu,
                     "seed": seed}
     if cfg.data.protocol and cfg.data.protocol_scope == "source":
@@ -356,11 +348,8 @@ def _run_stages(cfg: Config, run_dir: Path, tr, references: list[str], data_dir:
             pre = train_model(pre_cfg, pretrain_data or train_data, val_split, str(d / "pretrain"), epochs=epochs,
                               init_from=init)
             init = pre["model_dir"]
-            if mp.get("finetune_lr") is not None:
-                lr = mp["finetune_lr"]
-                if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-                    raise ConfigError(f"config key 'train.method_params.finetune_lr': expected a number > 0, got {lr!r}")
-                fine_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=float(lr)))
+            if mp.get("finetune_lr") is not None:     # checked by validate_config
+                fine_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=float(mp["finetune_lr"])))
             log(f"two-phase learning: fine-tuning on all training data from {init}")
         res = train_model(fine_cfg, train_data, val_split, str(d), init_from=init)
         write_json(d / "train_summary.json", {k: v for k, v in res.items() if k != "history"} | {

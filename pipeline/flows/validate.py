@@ -312,6 +312,8 @@ def _check_values(cfg: Config, command: str, warn: Callable[[str], None]) -> lis
                 raise ConfigError(f"config keys data.train_path/val_path/test_path: '{missing[0]}' is missing")
             for k in ("train_path", "val_path", "test_path"):
                 _exists(f"data.{k}", getattr(d, k))
+        elif d.input and d.images:
+            raise ConfigError("config keys data.input and data.images: give one source, not both")
         elif d.images:
             _images(d)
         else:

@@ -26,3 +26,16 @@ def test_rare_preset_and_binary_levels_are_checked_before_any_stage(override, ke
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate_config(load_config("conf/rare.yaml", [override]), "run", warn=lambda _: None)
     validate_config(load_config("conf/rare.yaml"), "run", warn=lambda _: None)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["data.input=conf", "data.images=conf"], "give one source, not both"),
+    (["data.train_path=conf", "data.val_path=conf"], "'test_path' is missing"),
+    (["data.protocol=step", "data.protocol_scope=everywhere"], "data.protocol_scope"),
+    (["train.method=two_phase", "train.method_params={finetune_lr: 0}"], "finetune_lr"),
+])
+def test_source_and_two_phase_rules_are_checked_once_before_any_stage(overrides, match):
+    """The rules the run used to check again mid-pipeline are validate_config's alone (one place,
+    one exception type)."""
+    with pytest.raises(ConfigError, match=match):
+        validate_config(load_config("conf/tabular.yaml", overrides), "run", warn=lambda _: None)
