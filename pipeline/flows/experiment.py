@@ -287,12 +287,38 @@ def level_deltas(spark, rows: list[dict], reference: str, level_col: str, n_clas
 
 def run_experiment(cfg: Config) -> str:
     """Run (or resume) every trial of the grid on Ray, then write the statistics report; return its directory."""
-    # deferred: pandas is slow to import
-    import pandas as pd
+    levels, methods, seeds, out, grid = _checked_grid(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    # MLflow: a parent run for the experiment, each trial a child run in the same store and experiment
+    parent = tracking.start(cfg, out, tags={"kind": "experiment"})
+    tracking.log_config(parent, cfg)
+    for _, _, _, tcfg in grid:
+        tcfg.tracking.uri = tracking.tracking_uri(cfg)
+        tcfg.tracking.experiment = cfg.tracking.experiment or str(cfg.run.id)
+    get_ray(cfg.ray)
+    parallel = _parallelism(cfg, [g[3] for g in grid])
+    data_dirs = [data_dir_for(tcfg, out) for _, _, _, tcfg in grid]
+    first, rest = _data_jobs(grid, data_dirs)
+    log(f"experiment: {len(grid)} trials ({len(levels)} levels x {len(methods)} methods x {len(seeds)} seeds) "
+        f"on {len(first) + len(rest)} data sets, {parallel} at a time; out: {out}")
+    for jobs in (first, rest):
+        _prepare(jobs, parallel)
+    results = _run_trials(grid, data_dirs, out, parallel, parent.run_id)
+    rows, failed = _write_trials(out, grid, results)
+    if rows:
+        _report(cfg, rows, levels, methods, out)
+        log(f"experiment: {len(rows)} results from {len(grid) - len(failed)} trials; report: {out / 'report.html'}")
+        tracking.log_experiment(parent, out)
+    parent.finish("FAILED" if failed else "FINISHED")
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(grid)} trials failed (see {out / 'trials.json'}): "
+                           + "; ".join(failed[:3]))
+    return str(out)
 
-    # deferred: pandas is slow to import
-    from pipeline.flows.experiment_stats import write_experiment_report
 
+def _checked_grid(cfg: Config) -> tuple[list, list, list, Path, list]:
+    """(levels, methods, seeds, output directory, grid of (level, method, seed, trial config)), every
+    trial's config validated before anything runs or is written."""
     exp = cfg.experiment
     levels = _entries(exp.levels or [{"name": "base"}], "levels")
     methods = _entries(exp.methods, "methods")
@@ -303,7 +329,6 @@ def run_experiment(cfg: Config) -> str:
     if len(set(names)) != len(names):
         raise ConfigError("config key 'experiment.methods': method names (and threshold variants) must be unique")
     out = local_path(exp.out or Path(cfg.run.root) / f"experiment-{cfg.run.id}").resolve()
-    # validate every trial's config before running or writing anything
     grid = [(lv, m, s, trial_config(cfg, lv, m, s, out)) for lv in levels for m in methods for s in seeds]
     for lv, m, s, tcfg in grid:
         if m["threshold_variant"] and not tcfg.evaluate.threshold_moving:
@@ -315,19 +340,12 @@ def run_experiment(cfg: Config) -> str:
             raise ConfigError(f"experiment trial {tcfg.run.id}: {e}") from None
     if exp.parallel is not None and (isinstance(exp.parallel, bool) or int(exp.parallel) < 1):
         raise ConfigError(f"config key 'experiment.parallel' must be >= 1, got {exp.parallel}")
-    out.mkdir(parents=True, exist_ok=True)
-    # MLflow: a parent run for the experiment, each trial a child run in the same store and experiment
-    parent = tracking.start(cfg, out, tags={"kind": "experiment"})
-    tracking.log_config(parent, cfg)
-    for _, _, _, tcfg in grid:
-        tcfg.tracking.uri = tracking.tracking_uri(cfg)
-        tcfg.tracking.experiment = cfg.tracking.experiment or str(cfg.run.id)
-    get_ray(cfg.ray)
-    parallel = _parallelism(cfg, [g[3] for g in grid])
-    data_dirs = [data_dir_for(tcfg, out) for _, _, _, tcfg in grid]
+    return levels, methods, seeds, out, grid
 
-    # 1. the data stages, once per (level, seed): first one level of each shared split, then the
-    #    other levels' protocols on it (never two tasks writing one stage)
+
+def _data_jobs(grid: list, data_dirs: list) -> tuple[list, list]:
+    """The data-stage tasks, once per (level, seed): first one level of each shared split, then the
+    other levels' protocols on it (never two tasks writing one stage)."""
     first, rest, seen = [], [], set()
     for (lv, m, s, tcfg), (dd, proto) in zip(grid, data_dirs):
         if (dd, proto) in seen:
@@ -335,21 +353,23 @@ def run_experiment(cfg: Config) -> str:
         job = (tcfg.to_dict(), str(dd), proto, str(dd / f"prepare-{proto}.log"))
         (rest if any(j[1] == str(dd) for j in first) else first).append(job)
         seen.add((dd, proto))
-    # a failed data stage is a failure of the whole experiment (every trial of it would fail)
-    log(f"experiment: {len(grid)} trials ({len(levels)} levels x {len(methods)} methods x {len(seeds)} seeds) "
-        f"on {len(seen)} data sets, {parallel} at a time; out: {out}")
+    return first, rest
 
-    for jobs in (first, rest):
-        def prepared(i, res, jobs=jobs):
-            where = f"{Path(jobs[i][1]).name}/{jobs[i][2]}"
-            if res.get("error"):
-                raise (InputError if res["bad_input"] else RuntimeError)(
-                    f"experiment data {where}: {res['error']} (log: {jobs[i][3]})")
-            log(f"experiment: data {where} ready")
 
-        _run_tasks(_task_prepare, jobs, [1.0] * len(jobs), parallel, prepared)
+def _prepare(jobs: list, parallel: int) -> None:
+    """Run data-stage tasks; a failed one fails the whole experiment (every trial of it would fail)."""
+    def prepared(i, res):
+        where = f"{Path(jobs[i][1]).name}/{jobs[i][2]}"
+        if res.get("error"):
+            raise (InputError if res["bad_input"] else RuntimeError)(
+                f"experiment data {where}: {res['error']} (log: {jobs[i][3]})")
+        log(f"experiment: data {where} ready")
 
-    # 2. the trials
+    _run_tasks(_task_prepare, jobs, [1.0] * len(jobs), parallel, prepared)
+
+
+def _run_trials(grid: list, data_dirs: list, out: Path, parallel: int, parent_run_id: str) -> dict[int, dict]:
+    """Every trial as a Ray task, a console line as each ends, ``trials.json`` kept current."""
     results: dict[int, dict] = {}
     t0 = time.time()
 
@@ -361,38 +381,47 @@ def run_experiment(cfg: Config) -> str:
             log(f"experiment: trial {len(results)}/{len(grid)} FAILED ({tag}): {summary['error']} "
                 f"(log: {out / 'trials' / tcfg.run.id / 'trial.log'})")
         else:
-            head = summary.get("metrics_adjusted") if not m["threshold_variant"] and summary.get(
-                "metrics_adjusted") else summary["metrics"]
-            log(f"experiment: trial {len(results)}/{len(grid)} done ({tag}): macro-F1 {head['macro_f1']:.4f} "
+            log(f"experiment: trial {len(results)}/{len(grid)} done ({tag}): {_headline(summary, m)} "
                 f"in {summary['wall_seconds']:.0f}s [{time.time() - t0:.0f}s elapsed]")
         _write_trials(out, grid, results)
 
     jobs = [(tcfg.to_dict(), str(dd), proto, str(out / "trials" / tcfg.run.id / "trial.log"),
              {"kind": "trial", "level": lv["name"], "rho": lv["rho"], "method": m["name"], "seed": s},
-             parent.run_id)
+             parent_run_id)
             for (lv, m, s, tcfg), (dd, proto) in zip(grid, data_dirs)]
     _run_tasks(_task_trial, jobs, [_task_cpus(g[3]) for g in grid], parallel, finished)
+    return results
 
-    rows, failed = _write_trials(out, grid, results)
-    if rows:
-        trials = pd.DataFrame(rows)
-        wanted = [m for m in (exp.metrics or TRIAL_METRICS + BINARY_METRICS) if m in trials]
-        metrics = [m for m in wanted if trials[m].notna().any()]
-        # blocks are (level, seed): by ρ when every level has its own ρ, else by the level's name
-        rhos = [str(lv["rho"]) for lv in levels]
-        level_col = "level" if None not in [lv["rho"] for lv in levels] and len(set(rhos)) == len(rhos) \
-            else "level_name"
-        deltas = level_deltas(get_spark(cfg.spark), rows, methods[0]["name"], level_col,
-                              _n_classes(rows), cfg.data.label_col)
-        write_experiment_report(trials, out, metrics=metrics, by=("method", level_col),
-                                title=f"Experiment {cfg.run.id}", deltas=deltas, reference=methods[0]["name"])
-        log(f"experiment: {len(rows)} results from {len(grid) - len(failed)} trials; report: {out / 'report.html'}")
-        tracking.log_experiment(parent, out)
-    parent.finish("FAILED" if failed else "FINISHED")
-    if failed:
-        raise RuntimeError(f"{len(failed)} of {len(grid)} trials failed (see {out / 'trials.json'}): "
-                           + "; ".join(failed[:3]))
-    return str(out)
+
+def _headline(summary: dict, method: dict) -> str:
+    """A finished trial's console figures: macro-F1 (threshold-moved when the method reports that),
+    and PR AUC of the positive class on two-class data."""
+    moved = summary.get("metrics_adjusted")
+    head = moved if moved and not method["threshold_variant"] else summary["metrics"]
+    text = f"macro-F1 {head['macro_f1']:.4f}"
+    pr_auc = (summary.get("binary") or {}).get("pr_auc")
+    return text + (f", PR AUC {pr_auc:.4f}" if pr_auc is not None else "")
+
+
+def _report(cfg: Config, rows: list[dict], levels: list, methods: list, out: Path) -> None:
+    """The statistics report over the finished trials, the first method as the reference."""
+    # deferred: pandas is slow to import
+    import pandas as pd
+
+    # deferred: pandas is slow to import
+    from pipeline.flows.experiment_stats import write_experiment_report
+
+    trials = pd.DataFrame(rows)
+    wanted = [m for m in (cfg.experiment.metrics or TRIAL_METRICS + BINARY_METRICS) if m in trials]
+    metrics = [m for m in wanted if trials[m].notna().any()]
+    # blocks are (level, seed): by ρ when every level has its own ρ, else by the level's name
+    rhos = [str(lv["rho"]) for lv in levels]
+    level_col = "level" if None not in [lv["rho"] for lv in levels] and len(set(rhos)) == len(rhos) \
+        else "level_name"
+    deltas = level_deltas(get_spark(cfg.spark), rows, methods[0]["name"], level_col,
+                          _n_classes(rows), cfg.data.label_col)
+    write_experiment_report(trials, out, metrics=metrics, by=("method", level_col),
+                            title=f"Experiment {cfg.run.id}", deltas=deltas, reference=methods[0]["name"])
 
 
 def _n_classes(rows: list[dict]) -> int:

@@ -668,7 +668,7 @@ def _paired_blocks(df: pd.DataFrame, metrics: list[str], reference: str, block_c
             ("table", ["metric", "method", "blocks", "mean difference", "95% CI", "verdict"], rows)], found
 
 
-def write_experiment_report(trials_df: pd.DataFrame, out_dir: str | os.PathLike,
+def write_experiment_report(trials_df: pd.DataFrame, out_dir: str | os.PathLike, *,
                             metrics: list[str] | None = None, by: Sequence[str] = ("method", "level"),
                             seed_col: str = "seed", alpha: float = 0.05,
                             title: str = "Experiment report", deltas: list[dict] | None = None,
@@ -692,119 +692,142 @@ def write_experiment_report(trials_df: pd.DataFrame, out_dir: str | os.PathLike,
     """
     by = list(by)
     method_col, level_cols = by[0], by[1:]
+    metrics = _checked_metrics(trials_df, metrics, by + [seed_col])
+    block_cols = level_cols + [seed_col]
+    summary = summarize_trials(trials_df, metrics, by)
+    methods = sorted(map(str, trials_df[method_col].unique()))
+    all_stats: dict[str, Any] = {
+        "alpha": alpha, "block_cols": block_cols, "method_col": method_col, "n_trials": int(len(trials_df)),
+        "methods": methods,
+        "metrics": {m: _stats_for_metric(trials_df, m, block_cols, method_col, alpha) for m in metrics},
+        "two_level_deltas": deltas or []}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".report.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        blocks = [("h1", title), ("p", _intro_text(trials_df, methods, level_cols, seed_col, block_cols, alpha))]
+        if deltas:
+            blocks += _deltas_blocks(deltas)
+        paired, all_stats["paired_differences"] = _paired_blocks(trials_df, metrics, reference or methods[0],
+                                                                 block_cols, method_col)
+        blocks += paired + _cost_blocks(trials_df, method_col) + _rank_blocks(all_stats, metrics, methods)
+        levels = sorted(trials_df[level_cols[0]].unique(), key=lambda v: (str(type(v)), v)) if level_cols else []
+        for m in metrics:
+            blocks += _metric_blocks(m, summary[summary["metric"] == m], all_stats["metrics"][m], methods, levels,
+                                     method_col, level_cols, alpha, tmp)
+        paths = _write_report_files(trials_df, summary, all_stats, blocks, title, tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"paths": paths, "stats": _clean(all_stats), "summary": summary}
+
+
+def _checked_metrics(trials_df: pd.DataFrame, metrics: list[str] | None, cols: list[str]) -> list[str]:
+    """The metrics to report (default: those of :data:`DEFAULT_METRICS` the table has), after checking
+    that the table has rows and every column named."""
     if len(trials_df) == 0:
         raise InputError("trials table is empty: no trial finished, nothing to report")
     if metrics is None:
         metrics = [m for m in DEFAULT_METRICS if m in trials_df.columns]
         if not metrics:
             raise InputError(f"trials table has none of the metrics {DEFAULT_METRICS}")
-    _require_columns(trials_df, by + [seed_col] + list(metrics))
-    block_cols = level_cols + [seed_col]
-    summary = summarize_trials(trials_df, metrics, by)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".report.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        all_stats: dict[str, Any] = {
-            "alpha": alpha, "block_cols": block_cols, "method_col": method_col,
-            "n_trials": int(len(trials_df)),
-            "methods": sorted(map(str, trials_df[method_col].unique())),
-            "metrics": {}}
-        for m in metrics:
-            all_stats["metrics"][m] = _stats_for_metric(trials_df, m, block_cols, method_col, alpha)
+    _require_columns(trials_df, cols + list(metrics))
+    return list(metrics)
 
-        blocks: list[tuple] = [("h1", title)]
-        methods = all_stats["methods"]
-        levels = sorted(trials_df[level_cols[0]].unique(), key=lambda v: (str(type(v)), v)) if level_cols else []
-        seeds = sorted(trials_df[seed_col].unique(), key=lambda v: (str(type(v)), v))
-        blocks.append(("p", f"{len(trials_df)} trials: {len(methods)} method(s) ({', '.join(methods)}) × "
-                            f"{len(levels)} level(s) × {len(seeds)} seed(s). Cells are mean ± std (ddof=1) "
-                            f"with the 95% Student-t confidence interval and the number of trials n. "
-                            f"Tests: Friedman across methods with blocks = ({', '.join(block_cols)}), "
-                            f"Iman–Davenport F, Nemenyi critical difference and pairwise Wilcoxon "
-                            f"signed-rank with Holm's correction, all at α = {alpha}."))
-        if deltas:
-            blocks += _deltas_blocks(deltas)
-        all_stats["two_level_deltas"] = deltas or []
-        paired, all_stats["paired_differences"] = _paired_blocks(trials_df, metrics, reference or methods[0],
-                                                                 block_cols, method_col)
-        blocks += paired + _cost_blocks(trials_df, method_col)
-        rank_rows = []
-        for m in metrics:
-            fr = all_stats["metrics"][m]["friedman"]
-            rank_rows.append([m] + [_fmt(fr["avg_ranks"].get(meth), 2) for meth in methods]
-                             + [_fmt_p(fr["p_value"]) if fr["applicable"] else "n/a"])
-        blocks += [("h2", "Average ranks (1 = best) and Friedman p-value"),
-                   ("table", ["metric"] + methods + ["Friedman p"], rank_rows)]
-        paths: dict[str, str] = {}
-        for m in metrics:
-            blocks.append(("h2", m))
-            s = summary[summary["metric"] == m]
-            rows = []
-            for meth in methods:
-                row = [meth]
-                for lv in levels:
-                    sel = s[(s[method_col].astype(str) == meth) & (s[level_cols[0]] == lv)]
-                    if sel.empty or sel["n"].iloc[0] == 0:
-                        row.append("—")
-                        continue
-                    r = sel.iloc[0]
-                    cell = f"{_fmt(r['mean'])} ± {_fmt(r['std'])}"
-                    if np.isfinite(r["ci_half"]):
-                        cell += f" [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
-                    row.append(cell + f" (n={int(r['n'])})")
-                rows.append(row)
-            blocks.append(("table", ["method"] + [_level_label(lv) for lv in levels], rows))
-            if level_cols:
-                png = tmp / f"{m}_vs_rho.png"
-                plot_metric_vs_rho(s, m, png, level_col=level_cols[0], method_col=method_col)
-                blocks.append(("img", png, f"{m} against imbalance level"))
-            st = all_stats["metrics"][m]
-            fr = st["friedman"]
-            if not fr["applicable"]:
-                blocks.append(("p", f"Friedman test not applicable: {fr['reason']}."))
-            else:
-                idv = fr["iman_davenport"]
-                if idv.get("degenerate"):
-                    idv_text = (f"Iman–Davenport F not computed: all {fr['n_blocks']} blocks rank the methods in "
-                                "the same order, so the within-block disagreement it divides by is 0 (F would "
-                                "be infinite). That agreement is all the data shows; with so few blocks it is "
-                                "weak evidence, and the Friedman p above is the one to read.")
-                else:
-                    idv_text = (f"Iman–Davenport F = {_fmt(idv['statistic'], 3)} ({idv['df1']}, {idv['df2']}), "
-                                f"p = {_fmt_p(idv['p_value'])}.")
-                blocks.append(("p", f"Friedman χ²_F = {_fmt(fr['statistic'], 3)} (k = {fr['k']}, "
-                                    f"N = {fr['n_blocks']} blocks"
-                                    + (f", {fr['n_blocks_dropped']} incomplete dropped" if fr['n_blocks_dropped'] else "")
-                                    + f"), p = {_fmt_p(fr['p_value'])}; " + idv_text))
-                ne = st["nemenyi"]
-                sig = ", ".join(f"{p['a']} > {p['b']} (Δrank {p['rank_diff']:.2f})" for p in ne["significant_pairs"])
-                blocks.append(("p", f"Nemenyi: q_α = {ne['q_alpha']:.3f}, CD = {ne['cd']:.3f}; "
-                                    f"significantly different pairs: {sig or 'none'}."))
-                png = tmp / f"cd_{m}.png"
-                plot_critical_difference(fr["avg_ranks"], ne["cd"], png,
-                                         title=f"{m}: critical difference (Nemenyi, α={alpha})")
-                blocks.append(("img", png, f"critical-difference diagram for {m}"))
-            if st["wilcoxon_holm"]:
-                blocks.append(("table", ["pair", "n", "median diff", "better", "p", "p (Holm)", "reject"],
-                               [[f"{w['a']} vs {w['b']}", w["n"], _fmt(w["median_diff"]), w["better"] or "—",
-                                 _fmt_p(w["p_value"]), _fmt_p(w["p_holm"]),
-                                 ("yes" if w["reject"] else "no") + (f" ({w['note']})" if w["note"] else "")]
-                                for w in st["wilcoxon_holm"]]))
 
-        trials_df.to_csv(tmp / "results.csv", index=False)
-        summary.to_csv(tmp / "summary.csv", index=False)
-        (tmp / "stats.json").write_text(json.dumps(_clean(all_stats), indent=2, allow_nan=False) + "\n")
-        (tmp / "report.md").write_text(_blocks_to_md(blocks) + "\n")
-        (tmp / "report.html").write_text(_blocks_to_html(blocks, title))
-        names = sorted(p.name for p in tmp.iterdir() if p.name != "report.html") + ["report.html"]
-        for name in names:
-            os.replace(tmp / name, out / name)
-            paths[name] = str(out / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return {"paths": paths, "stats": _clean(all_stats), "summary": summary}
+def _intro_text(trials_df: pd.DataFrame, methods: list[str], level_cols: list[str], seed_col: str,
+                block_cols: list[str], alpha: float) -> str:
+    levels = trials_df[level_cols[0]].unique() if level_cols else []
+    seeds = trials_df[seed_col].unique()
+    return (f"{len(trials_df)} trials: {len(methods)} method(s) ({', '.join(methods)}) × "
+            f"{len(levels)} level(s) × {len(seeds)} seed(s). Cells are mean ± std (ddof=1) "
+            f"with the 95% Student-t confidence interval and the number of trials n. "
+            f"Tests: Friedman across methods with blocks = ({', '.join(block_cols)}), "
+            f"Iman–Davenport F, Nemenyi critical difference and pairwise Wilcoxon "
+            f"signed-rank with Holm's correction, all at α = {alpha}.")
+
+
+def _rank_blocks(all_stats: dict, metrics: list[str], methods: list[str]) -> list[tuple]:
+    rows = []
+    for m in metrics:
+        fr = all_stats["metrics"][m]["friedman"]
+        rows.append([m] + [_fmt(fr["avg_ranks"].get(meth), 2) for meth in methods]
+                    + [_fmt_p(fr["p_value"]) if fr["applicable"] else "n/a"])
+    return [("h2", "Average ranks (1 = best) and Friedman p-value"),
+            ("table", ["metric"] + methods + ["Friedman p"], rows)]
+
+
+def _summary_cell(s: pd.DataFrame, method_col: str, level_col: str, meth: str, lv: Any) -> str:
+    sel = s[(s[method_col].astype(str) == meth) & (s[level_col] == lv)]
+    if sel.empty or sel["n"].iloc[0] == 0:
+        return "—"
+    r = sel.iloc[0]
+    cell = f"{_fmt(r['mean'])} ± {_fmt(r['std'])}"
+    if np.isfinite(r["ci_half"]):
+        cell += f" [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
+    return cell + f" (n={int(r['n'])})"
+
+
+def _friedman_text(fr: dict) -> str:
+    idv = fr["iman_davenport"]
+    if idv.get("degenerate"):
+        idv_text = (f"Iman–Davenport F not computed: all {fr['n_blocks']} blocks rank the methods in "
+                    "the same order, so the within-block disagreement it divides by is 0 (F would "
+                    "be infinite). That agreement is all the data shows; with so few blocks it is "
+                    "weak evidence, and the Friedman p above is the one to read.")
+    else:
+        idv_text = (f"Iman–Davenport F = {_fmt(idv['statistic'], 3)} ({idv['df1']}, {idv['df2']}), "
+                    f"p = {_fmt_p(idv['p_value'])}.")
+    return (f"Friedman χ²_F = {_fmt(fr['statistic'], 3)} (k = {fr['k']}, N = {fr['n_blocks']} blocks"
+            + (f", {fr['n_blocks_dropped']} incomplete dropped" if fr['n_blocks_dropped'] else "")
+            + f"), p = {_fmt_p(fr['p_value'])}; " + idv_text)
+
+
+def _metric_blocks(m: str, s: pd.DataFrame, st: dict, methods: list[str], levels: list, method_col: str,
+                   level_cols: list[str], alpha: float, tmp: Path) -> list[tuple]:
+    """One metric's section: the summary table, its plot against ρ, Friedman, Nemenyi with the CD
+    diagram, and the Wilcoxon–Holm pairs (PNGs are written into ``tmp``)."""
+    rows = [[meth] + [_summary_cell(s, method_col, level_cols[0], meth, lv) for lv in levels] for meth in methods]
+    blocks: list[tuple] = [("h2", m), ("table", ["method"] + [_level_label(lv) for lv in levels], rows)]
+    if level_cols:
+        png = tmp / f"{m}_vs_rho.png"
+        plot_metric_vs_rho(s, m, png, level_col=level_cols[0], method_col=method_col)
+        blocks.append(("img", png, f"{m} against imbalance level"))
+    fr = st["friedman"]
+    if not fr["applicable"]:
+        blocks.append(("p", f"Friedman test not applicable: {fr['reason']}."))
+    else:
+        blocks.append(("p", _friedman_text(fr)))
+        ne = st["nemenyi"]
+        sig = ", ".join(f"{p['a']} > {p['b']} (Δrank {p['rank_diff']:.2f})" for p in ne["significant_pairs"])
+        blocks.append(("p", f"Nemenyi: q_α = {ne['q_alpha']:.3f}, CD = {ne['cd']:.3f}; "
+                            f"significantly different pairs: {sig or 'none'}."))
+        png = tmp / f"cd_{m}.png"
+        plot_critical_difference(fr["avg_ranks"], ne["cd"], png, title=f"{m}: critical difference (Nemenyi, α={alpha})")
+        blocks.append(("img", png, f"critical-difference diagram for {m}"))
+    if st["wilcoxon_holm"]:
+        blocks.append(("table", ["pair", "n", "median diff", "better", "p", "p (Holm)", "reject"],
+                       [[f"{w['a']} vs {w['b']}", w["n"], _fmt(w["median_diff"]), w["better"] or "—",
+                         _fmt_p(w["p_value"]), _fmt_p(w["p_holm"]),
+                         ("yes" if w["reject"] else "no") + (f" ({w['note']})" if w["note"] else "")]
+                        for w in st["wilcoxon_holm"]]))
+    return blocks
+
+
+def _write_report_files(trials_df: pd.DataFrame, summary: pd.DataFrame, all_stats: dict, blocks: list[tuple],
+                        title: str, tmp: Path, out: Path) -> dict[str, str]:
+    """Write the tables, stats and both reports into ``tmp``, then move them into ``out``
+    (``report.html`` last); returns ``{file name: path}``."""
+    trials_df.to_csv(tmp / "results.csv", index=False)
+    summary.to_csv(tmp / "summary.csv", index=False)
+    (tmp / "stats.json").write_text(json.dumps(_clean(all_stats), indent=2, allow_nan=False) + "\n")
+    (tmp / "report.md").write_text(_blocks_to_md(blocks) + "\n")
+    (tmp / "report.html").write_text(_blocks_to_html(blocks, title))
+    paths = {}
+    for name in sorted(p.name for p in tmp.iterdir() if p.name != "report.html") + ["report.html"]:
+        os.replace(tmp / name, out / name)
+        paths[name] = str(out / name)
+    return paths
 
 
 __all__ = ["DEFAULT_METRICS", "summarize_trials", "t_confidence_interval", "friedman_test",
