@@ -288,7 +288,21 @@ def build_parser() -> argparse.ArgumentParser:
                     "(Spark sampling and metrics, Petastorm streaming, Ray Train).")
     p.add_argument("-v", "--verbose", action="store_true", help="show INFO logs")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_synth(sub)
+    _add_ingest(sub)
+    _add_profile(sub)
+    _add_split(sub)
+    _add_sample(sub)
+    _add_config_commands(sub)
+    _add_predict(sub)
+    _add_registry(sub)
+    _add_evaluate(sub)
+    _add_config(sub)
+    return p
 
+
+def _add_synth(sub) -> None:
+    """``imbalance synth``: synthetic data sets."""
     s = sub.add_parser("synth", help="generate a synthetic imbalanced data set (Parquet) with Spark",
                        formatter_class=_SynthHelp)
     s.add_argument("--preset", default="plankton", help="which data (default plankton)")
@@ -307,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rare preset: feature columns, at least 4 (default 32)")
     s.set_defaults(func=cmd_synth)
 
+
+def _add_ingest(sub) -> None:
+    """``imbalance ingest``: image folders to a source table."""
     s = sub.add_parser("ingest", help="image folders (<root>/<class>/<file>.png) -> source table, bad files to rejected/",
                        description="Decode and resize a tree of images (PNG, JPEG, ...) with Spark into "
                                    "OUT/data (the source table), OUT/rejected, OUT/labels.json, OUT/ingest.json.")
@@ -324,12 +341,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"reject images narrower or lower than this (default {MIN_SIZE}, as data.min_size)")
     s.set_defaults(func=cmd_ingest)
 
+
+def _add_profile(sub) -> None:
+    """``imbalance profile``: the class distribution."""
     s = sub.add_parser("profile", help="class distribution: counts, rho, minority classes, chart")
     s.add_argument("--input", required=True, help="Parquet table")
     s.add_argument("--out", required=True, help="output directory for distribution.json and the chart")
     s.add_argument("--label-col", default="label", help=LABEL_HELP)
     s.set_defaults(func=cmd_profile)
 
+
+def _add_split(sub) -> None:
+    """``imbalance split``: the exact stratified split."""
     s = sub.add_parser("split", help="exact stratified train/val/test split, invalid rows to rejected/")
     s.add_argument("--input", required=True, help="Parquet table")
     s.add_argument("--out", required=True, help="output directory: train/ val/ test/ rejected/")
@@ -346,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"encoded images: reject images narrower or lower than this (default {MIN_SIZE}, as data.min_size)")
     s.set_defaults(func=cmd_split)
 
+
+def _add_sample(sub) -> None:
+    """``imbalance sample``: exact distributed sampling."""
     s = sub.add_parser("sample", help="exact distributed RUS/ROS/threshold/floor/hybrid sampling")
     s.add_argument("--input", required=True, help="Parquet table (usually split/train)")
     s.add_argument("--strategy", required=True,
@@ -360,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label-col", default="label", help=LABEL_HELP)
     s.set_defaults(func=cmd_sample)
 
+
+def _add_config_commands(sub) -> None:
+    """``train``, ``run``, ``experiment``, ``retrain``: a config and key=value overrides."""
     for name, func, text in (
         ("train", cmd_train, "train a DNN on Ray Train workers streaming Petastorm shards"),
         ("run", cmd_run, "run every stage into <run.root>/<run-id>/ (prints the run directory last)"),
@@ -372,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
         s.set_defaults(func=func)
 
+
+def _add_predict(sub) -> None:
+    """``imbalance predict``: batch prediction."""
     text = "batch prediction over a table, writing the predictions table"
     s = sub.add_parser("predict", help=text, description=text + " (probs, pred and probs_corrected: the "
                        "probabilities moved to the unsampled class prior and temperature the model carries). "
@@ -386,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--raw", action="store_true", help="write the raw probabilities only (no probs_corrected)")
     s.set_defaults(func=cmd_predict)
 
+
+def _add_registry(sub) -> None:
+    """``imbalance registry``: the MLflow Model Registry."""
     s = sub.add_parser("registry", help="list, show, promote or roll back versions in the MLflow Model Registry",
                        description="The model versions retrain registered (MLflow Model Registry on tracking.uri; "
                                    "alias 'production' is the served model, 'previous' the one it replaced). "
@@ -406,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--reason", default="manual rollback", help="kept on the version rolled back from")
     s.set_defaults(func=cmd_registry)
 
+
+def _add_evaluate(sub) -> None:
+    """``imbalance evaluate``: class-wise and rare-event metrics."""
     s = sub.add_parser("evaluate", help="class-wise metrics (exact ROC AUC / PR AUC) with Spark")
     s.add_argument("--predictions", required=True, help="predictions Parquet (id, label, probs, pred)")
     s.add_argument("--out", required=True, help="output directory for metrics.json and the report")
@@ -436,8 +474,6 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(f"--{flag}", type=_levels, default=None, metavar="X,Y,…",
                        help=f"two-class data: the {what} (default: {','.join(map(str, default))})")
     s.set_defaults(func=cmd_evaluate)
-    _add_config(sub)
-    return p
 
 
 def _quiet(verbose: bool) -> None:
