@@ -27,6 +27,7 @@ from pipeline.evaluation.metrics import GROUP_BASIS_TEXT, pr_curves
 from pipeline.evaluation.report_binary import binary_section
 from pipeline.evaluation.report_calibration import calibration_section
 from pipeline.evaluation.report_sections import (
+    Section,
     SORT_SCRIPT,
     comparison_section,
     fixed,
@@ -309,7 +310,7 @@ def _summary(metrics: dict, boot: Optional[dict] = None) -> list[tuple[str, str,
     return items
 
 
-def learned_costs_section(predictions, per_class: list[dict]) -> Optional[tuple[list[str], str]]:
+def learned_costs_section(predictions, per_class: list[dict]) -> Optional[Section]:
     """The learned (CoSen) or searched (cost_search) class costs of the model that made
     ``predictions`` (its ``_predictions.json`` names the model directory), as Markdown lines and
     an HTML fragment; None when the model has no cost vector (or the predictions are not local)."""
@@ -344,10 +345,10 @@ def learned_costs_section(predictions, per_class: list[dict]) -> Optional[tuple[
     frag = (f"<h2>Class costs ({e(method)})</h2><p class='cap'>{e(note)}</p><table><tr><th>class</th>"
             "<th>cost ξ<sub>c</sub></th></tr>" + "".join(f"<tr><td>{e(n)}</td><td>{e(c)}</td></tr>" for n, c in rows)
             + "</table>")
-    return md, frag
+    return Section(md, frag)
 
 
-def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spark=None,
+def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spark=None, *,
                  label_col: str = "label", curve_classes: int = 4, run_dir=None,
                  timings: Optional[dict] = None, source: Optional[dict] = None) -> dict:
     """Write ``report.md``, ``report.html`` and ``figures/*.png`` into ``out_dir``.
@@ -364,32 +365,53 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
     out = local_path(out_dir)
     figs = out / FIG_DIR
     figs.mkdir(parents=True, exist_ok=True)
-    per_class = metrics["per_class"]
     run = read_run(local_path(run_dir)) if run_dir is not None else {}
     if source is not None:     # the run's data source (pipeline.data.describe_source), when the caller knows it
         run["source"] = source
     sizes = train_counts(run) if run else None
-    names = {r["label"]: _name(r) for r in per_class}
-    boot = None
-    if predictions is not None and (spark is not None or local_path(predictions).exists()):
-        # per-class F1 and macro intervals: Spark aggregates of a stratified bootstrap (no collect)
-        boot = bootstrap_intervals(spark or get_spark(), spark_uri(predictions), metrics["n_classes"],
-                                   pred_col=metrics.get("pred_col", "pred"), label_col=label_col,
-                                   seed=int(run.get("config", {}).get("run", {}).get("seed", 0)) if run else 0)
+    boot = _bootstrap(metrics, predictions, spark, label_col, run)
+    curves, by = _rare_curves(metrics, predictions, spark, label_col, sizes, curve_classes)
+    figures = _figures(metrics, run, sizes, curves, by, distribution, figs)
+    sections = _sections(metrics, run, sizes, boot, timings, predictions, figs) + [_figure_section(figures)]
+    title = "Class-wise evaluation report"
+    write_text(out / "report.md", "\n".join([f"# {title}", ""] + [ln for sec in sections for ln in sec.md]) + "\n")
+    parts = [_html_head(title)] + [sec.html for sec in sections] + [SORT_SCRIPT, "</body></html>"]
+    write_text(out / "report.html", "\n".join(parts) + "\n")
+    if boot:
+        (out / "intervals.json").write_text(json.dumps(boot))
+    return {"markdown": str(out / "report.md"), "html": str(out / "report.html"),
+            "figures": [str(figs / f) for sec in sections for _, f, _, _ in sec.figures]}
 
-    # PR curves of the rarest classes: by training rows when known (the test set may be balanced),
-    # else by test support; ties broken by class index
+
+def _bootstrap(metrics: dict, predictions, spark, label_col: str, run: dict) -> Optional[dict]:
+    """Per-class F1 and macro intervals: Spark aggregates of a stratified bootstrap (no collect)."""
+    if predictions is None or (spark is None and not local_path(predictions).exists()):
+        return None
+    seed = int(run.get("config", {}).get("run", {}).get("seed", 0)) if run else 0
+    return bootstrap_intervals(spark or get_spark(), spark_uri(predictions), metrics["n_classes"],
+                               pred_col=metrics.get("pred_col", "pred"), label_col=label_col, seed=seed)
+
+
+def _rare_curves(metrics: dict, predictions, spark, label_col: str, sizes: Optional[dict],
+                 curve_classes: int) -> tuple[dict, str]:
+    """PR curves of the rarest classes (by training rows when known, as the test set may be
+    balanced, else by test support; ties broken by class index), and which of the two it was."""
+    per_class = metrics["per_class"]
     present = [r["label"] for r in per_class if r["support"] > 0]
     rarity = (lambda c: (sizes.get(c, 0), c)) if sizes else (lambda c: (per_class[c]["support"], c))
     rare = sorted(present, key=rarity)[:curve_classes]
     curves = metrics.get("pr_curves") or {}
     if predictions is not None and sorted(int(c) for c in curves) != sorted(rare):
-        curves = {str(c): v for c, v in pr_curves(spark or get_spark(), predictions, rare,
-                                                  label_col=label_col,
+        curves = {str(c): v for c, v in pr_curves(spark or get_spark(), predictions, rare, label_col=label_col,
                                                   n_classes=metrics["n_classes"]).items()}
-    by = "training rows" if sizes else "test support"
+    return curves, "training rows" if sizes else "test support"
 
-    figures = []   # (title, file name, png bytes, caption)
+
+def _figures(metrics: dict, run: dict, sizes: Optional[dict], curves: dict, by: str, distribution,
+             figs: Path) -> list[tuple]:
+    """The report's closing figures ``(title, file name, png, caption)``, each drawn into ``figs``."""
+    per_class = metrics["per_class"]
+    figures = []
     history = (run.get("train_summary") or {}).get("history") if run else None
     train_png = plot_training(history, figs / "training.png", _save, _plt()) if history else None
     if train_png is not None:
@@ -421,104 +443,82 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
         figures.append(("Class distribution of the training data" if sizes else "Class distribution (profile stage)",
                         "class_distribution.png", dist_png,
                         f"Class sizes, log scale. Red: the minority classes, {MINORITY_RULE}."))
+    return figures
 
-    head, keys, cells, low = _table(metrics, sizes, boot)
-    rows = [[t for t, _ in r] for r in cells]
-    summary = _summary(metrics, boot)
-    ran = what_ran(run, metrics, timings) if run else None
-    errors = errors_section(metrics, names)
-    thresh = threshold_section(metrics, run.get("config", {}).get("evaluate", {}).get("threshold_moving") if run
-                               else None)
-    comp = comparison_section(run["comparison"], names, figs, _save, _plt()) if run.get("comparison") else None
-    seeds = seed_spread_section(run["seed_spread"]) if run.get("seed_spread") else None
-    costs_section = learned_costs_section(predictions, per_class)
-    calib = calibration_section(metrics, figs, _save, _plt())
-    rare_events = binary_section(metrics, figs, _save, _plt())
+
+def _sections(metrics: dict, run: dict, sizes: Optional[dict], boot: Optional[dict], timings: Optional[dict],
+              predictions, figs: Path) -> list[Section]:
+    """Every section before the figures, in the report's order."""
+    names = {r["label"]: _name(r) for r in metrics["per_class"]}
+    rule = run.get("config", {}).get("evaluate", {}).get("threshold_moving") if run else None
+    found = [what_ran(run, metrics, timings) if run else None,
+             seed_spread_section(run["seed_spread"]) if run.get("seed_spread") else None,
+             comparison_section(run["comparison"], names, figs, _save, _plt()) if run.get("comparison") else None,
+             _summary_section(metrics, boot),
+             binary_section(metrics, figs, _save, _plt()),
+             errors_section(metrics, names),
+             threshold_section(metrics, rule),
+             calibration_section(metrics, figs, _save, _plt()),
+             _per_class_section(metrics, sizes, boot),
+             learned_costs_section(predictions, metrics["per_class"])]
+    return [sec for sec in found if sec is not None]
+
+
+def _summary_section(metrics: dict, boot: Optional[dict]) -> Section:
+    """The headline table, with the threshold-moved column when there is one."""
     has_adj = "adjusted" in metrics
-    title = "Class-wise evaluation report"
+    summary = _summary(metrics, boot)
+    md = ["", "## Summary", "", f"Predictions column: `{metrics.get('pred_col', 'pred')}`"
+          + ("; threshold moving in `pred_adjusted`." if has_adj else "."), "",
+          "| metric | value |" + (" after threshold moving |" if has_adj else ""),
+          "| --- | --- |" + (" --- |" if has_adj else "")]
+    md += [f"| {name} | {v} |" + (f" {a} |" if has_adj else "") for name, v, a in summary]
+    e = html.escape
+    parts = ["<h2>Summary</h2><table><tr><th>metric</th><th>value</th>"
+             + ("<th>after threshold moving</th>" if has_adj else "") + "</tr>"]
+    parts += [f"<tr><td>{e(name)}</td><td>{e(v)}</td>" + (f"<td>{e(a)}</td>" if has_adj else "") + "</tr>"
+              for name, v, a in summary]
+    parts.append("</table>")
+    return Section(md, "\n".join(parts))
 
-    table_note = ("ρ_c = training rows of the largest class / training rows of this class" if sizes else
-                  "ρ_c = size of the largest class / size of this class") + (
+
+def _per_class_section(metrics: dict, sizes: Optional[dict], boot: Optional[dict]) -> Section:
+    """The per-class table, sorted by class size (sortable in the HTML)."""
+    head, keys, cells, low = _table(metrics, sizes, boot)
+    note = ("ρ_c = training rows of the largest class / training rows of this class" if sizes else
+            "ρ_c = size of the largest class / size of this class") + (
         "; — : undefined (e.g. a class absent from the labels). Precision and recall intervals: Wilson (95%); "
         "F1 intervals: stratified bootstrap over the test rows. ⚠: fewer than "
         f"{LOW_SUPPORT} test rows, a noisy estimate.")
     n_low = sum(1 for x in low if x)
-
-    # --- Markdown
-    md = [f"# {title}", ""]
-    if ran:
-        md += ran[0]
-    if seeds:
-        md += seeds[0]
-    if comp:
-        md += comp[0]
-    md += ["", "## Summary", "", f"Predictions column: `{metrics.get('pred_col', 'pred')}`"
-           + ("; threshold moving in `pred_adjusted`." if has_adj else "."), "",
-           "| metric | value |" + (" after threshold moving |" if has_adj else ""),
-           "| --- | --- |" + (" --- |" if has_adj else "")]
-    for name, v, a in summary:
-        md.append(f"| {name} | {v} |" + (f" {a} |" if has_adj else ""))
-    if rare_events:
-        md += rare_events[0]
-    md += errors[0]
-    if thresh:
-        md += thresh[0]
-    if calib:
-        md += calib[0]
-    md += ["", "## Per-class metrics (sorted by class size)", "", table_note, "",
-           "| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
-    md += ["| " + " | ".join(r) + " |" for r in rows]
-    if costs_section:
-        md += costs_section[0]
-    for t, fname, _, cap in figures:
-        md += ["", f"## {t}", "", f"![{t}]({FIG_DIR}/{fname})", "", cap]
-    write_text(out / "report.md", "\n".join(md) + "\n")
-
-    # --- HTML (self-contained)
+    md = ["", "## Per-class metrics (sorted by class size)", "", note, "",
+          "| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
+    md += ["| " + " | ".join(t for t, _ in r) + " |" for r in cells]
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>"
-             "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}"
-             "table{border-collapse:collapse;font-size:13px;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}"
-             "th{background:#f0f0f0;position:sticky;top:0}td:first-child,th:first-child{text-align:left}"
-             "th[data-key]:hover{background:#dde}tr.low td{background:#fff4e0}.warn{color:#a05000}"
-             "img{max-width:100%;border:1px solid #eee}.cap{color:#555;font-size:13px}"
-             ".scroll{max-height:600px;overflow:auto;display:inline-block}"
-             "</style></head><body>", f"<h1>{e(title)}</h1>"]
-    if ran:
-        parts.append(ran[1])
-    if seeds:
-        parts.append(seeds[1])
-    if comp:
-        parts.append(comp[1])
-    parts.append("<h2>Summary</h2><table><tr><th>metric</th><th>value</th>"
-                 + ("<th>after threshold moving</th>" if has_adj else "") + "</tr>")
-    for name, v, a in summary:
-        parts.append(f"<tr><td>{e(name)}</td><td>{e(v)}</td>" + (f"<td>{e(a)}</td>" if has_adj else "") + "</tr>")
-    parts.append("</table>")
-    if rare_events:
-        parts.append(rare_events[1])
-    parts.append(errors[1])
-    if thresh:
-        parts.append(thresh[1])
-    if calib:
-        parts.append(calib[1])
-    parts.append("<h2>Per-class metrics (sorted by class size; click a column to sort)</h2>"
-                 f"<p class='cap'>{e(table_note)}</p>"
-                 + (f"<p class='warn'>⚠ {n_low} classes have fewer than {LOW_SUPPORT} test rows (shaded).</p>"
-                    if n_low else ""))
-    parts.append(sortable_table(head, cells, table_id="per-class", keys=keys, row_class=low))
-    if costs_section:
-        parts.append(costs_section[1])
-    for t, fname, data, cap in figures:
-        b64 = base64.b64encode(data).decode("ascii")
-        parts.append(f"<h2>{e(t)}</h2><img alt='{e(t)}' src='data:image/png;base64,{b64}'>"
-                     f"<p class='cap'>{e(cap)}</p>")
-    parts.append(SORT_SCRIPT)
-    parts.append("</body></html>")
-    write_text(out / "report.html", "\n".join(parts) + "\n")
-    if boot:
-        (out / "intervals.json").write_text(json.dumps(boot))
-    return {"markdown": str(out / "report.md"), "html": str(out / "report.html"),
-            "figures": [str(figs / f) for _, f, _, _ in
-                        figures + ([calib[2]] if calib else []) + (rare_events[2] if rare_events else [])]}
+    parts = ["<h2>Per-class metrics (sorted by class size; click a column to sort)</h2>"
+             f"<p class='cap'>{e(note)}</p>"
+             + (f"<p class='warn'>⚠ {n_low} classes have fewer than {LOW_SUPPORT} test rows (shaded).</p>"
+                if n_low else ""),
+             sortable_table(head, cells, table_id="per-class", keys=keys, row_class=low)]
+    return Section(md, "\n".join(parts))
+
+
+def _figure_section(figures: list[tuple]) -> Section:
+    e = html.escape
+    md = [ln for t, fname, _, cap in figures for ln in ("", f"## {t}", "", f"![{t}]({FIG_DIR}/{fname})", "", cap)]
+    parts = [f"<h2>{e(t)}</h2><img alt='{e(t)}' src='data:image/png;base64,{base64.b64encode(data).decode('ascii')}'>"
+             f"<p class='cap'>{e(cap)}</p>" for t, _, data, cap in figures]
+    return Section(md, "\n".join(parts), figures)
+
+
+def _html_head(title: str) -> str:
+    e = html.escape
+    return "\n".join([f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>"
+                      "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}"
+                      "table{border-collapse:collapse;font-size:13px;margin:1em 0}"
+                      "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}"
+                      "th{background:#f0f0f0;position:sticky;top:0}td:first-child,th:first-child{text-align:left}"
+                      "th[data-key]:hover{background:#dde}tr.low td{background:#fff4e0}.warn{color:#a05000}"
+                      "img{max-width:100%;border:1px solid #eee}.cap{color:#555;font-size:13px}"
+                      ".scroll{max-height:600px;overflow:auto;display:inline-block}"
+                      "</style></head><body>", f"<h1>{e(title)}</h1>"])

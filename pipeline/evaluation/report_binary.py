@@ -3,8 +3,9 @@
 Reads ``metrics.json["binary"]`` (:mod:`pipeline.evaluation.binary`) and the positive class's
 exact PR-curve points (``metrics.json["pr_curves"]``). Draws the PR curve with the operating points
 of the precision levels and alert fractions marked, and the alert budget: alerts raised (rows
-flagged) against positives caught. Returns Markdown lines, an HTML fragment and the figures
-``(title, file, png, caption)``, like :mod:`pipeline.evaluation.report_calibration`.
+flagged) against positives caught. Returns a report
+:class:`~pipeline.evaluation.report_sections.Section` (Markdown lines, an HTML fragment and the
+figures ``(title, file, png, caption)``), like :mod:`pipeline.evaluation.report_calibration`.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from pipeline.evaluation.binary import alert_rows
+from pipeline.evaluation.report_sections import Section
 
 NOTE = ("The positive class is label 1, or the class with fewer rows when the labels are strings. "
         "Recall at precision p: the share of positives caught when at most a share 1 − p of the alerts "
@@ -98,7 +100,7 @@ def plot_alert_budget(b: dict, curve: dict, path: Path, save, plt) -> bytes:
     return save(fig, path)
 
 
-def binary_section(metrics: dict, figs: Path, save, plt) -> Optional[tuple[list[str], str, list]]:
+def binary_section(metrics: dict, figs: Path, save, plt) -> Optional[Section]:
     """Markdown lines, HTML and the figures of ``metrics["binary"]`` (None for multiclass data)."""
     b = metrics.get("binary")
     if not b:
@@ -131,7 +133,7 @@ def binary_section(metrics: dict, figs: Path, save, plt) -> Optional[tuple[list[
         md += ["", f"![{t}](figures/{fname})", "", cap]
         parts += [f"<img alt='{e(t)}' src='data:image/png;base64,{base64.b64encode(png).decode('ascii')}'>",
                   f"<p class='cap'>{e(cap)}</p>"]
-    return md, "\n".join(parts), figures
+    return Section(md, "\n".join(parts), figures)
 
 
 __all__ = ["binary_section", "binary_rows", "plot_pr_operating_points", "plot_alert_budget"]

@@ -12,6 +12,8 @@ import html
 from pathlib import Path
 from typing import Optional
 
+from pipeline.evaluation.report_sections import Section
+
 VARIANTS = (("raw", "raw (probs)"), ("prior_corrected", "prior-corrected"),
             ("temperature", "prior-corrected + temperature"))
 NOTE = ("Sampling changes the class prior the network learns (RUS to 1:1 makes a rare class look common), so its "
@@ -47,7 +49,7 @@ def plot_reliability(cal: dict, path: Path, save, plt) -> bytes:
     return save(fig, path)
 
 
-def calibration_section(metrics: dict, figs: Path, save, plt) -> Optional[tuple[list[str], str, tuple]]:
+def calibration_section(metrics: dict, figs: Path, save, plt) -> Optional[Section]:
     """Markdown lines, HTML and the reliability figure of ``metrics["calibration"]`` (None without it)."""
     cal = metrics.get("calibration")
     if not cal or "raw" not in cal:
@@ -77,7 +79,7 @@ def calibration_section(metrics: dict, figs: Path, save, plt) -> Optional[tuple[
     parts += [f"<tr><td>{e(label)}</td><td>{c['brier']:.4f}</td><td>{c['ece']:.4f}</td></tr>" for label, c in rows]
     parts += ["</table>", f"<img alt='Reliability diagram' src='data:image/png;base64,{b64}'>",
               f"<p class='cap'>{e(cap)}</p>"]
-    return md, "\n".join(parts), ("Reliability diagram", fname, png, cap)
+    return Section(md, "\n".join(parts), [("Reliability diagram", fname, png, cap)])
 
 
 __all__ = ["calibration_section", "plot_reliability"]

@@ -4,12 +4,14 @@ the method-vs-reference comparison.
 Everything here reads files a run directory already holds — ``config.json``, the sample stage's
 ``manifest.json``, ``train/train_summary.json`` (per-epoch history written by training),
 ``comparison/comparison.json`` — so the evaluation package never imports the training code.
-Each section returns Markdown lines, an HTML fragment and figures ``(title, file, png, caption)``.
+Each section is a :class:`Section`: Markdown lines, an HTML fragment and its figures
+``(title, file, png, caption)``.
 """
 from __future__ import annotations
 
 import base64
 import html
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -20,6 +22,17 @@ from pipeline.evaluation.intervals import LOW_SUPPORT
 from pipeline.evaluation.seed_spread import HEADLINE_NAMES
 from pipeline.io import read_json
 from pipeline.prep.sampling import training_counts
+
+
+
+@dataclass
+class Section:
+    """One part of the report in both renderings: Markdown lines, an HTML fragment, and the figures
+    ``(title, file name, png bytes, caption)`` it wrote under ``figures/``."""
+    md: list[str]
+    html: str
+    figures: list = field(default_factory=list)
+
 
 THRESHOLD_RULES = {
     "prior": ("threshold moving by class priors (Buda et al.)",
@@ -85,7 +98,7 @@ def read_run(run_dir) -> dict:
             "ingest": js(d / "source" / "ingest.json")}
 
 
-def seed_spread_section(sp: dict) -> tuple[list[str], str]:
+def seed_spread_section(sp: dict) -> Section:
     """The headline metrics of every training seed, their mean, standard deviation and range."""
     e = html.escape
     seeds = [str(x) for x in sp["seeds"]]
@@ -99,7 +112,7 @@ def seed_spread_section(sp: dict) -> tuple[list[str], str]:
     md = ["", "## Across training seeds", "", note, "", "| " + " | ".join(head) + " |",
           "| " + " | ".join("---" for _ in head) + " |"] + ["| " + " | ".join(r) + " |" for r in rows]
     body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return md, (f"<h2 id='seeds'>Across training seeds</h2><p class='cap'>{e(note)}</p><table><tr>"
+    return Section(md, f"<h2 id='seeds'>Across training seeds</h2><p class='cap'>{e(note)}</p><table><tr>"
                 + "".join(f"<th>{e(h)}</th>" for h in head) + f"</tr>{body}</table>")
 
 
@@ -119,7 +132,7 @@ def train_counts(run: dict) -> Optional[dict]:
     return training_counts(run.get("manifest"))
 
 
-def what_ran(run: dict, metrics: dict, timings: Optional[dict]) -> tuple[list[str], str]:
+def what_ran(run: dict, metrics: dict, timings: Optional[dict]) -> Section:
     cfg = run["config"]
     data, tr, ev, sm = cfg.get("data", {}), cfg.get("train", {}), cfg.get("evaluate", {}), cfg.get("sample", {})
     counts = train_counts(run)
@@ -154,7 +167,7 @@ def what_ran(run: dict, metrics: dict, timings: Optional[dict]) -> tuple[list[st
     e = html.escape
     frag = "<h2>What ran</h2><table>" + "".join(f"<tr><td>{e(k)}</td><td style='text-align:left'>{e(v)}</td></tr>"
                                                  for k, v in items) + "</table>"
-    return md, frag
+    return Section(md, frag)
 
 
 def plot_training(history: list, path: Path, save, plt) -> Optional[bytes]:
@@ -207,7 +220,7 @@ def confusions(metrics: dict, top: int = 10) -> list[tuple[int, int, int, float]
     return [(int(t), int(p), int(cm[t, p]), float(cm[t, p] / sup[t])) for t, p in idx if cm[t, p] > 0]
 
 
-def errors_section(metrics: dict, names: dict) -> tuple[list[str], str]:
+def errors_section(metrics: dict, names: dict) -> Section:
     present = [r for r in metrics["per_class"] if r["support"] > 0]
     zero = [r["label"] for r in present if r["f1"] == 0]
     low = [r["label"] for r in present if r["support"] < LOW_SUPPORT]
@@ -227,10 +240,10 @@ def errors_section(metrics: dict, names: dict) -> tuple[list[str], str]:
             "<th>predicted</th><th>rows</th><th>share</th></tr>"
             + "".join(f"<tr><td>{e(names[t])}</td><td>{e(names[p])}</td><td>{n}</td><td>{s:.1%}</td></tr>"
                       for t, p, n, s in conf) + "</table>")
-    return md, frag
+    return Section(md, frag)
 
 
-def threshold_section(metrics: dict, rule: Optional[str]) -> Optional[tuple[list[str], str]]:
+def threshold_section(metrics: dict, rule: Optional[str]) -> Optional[Section]:
     if "adjusted" not in metrics:
         return None
     name, how = THRESHOLD_RULES.get(rule or "", (rule or "threshold moving", ""))
@@ -244,7 +257,7 @@ def threshold_section(metrics: dict, rule: Optional[str]) -> Optional[tuple[list
             f"F1 rose for {f_up} and fell for {f_down} (columns 'recall (adj.)' and 'F1 (adj.)' in the table). "
             f"Macro F1 {_f(metrics['macro']['f1'])} → {_f(metrics['adjusted']['macro']['f1'])}, balanced accuracy "
             f"{_f(metrics['balanced_accuracy'])} → {_f(metrics['adjusted']['balanced_accuracy'])}.")
-    return ["", "## Threshold moving", "", text], f"<h2>Threshold moving</h2><p>{html.escape(text)}</p>"
+    return Section(["", "## Threshold moving", "", text], f"<h2>Threshold moving</h2><p>{html.escape(text)}</p>")
 
 
 def plot_deltas(rows: list[dict], path: Path, save, plt) -> bytes:
@@ -271,7 +284,7 @@ def plot_deltas(rows: list[dict], path: Path, save, plt) -> bytes:
     return save(fig, path)
 
 
-def comparison_section(comp: dict, names: dict, figs: Path, save, plt) -> tuple[list[str], str, list]:
+def comparison_section(comp: dict, names: dict, figs: Path, save, plt) -> Section:
     """Method vs each reference: summary with intervals, gained/lost classes, sortable per-class table."""
     e = html.escape
     md, parts, figures = [], [], []
@@ -340,7 +353,7 @@ def comparison_section(comp: dict, names: dict, figs: Path, save, plt) -> tuple[
         parts.append(sortable_table(head, body, table_id=f"cmp-{ref}",
                                     keys=["class", "train_rows", "support", "f1", "f1_ref", "df1", "df1_lo", "drecall",
                                           "drecall_lo", "verdict"]))
-    return md, "".join(parts), figures
+    return Section(md, "".join(parts), figures)
 
 
 def sortable_table(head: list[str], rows: list[list[tuple]], table_id: str, keys: list[str],

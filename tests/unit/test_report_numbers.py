@@ -20,7 +20,7 @@ def test_what_ran_says_30_per_class_for_a_balanced_test_set():
     metrics = {"n_rows": 90, "per_class": [{"support": 30}] * 3}
     run = {"config": {"data": {"synth_preset": "plankton"}, "train": {}, "model": {}},
            "manifest": {"input_counts": {"0": 100, "1": 100, "2": 100}}}
-    items, _ = rs.what_ran(run, metrics, None)
+    items = rs.what_ran(run, metrics, None).md
     text = "\n".join(items)
     assert "90, 30 per class (balanced)" in text and "300 in 3 classes, 100 per class" in text
     assert " to " not in text.split("test rows")[1].split("\n")[0]
