@@ -15,6 +15,7 @@ import warnings
 from typing import Callable, Sequence
 
 from pipeline.config import DataSection, load_config
+from pipeline.data.synth import PRESETS
 from pipeline.config_keys import config_keys, format_config, format_keys, with_suggestion
 from pipeline.engines import get_spark, stop_ray
 from pipeline.errors import InputError
@@ -29,7 +30,7 @@ from pipeline.flows.run import run_pipeline
 from pipeline.flows.seeds import first_seed
 from pipeline.flows.validate import COMMANDS, SYNTH_KINDS, validate_config
 from pipeline.io import local_path
-from pipeline.prep.sampling import format_manifest, sample_dataset
+from pipeline.prep.sampling import STRATEGIES, format_manifest, sample_dataset
 from pipeline.train.predict import predict_from_config
 
 LABEL_HELP = "name of the label column (default: label)"
@@ -254,9 +255,6 @@ class _SynthHelp(argparse.HelpFormatter):
         text = super()._get_help_string(action) or ""
         if action.dest != "preset":
             return text
-        # deferred: pipeline.data.synth imports pandas, slow to import; only this help text needs it
-        from pipeline.data.synth import PRESETS
-
         return text + ": " + ", ".join(
             f"{p} ({SYNTH_KINDS[p][0]}, {SYNTH_KINDS[p][1]} classes)" if p in SYNTH_KINDS else p for p in PRESETS)
 
@@ -282,7 +280,7 @@ def _add_config(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="imbalance",
         description="Distributed deep learning on class-imbalanced big data "
                     "(Spark sampling and metrics, Petastorm streaming, Ray Train).")
@@ -305,7 +303,7 @@ def _add_synth(sub) -> None:
     """``imbalance synth``: synthetic data sets."""
     s = sub.add_parser("synth", help="generate a synthetic imbalanced data set (Parquet) with Spark",
                        formatter_class=_SynthHelp)
-    s.add_argument("--preset", default="plankton", help="which data (default plankton)")
+    s.add_argument("--preset", default="plankton", choices=PRESETS, help="which data (default plankton)")
     s.add_argument("--rows", type=int, default=20000, help="number of rows (default 20000)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--partitions", type=int, default=None, help="output files (default: by size)")
@@ -374,8 +372,7 @@ def _add_sample(sub) -> None:
     """``imbalance sample``: exact distributed sampling."""
     s = sub.add_parser("sample", help="exact distributed RUS/ROS/threshold/floor/hybrid sampling")
     s.add_argument("--input", required=True, help="Parquet table (usually split/train)")
-    s.add_argument("--strategy", required=True,
-                   help="none | rus | ros | threshold | floor | hybrid")
+    s.add_argument("--strategy", required=True, choices=STRATEGIES, help=" | ".join(STRATEGIES))
     s.add_argument("--target", type=_target, default="auto",
                    help="imbalanced-learn sampling_strategy: auto | majority | 'not minority' | "
                         "'not majority' | all | FLOAT (binary) | JSON dict label->count")
@@ -476,14 +473,29 @@ def _add_evaluate(sub) -> None:
     s.set_defaults(func=cmd_evaluate)
 
 
+# Without -v the console shows our own warnings only: the libraries' deprecation notices and their
+# warnings (Spark, Ray, Petastorm, Arrow, PyTorch, MLflow, …) speak to their developers, not to a user.
+QUIET_CATEGORIES = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+QUIET_MODULES = r"(py4j|pyspark|ray|petastorm|pyarrow|torch|mlflow|pandas|sklearn|matplotlib|google|pydantic)(\.|$)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error shape: one line ``imbalance <command>: error: …`` and exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _quiet(verbose: bool) -> None:
     level = logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("py4j", "ray", "petastorm", "pyspark", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     if not verbose:
-        warnings.filterwarnings("ignore")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+        for category in QUIET_CATEGORIES:
+            warnings.filterwarnings("ignore", category=category)
+        warnings.filterwarnings("ignore", module=QUIET_MODULES)
+    os.environ.setdefault("PYTHONWARNINGS", ",".join(f"ignore::{c.__name__}" for c in QUIET_CATEGORIES))
 
 
 def _stop_ray_log_forwarding() -> None:
@@ -495,7 +507,10 @@ def _stop_ray_log_forwarding() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:                      # --help (0), or a bad argument: one line, exit 2
+        return int(e.code or 0)
     _quiet(args.verbose)
     func: Callable[[argparse.Namespace], int] = args.func
     try:

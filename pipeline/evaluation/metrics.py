@@ -245,22 +245,22 @@ def group_contributions(scores: np.ndarray, pos: np.ndarray, neg: np.ndarray, T:
     return s, p, q, tp, fp, auc2, ap_sum
 
 
-def threshold_metric(name: str, tp, fp, P: int, N: int):
+def threshold_metric(name: str, tp, fp, n_pos: int, n_neg: int):
     """Binary metric at thresholds from TP/FP counts (arrays): f1, balanced_accuracy, g_mean, accuracy."""
     tp = np.asarray(tp, dtype=np.float64)
     fp = np.asarray(fp, dtype=np.float64)
-    fn, tn = P - tp, N - fp
+    fn, tn = n_pos - tp, n_neg - fp
     with np.errstate(divide="ignore", invalid="ignore"):
         if name == "f1":
             return np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
-        tpr = tp / P if P else np.zeros_like(tp)
-        tnr = tn / N if N else np.zeros_like(tp)
+        tpr = tp / n_pos if n_pos else np.zeros_like(tp)
+        tnr = tn / n_neg if n_neg else np.zeros_like(tp)
         if name == "balanced_accuracy":
             return (tpr + tnr) / 2
         if name == "g_mean":
             return np.sqrt(tpr * tnr)
         if name == "accuracy":
-            return (tp + tn) / (P + N)
+            return (tp + tn) / (n_pos + n_neg)
     raise InputError(f"unknown threshold metric '{name}' (f1, balanced_accuracy, g_mean, accuracy)")
 
 
@@ -370,19 +370,19 @@ def arrow_probs(col, k: int):
     values = col.flatten()
     if values.null_count:
         return None, f"{values.null_count} null value(s) inside probs"
-    P = values.to_numpy(zero_copy_only=False).astype(np.float64, copy=False).reshape(len(col), k)
-    return P, None
+    probs = values.to_numpy(zero_copy_only=False).astype(np.float64, copy=False).reshape(len(col), k)
+    return probs, None
 
 
-def _check_block(P, labels, preds: dict, k: int) -> Optional[str]:
-    if not np.all(np.isfinite(P)):
-        return f"{int(np.sum(~np.all(np.isfinite(P), axis=1)))} row(s) with NaN or infinite probs"
-    if np.any(P < 0):
-        return f"{int(np.sum(np.any(P < 0, axis=1)))} row(s) with negative probs"
-    dev = np.abs(P.sum(axis=1) - 1.0)
+def _check_block(probs, labels, preds: dict, k: int) -> Optional[str]:
+    if not np.all(np.isfinite(probs)):
+        return f"{int(np.sum(~np.all(np.isfinite(probs), axis=1)))} row(s) with NaN or infinite probs"
+    if np.any(probs < 0):
+        return f"{int(np.sum(np.any(probs < 0, axis=1)))} row(s) with negative probs"
+    dev = np.abs(probs.sum(axis=1) - 1.0)
     if np.any(dev > PROB_TOLERANCE):
         return (f"probs not normalised: {int(np.sum(dev > PROB_TOLERANCE))} row(s) do not sum to 1 "
-                f"(worst sum {float(P.sum(axis=1)[np.argmax(dev)]):.6g})")
+                f"(worst sum {float(probs.sum(axis=1)[np.argmax(dev)]):.6g})")
     for name, arr in [("label", labels)] + list(preds.items()):
         bad = (arr < 0) | (arr >= k)
         if np.any(bad):
@@ -436,27 +436,27 @@ def _scan_fn(k: int, has_pred: bool, has_adj: bool, adjust: Optional[Callable] =
                         break
             if err:
                 break
-            P, err = arrow_probs(batch.column("probs"), k)
+            probs, err = arrow_probs(batch.column("probs"), k)
             if err:
                 break
-            err = _check_block(P, labels, preds, k)
+            err = _check_block(probs, labels, preds, k)
             if err:
                 break
             if adjust is not None:
-                preds["pred_adjusted"] = np.asarray(adjust(P), dtype=np.int64)
+                preds["pred_adjusted"] = np.asarray(adjust(probs), dtype=np.int64)
             m = len(labels)
             n += m
             rows = np.arange(m)
-            brier += brier_units(P, labels)
+            brier += brier_units(probs, labels)
             if has_pred:
                 cm += np.bincount(labels * k + preds["pred"], minlength=k * k)
             if has_adj:
                 cma += np.bincount(labels * k + preds["pred_adjusted"], minlength=k * k)
-            B = score_bucket(P) + cls_off
+            B = score_bucket(probs) + cls_off
             hist_tot += np.bincount(B.ravel(), minlength=k * N_BUCKETS)
             hist_pos += np.bincount(B[rows, labels], minlength=k * N_BUCKETS)
             for v, (_, weights, temperature) in enumerate(variants):
-                Q = correct_probs(P, weights, temperature)
+                Q = correct_probs(probs, weights, temperature)
                 cal_brier[v] += brier_units(Q, labels)
                 cal[v] += reliability_partials(Q, labels)
         out = {c: [] for c in ("kind", "i", "j", "a", "b", "xh", "xl", "msg")}
@@ -563,27 +563,28 @@ def plan_groups(hist_pos: np.ndarray, hist_neg: np.ndarray, classes: Sequence[in
     """Cut each class's buckets (highest score first) into contiguous groups of ≤ target rows.
 
     Returns ``(bucket_to_group (K, N_BUCKETS) int32 with -1 for unselected classes, groups)``,
-    where ``groups[g] = (class, T, F, P, N)`` and T/F are the exact positives/negatives of the
-    class in higher buckets (a single bucket is never split, so a group may exceed the target).
+    where ``groups[g] = (class, pos_above, neg_above, n_pos, n_neg)``: ``pos_above``/``neg_above`` are the
+    exact positives/negatives of the class in higher buckets (a single bucket is never split, so a group
+    may exceed the target) and ``n_pos``/``n_neg`` the class's totals.
     """
     k = hist_pos.shape[0]
     b2g = np.full((k, N_BUCKETS), -1, np.int32)
     groups = []
     for c in classes:
         tot = hist_pos[c] + hist_neg[c]
-        P, N = int(hist_pos[c].sum()), int(hist_neg[c].sum())
-        T = F = 0
+        n_pos, n_neg = int(hist_pos[c].sum()), int(hist_neg[c].sum())
+        pos_above = neg_above = 0
         acc = 0
         current = None
         for b in np.flatnonzero(tot)[::-1]:
             if current is None or acc + tot[b] > target_rows and acc > 0:
                 current = len(groups)
-                groups.append([c, T, F, P, N])
+                groups.append([c, pos_above, neg_above, n_pos, n_neg])
                 acc = 0
             b2g[c, b] = current
             acc += int(tot[b])
-            T += int(hist_pos[c, b])
-            F += int(hist_neg[c, b])
+            pos_above += int(hist_pos[c, b])
+            neg_above += int(hist_neg[c, b])
         # buckets between occupied ones map to the nearest group below: never used (no rows there)
     return b2g, [tuple(g) for g in groups]
 
@@ -646,10 +647,10 @@ def _rank_map_fn(classes: np.ndarray, b2g: np.ndarray):
             if n == 0:
                 continue
             labels = batch.column("label").to_numpy(zero_copy_only=False).astype(np.int64)
-            P, err = arrow_probs(batch.column("probs"), int(b2g.shape[0]))
+            probs, err = arrow_probs(batch.column("probs"), int(b2g.shape[0]))
             if err:  # validated in the scan pass; a changed table between passes is a bug
                 raise RuntimeError(err)
-            S = np.ascontiguousarray(P[:, classes].T) + 0.0          # (m, n)
+            S = np.ascontiguousarray(probs[:, classes].T) + 0.0          # (m, n)
             order = np.argsort(S, axis=1)
             S = np.take_along_axis(S, order, axis=1)
             pos = (labels[order] == classes[:, None]).ravel().astype(np.int64)
@@ -703,20 +704,22 @@ def _rank_group_fn(groups: list, curve: set, tune: Optional[str], points: int,
 
     def fn(pdf: "pd.DataFrame") -> "pd.DataFrame":
         g = int(pdf["g"].iloc[0])
-        c, T, F, P, N = groups[g]
+        c, pos_above, neg_above, n_pos, n_neg = groups[g]
         s, p, q, tp, fp, auc2, ap = group_contributions(
-            _unpack(pdf["score"], "<f8"), _unpack(pdf["pos"], "<i8"), _unpack(pdf["neg"], "<i8"), T, F)
+            _unpack(pdf["score"], "<f8"), _unpack(pdf["pos"], "<i8"), _unpack(pdf["neg"], "<i8"),
+            pos_above, neg_above)
         rows = [("sum", g, c, auc2, ap, float("nan"), float("nan"), 0)]
-        if c in curve and P > 0:
+        if c in curve and n_pos > 0:
             hit = p > 0
-            lvl_now = (tp * points) // P
-            lvl_before = ((tp - p) * points) // P
+            lvl_now = (tp * points) // n_pos
+            lvl_before = ((tp - p) * points) // n_pos
             keep = np.flatnonzero(hit & (lvl_now > lvl_before))
             for i in keep:
-                rows.append(("pt", g, c, 0, 0.0, float(tp[i]) / P, float(tp[i]) / float(tp[i] + fp[i]),
+                rows.append(("pt", g, c, 0, 0.0, float(tp[i]) / n_pos, float(tp[i]) / float(tp[i] + fp[i]),
                              int(tp[i])))
         if binary is not None and c == binary.positive:
-            part = group_partials(tp, fp, T + F, P, binary.precision_levels, binary.recall_levels, binary.alert_m)
+            part = group_partials(tp, fp, pos_above + neg_above, n_pos, binary.precision_levels,
+                                  binary.recall_levels, binary.alert_m)
             for kind in _BINARY_KINDS:
                 rows += [(kind, g, c, 0, 0.0, v, float("nan"), i) for i, v in enumerate(part[kind]) if v is not None]
             # the group's segments, for the bootstrap (pipeline.evaluation.binary_bootstrap): one row per
@@ -725,7 +728,7 @@ def _rank_group_fn(groups: list, curve: set, tune: Optional[str], points: int,
             rows += [("seg", g, c, int(st[i]), float(sb[i]), float(i), 0.0, int(sp[i])) for i in range(len(sp))]
             rows.append(("tail", g, c, tail, 0.0, float("inf"), 0.0, 0))
         if tune is not None:
-            vals = threshold_metric(tune, tp, fp, P, N)
+            vals = threshold_metric(tune, tp, fp, n_pos, n_neg)
             i = int(np.argmax(vals))           # first maximum = the largest threshold
             rows.append(("best", g, c, 0, 0.0, float(vals[i]), float(s[i]), int(tp[i])))
         return pd.DataFrame(rows, columns=["kind", "g", "cls", "auc2", "ap", "x", "y", "t"])
@@ -765,11 +768,11 @@ def ranking_stats(spark, loaded: Loaded, scan: Scan, classes: Sequence[int],
     sums = res[res.kind == "sum"]
     for c in classes:
         c = int(c)
-        P, N = int(scan.hist_pos[c].sum()), int(scan.hist_neg[c].sum())
+        n_pos, n_neg = int(scan.hist_pos[c].sum()), int(scan.hist_neg[c].sum())
         part = sums[sums.cls == c]
         auc2 = int(part.auc2.astype("int64").sum())
-        out["roc_auc"][c] = auc2 / (2.0 * P * N) if P > 0 and N > 0 else None
-        out["pr_auc"][c] = math.fsum(part.ap) / P if P > 0 else None     # exact: any group order
+        out["roc_auc"][c] = auc2 / (2.0 * n_pos * n_neg) if n_pos > 0 and n_neg > 0 else None
+        out["pr_auc"][c] = math.fsum(part.ap) / n_pos if n_pos > 0 else None     # exact: any group order
     pts = res[res.kind == "pt"].sort_values(["cls", "t"])
     for c, part in pts.groupby("cls"):
         out["curves"][int(c)] = {"recall": [0.0] + part.x.tolist(),

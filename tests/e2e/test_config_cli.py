@@ -14,6 +14,7 @@ import yaml
 from pipeline import config as config_module
 from pipeline.config import Config, load_config
 from pipeline.data.synth import PRESETS
+from pipeline.prep.sampling import STRATEGIES
 
 ROOT = Path(__file__).resolve().parents[2]
 IMBALANCE = Path(sys.executable).parent / "imbalance"      # the console script of this environment
@@ -102,3 +103,35 @@ def test_config_commands_point_to_config_keys(command):
     r = _imbalance(command, "--help")
     assert r.returncode == 0
     assert "imbalance config keys" in " ".join(r.stdout.split())
+
+
+@pytest.mark.parametrize("args, command, names", [
+    (["synth", "--preset", "plankon", "--out", "x"], "synth", "--preset"),
+    (["sample", "--input", "x", "--out", "y", "--strategy", "rsu"], "sample", "--strategy"),
+    (["synth", "--rows", "many", "--out", "x"], "synth", "--rows"),
+])
+def test_a_bad_command_line_option_is_one_line_exit_2_listing_the_choices(tmp_path, args, command, names):
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    lines = _error_lines(r)
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"imbalance {command}: error: argument {names}"), lines
+    if names != "--rows":                          # the registry's names, not a hand-kept list
+        known = PRESETS if command == "synth" else STRATEGIES
+        assert all(f"'{k}'" in lines[0] for k in known), lines[0]
+    assert not any(tmp_path.iterdir())
+
+
+def test_without_verbose_the_console_drops_library_notices_and_keeps_ours(monkeypatch):
+    import warnings
+
+    from pipeline.cli import _quiet
+
+    monkeypatch.delenv("PYTHONWARNINGS", raising=False)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        _quiet(False)
+        warnings.warn("a library's deprecation", DeprecationWarning)
+        warnings.warn_explicit("a library's notice", UserWarning, "x.py", 1, module="pyspark.sql")
+        warnings.warn_explicit("our warning", UserWarning, "x.py", 1, module="pipeline.train.loop")
+    assert [str(w.message) for w in seen] == ["our warning"]
