@@ -107,10 +107,10 @@ def class_distribution(df, label_col: str = "label", name: str = "the table") ->
     return dist
 
 
-def profile(spark, input: str, out: str, label_col: str = "label") -> dict:
-    """Profile the class distribution of ``input`` into ``out/distribution.json`` (+ chart, labels.json)."""
-    df = read_table(spark, input, label_col)
-    dist = class_distribution(df, label_col, name=f"input {input}")
+def profile(spark, table: str, out: str, label_col: str = "label") -> dict:
+    """Profile the class distribution of ``table`` into ``out/distribution.json`` (+ chart, labels.json)."""
+    df = read_table(spark, table, label_col)
+    dist = class_distribution(df, label_col, name=f"input {table}")
     counts = {c["label"]: c["count"] for c in dist["classes"]}
     out_p = local_path(out)
     with atomic_dir(out_p) as tmp:

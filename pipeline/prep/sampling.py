@@ -450,15 +450,15 @@ def _thresholds(spark, df, label_col: str, seed: int, bits: int, hist: dict,
     return out
 
 
-def _hint_counts(input: str, df, label_col: str) -> Optional[dict]:
+def _hint_counts(table: str, df, label_col: str) -> Optional[dict]:
     """Class counts recorded in the table's ``_dataset.json`` (keys cast to the label type)."""
     # deferred: pyspark is slow to import
     from pyspark.sql import types as T
 
     try:
-        if not has_info(input):
+        if not has_info(table):
             return None
-        info = read_info(input)
+        info = read_info(table)
     except (InputError, OSError, ValueError, TypeError):
         return None
     if not info.class_counts or info.label_col != label_col:
@@ -702,12 +702,12 @@ def fit_resample(df, strategy: str, sampling_strategy: Any = "auto", cap: Option
                      "seconds": {"plan": round(t_plan - t0, 3), "thresholds": round(t_thr - t_plan, 3)}}
 
 
-def sample_dataset(spark, input: str, out: str, strategy: str, target: Any = "auto",
+def sample_dataset(spark, table: str, out: str, strategy: str, target: Any = "auto",
                    cap: Optional[int] = None, floor: Optional[int] = None, seed: int = 0,
                    label_col: str = "label", method: str = "auto", use_hint: bool = True,
                    bits: int = DEFAULT_BITS,
                    boundary_limit: int = BOUNDARY_LIMIT) -> dict:
-    """Sample the Parquet table at ``input`` into ``out/data/`` and write ``out/manifest.json``.
+    """Sample the Parquet table at ``table`` into ``out/data/`` and write ``out/manifest.json``.
 
     The rows are :func:`fit_resample`'s; achieved class sizes are measured on what was written
     and must equal the plan exactly. Atomic: a failure leaves ``out`` as it was. Returns the
@@ -720,9 +720,9 @@ def sample_dataset(spark, input: str, out: str, strategy: str, target: Any = "au
     """
     check_request(strategy, cap, floor)   # fail before touching data
     t0 = time.time()
-    df = _read_input(spark, input, label_col)
+    df = _read_input(spark, table, label_col)
     sampled, fit = fit_resample(df, strategy, sampling_strategy=target, cap=cap, floor=floor, random_state=seed,
-                                label_col=label_col, class_counts=_hint_counts(input, df, label_col) if use_hint
+                                label_col=label_col, class_counts=_hint_counts(table, df, label_col) if use_hint
                                 else None, method=method, bits=bits, boundary_limit=boundary_limit)
     strategy, cap, floor = fit["strategy"], fit["cap"], fit["floor"]
     counts, plan, max_copies, path = fit["input_counts"], fit["planned"], fit["max_copies"], fit["path"]
@@ -743,8 +743,8 @@ def sample_dataset(spark, input: str, out: str, strategy: str, target: Any = "au
                 "sampled counts differ from the plan for classes "
                 + ", ".join(f"{c} ({achieved[c]} vs {plan[c]})" for c in bad)
                 + ": the 'id' column must be unique")
-        if has_info(input):
-            info = read_info(input)
+        if has_info(table):
+            info = read_info(table)
             info.class_counts = _counts_json(achieved)
             write_info(data, info)
         manifest = {

@@ -222,7 +222,7 @@ def _write_splits(spark, assigned, fit: dict, info: DatasetInfo, label_col: str,
 
 def split_dataset(
     spark,
-    input: str | dict,
+    table: str | dict,
     out: str,
     val: float = 0.1,
     test: float = 0.2,
@@ -234,20 +234,20 @@ def split_dataset(
     resize: str = "pad",
     min_size: int = 1,
 ) -> dict:
-    """Split ``input`` into ``out/{train,val,test}/`` exactly per class; invalid rows to ``out/rejected/``.
+    """Split ``table`` into ``out/{train,val,test}/`` exactly per class; invalid rows to ``out/rejected/``.
 
-    ``input`` is one table path, or a dict ``{"train": path, "val": path, "test": path}`` of
+    ``table`` is one table path, or a dict ``{"train": path, "val": path, "test": path}`` of
     tables that are already split. A ``split`` column in a single table is honoured too.
     The rows are :func:`split_frame`'s (which also decodes encoded images). Returns a summary ``{"counts": {split: {label_index: rows}},
     "rejected": n, "labels": [...]}`` also written to ``out/split.json``.
     """
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise InputError(f"split fractions must satisfy 0 <= val, test and val + test < 1 (val={val}, test={test})")
-    if isinstance(input, dict):
+    if isinstance(table, dict):
         parts = []
         first = None
         for name in SPLITS:
-            path = input.get(name)
+            path = table.get(name)
             if path is None:
                 raise InputError(f"pre-split input is missing the '{name}' table")
             part = read_table(spark, path, label_col)
@@ -259,8 +259,8 @@ def split_dataset(
             df = df.unionByName(p.select(*cols))
         info = table_info(first[0], first[1], label_col, image_shape)
     else:
-        df = read_table(spark, input, label_col)
-        info = table_info(input, df, label_col, image_shape)
+        df = read_table(spark, table, label_col)
+        info = table_info(table, df, label_col, image_shape)
 
     with atomic_dir(local_path(out)) as tmp:
         # First without reading the features/images for the counts; if a row then fails a
@@ -273,7 +273,7 @@ def split_dataset(
                                                       optimistic=optimistic)
             except InputError as e:
                 if str(e).startswith("no valid row"):
-                    raise InputError(f"no valid row left in {input}{str(e)[len('no valid row left'):]}") from None
+                    raise InputError(f"no valid row left in {table}{str(e)[len('no valid row left'):]}") from None
                 raise
             split_counts, data_cols = _write_splits(spark, assigned, fit, fit_info, label_col, tmp)
             written = sum(sum(c.values()) for c in split_counts.values())

@@ -66,10 +66,10 @@ def parquet_stats(path: str | os.PathLike) -> dict:
             "max_row_group_rows": max(group_rows) if group_rows else 0}
 
 
-def materialize(spark, input: str, out: str, seed: int = 0, row_group_mb: float = 32.0,
+def materialize(spark, table: str, out: str, seed: int = 0, row_group_mb: float = 32.0,
                 label_col: str = "label", files: Optional[int] = None, min_files: int = 8,
                 file_mb: float = 128.0) -> dict:
-    """Write ``input`` (Parquet) to ``out`` shuffled and chunked for Petastorm streaming.
+    """Write ``table`` (Parquet) to ``out`` shuffled and chunked for Petastorm streaming.
 
     ``files``: number of Parquet files, each one row group (default: input size / ``row_group_mb``
     rounded up to a multiple of ``min_files``). ``file_mb`` is kept for compatibility and unused.
@@ -86,15 +86,15 @@ def materialize(spark, input: str, out: str, seed: int = 0, row_group_mb: float 
         raise InputError(f"files must be at least 1, got {files}")
     if not is_local(out):
         raise InputError(f"materialize writes a local directory (or a mounted one), got {out}")
-    if is_local(input) and not local_path(input).exists():
-        raise InputError(f"input not found: {input}")
+    if is_local(table) and not local_path(table).exists():
+        raise InputError(f"input not found: {table}")
     try:
-        df = spark.read.parquet(spark_uri(input))
+        df = spark.read.parquet(spark_uri(table))
     except AnalysisException as e:
-        raise InputError(f"cannot read Parquet at {input}: {str(e).splitlines()[0]}") from None
+        raise InputError(f"cannot read Parquet at {table}: {str(e).splitlines()[0]}") from None
     for col in ("id", label_col):
         if col not in df.columns:
-            raise InputError(f"input {input} has no '{col}' column (columns: {', '.join(df.columns)})")
+            raise InputError(f"input {table} has no '{col}' column (columns: {', '.join(df.columns)})")
     if "copy" not in df.columns:          # an unsampled table: every row is its own first copy
         df = df.withColumn("copy", F.lit(0).cast("int"))
 
@@ -121,9 +121,9 @@ def materialize(spark, input: str, out: str, seed: int = 0, row_group_mb: float 
         seconds = time.time() - t0
         stats = parquet_stats(tmp)
         if stats["rows"] == 0:
-            raise InputError(f"input {input} has no rows to materialize")
-        if has_info(input):
-            write_info(tmp, read_info(input))
+            raise InputError(f"input {table} has no rows to materialize")
+        if has_info(table):
+            write_info(tmp, read_info(table))
         stats.update({
             "input": str(input), "seed": int(seed), "row_group_mb": float(row_group_mb),
             "input_bytes": in_bytes, "seconds": round(seconds, 3),
