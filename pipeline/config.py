@@ -84,7 +84,7 @@ class DataSection:
     manifest: Optional[str] = _key(None, "images: CSV/Parquet of path,label (paths relative to data.images)")
     min_size: int = _key(2, "images narrower or lower than this go to rejected/")
     synth_preset: Optional[str] = _key("plankton", "synthetic data when no input is given: plankton | "
-                                                   "plankton_balanced | digits | tabular | rare; null: none "
+                                                   "plankton_balanced | tabular | digits | rare; null: none "
                                                    "(then data.input or data.images is required)")
     rows: int = _key(20000, "rows of synthetic data")
     positive_rate: float = _key(0.001, "synth_preset rare: share of positive rows")

@@ -109,16 +109,20 @@ def _all_reduce(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t
 
 
+OPTIMIZERS = {
+    "adam": lambda params, tc: torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay),
+    "adamw": lambda params, tc: torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay),
+    "sgd": lambda params, tc: torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay),
+}
+
+
 def build_optimizer(params, train_cfg) -> torch.optim.Optimizer:
+    """``train.optimizer`` (a name of :data:`OPTIMIZERS`) over ``params``, with the section's lr,
+    weight decay and (sgd) momentum."""
     name = str(train_cfg.optimizer).lower()
-    if name == "adam":
-        return torch.optim.Adam(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=train_cfg.lr, momentum=train_cfg.momentum,
-                               weight_decay=train_cfg.weight_decay)
-    raise InputError(f"unknown train.optimizer '{train_cfg.optimizer}' (known: adam, adamw, sgd)")
+    if name not in OPTIMIZERS:
+        raise InputError(f"unknown train.optimizer '{train_cfg.optimizer}' (known: {', '.join(OPTIMIZERS)})")
+    return OPTIMIZERS[name](params, train_cfg)
 
 
 def split_loss_params(train_cfg) -> tuple[dict, dict]:
@@ -844,5 +848,5 @@ def _checkpoint(out: Path, model, optimizer, scaler, progress, best_state, rank,
 
 
 __all__ = ["run_training", "evaluate_table", "metrics_from_confusion", "confusion_matrix",
-           "build_optimizer", "check_amp_dtype", "split_loss_params", "CRASH_ENV", "read_sampling_spec",
+           "OPTIMIZERS", "build_optimizer", "check_amp_dtype", "split_loss_params", "CRASH_ENV", "read_sampling_spec",
            "epoch_read_rates", "static_read_rates", "compute_centroids", "centers_params"]

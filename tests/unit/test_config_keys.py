@@ -163,3 +163,24 @@ def test_a_suggested_line_is_not_suggested_again():
     line = "unknown config key 'train.epoch' — did you mean 'train.epochs'?"
     assert with_suggestion(line) == line
 
+
+
+def _listed(help_text: str) -> list[str]:
+    """The ``a | b | c`` names of a key's help (before any ';' or '(' remark)."""
+    head = help_text.split(";")[0].split("(")[0]
+    head = head.split(":")[-1]
+    return [w.strip() for w in head.split("|")]
+
+
+def test_the_help_of_every_named_choice_lists_its_registry():
+    from pipeline.data.synth import PRESETS
+    from pipeline.prep.sampling import STRATEGIES
+    from pipeline.stream.readers import READERS
+    from pipeline.train.loop import OPTIMIZERS
+    from pipeline.train.models import CLASSIFIERS, MODEL_NAMES
+
+    fields = dict(_every_field())
+    for key, registry in [("data.synth_preset", PRESETS), ("sample.strategy", STRATEGIES),
+                          ("stream.reader", READERS), ("train.optimizer", tuple(OPTIMIZERS)),
+                          ("model.name", MODEL_NAMES), ("model.classifier", CLASSIFIERS)]:
+        assert _listed(fields[key].metadata["help"]) == list(registry), key
