@@ -755,17 +755,7 @@ def finish_training(s: TrainingSession) -> dict:
                                       s.world_size, s.autocast, s.cfg.stream.workers_count)
         del net
         if s.report_fn is not None:  # hand the centroids to the driver in one more (final) checkpoint
-            metrics = {k: v for k, v in progress["history"][-1].items() if not isinstance(v, list)}
-            metrics.update(best_epoch=progress["best_epoch"], stopped_early=progress["stopped_early"],
-                           category_centers=True)
-            if s.rank == 0:
-                with tempfile.TemporaryDirectory(prefix="imb-ckpt-") as tmp:
-                    save_checkpoint(Path(tmp), s.model, s.optimizer, s.scaler, progress, s.best_state,
-                                    s.hook_state())
-                    torch.save(centroids, Path(tmp) / CENTROIDS_FILE)
-                    s.report_fn(metrics, tmp)
-            else:
-                s.report_fn(metrics, None)
+            _report_checkpoint(s, {"category_centers": True}, {CENTROIDS_FILE: centroids})
     rank0 = s.rank == 0
     return {"history": progress["history"], "best_epoch": progress["best_epoch"],
             "best_metrics": progress["best_metrics"], "epochs_run": progress["epochs_done"],
@@ -798,8 +788,7 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
         entry = train_epoch(s, epoch, crash)
         value = validate_epoch(s, entry)
         record_epoch(s, epoch, entry, value)
-        _checkpoint(s.out, s.model, s.optimizer, s.scaler, s.progress, s.best_state, rank, report_fn, epoch,
-                    s.hook_state())
+        _checkpoint(s, epoch)
         if s.progress["stopped_early"]:
             break
     return finish_training(s)
@@ -824,27 +813,39 @@ def _method_predict_fn(hook: MethodHook, device):
     return lambda net, x: type(hook).predict(state, net, x)
 
 
-def _checkpoint(out: Path, model, optimizer, scaler, progress, best_state, rank, report_fn, epoch,
-                method_state: Optional[dict] = None) -> None:
-    metrics = {k: v for k, v in progress["history"][-1].items() if not isinstance(v, list)}
-    metrics.update(best_epoch=progress["best_epoch"], stopped_early=progress["stopped_early"])
-    if report_fn is None:  # plain process: keep our own checkpoints
-        if rank == 0:
-            d = out / "checkpoints" / f"epoch-{epoch:04d}"
-            tmp = out / "checkpoints" / f".epoch-{epoch:04d}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            save_checkpoint(tmp, model, optimizer, scaler, progress, best_state, method_state)
-            shutil.rmtree(d, ignore_errors=True)
-            tmp.rename(d)
-            for old in sorted((out / "checkpoints").glob("epoch-*"))[:-2]:
-                shutil.rmtree(old, ignore_errors=True)
+def _checkpoint(s: TrainingSession, epoch: int) -> None:
+    """Epoch ``epoch``'s checkpoint: in a plain process rank 0 keeps the newest two under
+    ``<out>/checkpoints/``; under Ray Train every rank reports it (:func:`_report_checkpoint`)."""
+    if s.report_fn is not None:
+        _report_checkpoint(s)
         return
-    if rank == 0:
-        with tempfile.TemporaryDirectory(prefix="imb-ckpt-") as tmp:
-            save_checkpoint(Path(tmp), model, optimizer, scaler, progress, best_state, method_state)
-            report_fn(metrics, tmp)
-    else:
-        report_fn(metrics, None)
+    if s.rank == 0:
+        d = s.out / "checkpoints" / f"epoch-{epoch:04d}"
+        tmp = s.out / "checkpoints" / f".epoch-{epoch:04d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_checkpoint(tmp, s.model, s.optimizer, s.scaler, s.progress, s.best_state, s.hook_state())
+        shutil.rmtree(d, ignore_errors=True)
+        tmp.rename(d)
+        for old in sorted((s.out / "checkpoints").glob("epoch-*"))[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _report_checkpoint(s: TrainingSession, extra_metrics: Optional[dict] = None,
+                       extra_files: Optional[dict] = None) -> None:
+    """Ray Train: report the last epoch's scalar metrics on every rank, and rank 0's checkpoint
+    (weights, optimizer, progress, best weights, method state, plus ``extra_files``: name → object
+    saved with ``torch.save``) with them."""
+    progress = s.progress
+    metrics = {k: v for k, v in progress["history"][-1].items() if not isinstance(v, list)}
+    metrics.update(best_epoch=progress["best_epoch"], stopped_early=progress["stopped_early"], **(extra_metrics or {}))
+    if s.rank != 0:
+        s.report_fn(metrics, None)
+        return
+    with tempfile.TemporaryDirectory(prefix="imb-ckpt-") as tmp:
+        save_checkpoint(Path(tmp), s.model, s.optimizer, s.scaler, progress, s.best_state, s.hook_state())
+        for name, obj in (extra_files or {}).items():
+            torch.save(obj, Path(tmp) / name)
+        s.report_fn(metrics, tmp)
 
 
 __all__ = ["run_training", "evaluate_table", "metrics_from_confusion", "confusion_matrix",
