@@ -15,7 +15,7 @@ import warnings
 from typing import Callable, Sequence
 
 from pipeline.config import DataSection, load_config
-from pipeline.data.synth import PRESETS
+from pipeline.data.synth import PRESET_KINDS, PRESETS
 from pipeline.config_keys import config_keys, format_config, format_keys, with_suggestion
 from pipeline.engines import get_spark, stop_ray
 from pipeline.errors import InputError
@@ -28,7 +28,7 @@ from pipeline.flows.experiment import run_experiment
 from pipeline.flows.retrain import retrain
 from pipeline.flows.run import run_pipeline
 from pipeline.flows.seeds import first_seed
-from pipeline.flows.validate import COMMANDS, SYNTH_KINDS, validate_config
+from pipeline.flows.validate import COMMANDS, validate_config
 from pipeline.io import local_path
 from pipeline.prep.sampling import STRATEGIES, format_manifest, sample_dataset
 from pipeline.train.predict import predict_from_config
@@ -256,7 +256,7 @@ class _SynthHelp(argparse.HelpFormatter):
         if action.dest != "preset":
             return text
         return text + ": " + ", ".join(
-            f"{p} ({SYNTH_KINDS[p][0]}, {SYNTH_KINDS[p][1]} classes)" if p in SYNTH_KINDS else p for p in PRESETS)
+            f"{name} ({kind}, {classes} classes)" for name, (kind, classes) in PRESET_KINDS.items())
 
 
 def _add_config(sub) -> None:

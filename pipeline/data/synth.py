@@ -64,7 +64,10 @@ PLANKTON_ROWS = 3_400_000
 IMAGE_SIDE = 32
 TABULAR_CLASSES = 10
 TABULAR_DIM = 16
-PRESETS = ("plankton", "plankton_balanced", "tabular", "digits", "rare")
+#: Every synth preset and what it makes: (kind, classes); kind is "image" or "features".
+PRESET_KINDS = {"plankton": ("image", PLANKTON_CLASSES), "plankton_balanced": ("image", PLANKTON_CLASSES),
+                "tabular": ("features", TABULAR_CLASSES), "digits": ("image", 10), "rare": ("features", 2)}
+PRESETS = tuple(PRESET_KINDS)
 
 
 def plankton_fractions() -> np.ndarray:

@@ -43,6 +43,7 @@ from pipeline.config import Config, SampleSection
 from pipeline.data.images import check_options
 from pipeline.data.ingest import LABEL_FROM
 from pipeline.data.schema import has_info, read_info
+from pipeline.data.synth import PRESET_KINDS
 from pipeline.data.synth_rare import check_rare_args
 from pipeline.errors import ConfigError, InputError
 from pipeline.flows.compare import compare_methods
@@ -60,9 +61,6 @@ LOOP_KEYS = {"dynamic_sampling", "drw_epoch", "drw_beta", "category_centers", "c
              "centroid_temperature"}
 #: What ``train.method: two_phase`` accepts in ``train.method_params``.
 TWO_PHASE_KEYS = {"pretrain", "pretrain_epochs", "pretrain_read_sampling", "finetune_lr"} | LOOP_KEYS
-#: What each synth preset makes (kind, classes), for the checks that depend on it; one entry per synth.PRESETS.
-SYNTH_KINDS = {"plankton": ("image", 103), "plankton_balanced": ("image", 103), "digits": ("image", 10),
-               "tabular": ("features", 10), "rare": ("features", 2)}
 COMMANDS = ("run", "experiment", "retrain", "train", "predict")
 
 
@@ -92,7 +90,7 @@ def data_kind(cfg: Config, command: str = "run") -> tuple[Optional[str], Optiona
     elif cfg.data.images:
         return "image", None
     elif command in ("run", "experiment"):
-        return SYNTH_KINDS.get(cfg.data.synth_preset, (None, None))
+        return PRESET_KINDS.get(cfg.data.synth_preset, (None, None))
     if table and is_local(table) and has_info(table):
         try:
             info = read_info(table)
@@ -133,8 +131,8 @@ def _numbers(cfg: Config) -> None:
     if d.input is None and not d.train_path and not d.images and d.synth_preset is None:
         raise ConfigError("config key 'data.images' (or data.input): this config reads your own data and has no "
                           "synthetic fallback (data.synth_preset is null); set data.images=/path/to/image/tree")
-    if d.input is None and not d.train_path and not d.images and d.synth_preset not in SYNTH_KINDS:
-        raise ConfigError(f"unknown data.synth_preset '{d.synth_preset}' (known: {', '.join(SYNTH_KINDS)})")
+    if d.input is None and not d.train_path and not d.images and d.synth_preset not in PRESET_KINDS:
+        raise ConfigError(f"unknown data.synth_preset '{d.synth_preset}' (known: {', '.join(PRESET_KINDS)})")
     if d.input is None and not d.train_path and not d.images and d.synth_preset == "rare":
         try:
             check_rare_args(d.positive_rate, d.features)

@@ -2,21 +2,22 @@
 from __future__ import annotations
 
 from pipeline.config import load_config
-from pipeline.data.synth import PRESETS
+from pipeline.data.synth import PRESET_KINDS, PRESETS
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.flows.validate import SYNTH_KINDS, data_kind, validate_config
+from pipeline.flows.validate import data_kind, validate_config
 
 
-def test_every_synth_preset_is_known_to_validation():
-    assert set(SYNTH_KINDS) == set(PRESETS)
+def test_every_synth_preset_says_what_it_makes():
+    assert PRESET_KINDS == {"plankton": ("image", 103), "plankton_balanced": ("image", 103),
+                            "tabular": ("features", 10), "digits": ("image", 10), "rare": ("features", 2)}
 
 
 def test_data_kind_of_each_preset():
     for preset in PRESETS:
         cfg = load_config("conf/tabular.yaml", [f"data.synth_preset={preset}"])
-        assert data_kind(cfg, "run") == SYNTH_KINDS[preset]
+        assert data_kind(cfg, "run") == PRESET_KINDS[preset]
 
 
 @pytest.mark.parametrize("override,key", [("data.positive_rate=0.7", "data.positive_rate"),
