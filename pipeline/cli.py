@@ -25,6 +25,7 @@ from pipeline.evaluation.evaluate import evaluate_predictions
 from pipeline.evaluation.thresholds import parse_class_counts, predictions_with_rule
 from pipeline.flows import promotion
 from pipeline.flows.experiment import run_experiment
+from pipeline.flows.recommend import run_recommend
 from pipeline.flows.retrain import retrain
 from pipeline.flows.run import run_pipeline
 from pipeline.flows.seeds import first_seed
@@ -198,6 +199,13 @@ def cmd_run(a: argparse.Namespace) -> int:
 def cmd_experiment(a: argparse.Namespace) -> int:
     cfg = load_config(a.config, a.overrides)
     out = run_experiment(cfg)
+    print(out)
+    return 0
+
+
+def cmd_recommend(a: argparse.Namespace) -> int:
+    cfg = load_config(a.config, a.overrides)
+    out = run_recommend(cfg)
     print(out)
     return 0
 
@@ -390,6 +398,8 @@ def _add_config_commands(sub) -> None:
         ("train", cmd_train, "train a DNN on Ray Train workers streaming Petastorm shards"),
         ("run", cmd_run, "run every stage into <run.root>/<run-id>/ (prints the run directory last)"),
         ("experiment", cmd_experiment, "grid of methods x imbalance levels x seeds, with statistics"),
+        ("recommend", cmd_recommend, "which imbalance method for this data: successive halving, then finalists "
+                                     "with seeds, compared on validation (prints the output directory last)"),
         ("retrain", cmd_retrain, "scheduled retraining over a data lake, gated promotion"),
     ):
         s = sub.add_parser(name, help=text, description=text + ". Overrides are dotted config keys, "

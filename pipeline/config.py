@@ -242,6 +242,24 @@ class ExperimentSection:
 
 
 @dataclass
+class RecommendSection:
+    metric: str = _key("macro_f1", "the validation metric to pick by: macro_f1 | balanced_accuracy | g_mean | "
+                                   "accuracy")
+    methods: Any = _key("auto", "auto (the survey's methods that apply to the data) or a list shaped like "
+                                "experiment.methods")
+    budget: Optional[int] = _key(None, "total training epochs across all trials (null: what the search plan needs)")
+    budget_minutes: Optional[float] = _key(None, "wall-clock limit of the search in minutes (null: none)")
+    seeds: list = _key(factory=lambda: [0, 1, 2], help="training seeds each finalist and the baseline are "
+                                                       "retrained with")
+    finalists: int = _key(3, "candidates retrained at full fidelity with every seed, besides the baseline")
+    grace_epochs: Optional[int] = _key(None, "epochs every candidate trains before the first cut (null: about a "
+                                             "ninth of train.epochs)")
+    reduction_factor: int = _key(3, "successive halving keeps about one in this many candidates at each rung")
+    parallel: Optional[int] = _key(None, "trials at once (null: one per Ray CPU)")
+    out: Optional[str] = _key(None, "output directory (null: <run.root>/recommend-<run.id>)")
+
+
+@dataclass
 class Config:
     run: RunSection = _section(RunSection, "where runs go, their id and seeds")
     spark: SparkSection = _section(SparkSection, "the Spark session")
@@ -259,6 +277,7 @@ class Config:
     registry: RegistrySection = _section(RegistrySection, "the MLflow Model Registry retrain promotes in")
     retrain: RetrainSection = _section(RetrainSection, "scheduled retraining over a lake, and its gate")
     experiment: ExperimentSection = _section(ExperimentSection, "a grid of methods x imbalance levels x seeds")
+    recommend: RecommendSection = _section(RecommendSection, "which method for this data: a successive-halving search, then finalists with seeds")
     tracking: TrackingSection = _section(TrackingSection, "MLflow tracking")
     source: Optional[str] = None        # the file it was loaded from (not a YAML key)
 

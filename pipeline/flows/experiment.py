@@ -72,26 +72,27 @@ BINARY_METRICS = ["binary.pr_auc", "binary.roc_auc", "binary.recall_at_precision
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
-def _entries(raw, what: str) -> list[dict]:
+def method_entries(raw, what: str, section: str = "experiment") -> list[dict]:
+    """The entries of ``<section>.<what>``: each ``{name, overrides, rho, threshold_variant}``, checked."""
     if not isinstance(raw, list) or not raw:
-        raise ConfigError(f"config key 'experiment.{what}' must be a non-empty list")
+        raise ConfigError(f"config key '{section}.{what}' must be a non-empty list")
     out = []
     for i, e in enumerate(raw):
         if isinstance(e, str):
             e = {"name": e}
         if not isinstance(e, dict) or "name" not in e:
-            raise ConfigError(f"config key 'experiment.{what}[{i}]' needs a 'name'")
+            raise ConfigError(f"config key '{section}.{what}[{i}]' needs a 'name'")
         unknown = set(e) - {"name", "overrides", "rho", "threshold_variant"}
         if unknown:
-            raise ConfigError(f"unknown config key 'experiment.{what}[{i}].{sorted(unknown)[0]}'")
+            raise ConfigError(f"unknown config key '{section}.{what}[{i}].{sorted(unknown)[0]}'")
         if not _NAME.match(str(e["name"])):
-            raise ConfigError(f"config key 'experiment.{what}[{i}].name': use letters, digits, . _ + - only")
+            raise ConfigError(f"config key '{section}.{what}[{i}].name': use letters, digits, . _ + - only")
         ov = e.get("overrides") or {}
         if not isinstance(ov, dict):
-            raise ConfigError(f"config key 'experiment.{what}[{i}].overrides' must be a mapping key: value")
+            raise ConfigError(f"config key '{section}.{what}[{i}].overrides' must be a mapping key: value")
         tv = e.get("threshold_variant")
         if tv is not None and not _NAME.match(str(tv)):
-            raise ConfigError(f"config key 'experiment.{what}[{i}].threshold_variant': use letters, digits, . _ + - only")
+            raise ConfigError(f"config key '{section}.{what}[{i}].threshold_variant': use letters, digits, . _ + - only")
         out.append({"name": str(e["name"]), "overrides": ov, "rho": e.get("rho"),
                     "threshold_variant": None if tv is None else str(tv)})
     return out
@@ -320,8 +321,8 @@ def _checked_grid(cfg: Config) -> tuple[list, list, list, Path, list]:
     """(levels, methods, seeds, output directory, grid of (level, method, seed, trial config)), every
     trial's config validated before anything runs or is written."""
     exp = cfg.experiment
-    levels = _entries(exp.levels or [{"name": "base"}], "levels")
-    methods = _entries(exp.methods, "methods")
+    levels = method_entries(exp.levels or [{"name": "base"}], "levels")
+    methods = method_entries(exp.methods, "methods")
     seeds = [int(s) for s in exp.seeds]
     if not seeds:
         raise ConfigError("config key 'experiment.seeds' must list at least one seed")

@@ -252,6 +252,27 @@ def prior_counts(run_dir: Path, train_data: str) -> dict:
     return read_info(train_data).class_counts
 
 
+def training_set(spark, cfg: Config, runner: StageRunner, name: str, sample_cfg: SampleSection, *,
+                 train_split: str, split_fp: str) -> tuple[str, str]:
+    """Stages ``name`` (the Spark sampler on ``train_split``) and its ``materialize`` twin in the
+    runner's directory; return (the materialized training set, its fingerprint)."""
+    seed, label = cfg.run.seed, cfg.data.label_col
+    s_seed = sample_cfg.seed if sample_cfg.seed is not None else seed
+    s_key = {"split": split_fp, "sample": dataclasses.asdict(sample_cfg), "seed": s_seed}
+
+    def _sample(d: Path) -> None:
+        m = sample_dataset(spark, train_split, str(d), strategy=sample_cfg.strategy, target=sample_cfg.target,
+                           cap=sample_cfg.cap, floor=sample_cfg.floor, seed=s_seed, label_col=label)
+        log(format_manifest(m))
+
+    sample_fp = runner.stage(name, s_key, _sample)
+    mat_name = name.replace("sample", "materialize")
+    mat_fp = runner.stage(mat_name, {"sample": sample_fp, "row_group_mb": cfg.stream.row_group_mb, "seed": seed},
+                          lambda d: materialize(spark, str(runner.run_dir / name / "data"), str(d), seed=seed,
+                                                row_group_mb=cfg.stream.row_group_mb, label_col=label))
+    return str(runner.run_dir / mat_name), mat_fp
+
+
 def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str = "protocol",
                  tracking_tags: Optional[dict] = None, parent_run_id: Optional[str] = None) -> str:
     """Run (or resume) every stage of ``cfg``; return the run directory.
@@ -304,20 +325,7 @@ def _run_stages(cfg: Config, run_dir: Path, tr, references: list[str], data_dir:
 
     # ---- sample + materialize (one pair per training set)
     def sampled_set(name: str, sample_cfg: SampleSection) -> tuple[str, str]:
-        s_seed = sample_cfg.seed if sample_cfg.seed is not None else seed
-        s_key = {"split": split_fp, "sample": dataclasses.asdict(sample_cfg), "seed": s_seed}
-
-        def _sample(d: Path) -> None:
-            m = sample_dataset(spark, train_split, str(d), strategy=sample_cfg.strategy, target=sample_cfg.target,
-                               cap=sample_cfg.cap, floor=sample_cfg.floor, seed=s_seed, label_col=label)
-            log(format_manifest(m))
-
-        sample_fp = runner.stage(name, s_key, _sample)
-        mat_name = name.replace("sample", "materialize")
-        mat_fp = runner.stage(mat_name, {"sample": sample_fp, "row_group_mb": cfg.stream.row_group_mb, "seed": seed},
-                              lambda d: materialize(spark, str(run_dir / name / "data"), str(d), seed=seed,
-                                                    row_group_mb=cfg.stream.row_group_mb, label_col=label))
-        return str(run_dir / mat_name), mat_fp
+        return training_set(spark, cfg, runner, name, sample_cfg, train_split=train_split, split_fp=split_fp)
 
     train_data, train_data_fp = sampled_set("sample", cfg.sample)
     pretrain_data = pretrain_fp = None

@@ -282,7 +282,7 @@ def log_data(tr: Tracker, ddir: Path, data_fp: str, training: dict, source: dict
         metrics = {"data.rho": training.get("rho"), "data.source_rho": training.get("source_rho"),
                    "data.n_classes": dist.get("n_classes"), "data.rows": dist.get("n_rows"),
                    "data.images_ingested": source.get("images"), "data.files_rejected": source.get("rejected")}
-        _log_metrics(tr, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        log_metrics(tr, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         tr.client.log_dict(tr.run_id, {str(c["label"]): int(c["count"]) for c in dist["classes"]},
                            "data/class_counts.json")
         tr.client.log_artifacts(tr.run_id, str(ddir / "profile"), "data/profile")
@@ -441,7 +441,8 @@ def table_json(data: dict[str, list]) -> str:
                       allow_nan=False)
 
 
-def _log_metrics(tr: Tracker, metrics: dict[str, float], step: int = 0) -> None:
+def log_metrics(tr: Tracker, metrics: dict[str, float], step: int = 0) -> None:
+    """Log scalar metrics at ``step`` to the open run (in batches MLflow accepts)."""
     Metric = _mlflow().entities.Metric
     items = [Metric(k, float(v), 0, step) for k, v in metrics.items()]
     for i in range(0, len(items), 1000):
@@ -454,7 +455,7 @@ def log_evaluation(tr: Tracker, run_dir: Path, labels: list, redo: bool = False)
     def _do():
         path = run_dir / "evaluate" / "metrics.json"
         metrics = read_json(path)
-        _log_metrics(tr, final_metrics(metrics))
+        log_metrics(tr, final_metrics(metrics))
         _log_table(tr, per_class_table(metrics, labels, read_training_counts(run_dir / "sample")), PER_CLASS_TABLE)
         tr.client.log_artifact(tr.run_id, str(path), "evaluate")
     tr.part("evaluation", _do, redo)
@@ -483,7 +484,7 @@ def log_seed_spread(tr: Tracker, run_dir: Path, redo: bool = False) -> None:
     def _do():
         path = run_dir / "seed_spread" / "spread.json"
         sp = read_json(path)
-        _log_metrics(tr, {f"seeds.{k}.{stat}": v for k, s in sp["metrics"].items() for stat, v in s.items()
+        log_metrics(tr, {f"seeds.{k}.{stat}": v for k, s in sp["metrics"].items() for stat, v in s.items()
                           if v is not None})
         tr.client.log_artifact(tr.run_id, str(path), "seed_spread")
     tr.part("seed spread", _do, redo)

@@ -34,6 +34,7 @@ TYPE_NAMES = {
     "str": "str", "int": "int", "float": "float", "bool": "bool", "list": "list", "dict": "mapping",
     "Any": "any", "Optional[str]": "str or null", "Optional[int]": "int or null",
     "Optional[bool]": "bool or null", "Optional[list]": "list or null", "Optional[dict]": "mapping or null",
+    "Optional[float]": "float or null",
 }
 
 

@@ -1,0 +1,141 @@
+"""Which of several methods is best, and how sure: the two-level bootstrap over seeds and rows.
+
+Each method m was trained with S seeds; every trained model scored the *same* evaluation rows.
+With the stratified Poisson bootstrap of :mod:`pipeline.evaluation.intervals` (row weights are a
+pure function of (seed, replicate, id), the same for every model) each replicate b gives every
+model's tp, fp, fn per class, hence its score; level 1 then draws S of the method's seeds with
+replacement and averages them (:func:`pipeline.evaluation.intervals.seed_resampled`). So replicate
+b holds one score per method, ``x[b, m]``, that varies with the training seeds and the rows alike.
+
+* ``score[m]``: the mean over the seeds of the model's score on all rows (no bootstrap);
+* ``ci[m]``: the 2.5 and 97.5 percentiles of ``x[:, m]``;
+* ``p_best[m]``: the share of replicates in which m scores highest, ``mean_b 1[m = argmax x[b]]``,
+  a tie split evenly, so the shares sum to 1;
+* the gain of the best method (highest ``score``) over the baseline: ``score[best] − score[base]``
+  with the percentile interval of ``x[:, best] − x[:, base]`` (the same rows in every replicate);
+  ``confident`` only when that interval lies above 0.
+
+Scores from the confusion counts (classes absent from the rows are left out of the means)::
+
+    macro_f1          = mean_c 2tp_c / (2tp_c + fp_c + fn_c)
+    balanced_accuracy = mean_c tp_c / (tp_c + fn_c)
+    g_mean            = (Π_c tp_c / (tp_c + fn_c))^(1/C)
+    accuracy          = Σ_c tp_c / Σ_c (tp_c + fn_c)
+
+Threshold moving by priors (Buda et al., Neural Networks 106 (2018),
+https://doi.org/10.1016/j.neunet.2018.07.011) is scored from the stored probabilities in the same
+pass, ``argmax_c p_c / π_c``, as a method of its own (:func:`prior_moved`).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from pipeline.evaluation.intervals import bootstrap_counts, percentile_ci, seed_resampled
+
+METRICS = ("macro_f1", "balanced_accuracy", "g_mean", "accuracy")
+DEFAULT_REPLICATES = 1000
+
+
+def scores(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, metric: str) -> np.ndarray:
+    """``metric`` of each row of (B, C) confusion counts (module docstring); classes without rows are left out."""
+    tp, fp, fn = (np.atleast_2d(np.asarray(a, np.float64)) for a in (tp, fp, fn))
+    present = (tp + fn).sum(axis=0) > 0
+    tp, fp, fn = tp[:, present], fp[:, present], fn[:, present]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(tp + fn > 0, tp / np.where(tp + fn > 0, tp + fn, 1), 0.0)
+        if metric == "macro_f1":
+            return np.mean(np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1e-300), 0.0), 1)
+        if metric == "balanced_accuracy":
+            return recall.mean(axis=1)
+        if metric == "g_mean":
+            return np.exp(np.log(np.maximum(recall, 1e-300)).mean(axis=1)) * (recall > 0).all(axis=1)
+        if metric == "accuracy":
+            return tp.sum(axis=1) / np.maximum((tp + fn).sum(axis=1), 1e-300)
+    raise ValueError(f"unknown metric {metric!r} (choose: {', '.join(METRICS)})")
+
+
+def prior_moved(probs: str, priors: Sequence[float]) -> Column:
+    """``argmax_c probs[c] / π_c`` (first maximum) as a Spark column, π the normalised ``priors``."""
+    total = float(sum(priors))
+    pi = ", ".join(repr(max(float(p), 1e-12) / total) for p in priors)
+    moved = f"transform(`{probs}`, (p, i) -> p / element_at(array({pi}), i + 1))"
+    return F.expr(f"array_position({moved}, array_max({moved})) - 1").cast("long")
+
+
+def _point(df: DataFrame, col: str, n_classes: int, label_col: str) -> tuple:
+    """Exact tp, fp, fn per class of one decision column (≤ C² rows reach the driver)."""
+    tp, fp, fn = np.zeros(n_classes), np.zeros(n_classes), np.zeros(n_classes)
+    for row in df.groupBy(F.col(label_col).cast("long").alias("t"), F.col(col).alias("p")).count().collect():
+        t, p, n = int(row["t"]), int(row["p"]), int(row["count"])
+        if not 0 <= t < n_classes:
+            continue
+        if t == p:
+            tp[t] += n
+        else:
+            fn[t] += n
+            if 0 <= p < n_classes:
+                fp[p] += n
+    return tp, fp, fn
+
+
+def decisions_table(spark, methods: dict, label_col: str = "label", id_col: str = "id") -> tuple:
+    """One table of every method's every seed's decisions on the same rows, joined on ``id_col``.
+
+    ``methods``: name → ``{"tables": [predictions path per seed], "priors": class counts or None}``;
+    a method with ``priors`` is its models' ``pred`` under :func:`prior_moved`. Returns (table,
+    {name: [its columns]}).
+    """
+    joined, columns = None, {}
+    for m, (name, spec) in enumerate(methods.items()):
+        columns[name] = []
+        for s, path in enumerate(spec["tables"]):
+            col = f"_m{m}s{s}"
+            pred = prior_moved("probs", spec["priors"]) if spec.get("priors") else F.col("pred")
+            t = spark.read.parquet(path).select(F.col(id_col), F.col(label_col), pred.cast("long").alias(col))
+            joined = t if joined is None else joined.join(t.drop(label_col), [id_col])
+            columns[name].append(col)
+    return joined, columns
+
+
+def compare_methods(spark, methods: dict, baseline: str, metric: str, n_classes: int, *,
+                    replicates: int = DEFAULT_REPLICATES, seed: int = 0, label_col: str = "label",
+                    id_col: str = "id") -> dict:
+    """Scores, intervals, ``p_best`` and the gain over ``baseline`` (module docstring) of ``methods``
+    (:func:`decisions_table`'s argument). Row weights and seed draws depend on ``seed`` only."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r} (choose: {', '.join(METRICS)})")
+    table, columns = decisions_table(spark, methods, label_col, id_col)
+    table = table.cache()
+    try:
+        flat = [c for cols in columns.values() for c in cols]
+        counts = bootstrap_counts(table, flat, n_classes, replicates, seed, label_col, id_col)
+        points = {c: float(scores(*_point(table, c, n_classes, label_col), metric)[0]) for c in flat}
+        n_rows = table.count()
+    finally:
+        table.unpersist()
+    rng = np.random.default_rng([int(seed), 0xBE57])
+    names = list(methods)
+    x = np.stack([seed_resampled([{"v": scores(counts[c]["tp"], counts[c]["fp"], counts[c]["fn"], metric)}
+                                  for c in columns[n]], rng)["v"] for n in names], axis=1)    # (B, M)
+    score = {n: float(np.mean([points[c] for c in columns[n]])) for n in names}
+    best = max(names, key=lambda n: (score[n], n == baseline))
+    top = x == x.max(axis=1, keepdims=True)
+    p_best = (top / top.sum(axis=1, keepdims=True)).mean(axis=0)
+    out = {"metric": metric, "replicates": int(replicates), "seed": int(seed), "rows": int(n_rows),
+           "best": best, "baseline": baseline, "methods": {}}
+    for j, n in enumerate(names):
+        lo, hi = percentile_ci(x[:, j])
+        out["methods"][n] = {"score": score[n], "ci": [float(lo), float(hi)], "p_best": float(p_best[j]),
+                             "seeds": len(columns[n])}
+    diff = x[:, names.index(best)] - x[:, names.index(baseline)]
+    lo, hi = percentile_ci(diff)
+    out["gain"] = {"mean": score[best] - score[baseline], "ci": [float(lo), float(hi)]}
+    out["confident"] = bool(best != baseline and lo > 0)
+    return out
+
+
+__all__ = ["compare_methods", "decisions_table", "prior_moved", "scores", "METRICS", "DEFAULT_REPLICATES"]

@@ -1,0 +1,340 @@
+"""``imbalance recommend``: which imbalance method for this data, within a budget, and how sure.
+
+The steps, each resumable (a killed ``recommend`` rerun with the same config continues):
+
+1. **Data, once.** The data stages (source, profile, split) run once into ``<out>/data``; every
+   candidate's training set is built once by the Spark sampler into ``<out>/sets/<key>/``
+   (candidates with the same ``sample`` section share it).
+2. **Candidates.** ``recommend.methods: auto`` takes the survey's methods that apply to the
+   training split's class counts (:mod:`pipeline.flows.recommend_space`); a list shaped like
+   ``experiment.methods`` names them instead. The baseline is always one.
+3. **Search.** Successive halving on Ray Tune (:mod:`pipeline.flows.recommend_search`): every
+   candidate trains ``grace`` epochs with the first seed, and at each rung only about one in
+   ``reduction_factor`` goes on, by its validation metric, up to ``train.epochs``.
+4. **Finalists.** The best ``finalists`` candidates of the search and the baseline are trained at
+   full fidelity with every seed of ``recommend.seeds`` (a search trial that reached the last
+   epoch is its candidate's first seed). Each model predicts the **validation** split.
+5. **Decision.** Every finalist, and each finalist with threshold moving by priors, is compared on
+   the same validation rows with the two-level bootstrap (:mod:`pipeline.evaluation.best_of`):
+   its score, 95% interval and ``p_best``, and the gain of the best over the baseline. The test
+   split is never read: it stays for the user's own final check of the recommended config.
+
+Outputs in ``recommend.out``: ``recommendation.json``, ``recommended.yaml`` (the input config
+with the winner's overrides, runnable by ``imbalance run``), ``report.html`` and ``search.json``.
+MLflow holds a parent run with a nested run per trial.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from pipeline.config import Config, SampleSection, config_from_dict, merge_overrides
+from pipeline.data.schema import read_info
+from pipeline.engines import get_ray, get_spark
+from pipeline.errors import ConfigError
+from pipeline.evaluation.best_of import METRICS, compare_methods
+from pipeline.flows import tracking
+from pipeline.flows.experiment import method_entries
+from pipeline.flows.recommend_report import write_recommend_report
+from pipeline.flows.recommend_search import (
+    default_grace, epochs_of, rungs_for, run_search, run_trials, trial_entry)
+from pipeline.flows.recommend_space import auto_candidates
+from pipeline.flows.run import StageRunner, prepare_data, training_set
+from pipeline.flows.validate import validate_config
+from pipeline.io import fingerprint, local_path, log, read_json, write_json, write_text
+from pipeline.train.predict import predict
+
+BASELINE = "baseline"
+PRIOR_SUFFIX = "+prior"
+
+
+def _checked(cfg: Config) -> tuple[str, list[int], Path]:
+    """(metric, seeds, output directory) of the ``recommend`` section, every rule checked."""
+    rc = cfg.recommend
+    if rc.metric not in METRICS:
+        raise ConfigError(f"config key 'recommend.metric': unknown metric '{rc.metric}' (choose: {', '.join(METRICS)})")
+    seeds = [int(s) for s in rc.seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError("config key 'recommend.seeds' must list at least one seed, each once")
+    for key, value, low in (("finalists", rc.finalists, 1), ("reduction_factor", rc.reduction_factor, 2),
+                            ("budget", rc.budget, 1), ("grace_epochs", rc.grace_epochs, 1),
+                            ("parallel", rc.parallel, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ConfigError(f"config key 'recommend.{key}' must be an integer >= {low}, got {value!r}")
+    if rc.budget_minutes is not None and (isinstance(rc.budget_minutes, bool) or rc.budget_minutes <= 0):
+        raise ConfigError(f"config key 'recommend.budget_minutes' must be > 0, got {rc.budget_minutes!r}")
+    if rc.methods != "auto" and not isinstance(rc.methods, list):
+        raise ConfigError("config key 'recommend.methods' must be 'auto' or a list shaped like experiment.methods")
+    out = local_path(rc.out or Path(cfg.run.root) / f"recommend-{cfg.run.id}").resolve()
+    return rc.metric, seeds, out
+
+
+def _candidates(cfg: Config, counts: list[int]) -> list[dict]:
+    """The candidates, the baseline first (added when a given list lacks it)."""
+    if cfg.recommend.methods == "auto":
+        return auto_candidates(counts, cfg.train.epochs)
+    given = [{"name": m["name"], "overrides": m["overrides"], "family": "given"}
+             for m in method_entries(cfg.recommend.methods, "methods", section="recommend")]
+    if len({m["name"] for m in given}) != len(given):
+        raise ConfigError("config key 'recommend.methods': method names must be unique")
+    if BASELINE not in [m["name"] for m in given]:
+        given.insert(0, {"name": BASELINE, "overrides": {}, "family": "baseline"})
+    return sorted(given, key=lambda m: m["name"] != BASELINE)
+
+
+def candidate_config(base: Config, overrides: dict, seed: int, metric: str) -> Config:
+    """The config a candidate trains with: the base, its overrides, the training seed, and the
+    recommend metric picking its best epoch."""
+    data = copy.deepcopy(base.to_dict())
+    for section in ("experiment", "recommend"):
+        data.pop(section, None)
+    merge_overrides(data, [f"{k}={_yaml(v)}" for k, v in overrides.items()])
+    data["train"].update(seed=int(seed), select_metric=metric, progress=False)
+    return config_from_dict(data)
+
+
+def _yaml(v) -> str:
+    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _training_sets(spark, cfg: Config, cands: list[dict], data: dict, out: Path) -> dict:
+    """Each candidate's materialized training set and its priors, built once per sample section."""
+    sets = {}
+    for c in cands:
+        ccfg = c["config"]
+        key = fingerprint({"split": data["split_fp"], "sample": ccfg.section("sample"),
+                           "row_group_mb": ccfg.stream.row_group_mb})[:10]
+        if key not in sets:
+            runner = StageRunner(out / "sets" / key)
+            path, _ = training_set(spark, ccfg, runner, "sample", SampleSection(**ccfg.section("sample")),
+                                   train_split=data["train"], split_fp=data["split_fp"])
+            sets[key] = {"path": path, "priors": _unique_counts(out / "sets" / key, path)}
+        c["set"] = sets[key]
+    return sets
+
+
+def _unique_counts(set_dir: Path, path: str) -> list[int]:
+    """Class counts for threshold moving by priors: unique training examples per class (as the run's)."""
+    m = read_json(set_dir / "sample" / "manifest.json")
+    n = read_info(path).n_classes
+    return [min(int(m["input_counts"].get(str(i), 0)), int(m["achieved"].get(str(i), 0))) for i in range(n)]
+
+
+def _search(cfg: Config, cands: list[dict], data: dict, out: Path, seed: int, parallel: int) -> dict:
+    """The successive-halving search (or the finished one ``search.json`` holds); its record."""
+    rc, epochs = cfg.recommend, cfg.train.epochs
+    grace = rc.grace_epochs or default_grace(epochs, rc.reduction_factor)
+    rungs = rungs_for(epochs, grace, rc.reduction_factor)
+    entries = [trial_entry(c["name"], candidate_config(c["config"], {}, seed, rc.metric).to_dict(),
+                           c["set"]["path"], data["val"], str(out / "search" / c["name"]), epochs) for c in cands]
+    key = fingerprint(entries, rungs, rc.reduction_factor, rc.budget, rc.budget_minutes)
+    path = out / "search.json"
+    if path.is_file() and read_json(path).get("key") == key:
+        log(f"recommend: search up to date ({path})")
+        return read_json(path)
+    log(f"recommend: searching {len(cands)} candidates, rungs at {rungs} epochs, {parallel} at a time")
+    t0 = time.time()
+    budget_s = rc.budget_minutes * 60 if rc.budget_minutes else None
+    records = run_search(entries, out / "tune" / f"search-{key[:10]}", f"val_{rc.metric}", rungs, rc.reduction_factor,
+                         parallel, budget_s)
+    result = {"key": key, "metric": f"val_{rc.metric}", "max_epochs": epochs, "grace_epochs": grace,
+              "reduction_factor": rc.reduction_factor, "rungs": rungs, "seed": seed,
+              "seconds": round(time.time() - t0, 1), "epochs": epochs_of(records), "trials": records}
+    write_json(path, result)
+    return result
+
+
+def _ranked(search: dict) -> list[str]:
+    """Candidates by how far they got, then by their metric at the last epoch they reached."""
+    def last(r):
+        vals = [h["value"] for h in r["history"] if h["value"] is not None]
+        return (r["epochs"], vals[-1] if vals else float("-inf"))
+
+    ok = [r for r in search["trials"] if r["status"] != "ERROR"]
+    return [r["name"] for r in sorted(ok, key=last, reverse=True)]
+
+
+def _finalists(cfg: Config, cands: list[dict], search: dict, data: dict, out: Path, seeds: list[int],
+               parallel: int) -> dict:
+    """Every finalist's model directory per seed (training the seeds the search did not)."""
+    rc = cfg.recommend
+    names = [n for n in _ranked(search) if n != BASELINE][:rc.finalists] + [BASELINE]
+    by_name = {c["name"]: c for c in cands}
+    done = {r["name"]: r["model_dir"] for r in search["trials"] if r["model_dir"]}
+    models: dict = {n: {} for n in names}
+    entries = []
+    for n in names:
+        for s in seeds:
+            if s == search["seed"] and n in done:
+                models[n][s] = done[n]
+                continue
+            d = out / "finalists" / f"{n}__s{s}"
+            entries.append(trial_entry(n, candidate_config(by_name[n]["config"], {}, s, rc.metric).to_dict(),
+                                       by_name[n]["set"]["path"], data["val"], str(d), cfg.train.epochs))
+            models[n][s] = str(d / "model")
+    log(f"recommend: finalists {', '.join(names)}: {len(entries)} trainings ({len(seeds)} seeds each)")
+    name = f"finalists-{fingerprint(entries)[:10]}"   # another set of finalists is another Tune experiment
+    records = run_trials(entries, out / "tune", name, f"val_{rc.metric}", parallel) if entries else []
+    failed = [r for r in records if r["status"] != "TERMINATED"]
+    if failed:
+        raise RuntimeError(f"recommend: {len(failed)} finalist trainings failed, e.g. {failed[0]['name']}: "
+                           f"{failed[0]['error']} (logs: {out / 'tune' / 'finalists'})")
+    return {"names": names, "models": models, "epochs": epochs_of(records), "trials": records}
+
+
+def _predict_val(spark, cfg: Config, finals: dict, data: dict, out: Path) -> dict:
+    """Each finalist model's predictions of the validation split (written once)."""
+    tables: dict = {}
+    for n, per_seed in finals["models"].items():
+        tables[n] = []
+        for s, model_dir in per_seed.items():
+            p = out / "predictions" / f"{n}__s{s}"
+            key = fingerprint(read_json(Path(model_dir) / "model.json").get("created"), data["val"])
+            if not (p / "_SUCCESS").is_file() or read_json(out / "predictions" / f"{p.name}.json").get("key") != key:
+                predict(spark, model_dir, data["val"], str(p), batch_size=cfg.predict.batch_size)
+                write_json(out / "predictions" / f"{p.name}.json", {"key": key, "model": model_dir})
+            tables[n].append(str(p))
+    return tables
+
+
+def _decide(spark, cfg: Config, cands: list[dict], tables: dict, n_classes: int, seed: int) -> dict:
+    """The two-level bootstrap over the finalists and their prior-moved variants."""
+    by_name = {c["name"]: c for c in cands}
+    methods = {}
+    for n, paths in tables.items():
+        methods[n] = {"tables": paths}
+        methods[n + PRIOR_SUFFIX] = {"tables": paths, "priors": by_name[n]["set"]["priors"]}
+    return compare_methods(spark, methods, BASELINE, cfg.recommend.metric, n_classes, seed=seed,
+                           label_col=cfg.data.label_col)
+
+
+def _overrides_of(name: str, cands: list[dict]) -> dict:
+    base = name.removesuffix(PRIOR_SUFFIX)
+    ov = dict(next(c for c in cands if c["name"] == base)["overrides"])
+    if name.endswith(PRIOR_SUFFIX):
+        ov["evaluate.threshold_moving"] = "prior"
+    return ov
+
+
+def _recommendation(cfg: Config, cands: list[dict], search: dict, finals: dict, decision: dict,
+                    seeds: list[int], seconds: dict) -> dict:
+    """``recommendation.json``'s content."""
+    rc, m = cfg.recommend, decision["methods"]
+    best = decision["best"] if decision["confident"] else BASELINE
+    used = search["epochs"] + finals["epochs"]
+    grid = len(cands) * len(seeds) * cfg.train.epochs
+    message = (f"{best} beats the baseline on validation {rc.metric} with 95% confidence."
+               if decision["confident"] else
+               f"No method beats the baseline with 95% confidence on this data (the highest scoring was "
+               f"{decision['best']}); the baseline is recommended.")
+    fidelity = {"epochs": cfg.train.epochs, "seeds": len(seeds)}
+    return {
+        "metric": rc.metric, "split": "val", "test_split_read": False,
+        "note": "models were compared on the validation split only; the test split was never read",
+        "best": {"name": best, "overrides": _overrides_of(best, cands)},
+        "highest_scoring": decision["best"],
+        "candidates": [{"name": n, "overrides": _overrides_of(n, cands), "score": v["score"], "ci": v["ci"],
+                        "p_best": v["p_best"], "fidelity": fidelity}
+                       for n, v in sorted(m.items(), key=lambda kv: -kv[1]["score"])],
+        "baseline": {"name": BASELINE, "score": m[BASELINE]["score"], "ci": m[BASELINE]["ci"]},
+        "gain": decision["gain"], "confident": decision["confident"], "message": message,
+        "searched": [c["name"] for c in cands],
+        "budget": {"unit": "epochs", "asked": rc.budget, "used": used, "search": search["epochs"],
+                   "finalists": finals["epochs"], "grid": grid, "minutes_asked": rc.budget_minutes},
+        "bootstrap": {"replicates": decision["replicates"], "rows": decision["rows"], "seeds": seeds,
+                      "covers": "training seeds and validation rows"},
+        "seconds": seconds,
+    }
+
+
+def _write_outputs(cfg: Config, out: Path, rec: dict, search: dict) -> None:
+    write_json(out / "recommendation.json", rec)
+    data = copy.deepcopy(cfg.to_dict())
+    data.pop("recommend", None)
+    merge_overrides(data, [f"{k}={_yaml(v)}" for k, v in rec["best"]["overrides"].items()])
+    header = (f"# imbalance recommend: {rec['best']['name']} ({rec['message']})\n"
+              f"# run it with: imbalance run {out / 'recommended.yaml'}\n")
+    write_text(out / "recommended.yaml", header + yaml.safe_dump(data, sort_keys=False))
+    write_recommend_report(rec, search, out / "report.html")
+
+
+def _log_trials(parent, cfg: Config, records: list[dict], phase: str) -> None:
+    """A nested MLflow run per trial: its validation metric per epoch and how it ended."""
+    for r in records:
+        tcfg = candidate_config(cfg, {}, 0, cfg.recommend.metric)
+        tcfg.run.id = f"{phase}-{Path(r['out_dir']).name}"
+        tr = tracking.start(tcfg, Path(r["out_dir"]), {"kind": f"recommend-{phase}", "candidate": r["name"],
+                                                       "status": r["status"]}, parent.run_id)
+        tr.part("history", lambda: [tracking.log_metrics(tr, {f"val_{cfg.recommend.metric}": h["value"]},
+                                                         step=h["epoch"]) for h in r["history"]
+                                    if h["value"] is not None])
+        tr.finish("FINISHED" if r["status"] != "ERROR" else "FAILED")
+
+
+def run_recommend(cfg: Config) -> str:
+    """Search, retrain the finalists, decide; write the outputs and return their directory."""
+    metric, seeds, out = _checked(cfg)
+    validate_config(candidate_config(cfg, {}, seeds[0], metric), "run", warn=lambda w: None)
+    t0 = time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    parent = tracking.start(cfg, out, tags={"kind": "recommend"})
+    tracking.log_config(parent, cfg)
+    cfg.tracking.uri, cfg.tracking.experiment = tracking.tracking_uri(cfg), cfg.tracking.experiment or str(cfg.run.id)
+    try:
+        rec, search = _recommend(cfg, metric, seeds, out, parent, t0)
+    except BaseException as e:
+        parent.fail(e)
+        raise
+    parent.part("recommendation", lambda: tracking.log_metrics(
+        parent, {"gain": rec["gain"]["mean"], "confident": float(rec["confident"]),
+                 "budget_used_epochs": rec["budget"]["used"]}))
+    parent.finish()
+    log(f"recommend: {rec['message']} Best: {rec['best']['name']}; gain {rec['gain']['mean']:+.4f} "
+        f"[{rec['gain']['ci'][0]:+.4f}, {rec['gain']['ci'][1]:+.4f}]; {rec['budget']['used']} epochs "
+        f"(a full grid: {rec['budget']['grid']}); report: {out / 'report.html'}")
+    return str(out)
+
+
+def _recommend(cfg: Config, metric: str, seeds: list[int], out: Path, parent, t0: float) -> tuple[dict, dict]:
+    spark = get_spark(cfg.spark)
+    get_ray(cfg.ray)
+    data = prepare_data(cfg, str(out / "data"))
+    info = read_info(data["train"])
+    counts = [int((info.class_counts or {}).get(str(i), 0)) for i in range(info.n_classes)]
+    cands = _candidates(cfg, counts)
+    for c in cands:
+        c["config"] = candidate_config(cfg, c["overrides"], seeds[0], metric)
+        try:
+            validate_config(c["config"], "run", warn=lambda w: None)
+        except ConfigError as e:
+            raise ConfigError(f"recommend candidate {c['name']}: {e}") from None
+    _training_sets(spark, cfg, cands, data, out)
+    parallel = _parallel(cfg)
+    search = _search(cfg, cands, data, out, seeds[0], parallel)
+    _log_trials(parent, cfg, search["trials"], "search")
+    t_search = time.time()
+    finals = _finalists(cfg, cands, search, data, out, seeds, parallel)
+    _log_trials(parent, cfg, finals["trials"], "finalist")
+    t_final = time.time()
+    tables = _predict_val(spark, cfg, finals, data, out)
+    decision = _decide(spark, cfg, cands, tables, info.n_classes, seeds[0])
+    seconds = {"search": search["seconds"], "finalists": round(t_final - t_search, 1),
+               "compare": round(time.time() - t_final, 1), "total": round(time.time() - t0, 1)}
+    rec = _recommendation(cfg, cands, search, finals, decision, seeds, seconds)
+    _write_outputs(cfg, out, rec, search)
+    return rec, search
+
+
+def _parallel(cfg: Config) -> int:
+    """Trials at once: ``recommend.parallel``, default one per Ray CPU."""
+    # deferred: ray is slow to import
+    import ray
+
+    return int(cfg.recommend.parallel or max(1, int(ray.cluster_resources().get("CPU", 1))))
+
+
+__all__ = ["run_recommend", "candidate_config", "BASELINE", "PRIOR_SUFFIX"]

@@ -1,0 +1,219 @@
+"""The training side of ``imbalance recommend``: trials as Ray Tune trials, cut by successive halving.
+
+Every trial is :func:`pipeline.train.loop.run_training` in one Tune trial process (one CPU, plain
+PyTorch), reading a training set the Spark sampler built before the search and the shared
+validation split. It reports the validation metrics after every epoch with a checkpoint, so that:
+
+* the search runs under Ray Tune's ``ASHAScheduler`` (asynchronous successive halving, Li et al.,
+  "A system for massively parallel hyperparameter tuning", MLSys 2020, arXiv:1810.05934) on the
+  validation metric, with ``training_iteration`` = epochs as the fidelity: every candidate trains
+  ``grace`` epochs, and at each rung ``grace · η^k`` only about the best 1/η go on;
+* a killed search resumes: ``Tuner.restore`` continues the unfinished trials from their last
+  epoch's checkpoint (:func:`pipeline.train.loop.resume_training`) and keeps the finished ones;
+* a trial that trains to the last epoch writes its model (best epoch's weights, as ``imbalance
+  train`` does), so a search trial that ran at full fidelity is also one seed of its finalist.
+
+The finalists' seeds run through the same trainable without a scheduler (:func:`run_trials`).
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from pipeline.config import config_from_dict
+from pipeline.io import log
+from pipeline.train.loop import run_training
+from pipeline.train.trainer import write_model_artifact
+
+MODEL_DIR = "model"
+
+
+def trial_entry(name: str, cfg: dict, train_path: str, val_path: str, out_dir: str, epochs: int) -> dict:
+    """What one Tune trial needs: its candidate's name, its config and its data."""
+    # deferred: torch is slow to import (the hook registry builds torch modules)
+    from pipeline.train.hooks import hook_module
+
+    return {"name": name, "cfg": cfg, "train_path": train_path, "val_path": val_path, "out_dir": out_dir,
+            "epochs": int(epochs), "hook_module": hook_module(cfg["train"]["method"])}
+
+
+def train_trial(config: dict) -> None:
+    """Tune's function trainable: train one trial, report every epoch, write the model when it ends."""
+    # deferred: ray is slow to import
+    from ray import tune
+
+    for name in ("ray.tune", "ray.train", "petastorm"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    t = config["trial"]
+    if t.get("hook_module"):  # a method registered outside pipeline.train (a user's own module)
+        importlib.import_module(t["hook_module"])
+    cfg = config_from_dict(t["cfg"])
+    resume_dir = None
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        resume_dir = tempfile.mkdtemp(prefix="imb-resume-")
+        ckpt.to_directory(resume_dir)
+
+    def report(metrics: dict, ckpt_dir: Optional[str]) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
+
+    try:
+        r = run_training(cfg, t["train_path"], t["val_path"], t["out_dir"], report_fn=report,
+                         resume_dir=resume_dir, epochs=t["epochs"])
+    finally:
+        if resume_dir:
+            shutil.rmtree(resume_dir, ignore_errors=True)
+    summary = {k: r[k] for k in ("best_epoch", "best_metrics", "history", "epochs_run", "stopped_early",
+                                 "select_metric")}
+    write_model_artifact(Path(t["out_dir"]) / MODEL_DIR, cfg, t["train_path"], t["val_path"], r["best_state"],
+                         summary, centroids=r.get("centroids"), method_inference=r.get("method_inference"))
+
+
+class RungLines:
+    """A Tune callback: one console line when every live trial has reached a rung (or ended)."""
+
+    def __new__(cls, *args, **kwargs):
+        # deferred: ray is slow to import
+        from ray.tune import Callback
+
+        class _RungLines(Callback):
+            def __init__(self, names: dict, rungs: list[int], metric: str, t0: float):
+                self.names, self.rungs, self.metric, self.t0 = names, rungs, metric, t0
+                self.reached: dict = {}
+                self.ended: set = set()
+                self.best: dict = {}
+                self.printed: set = set()
+
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                it = int(result.get("training_iteration", 0))
+                self.reached[trial.trial_id] = it
+                value = result.get(self.metric)
+                if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                    for r in self.rungs:
+                        if it == r and (r not in self.best or value > self.best[r][1]):
+                            self.best[r] = (self._name(trial), float(value))
+                self._lines(trials)
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                self.ended.add(trial.trial_id)
+                self._lines(trials)
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                self.on_trial_complete(iteration, trials, trial)
+
+            def _name(self, trial) -> str:
+                return self.names.get(trial.config["trial"]["out_dir"], trial.trial_id)
+
+            def _lines(self, trials) -> None:
+                for k, r in enumerate(self.rungs):
+                    if r in self.printed or r not in self.best:
+                        continue
+                    if len(trials) == len(self.names) and all(
+                            self.reached.get(t.trial_id, 0) >= r or t.trial_id in self.ended for t in trials):
+                        went = sum(self.reached.get(t.trial_id, 0) >= r for t in trials)
+                        name, value = self.best[r]
+                        log(f"recommend: rung {k + 1}/{len(self.rungs)} ({r} epochs): {went} of {len(trials)} "
+                            f"trials reached it; best {name} {self.metric} {value:.4f} "
+                            f"[{time.time() - self.t0:.0f}s]")
+                        self.printed.add(r)
+
+        return _RungLines(*args, **kwargs)
+
+
+def _tuner(storage: Path, name: str, entries: list[dict], tune_config, callbacks: list):
+    """A new Tuner over ``entries``, or the one a killed run left in ``storage/name`` (restored)."""
+    # deferred: ray is slow to import
+    from ray import tune
+
+    path = storage / name
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")   # with verbose=0: no Tune tables on the console
+    trainable = tune.with_resources(train_trial, {"cpu": 1})
+    if tune.Tuner.can_restore(str(path)):
+        log(f"recommend: resuming the {name} in {path}")
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                  param_space={"trial": tune.grid_search(entries)})
+    run_config = tune.RunConfig(storage_path=str(storage), name=name, verbose=0, callbacks=callbacks,
+                                checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+    return tune.Tuner(trainable, param_space={"trial": tune.grid_search(entries)}, tune_config=tune_config,
+                      run_config=run_config)
+
+
+def run_search(entries: list[dict], storage: Path, metric: str, rungs: list[int], reduction_factor: int,
+               parallel: int, time_budget_s: Optional[float] = None) -> list[dict]:
+    """Successive halving over ``entries`` (ASHA on ``metric``, maximised); every trial's record."""
+    # deferred: ray is slow to import
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    names = {e["out_dir"]: e["name"] for e in entries}
+    # max_t one past the last epoch: a trial that survives every rung ends by itself and writes its model
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max(e["epochs"] for e in entries) + 1,
+                              grace_period=rungs[0], reduction_factor=reduction_factor)
+    tune_config = tune.TuneConfig(metric=metric, mode="max", scheduler=scheduler, max_concurrent_trials=parallel,
+                                  time_budget_s=time_budget_s)
+    tuner = _tuner(storage, "search", entries, tune_config, [RungLines(names, rungs, metric, time.time())])
+    return _records(tuner.fit(), metric)
+
+
+def run_trials(entries: list[dict], storage: Path, name: str, metric: str, parallel: int) -> list[dict]:
+    """Every entry trained to its last epoch (no scheduler); every trial's record."""
+    # deferred: ray is slow to import
+    from ray import tune
+
+    tune_config = tune.TuneConfig(metric=metric, mode="max", max_concurrent_trials=parallel)
+    return _records(_tuner(storage, name, entries, tune_config, []).fit(), metric)
+
+
+def _records(results, metric: str) -> list[dict]:
+    """Per trial: name, output directory, the metric per epoch, epochs run, and how it ended."""
+    out = []
+    for r in results:
+        t = r.config["trial"]
+        df = r.metrics_dataframe
+        history = []
+        if df is not None and metric in df:
+            history = [{"epoch": int(e), "value": None if v is None or v != v else float(v)}
+                       for e, v in zip(df["training_iteration"], df[metric])]
+        epochs = history[-1]["epoch"] if history else 0
+        model = Path(t["out_dir"]) / MODEL_DIR
+        status = "ERROR" if r.error else ("TERMINATED" if (model / "model.json").is_file() else "STOPPED")
+        out.append({"name": t["name"], "out_dir": t["out_dir"], "history": history, "epochs": epochs,
+                    "max_epochs": t["epochs"], "status": status, "stopped": status == "STOPPED",
+                    "error": _first_line(r.error) if r.error else None,
+                    "model_dir": str(model) if status == "TERMINATED" else None})
+    return out
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[-1] if text else ''}"[:500]
+
+
+def rungs_for(epochs: int, grace: int, reduction_factor: int) -> list[int]:
+    """The rungs' epochs: grace, grace·η, grace·η², … below ``epochs``, then ``epochs``."""
+    rungs, r = [], max(1, int(grace))
+    while r < epochs:
+        rungs.append(r)
+        r *= max(2, int(reduction_factor))
+    return rungs + [int(epochs)]
+
+
+def default_grace(epochs: int, reduction_factor: int) -> int:
+    """About ``epochs / η²`` (three rungs), at least one epoch."""
+    return max(1, int(epochs) // max(2, int(reduction_factor)) ** 2)
+
+
+def epochs_of(records: list[dict], skip: Callable[[dict], bool] = lambda r: False) -> int:
+    """Training epochs the trials ran (the budget they used)."""
+    return sum(int(r["epochs"]) for r in records if not skip(r))
+
+
+__all__ = ["trial_entry", "train_trial", "run_search", "run_trials", "rungs_for", "default_grace", "epochs_of",
+           "MODEL_DIR"]
