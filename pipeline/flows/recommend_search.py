@@ -157,7 +157,7 @@ def run_search(entries: list[dict], storage: Path, metric: str, rungs: list[int]
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max(e["epochs"] for e in entries) + 1,
                               grace_period=rungs[0], reduction_factor=reduction_factor)
     tune_config = tune.TuneConfig(metric=metric, mode="max", scheduler=scheduler, max_concurrent_trials=parallel,
-                                  time_budget_s=time_budget_s)
+                                  time_budget_s=time_budget_s, trial_dirname_creator=_dirname)
     tuner = _tuner(storage, "search", entries, tune_config, [RungLines(names, rungs, metric, time.time())])
     return _records(tuner.fit(), metric)
 
@@ -167,8 +167,14 @@ def run_trials(entries: list[dict], storage: Path, name: str, metric: str, paral
     # deferred: ray is slow to import
     from ray import tune
 
-    tune_config = tune.TuneConfig(metric=metric, mode="max", max_concurrent_trials=parallel)
+    tune_config = tune.TuneConfig(metric=metric, mode="max", max_concurrent_trials=parallel,
+                                  trial_dirname_creator=_dirname)
     return _records(_tuner(storage, name, entries, tune_config, []).fit(), metric)
+
+
+def _dirname(trial) -> str:
+    """A trial's directory under the Tune experiment: its candidate and Tune's trial id."""
+    return f"{trial.config['trial']['name']}-{trial.trial_id}"
 
 
 def _records(results, metric: str) -> list[dict]:
