@@ -32,13 +32,15 @@ def ray_local():
     ray.shutdown()
 
 
-CLUSTER_TIER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster")
+TIERS = [os.path.join(os.path.dirname(os.path.abspath(__file__)), t) for t in ("cluster", "recommend")]
 
 
 def pytest_ignore_collect(collection_path, config):
-    """``pytest tests`` leaves out the cluster tier (minutes of real clusters); it runs only when
-    named: ``pytest -q tests/cluster``."""
-    if str(collection_path) != CLUSTER_TIER:
+    """``pytest tests`` leaves out the cluster tier (minutes of real clusters) and the recommend tier
+    (minutes of real searches); each runs only when named: ``pytest -q tests/cluster``,
+    ``pytest -q tests/recommend``."""
+    tier = str(collection_path)
+    if tier not in TIERS:
         return None
-    named = any(os.path.abspath(str(a).split("::")[0]).startswith(CLUSTER_TIER) for a in config.args)
+    named = any(os.path.abspath(str(a).split("::")[0]).startswith(tier) for a in config.args)
     return None if named else True

@@ -41,7 +41,7 @@ from pipeline.flows import tracking
 from pipeline.flows.experiment import method_entries
 from pipeline.flows.recommend_report import write_recommend_report
 from pipeline.flows.recommend_search import (
-    default_grace, epochs_of, rungs_for, run_search, run_trials, trial_entry)
+    EpochBudget, default_grace, epochs_of, finish_trial, rungs_for, run_search, run_trials, trial_entry)
 from pipeline.flows.recommend_space import auto_candidates
 from pipeline.flows.run import StageRunner, prepare_data, training_set
 from pipeline.flows.validate import validate_config
@@ -124,25 +124,46 @@ def _unique_counts(set_dir: Path, path: str) -> list[int]:
     return [min(int(m["input_counts"].get(str(i), 0)), int(m["achieved"].get(str(i), 0))) for i in range(n)]
 
 
-def _search(cfg: Config, cands: list[dict], data: dict, out: Path, seed: int, parallel: int) -> dict:
+def budget_plan(n_candidates: int, epochs: int, grace: int, finalists: int, seeds: int,
+                asked: Optional[int]) -> dict:
+    """The epoch budget: what a full grid of the candidates × seeds costs, the least a search can
+    spend (every candidate's first rung, then the finalists and the baseline at full fidelity with
+    every seed), and the budget itself: ``asked``, or by default a third of the grid (the least, when
+    that is more)."""
+    keep = min(finalists, n_candidates - 1)
+    grid = n_candidates * seeds * epochs
+    least = (n_candidates - keep - 1) * grace + (keep + 1) * seeds * epochs
+    if asked is not None and asked < least:
+        raise ConfigError(f"config key 'recommend.budget': {asked} epochs cannot give {n_candidates} candidates "
+                          f"their first {grace} epochs and train {keep + 1} finalists (the baseline included) "
+                          f"{epochs} epochs with {seeds} seeds: it needs at least {least}")
+    return {"asked": asked, "budget": asked if asked is not None else max(grid // 3, least), "grid": grid,
+            "least": least, "keep": keep, "reserve": (keep + 1) * (seeds - 1) * epochs}
+
+
+def _search(cfg: Config, cands: list[dict], data: dict, out: Path, seeds: list[int], parallel: int) -> dict:
     """The successive-halving search (or the finished one ``search.json`` holds); its record."""
-    rc, epochs = cfg.recommend, cfg.train.epochs
+    rc, epochs, seed = cfg.recommend, cfg.train.epochs, seeds[0]
     grace = rc.grace_epochs or default_grace(epochs, rc.reduction_factor)
     rungs = rungs_for(epochs, grace, rc.reduction_factor)
-    entries = [trial_entry(c["name"], candidate_config(c["config"], {}, seed, rc.metric).to_dict(),
-                           c["set"]["path"], data["val"], str(out / "search" / c["name"]), epochs) for c in cands]
-    key = fingerprint(entries, rungs, rc.reduction_factor, rc.budget, rc.budget_minutes)
+    plan = budget_plan(len(cands), epochs, rungs[0], rc.finalists, len(seeds), rc.budget)
+    entries = [trial_entry(c["name"], c["config"].to_dict(), c["set"]["path"], data["val"],
+                           str(out / "search" / c["name"]), epochs) for c in cands]
+    key = fingerprint(entries, rungs, rc.reduction_factor, plan, rc.budget_minutes)
     path = out / "search.json"
     if path.is_file() and read_json(path).get("key") == key:
         log(f"recommend: search up to date ({path})")
         return read_json(path)
-    log(f"recommend: searching {len(cands)} candidates, rungs at {rungs} epochs, {parallel} at a time")
+    log(f"recommend: searching {len(cands)} candidates, rungs at {rungs} epochs, {parallel} at a time, within "
+        f"{plan['budget']} epochs in all (a full grid: {plan['grid']})")
     t0 = time.time()
-    budget_s = rc.budget_minutes * 60 if rc.budget_minutes else None
+    stopper = EpochBudget([c["name"] for c in cands], plan["budget"], epochs, rungs[0], plan["keep"],
+                          plan["reserve"], BASELINE, f"val_{rc.metric}")
     records = run_search(entries, out / "tune" / f"search-{key[:10]}", f"val_{rc.metric}", rungs, rc.reduction_factor,
-                         parallel, budget_s)
-    result = {"key": key, "metric": f"val_{rc.metric}", "max_epochs": epochs, "grace_epochs": grace,
-              "reduction_factor": rc.reduction_factor, "rungs": rungs, "seed": seed,
+                         parallel, time_budget_s=rc.budget_minutes * 60 if rc.budget_minutes else None,
+                         stopper=stopper)
+    result = {"key": key, "metric": f"val_{rc.metric}", "max_epochs": epochs, "grace_epochs": rungs[0],
+              "reduction_factor": rc.reduction_factor, "rungs": rungs, "seed": seed, "plan": plan,
               "seconds": round(time.time() - t0, 1), "epochs": epochs_of(records), "trials": records}
     write_json(path, result)
     return result
@@ -150,9 +171,9 @@ def _search(cfg: Config, cands: list[dict], data: dict, out: Path, seed: int, pa
 
 def _ranked(search: dict) -> list[str]:
     """Candidates by how far they got, then by their metric at the last epoch they reached."""
-    def last(r):
-        vals = [h["value"] for h in r["history"] if h["value"] is not None]
-        return (r["epochs"], vals[-1] if vals else float("-inf"))
+    def last(r):   # as the search's budget stopper ranks them
+        value = r["history"][-1]["value"] if r["history"] else None
+        return (r["epochs"], value if value is not None else float("-inf"))
 
     ok = [r for r in search["trials"] if r["status"] != "ERROR"]
     return [r["name"] for r in sorted(ok, key=last, reverse=True)]
@@ -160,11 +181,13 @@ def _ranked(search: dict) -> list[str]:
 
 def _finalists(cfg: Config, cands: list[dict], search: dict, data: dict, out: Path, seeds: list[int],
                parallel: int) -> dict:
-    """Every finalist's model directory per seed (training the seeds the search did not)."""
+    """Every finalist's model directory per seed, training the seeds the search did not (a finalist's
+    search trial that stopped early goes on from its last checkpoint as its first seed)."""
     rc = cfg.recommend
     names = [n for n in _ranked(search) if n != BASELINE][:rc.finalists] + [BASELINE]
     by_name = {c["name"]: c for c in cands}
     done = {r["name"]: r["model_dir"] for r in search["trials"] if r["model_dir"]}
+    started = {r["name"]: r for r in search["trials"] if not r["model_dir"] and r.get("checkpoint")}
     models: dict = {n: {} for n in names}
     entries = []
     for n in names:
@@ -173,9 +196,16 @@ def _finalists(cfg: Config, cands: list[dict], search: dict, data: dict, out: Pa
                 models[n][s] = done[n]
                 continue
             d = out / "finalists" / f"{n}__s{s}"
-            entries.append(trial_entry(n, candidate_config(by_name[n]["config"], {}, s, rc.metric).to_dict(),
-                                       by_name[n]["set"]["path"], data["val"], str(d), cfg.train.epochs))
+            entry = trial_entry(n, candidate_config(by_name[n]["config"], {}, s, rc.metric).to_dict(),
+                                by_name[n]["set"]["path"], data["val"], str(d), cfg.train.epochs)
             models[n][s] = str(d / "model")
+            if s == search["seed"] and n in started:
+                entry["resume_from"] = started[n]["checkpoint"]
+                if started[n]["epochs"] >= cfg.train.epochs:    # stopped at the last rung, before its model
+                    if not (d / "model" / "model.json").is_file():
+                        finish_trial(entry)
+                    continue
+            entries.append(entry)
     log(f"recommend: finalists {', '.join(names)}: {len(entries)} trainings ({len(seeds)} seeds each)")
     name = f"finalists-{fingerprint(entries)[:10]}"   # another set of finalists is another Tune experiment
     records = run_trials(entries, out / "tune", name, f"val_{rc.metric}", parallel) if entries else []
@@ -238,13 +268,15 @@ def _recommendation(cfg: Config, cands: list[dict], search: dict, finals: dict, 
         "best": {"name": best, "overrides": _overrides_of(best, cands)},
         "highest_scoring": decision["best"],
         "candidates": [{"name": n, "overrides": _overrides_of(n, cands), "score": v["score"], "ci": v["ci"],
-                        "p_best": v["p_best"], "fidelity": fidelity}
+                        "p_best": v["p_best"], "fidelity": fidelity,
+                        "models": [finals["models"][n.removesuffix(PRIOR_SUFFIX)][s] for s in seeds]}
                        for n, v in sorted(m.items(), key=lambda kv: -kv[1]["score"])],
         "baseline": {"name": BASELINE, "score": m[BASELINE]["score"], "ci": m[BASELINE]["ci"]},
         "gain": decision["gain"], "confident": decision["confident"], "message": message,
         "searched": [c["name"] for c in cands],
-        "budget": {"unit": "epochs", "asked": rc.budget, "used": used, "search": search["epochs"],
-                   "finalists": finals["epochs"], "grid": grid, "minutes_asked": rc.budget_minutes},
+        "budget": {"unit": "epochs", "asked": search["plan"]["budget"], "given": rc.budget, "used": used,
+                   "search": search["epochs"], "finalists": finals["epochs"], "grid": grid,
+                   "least": search["plan"]["least"], "minutes_asked": rc.budget_minutes},
         "bootstrap": {"replicates": decision["replicates"], "rows": decision["rows"], "seeds": seeds,
                       "covers": "training seeds and validation rows"},
         "seconds": seconds,
@@ -314,7 +346,7 @@ def _recommend(cfg: Config, metric: str, seeds: list[int], out: Path, parent, t0
             raise ConfigError(f"recommend candidate {c['name']}: {e}") from None
     _training_sets(spark, cfg, cands, data, out)
     parallel = _parallel(cfg)
-    search = _search(cfg, cands, data, out, seeds[0], parallel)
+    search = _search(cfg, cands, data, out, seeds, parallel)
     _log_trials(parent, cfg, search["trials"], "search")
     t_search = time.time()
     finals = _finalists(cfg, cands, search, data, out, seeds, parallel)

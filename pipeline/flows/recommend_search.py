@@ -52,9 +52,6 @@ def train_trial(config: dict) -> None:
     for name in ("ray.tune", "ray.train", "petastorm"):
         logging.getLogger(name).setLevel(logging.ERROR)
     t = config["trial"]
-    if t.get("hook_module"):  # a method registered outside pipeline.train (a user's own module)
-        importlib.import_module(t["hook_module"])
-    cfg = config_from_dict(t["cfg"])
     resume_dir = None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
@@ -65,69 +62,95 @@ def train_trial(config: dict) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
 
     try:
-        r = run_training(cfg, t["train_path"], t["val_path"], t["out_dir"], report_fn=report,
-                         resume_dir=resume_dir, epochs=t["epochs"])
+        _train_and_write(t, report, resume_dir)
     finally:
         if resume_dir:
             shutil.rmtree(resume_dir, ignore_errors=True)
+
+
+def finish_trial(entry: dict) -> str:
+    """The model of a search trial that trained every epoch but was stopped at the last rung before
+    it wrote one: finished from its last checkpoint (``entry["resume_from"]``), no epoch trained."""
+    _train_and_write(entry, None, None)
+    return str(Path(entry["out_dir"]) / MODEL_DIR)
+
+
+def _train_and_write(t: dict, report: Optional[Callable], resume_dir: Optional[str]) -> None:
+    """Train the trial ``t`` (from ``resume_dir``, else from ``t["resume_from"]`` when it has one),
+    then write its model: the best epoch's weights, as ``imbalance train`` does."""
+    if t.get("hook_module"):  # a method registered outside pipeline.train (a user's own module)
+        importlib.import_module(t["hook_module"])
+    cfg = config_from_dict(t["cfg"])
+    copied = None
+    if resume_dir is None and t.get("resume_from"):   # a finalist's first seed continues its search trial
+        resume_dir = copied = tempfile.mkdtemp(prefix="imb-resume-")
+        shutil.copytree(t["resume_from"], copied, dirs_exist_ok=True)
+    try:
+        r = run_training(cfg, t["train_path"], t["val_path"], t["out_dir"], report_fn=report,
+                         resume_dir=resume_dir, epochs=t["epochs"])
+    finally:
+        if copied:
+            shutil.rmtree(copied, ignore_errors=True)
     summary = {k: r[k] for k in ("best_epoch", "best_metrics", "history", "epochs_run", "stopped_early",
                                  "select_metric")}
     write_model_artifact(Path(t["out_dir"]) / MODEL_DIR, cfg, t["train_path"], t["val_path"], r["best_state"],
                          summary, centroids=r.get("centroids"), method_inference=r.get("method_inference"))
 
 
-class RungLines:
-    """A Tune callback: one console line when every live trial has reached a rung (or ended)."""
+class EpochBudget:
+    """A Tune stopper that keeps the search, and the finalists after it, within ``budget`` epochs.
 
-    def __new__(cls, *args, **kwargs):
-        # deferred: ray is slow to import
-        from ray.tune import Callback
+    After every result it projects the whole run's cost: the epochs trained so far, ``grace``
+    for every candidate not started yet, the epochs the current finalists (the top ``keep``
+    candidates by :func:`ranked` and the baseline) still lack, and ``reserve`` (the finalists'
+    other seeds). A trial that has had its ``grace`` epochs and is not a current finalist is
+    stopped when one more epoch of it would take that projection past ``budget``; every candidate
+    still gets its first rung. Under asynchronous halving a finalist may later be overtaken, so the
+    epochs it trained beyond its rung can take the total a few epochs past ``budget``.
+    """
 
-        class _RungLines(Callback):
-            def __init__(self, names: dict, rungs: list[int], metric: str, t0: float):
-                self.names, self.rungs, self.metric, self.t0 = names, rungs, metric, t0
-                self.reached: dict = {}
-                self.ended: set = set()
-                self.best: dict = {}
-                self.printed: set = set()
+    def __init__(self, names: list[str], budget: int, epochs: int, grace: int, keep: int, reserve: int,
+                 baseline: str, metric: str):
+        self.names, self.budget, self.epochs, self.grace = list(names), int(budget), int(epochs), int(grace)
+        self.keep, self.reserve, self.baseline, self.metric = int(keep), int(reserve), baseline, metric
+        self.reached: dict = {}     # name -> (epochs, metric at the last of them)
 
-            def on_trial_result(self, iteration, trials, trial, result, **info):
-                it = int(result.get("training_iteration", 0))
-                self.reached[trial.trial_id] = it
-                value = result.get(self.metric)
-                if value is not None and not (isinstance(value, float) and math.isnan(value)):
-                    for r in self.rungs:
-                        if it == r and (r not in self.best or value > self.best[r][1]):
-                            self.best[r] = (self._name(trial), float(value))
-                self._lines(trials)
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        name = result["config"]["trial"]["name"]
+        value = result.get(self.metric)
+        self.reached[name] = (int(result.get("training_iteration", 0)),
+                              float(value) if value is not None and value == value else float("-inf"))
+        if self.reached[name][0] < self.grace or name in self.finalists():
+            return False
+        return self.projected() + 1 > self.budget    # its next epoch would not fit
 
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                self.ended.add(trial.trial_id)
-                self._lines(trials)
+    def finalists(self) -> list[str]:
+        order = sorted((n for n in self.reached if n != self.baseline), key=lambda n: self.reached[n], reverse=True)
+        return order[:self.keep] + [self.baseline]
 
-            def on_trial_error(self, iteration, trials, trial, **info):
-                self.on_trial_complete(iteration, trials, trial)
-
-            def _name(self, trial) -> str:
-                return self.names.get(trial.config["trial"]["out_dir"], trial.trial_id)
-
-            def _lines(self, trials) -> None:
-                for k, r in enumerate(self.rungs):
-                    if r in self.printed or r not in self.best:
-                        continue
-                    if len(trials) == len(self.names) and all(
-                            self.reached.get(t.trial_id, 0) >= r or t.trial_id in self.ended for t in trials):
-                        went = sum(self.reached.get(t.trial_id, 0) >= r for t in trials)
-                        name, value = self.best[r]
-                        log(f"recommend: rung {k + 1}/{len(self.rungs)} ({r} epochs): {went} of {len(trials)} "
-                            f"trials reached it; best {name} {self.metric} {value:.4f} "
-                            f"[{time.time() - self.t0:.0f}s]")
-                        self.printed.add(r)
-
-        return _RungLines(*args, **kwargs)
+    def projected(self) -> int:
+        spent = sum(e for e, _ in self.reached.values())
+        unstarted = sum(n not in self.reached for n in self.names) * self.grace
+        missing = sum(self.epochs - self.reached.get(n, (0,))[0] for n in self.finalists())
+        return spent + unstarted + missing + self.reserve
 
 
-def _tuner(storage: Path, name: str, entries: list[dict], tune_config, callbacks: list):
+def _as_stopper(budget: EpochBudget):
+    """``budget`` as a ``ray.tune.Stopper`` (Tune takes only its own subclass for a stateful stopper)."""
+    # deferred: ray is slow to import
+    from ray.tune import Stopper
+
+    class _Budget(Stopper):
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            return budget(trial_id, result)
+
+        def stop_all(self) -> bool:
+            return False
+
+    return _Budget()
+
+
+def _tuner(storage: Path, name: str, entries: list[dict], tune_config, callbacks: list, stop=None):
     """A new Tuner over ``entries``, or the one a killed run left in ``storage/name`` (restored)."""
     # deferred: ray is slow to import
     from ray import tune
@@ -139,15 +162,17 @@ def _tuner(storage: Path, name: str, entries: list[dict], tune_config, callbacks
         log(f"recommend: resuming the {name} in {path}")
         return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True,
                                   param_space={"trial": tune.grid_search(entries)})
-    run_config = tune.RunConfig(storage_path=str(storage), name=name, verbose=0, callbacks=callbacks,
+    run_config = tune.RunConfig(storage_path=str(storage), name=name, verbose=0, callbacks=callbacks, stop=stop,
                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
     return tune.Tuner(trainable, param_space={"trial": tune.grid_search(entries)}, tune_config=tune_config,
                       run_config=run_config)
 
 
 def run_search(entries: list[dict], storage: Path, metric: str, rungs: list[int], reduction_factor: int,
-               parallel: int, time_budget_s: Optional[float] = None) -> list[dict]:
-    """Successive halving over ``entries`` (ASHA on ``metric``, maximised); every trial's record."""
+               parallel: int, *, time_budget_s: Optional[float] = None, stopper: Optional[EpochBudget] = None
+               ) -> list[dict]:
+    """Successive halving over ``entries`` (ASHA on ``metric``, maximised), within ``stopper``'s epoch
+    budget and ``time_budget_s``; every trial's record."""
     # deferred: ray is slow to import
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -158,7 +183,8 @@ def run_search(entries: list[dict], storage: Path, metric: str, rungs: list[int]
                               grace_period=rungs[0], reduction_factor=reduction_factor)
     tune_config = tune.TuneConfig(metric=metric, mode="max", scheduler=scheduler, max_concurrent_trials=parallel,
                                   time_budget_s=time_budget_s, trial_dirname_creator=_dirname)
-    tuner = _tuner(storage, "search", entries, tune_config, [RungLines(names, rungs, metric, time.time())])
+    tuner = _tuner(storage, "search", entries, tune_config, [RungLines(names, rungs, metric, time.time())],
+                   stop=_as_stopper(stopper) if stopper is not None else None)
     return _records(tuner.fit(), metric)
 
 
@@ -193,7 +219,8 @@ def _records(results, metric: str) -> list[dict]:
         out.append({"name": t["name"], "out_dir": t["out_dir"], "history": history, "epochs": epochs,
                     "max_epochs": t["epochs"], "status": status, "stopped": status == "STOPPED",
                     "error": _first_line(r.error) if r.error else None,
-                    "model_dir": str(model) if status == "TERMINATED" else None})
+                    "model_dir": str(model) if status == "TERMINATED" else None,
+                    "checkpoint": r.checkpoint.path if r.checkpoint is not None and not r.error else None})
     return out
 
 
@@ -221,5 +248,5 @@ def epochs_of(records: list[dict], skip: Callable[[dict], bool] = lambda r: Fals
     return sum(int(r["epochs"]) for r in records if not skip(r))
 
 
-__all__ = ["trial_entry", "train_trial", "run_search", "run_trials", "rungs_for", "default_grace", "epochs_of",
+__all__ = ["EpochBudget", "trial_entry", "train_trial", "finish_trial", "run_search", "run_trials", "rungs_for", "default_grace", "epochs_of",
            "MODEL_DIR"]

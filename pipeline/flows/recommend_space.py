@@ -14,7 +14,7 @@ sampling (ρ ≥ 2)          ROS to balance; RUS to balance when the smallest cl
 cost-sensitive loss       class-weighted CE (inverse frequency, power 1 and 0.5); class-balanced
                           (β 0.99, 0.999); focal (γ 1, 2); LDAM with deferred re-weighting (margin
                           0.5, re-weighting from 2/3 of the epochs); logit-adjusted (τ 1);
-                          balanced softmax
+                          balanced softmax; CoSen (class costs learnt with the network)
 two classes               mean (squared) false error, MFE and MSFE
 ========================  ===================================================================
 
@@ -28,7 +28,8 @@ References: Johnson & Khoshgoftaar, "Survey on deep learning with class imbalanc
 27 (2019), doi:10.1186/s40537-019-0192-5, Tables 17 and 18; Lee, Park & Kim, ICIP 2016,
 doi:10.1109/ICIP.2016.7533053 (threshold); Cui et al., CVPR 2019, arXiv:1901.05555 (class-balanced);
 Lin et al., ICCV 2017, arXiv:1708.02002 (focal); Cao et al., NeurIPS 2019, arXiv:1906.07413
-(LDAM-DRW); Menon et al., ICLR 2021, arXiv:2007.07314 (logit adjustment); Ren et al., NeurIPS 2020,
+(LDAM-DRW); Khan et al., "Cost-sensitive learning of deep feature representations from imbalanced
+data", IEEE TNNLS 29 (2018), doi:10.1109/TNNLS.2017.2732482 (CoSen); Menon et al., ICLR 2021, arXiv:2007.07314 (logit adjustment); Ren et al., NeurIPS 2020,
 arXiv:2007.10740 (balanced softmax); Wang et al., IJCNN 2016, doi:10.1109/IJCNN.2016.7727770 (MFE).
 """
 from __future__ import annotations
@@ -81,7 +82,8 @@ def _losses(epochs: int, n_classes: int) -> list[dict]:
            _candidate("ldam_drw", "loss", **{"train.loss": "ldam", "train.loss_params": {"max_margin": 0.5},
                                              "train.method_params": {"drw_epoch": drw}}),
            _candidate("logit_adjusted", "loss", **{"train.loss": "logit_adjusted"}),
-           _candidate("balanced_softmax", "loss", **{"train.loss": "balanced_softmax"})]
+           _candidate("balanced_softmax", "loss", **{"train.loss": "balanced_softmax"}),
+           _candidate("cosen", "loss", **{"train.method": "cosen"})]
     if n_classes == 2:
         out += [_candidate("mfe", "loss", **{"train.loss": "mfe"}),
                 _candidate("msfe", "loss", **{"train.loss": "msfe"})]
