@@ -97,6 +97,57 @@ def _train_and_write(t: dict, report: Optional[Callable], resume_dir: Optional[s
                          summary, centroids=r.get("centroids"), method_inference=r.get("method_inference"))
 
 
+class RungLines:
+    """A Tune callback: one console line when every live trial has reached a rung (or ended)."""
+
+    def __new__(cls, *args, **kwargs):
+        # deferred: ray is slow to import
+        from ray.tune import Callback
+
+        class _RungLines(Callback):
+            def __init__(self, names: dict, rungs: list[int], metric: str, t0: float):
+                self.names, self.rungs, self.metric, self.t0 = names, rungs, metric, t0
+                self.reached: dict = {}
+                self.ended: set = set()
+                self.best: dict = {}
+                self.printed: set = set()
+
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                it = int(result.get("training_iteration", 0))
+                self.reached[trial.trial_id] = it
+                value = result.get(self.metric)
+                if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                    for r in self.rungs:
+                        if it == r and (r not in self.best or value > self.best[r][1]):
+                            self.best[r] = (self._name(trial), float(value))
+                self._lines(trials)
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                self.ended.add(trial.trial_id)
+                self._lines(trials)
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                self.on_trial_complete(iteration, trials, trial)
+
+            def _name(self, trial) -> str:
+                return self.names.get(trial.config["trial"]["out_dir"], trial.trial_id)
+
+            def _lines(self, trials) -> None:
+                for k, r in enumerate(self.rungs):
+                    if r in self.printed or r not in self.best:
+                        continue
+                    if len(trials) == len(self.names) and all(
+                            self.reached.get(t.trial_id, 0) >= r or t.trial_id in self.ended for t in trials):
+                        went = sum(self.reached.get(t.trial_id, 0) >= r for t in trials)
+                        name, value = self.best[r]
+                        log(f"recommend: rung {k + 1}/{len(self.rungs)} ({r} epochs): {went} of {len(trials)} "
+                            f"trials reached it; best {name} {self.metric} {value:.4f} "
+                            f"[{time.time() - self.t0:.0f}s]")
+                        self.printed.add(r)
+
+        return _RungLines(*args, **kwargs)
+
+
 class EpochBudget:
     """A Tune stopper that keeps the search, and the finalists after it, within ``budget`` epochs.
 
