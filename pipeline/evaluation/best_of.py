@@ -22,18 +22,23 @@ Scores from the confusion counts (classes absent from the rows are left out of t
     g_mean            = (Π_c tp_c / (tp_c + fn_c))^(1/C)
     accuracy          = Σ_c tp_c / Σ_c (tp_c + fn_c)
 
+For two-class data ``metric`` may also rank the rows (``pr_auc``, ``roc_auc``,
+``binary.recall_at_precision.<p>``, …): each replicate then weights the same rows as the positive
+class's segments (:mod:`pipeline.evaluation.best_of_ranking`).
+
 Threshold moving by priors (Buda et al., Neural Networks 106 (2018),
 https://doi.org/10.1016/j.neunet.2018.07.011) is scored from the stored probabilities in the same
 pass, ``argmax_c p_c / π_c``, as a method of its own (:func:`prior_moved`).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from pipeline.evaluation.best_of_ranking import RANKING, ranking_metric, ranking_replicates
 from pipeline.evaluation.intervals import bootstrap_counts, percentile_ci, seed_resampled
 
 METRICS = ("macro_f1", "balanced_accuracy", "g_mean", "accuracy")
@@ -101,13 +106,9 @@ def decisions_table(spark, methods: dict, label_col: str = "label", id_col: str 
     return joined, columns
 
 
-def compare_methods(spark, methods: dict, baseline: str, metric: str, n_classes: int, *,
-                    replicates: int = DEFAULT_REPLICATES, seed: int = 0, label_col: str = "label",
-                    id_col: str = "id") -> dict:
-    """Scores, intervals, ``p_best`` and the gain over ``baseline`` (module docstring) of ``methods``
-    (:func:`decisions_table`'s argument). Row weights and seed draws depend on ``seed`` only."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r} (choose: {', '.join(METRICS)})")
+def _confusion_replicates(spark, methods: dict, metric: str, n_classes: int, replicates: int, seed: int,
+                          label_col: str, id_col: str) -> tuple:
+    """Per decision column: the score on all rows and per replicate (the confusion-count metrics)."""
     table, columns = decisions_table(spark, methods, label_col, id_col)
     table = table.cache()
     try:
@@ -117,10 +118,47 @@ def compare_methods(spark, methods: dict, baseline: str, metric: str, n_classes:
         n_rows = table.count()
     finally:
         table.unpersist()
+    reps = {c: scores(counts[c]["tp"], counts[c]["fp"], counts[c]["fn"], metric) for c in flat}
+    return columns, points, reps, n_rows
+
+
+def _ranking_replicates(spark, methods: dict, metric: str, positive: int, replicates: int, seed: int,
+                        label_col: str, id_col: str) -> tuple:
+    """Per model: the ranking metric on all rows and per replicate (threshold moving leaves a ranking
+    as it is, so a method's ``priors`` change nothing here)."""
+    columns, points, reps, n_rows = {}, {}, {}, 0
+    for name, spec in methods.items():
+        columns[name] = []
+        for s, path in enumerate(spec["tables"]):
+            key = f"{name}#{s}"
+            df = spark.read.parquet(path)
+            points[key], reps[key] = ranking_replicates(df, metric, positive, replicates, seed,
+                                                        label_col=label_col, id_col=id_col)
+            columns[name].append(key)
+            n_rows = n_rows or df.count()
+    return columns, points, reps, n_rows
+
+
+def compare_methods(spark, methods: dict, baseline: str, metric: str, n_classes: int, *,
+                    replicates: int = DEFAULT_REPLICATES, seed: int = 0, label_col: str = "label",
+                    id_col: str = "id", positive: Optional[int] = None) -> dict:
+    """Scores, intervals, ``p_best`` and the gain over ``baseline`` (module docstring) of ``methods``
+    (:func:`decisions_table`'s argument). Row weights and seed draws depend on ``seed`` only.
+
+    ``metric``: one of :data:`METRICS`, or for two-class data a ranking metric of
+    :mod:`pipeline.evaluation.best_of_ranking` of the class ``positive``."""
+    if metric in METRICS:
+        columns, points, reps, n_rows = _confusion_replicates(spark, methods, metric, n_classes, replicates, seed,
+                                                              label_col, id_col)
+    elif ranking_metric(metric) is not None and n_classes == 2 and positive is not None:
+        columns, points, reps, n_rows = _ranking_replicates(spark, methods, metric, positive, replicates, seed,
+                                                            label_col, id_col)
+    else:
+        raise ValueError(f"unknown metric {metric!r} for {n_classes}-class data (choose: {', '.join(METRICS)}"
+                         f"{'' if n_classes != 2 else ', or a ranking metric: ' + ', '.join(RANKING)})")
     rng = np.random.default_rng([int(seed), 0xBE57])
     names = list(methods)
-    x = np.stack([seed_resampled([{"v": scores(counts[c]["tp"], counts[c]["fp"], counts[c]["fn"], metric)}
-                                  for c in columns[n]], rng)["v"] for n in names], axis=1)    # (B, M)
+    x = np.stack([seed_resampled([{"v": reps[c]} for c in columns[n]], rng)["v"] for n in names], axis=1)  # (B, M)
     score = {n: float(np.mean([points[c] for c in columns[n]])) for n in names}
     best = max(names, key=lambda n: (score[n], n == baseline))
     top = x == x.max(axis=1, keepdims=True)

@@ -33,10 +33,11 @@ from typing import Optional
 import yaml
 
 from pipeline.config import Config, SampleSection, config_from_dict, merge_overrides
-from pipeline.data.schema import read_info
+from pipeline.data.schema import positive_class, read_info
 from pipeline.engines import get_ray, get_spark
 from pipeline.errors import ConfigError
 from pipeline.evaluation.best_of import METRICS, compare_methods
+from pipeline.evaluation.best_of_ranking import ranking_metric
 from pipeline.flows import tracking
 from pipeline.flows.experiment import method_entries
 from pipeline.flows.recommend_report import write_recommend_report
@@ -55,8 +56,10 @@ PRIOR_SUFFIX = "+prior"
 def _checked(cfg: Config) -> tuple[str, list[int], Path]:
     """(metric, seeds, output directory) of the ``recommend`` section, every rule checked."""
     rc = cfg.recommend
-    if rc.metric not in METRICS:
-        raise ConfigError(f"config key 'recommend.metric': unknown metric '{rc.metric}' (choose: {', '.join(METRICS)})")
+    if rc.metric not in METRICS and ranking_metric(rc.metric) is None:
+        raise ConfigError(f"config key 'recommend.metric': unknown metric '{rc.metric}' (choose: {', '.join(METRICS)}; "
+                          f"two-class data also: pr_auc, roc_auc, binary.recall_at_precision.<p>, "
+                          f"binary.precision_at_recall.<r>, binary.precision_at_k.<fraction>)")
     seeds = [int(s) for s in rc.seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError("config key 'recommend.seeds' must list at least one seed, each once")
@@ -86,14 +89,20 @@ def _candidates(cfg: Config, counts: list[int]) -> list[dict]:
     return sorted(given, key=lambda m: m["name"] != BASELINE)
 
 
+def epoch_metric(metric: str) -> str:
+    """The validation metric training reports per epoch, which the search cuts on and which picks a
+    model's best epoch: the recommend metric itself, or PR AUC for the ``binary.*`` metrics."""
+    return metric if metric in METRICS + ("pr_auc", "roc_auc") else "pr_auc"
+
+
 def candidate_config(base: Config, overrides: dict, seed: int, metric: str) -> Config:
     """The config a candidate trains with: the base, its overrides, the training seed, and the
-    recommend metric picking its best epoch."""
+    recommend metric's :func:`epoch_metric` picking its best epoch."""
     data = copy.deepcopy(base.to_dict())
     for section in ("experiment", "recommend"):
         data.pop(section, None)
     merge_overrides(data, [f"{k}={_yaml(v)}" for k, v in overrides.items()])
-    data["train"].update(seed=int(seed), select_metric=metric, progress=False)
+    data["train"].update(seed=int(seed), select_metric=epoch_metric(metric), progress=False)
     return config_from_dict(data)
 
 
@@ -157,12 +166,12 @@ def _search(cfg: Config, cands: list[dict], data: dict, out: Path, seeds: list[i
     log(f"recommend: searching {len(cands)} candidates, rungs at {rungs} epochs, {parallel} at a time, within "
         f"{plan['budget']} epochs in all (a full grid: {plan['grid']})")
     t0 = time.time()
+    per_epoch = f"val_{epoch_metric(rc.metric)}"
     stopper = EpochBudget([c["name"] for c in cands], plan["budget"], epochs, rungs[0], plan["keep"],
-                          plan["reserve"], BASELINE, f"val_{rc.metric}")
-    records = run_search(entries, out / "tune" / f"search-{key[:10]}", f"val_{rc.metric}", rungs, rc.reduction_factor,
-                         parallel, time_budget_s=rc.budget_minutes * 60 if rc.budget_minutes else None,
-                         stopper=stopper)
-    result = {"key": key, "metric": f"val_{rc.metric}", "max_epochs": epochs, "grace_epochs": rungs[0],
+                          plan["reserve"], BASELINE, per_epoch)
+    records = run_search(entries, out / "tune" / f"search-{key[:10]}", per_epoch, rungs, rc.reduction_factor, parallel,
+                         time_budget_s=rc.budget_minutes * 60 if rc.budget_minutes else None, stopper=stopper)
+    result = {"key": key, "metric": per_epoch, "max_epochs": epochs, "grace_epochs": rungs[0],
               "reduction_factor": rc.reduction_factor, "rungs": rungs, "seed": seed, "plan": plan,
               "seconds": round(time.time() - t0, 1), "epochs": epochs_of(records), "trials": records}
     write_json(path, result)
@@ -208,7 +217,7 @@ def _finalists(cfg: Config, cands: list[dict], search: dict, data: dict, out: Pa
             entries.append(entry)
     log(f"recommend: finalists {', '.join(names)}: {len(entries)} trainings ({len(seeds)} seeds each)")
     name = f"finalists-{fingerprint(entries)[:10]}"   # another set of finalists is another Tune experiment
-    records = run_trials(entries, out / "tune", name, f"val_{rc.metric}", parallel) if entries else []
+    records = run_trials(entries, out / "tune", name, f"val_{epoch_metric(rc.metric)}", parallel) if entries else []
     failed = [r for r in records if r["status"] != "TERMINATED"]
     if failed:
         raise RuntimeError(f"recommend: {len(failed)} finalist trainings failed, e.g. {failed[0]['name']}: "
@@ -231,15 +240,23 @@ def _predict_val(spark, cfg: Config, finals: dict, data: dict, out: Path) -> dic
     return tables
 
 
-def _decide(spark, cfg: Config, cands: list[dict], tables: dict, n_classes: int, seed: int) -> dict:
-    """The two-level bootstrap over the finalists and their prior-moved variants."""
+def _decide(spark, cfg: Config, cands: list[dict], tables: dict, info) -> dict:
+    """The two-level bootstrap over the finalists and, for the confusion-count metrics, their
+    prior-moved variants (a ranking metric is the same with and without threshold moving)."""
     by_name = {c["name"]: c for c in cands}
+    metric, positive = cfg.recommend.metric, None
+    if ranking_metric(metric) is not None:
+        if info.n_classes != 2:
+            raise ConfigError(f"config key 'recommend.metric': '{metric}' needs two-class data; this data has "
+                              f"{info.n_classes} classes")
+        positive = positive_class(info.labels, [int((info.class_counts or {}).get(str(i), 0)) for i in range(2)])
     methods = {}
     for n, paths in tables.items():
         methods[n] = {"tables": paths}
-        methods[n + PRIOR_SUFFIX] = {"tables": paths, "priors": by_name[n]["set"]["priors"]}
-    return compare_methods(spark, methods, BASELINE, cfg.recommend.metric, n_classes, seed=seed,
-                           label_col=cfg.data.label_col)
+        if positive is None:
+            methods[n + PRIOR_SUFFIX] = {"tables": paths, "priors": by_name[n]["set"]["priors"]}
+    return compare_methods(spark, methods, BASELINE, metric, info.n_classes, seed=cfg.recommend.seeds[0],
+                           label_col=cfg.data.label_col, positive=positive)
 
 
 def _overrides_of(name: str, cands: list[dict]) -> dict:
@@ -301,9 +318,9 @@ def _log_trials(parent, cfg: Config, records: list[dict], phase: str) -> None:
         tcfg.run.id = f"{phase}-{Path(r['out_dir']).name}"
         tr = tracking.start(tcfg, Path(r["out_dir"]), {"kind": f"recommend-{phase}", "candidate": r["name"],
                                                        "status": r["status"]}, parent.run_id)
-        tr.part("history", lambda: [tracking.log_metrics(tr, {f"val_{cfg.recommend.metric}": h["value"]},
-                                                         step=h["epoch"]) for h in r["history"]
-                                    if h["value"] is not None])
+        key = f"val_{epoch_metric(cfg.recommend.metric)}"
+        tr.part("history", lambda: [tracking.log_metrics(tr, {key: h["value"]}, step=h["epoch"])
+                                    for h in r["history"] if h["value"] is not None])
         tr.finish("FINISHED" if r["status"] != "ERROR" else "FAILED")
 
 
@@ -353,7 +370,7 @@ def _recommend(cfg: Config, metric: str, seeds: list[int], out: Path, parent, t0
     _log_trials(parent, cfg, finals["trials"], "finalist")
     t_final = time.time()
     tables = _predict_val(spark, cfg, finals, data, out)
-    decision = _decide(spark, cfg, cands, tables, info.n_classes, seeds[0])
+    decision = _decide(spark, cfg, cands, tables, info)
     seconds = {"search": search["seconds"], "finalists": round(t_final - t_search, 1),
                "compare": round(time.time() - t_final, 1), "total": round(time.time() - t0, 1)}
     rec = _recommendation(cfg, cands, search, finals, decision, seeds, seconds)

@@ -299,5 +299,6 @@ def epochs_of(records: list[dict], skip: Callable[[dict], bool] = lambda r: Fals
     return sum(int(r["epochs"]) for r in records if not skip(r))
 
 
-__all__ = ["EpochBudget", "trial_entry", "train_trial", "finish_trial", "run_search", "run_trials", "rungs_for", "default_grace", "epochs_of",
+__all__ = ["EpochBudget", "trial_entry", "train_trial", "finish_trial", "run_search", "run_trials", "rungs_for",
+           "default_grace", "epochs_of",
            "MODEL_DIR"]

@@ -29,7 +29,8 @@ References: Johnson & Khoshgoftaar, "Survey on deep learning with class imbalanc
 doi:10.1109/ICIP.2016.7533053 (threshold); Cui et al., CVPR 2019, arXiv:1901.05555 (class-balanced);
 Lin et al., ICCV 2017, arXiv:1708.02002 (focal); Cao et al., NeurIPS 2019, arXiv:1906.07413
 (LDAM-DRW); Khan et al., "Cost-sensitive learning of deep feature representations from imbalanced
-data", IEEE TNNLS 29 (2018), doi:10.1109/TNNLS.2017.2732482 (CoSen); Menon et al., ICLR 2021, arXiv:2007.07314 (logit adjustment); Ren et al., NeurIPS 2020,
+data", IEEE TNNLS 29 (2018), doi:10.1109/TNNLS.2017.2732482 (CoSen); Menon et al., ICLR 2021,
+arXiv:2007.07314 (logit adjustment); Ren et al., NeurIPS 2020,
 arXiv:2007.10740 (balanced softmax); Wang et al., IJCNN 2016, doi:10.1109/IJCNN.2016.7727770 (MFE).
 """
 from __future__ import annotations
