@@ -28,7 +28,9 @@ class's segments (:mod:`pipeline.evaluation.best_of_ranking`).
 
 Threshold moving by priors (Buda et al., Neural Networks 106 (2018),
 https://doi.org/10.1016/j.neunet.2018.07.011) is scored from the stored probabilities in the same
-pass, ``argmax_c p_c / π_c``, as a method of its own (:func:`prior_moved`).
+pass, ``argmax_c p_c / π_c``, as a method of its own (:func:`prior_moved`); on two-class data so is a
+threshold tuned on validation, cross-fitted so that no row is decided by a threshold tuned on it
+(:func:`cross_fitted`).
 """
 from __future__ import annotations
 
@@ -38,7 +40,8 @@ import numpy as np
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from pipeline.evaluation.best_of_ranking import RANKING, ranking_metric, ranking_replicates
+from pipeline.errors import InputError
+from pipeline.evaluation.best_of_ranking import RANKING, ranking_metric, ranking_replicates, segment_counts
 from pipeline.evaluation.intervals import bootstrap_counts, percentile_ci, seed_resampled
 
 METRICS = ("macro_f1", "balanced_accuracy", "g_mean", "accuracy")
@@ -87,20 +90,70 @@ def _point(df: DataFrame, col: str, n_classes: int, label_col: str) -> tuple:
     return tp, fp, fn
 
 
+#: the metric the tuned threshold maximises for each recommend metric (``evaluate.tune_metric``'s names)
+TUNE_FOR = {"macro_f1": "f1", "balanced_accuracy": "balanced_accuracy", "g_mean": "g_mean", "accuracy": "accuracy"}
+TUNE_FOLDS = 2
+
+
+def tuned_threshold(seg: dict, tune_metric: str) -> float:
+    """The threshold t among the positive scores u_j that maximises ``tune_metric`` (``f1`` of the
+    positive class, or a :data:`METRICS` score over both classes) of "positive iff score ≥ t",
+    from :func:`pipeline.evaluation.best_of_ranking.segment_counts`' plain counts; on a tie the
+    highest threshold."""
+    tp = np.cumsum(seg["pos"][-1])
+    fp = np.cumsum(seg["before"][-1] + seg["tie"][-1])
+    P, N = tp[-1], fp[-1] + seg["tail"][-1]
+    if tune_metric == "f1":
+        value = 2 * tp / np.maximum(2 * tp + fp + (P - tp), 1e-300)
+    else:   # classes (negative, positive): tp = (tn, tp), fp = (fn, fp), fn = (fp, fn)
+        value = scores(np.stack([N - fp, tp], 1), np.stack([P - tp, fp], 1), np.stack([fp, P - tp], 1), tune_metric)
+    return float(seg["scores"][int(np.argmax(value))])
+
+
+def _fold(id_col: str) -> Column:
+    return F.pmod(F.xxhash64(F.col(id_col)), F.lit(TUNE_FOLDS))
+
+
+def _fold_threshold(df: DataFrame, positive: int, tune_metric: str, label_col: str, id_col: str) -> float:
+    """The tuned threshold of one fold; 0.5 (the plain decision) when the fold lacks a class."""
+    try:
+        return tuned_threshold(segment_counts(df, positive, 0, 0, label_col=label_col, id_col=id_col), tune_metric)
+    except InputError:
+        return 0.5
+
+
+def cross_fitted(df: DataFrame, positive: int, tune_metric: str, *, label_col: str = "label",
+                 id_col: str = "id") -> Column:
+    """Threshold moving tuned on validation, scored honestly on it: the rows split in two folds by
+    the hash of their id, and each fold's decisions use the threshold tuned on the *other* fold
+    (:func:`tuned_threshold` on the positive class's probability)."""
+    t = [_fold_threshold(df.filter(_fold(id_col) == k), positive, tune_metric, label_col, id_col)
+         for k in range(TUNE_FOLDS)]
+    score = F.element_at(F.col("probs"), positive + 1)
+    threshold = F.when(_fold(id_col) == 0, F.lit(t[1])).otherwise(F.lit(t[0]))
+    return F.when(score >= threshold, F.lit(positive)).otherwise(F.lit(1 - positive))
+
+
 def decisions_table(spark, methods: dict, label_col: str = "label", id_col: str = "id") -> tuple:
     """One table of every method's every seed's decisions on the same rows, joined on ``id_col``.
 
-    ``methods``: name → ``{"tables": [predictions path per seed], "priors": class counts or None}``;
-    a method with ``priors`` is its models' ``pred`` under :func:`prior_moved`. Returns (table,
-    {name: [its columns]}).
+    ``methods``: name → ``{"tables": [predictions path per seed], "priors": class counts or None,
+    "tuned": (positive class, tune metric) or None}``; a method with ``priors`` is its models'
+    ``pred`` under :func:`prior_moved`, one with ``tuned`` under :func:`cross_fitted`. Returns
+    (table, {name: [its columns]}).
     """
     joined, columns = None, {}
     for m, (name, spec) in enumerate(methods.items()):
         columns[name] = []
         for s, path in enumerate(spec["tables"]):
             col = f"_m{m}s{s}"
-            pred = prior_moved("probs", spec["priors"]) if spec.get("priors") else F.col("pred")
-            t = spark.read.parquet(path).select(F.col(id_col), F.col(label_col), pred.cast("long").alias(col))
+            df = spark.read.parquet(path)
+            pred = F.col("pred")
+            if spec.get("priors"):
+                pred = prior_moved("probs", spec["priors"])
+            elif spec.get("tuned"):
+                pred = cross_fitted(df, *spec["tuned"], label_col=label_col, id_col=id_col)
+            t = df.select(F.col(id_col), F.col(label_col), pred.cast("long").alias(col))
             joined = t if joined is None else joined.join(t.drop(label_col), [id_col])
             columns[name].append(col)
     return joined, columns
@@ -176,4 +229,5 @@ def compare_methods(spark, methods: dict, baseline: str, metric: str, n_classes:
     return out
 
 
-__all__ = ["compare_methods", "decisions_table", "prior_moved", "scores", "METRICS", "DEFAULT_REPLICATES"]
+__all__ = ["compare_methods", "cross_fitted", "decisions_table", "prior_moved", "scores", "tuned_threshold", "METRICS",
+           "DEFAULT_REPLICATES", "TUNE_FOR"]

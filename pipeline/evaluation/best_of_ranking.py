@@ -93,13 +93,11 @@ def _negative_sums(u_asc: np.ndarray, B: int, seed: int):
     return fn
 
 
-def ranking_replicates(df, metric: str, positive: int, replicates: int, seed: int, *, score_col: str = "probs",
-                       label_col: str = "label", id_col: str = "id") -> tuple[float, np.ndarray]:
-    """One model's ``metric`` on all of ``df``'s rows and in each of ``replicates`` stratified
-    bootstrap replicates (module docstring): ``(exact value, (B,) array)``."""
-    kind, level = ranking_metric(metric) or (None, None)
-    if kind is None:
-        raise ValueError(f"not a ranking metric: {metric!r}")
+def segment_counts(df, positive: int, replicates: int, seed: int, *, score_col: str = "probs",
+                   label_col: str = "label", id_col: str = "id") -> dict:
+    """The positive class's segments of ``df`` (module docstring), plain and in ``replicates``
+    stratified bootstrap replicates: ``{"scores": u_1 > … > u_S, "pos", "tie", "before": (B + 1, S)
+    arrays, "tail": (B + 1,)}``, the last row of each the plain counts."""
     B = int(replicates)
     integral = df.schema[id_col].dataType.typeName() in ("byte", "short", "integer", "long")
     rid = F.col(id_col).cast("long") if integral else F.xxhash64(F.col(id_col))
@@ -107,13 +105,13 @@ def ranking_replicates(df, metric: str, positive: int, replicates: int, seed: in
                        (F.col(label_col).cast("long") == positive).alias("_y"))
     pos_rows = narrow.filter(F.col("_y")).select("_id", "_s").collect()
     if not pos_rows:
-        raise InputError(f"{metric}: the validation rows hold no row of the positive class {positive}")
+        raise InputError(f"the validation rows hold no row of the positive class {positive}")
     ids = np.array([r["_id"] for r in pos_rows], np.int64)
     scores = np.array([r["_s"] for r in pos_rows], np.float64)
     u_asc, inverse = np.unique(scores, return_inverse=True)
     S = len(u_asc)
     if S > MAX_SEGMENTS:
-        raise InputError(f"{metric}: {S} distinct positive scores, more than the bootstrap's {MAX_SEGMENTS}")
+        raise InputError(f"{S} distinct positive scores, more than the bootstrap's {MAX_SEGMENTS}")
     seg = S - 1 - inverse                                            # descending segment of each positive
     w = np.vstack([poisson_weights(ids, B, seed), np.ones(len(ids))])                     # (B + 1, P)
     pos = np.stack([np.bincount(seg, weights=row, minlength=S) for row in w])            # (B + 1, S)
@@ -128,9 +126,24 @@ def ranking_replicates(df, metric: str, positive: int, replicates: int, seed: in
         fp = np.where(pos.sum(1) > 0, n_pos / pos.sum(1), 0.0)[:, None]
         wn = before.sum(1) + tie.sum(1)
         fn = np.where(wn > 0, n_neg / np.where(wn > 0, wn, 1.0), 0.0)[:, None]
-    pos, before, tie = pos * fp, before * fn, tie * fn
-    values = _value(kind, level, pos, tie, before[:, :S], before[:, S])
+    return {"scores": u_asc[::-1].copy(), "pos": pos * fp, "tie": tie * fn, "before": (before * fn)[:, :S],
+            "tail": (before * fn)[:, S]}
+
+
+def ranking_replicates(df, metric: str, positive: int, replicates: int, seed: int, *, score_col: str = "probs",
+                       label_col: str = "label", id_col: str = "id") -> tuple[float, np.ndarray]:
+    """One model's ``metric`` on all of ``df``'s rows and in each of ``replicates`` stratified
+    bootstrap replicates (module docstring): ``(exact value, (B,) array)``."""
+    kind, level = ranking_metric(metric) or (None, None)
+    if kind is None:
+        raise ValueError(f"not a ranking metric: {metric!r}")
+    try:
+        seg = segment_counts(df, positive, replicates, seed, score_col=score_col, label_col=label_col,
+                             id_col=id_col)
+    except InputError as e:
+        raise InputError(f"{metric}: {e}") from None
+    values = _value(kind, level, seg["pos"], seg["tie"], seg["before"], seg["tail"])
     return float(values[-1]), values[:-1]
 
 
-__all__ = ["RANKING", "ranking_metric", "ranking_replicates"]
+__all__ = ["RANKING", "ranking_metric", "ranking_replicates", "segment_counts"]

@@ -36,7 +36,7 @@ from pipeline.config import Config, SampleSection, config_from_dict, merge_overr
 from pipeline.data.schema import positive_class, read_info
 from pipeline.engines import get_ray, get_spark
 from pipeline.errors import ConfigError
-from pipeline.evaluation.best_of import METRICS, compare_methods
+from pipeline.evaluation.best_of import METRICS, TUNE_FOR, compare_methods
 from pipeline.evaluation.best_of_ranking import ranking_metric
 from pipeline.flows import tracking
 from pipeline.flows.experiment import method_entries
@@ -51,6 +51,7 @@ from pipeline.train.predict import predict
 
 BASELINE = "baseline"
 PRIOR_SUFFIX = "+prior"
+TUNED_SUFFIX = "+tuned"
 
 
 def _checked(cfg: Config) -> tuple[str, list[int], Path]:
@@ -241,29 +242,40 @@ def _predict_val(spark, cfg: Config, finals: dict, data: dict, out: Path) -> dic
 
 
 def _decide(spark, cfg: Config, cands: list[dict], tables: dict, info) -> dict:
-    """The two-level bootstrap over the finalists and, for the confusion-count metrics, their
-    prior-moved variants (a ranking metric is the same with and without threshold moving)."""
+    """The two-level bootstrap over the finalists and their free variants: threshold moving by
+    priors, and on two-class data a threshold tuned on validation (cross-fitted). A ranking
+    metric is the same with and without them, so it compares the finalists alone."""
     by_name = {c["name"]: c for c in cands}
-    metric, positive = cfg.recommend.metric, None
-    if ranking_metric(metric) is not None:
-        if info.n_classes != 2:
-            raise ConfigError(f"config key 'recommend.metric': '{metric}' needs two-class data; this data has "
-                              f"{info.n_classes} classes")
+    metric = cfg.recommend.metric
+    positive = None
+    if info.n_classes == 2:
         positive = positive_class(info.labels, [int((info.class_counts or {}).get(str(i), 0)) for i in range(2)])
+    ranking = ranking_metric(metric) is not None
+    if ranking and positive is None:
+        raise ConfigError(f"config key 'recommend.metric': '{metric}' needs two-class data; this data has "
+                          f"{info.n_classes} classes")
     methods = {}
     for n, paths in tables.items():
         methods[n] = {"tables": paths}
-        if positive is None:
+        if not ranking:
             methods[n + PRIOR_SUFFIX] = {"tables": paths, "priors": by_name[n]["set"]["priors"]}
+        if not ranking and positive is not None:
+            methods[n + TUNED_SUFFIX] = {"tables": paths, "tuned": (positive, TUNE_FOR[metric])}
     return compare_methods(spark, methods, BASELINE, metric, info.n_classes, seed=cfg.recommend.seeds[0],
                            label_col=cfg.data.label_col, positive=positive)
 
 
-def _overrides_of(name: str, cands: list[dict]) -> dict:
-    base = name.removesuffix(PRIOR_SUFFIX)
-    ov = dict(next(c for c in cands if c["name"] == base)["overrides"])
+def _base(name: str) -> str:
+    """The trained candidate behind a name, without its threshold-moving variant's suffix."""
+    return name.removesuffix(PRIOR_SUFFIX).removesuffix(TUNED_SUFFIX)
+
+
+def _overrides_of(name: str, cands: list[dict], metric: str) -> dict:
+    ov = dict(next(c for c in cands if c["name"] == _base(name))["overrides"])
     if name.endswith(PRIOR_SUFFIX):
         ov["evaluate.threshold_moving"] = "prior"
+    if name.endswith(TUNED_SUFFIX):
+        ov.update({"evaluate.threshold_moving": "tuned", "evaluate.tune_metric": TUNE_FOR[metric]})
     return ov
 
 
@@ -282,11 +294,11 @@ def _recommendation(cfg: Config, cands: list[dict], search: dict, finals: dict, 
     return {
         "metric": rc.metric, "split": "val", "test_split_read": False,
         "note": "models were compared on the validation split only; the test split was never read",
-        "best": {"name": best, "overrides": _overrides_of(best, cands)},
+        "best": {"name": best, "overrides": _overrides_of(best, cands, rc.metric)},
         "highest_scoring": decision["best"],
-        "candidates": [{"name": n, "overrides": _overrides_of(n, cands), "score": v["score"], "ci": v["ci"],
+        "candidates": [{"name": n, "overrides": _overrides_of(n, cands, rc.metric), "score": v["score"], "ci": v["ci"],
                         "p_best": v["p_best"], "fidelity": fidelity,
-                        "models": [finals["models"][n.removesuffix(PRIOR_SUFFIX)][s] for s in seeds]}
+                        "models": [finals["models"][_base(n)][s] for s in seeds]}
                        for n, v in sorted(m.items(), key=lambda kv: -kv[1]["score"])],
         "baseline": {"name": BASELINE, "score": m[BASELINE]["score"], "ci": m[BASELINE]["ci"]},
         "gain": decision["gain"], "confident": decision["confident"], "message": message,
@@ -386,4 +398,5 @@ def _parallel(cfg: Config) -> int:
     return int(cfg.recommend.parallel or max(1, int(ray.cluster_resources().get("CPU", 1))))
 
 
-__all__ = ["run_recommend", "candidate_config", "BASELINE", "PRIOR_SUFFIX"]
+__all__ = ["run_recommend", "candidate_config", "budget_plan", "epoch_metric", "BASELINE", "PRIOR_SUFFIX",
+           "TUNED_SUFFIX"]

@@ -79,3 +79,38 @@ def test_a_ranking_metric_on_many_classes_is_refused(spark, tmp_path):
     path, *_ = _table(spark, tmp_path, "p", 4)
     with pytest.raises(ValueError, match="unknown metric 'pr_auc' for 3-class data"):
         compare_methods(spark, {"baseline": {"tables": [path]}}, "baseline", "pr_auc", 3, replicates=10)
+
+
+@pytest.mark.parametrize("tune_metric", ["f1", "macro_f1", "balanced_accuracy", "g_mean", "accuracy"])
+def test_the_tuned_threshold_is_the_best_of_every_positive_score(spark, tmp_path, tune_metric):
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+    from imblearn.metrics import geometric_mean_score
+
+    from pipeline.evaluation.best_of import tuned_threshold
+    from pipeline.evaluation.best_of_ranking import segment_counts
+
+    ref = {"f1": lambda y, p: f1_score(y, p), "macro_f1": lambda y, p: f1_score(y, p, average="macro"),
+           "balanced_accuracy": balanced_accuracy_score, "accuracy": accuracy_score,
+           "g_mean": lambda y, p: geometric_mean_score(y, p, average="multiclass")}[tune_metric]
+    path, ids, y, s = _table(spark, tmp_path, "p", 5)
+    t = tuned_threshold(segment_counts(spark.read.parquet(path), 1, 0, 0), tune_metric)
+    candidates = np.unique(s[y == 1])[::-1]                 # highest first: a tie goes to the highest
+    values = [ref(y, (s >= c).astype(int)) for c in candidates]
+    assert t == candidates[int(np.argmax(values))]
+
+
+def test_cross_fitted_decisions_use_the_other_folds_threshold(spark, tmp_path):
+    from pyspark.sql import functions as F
+
+    from pipeline.evaluation.best_of import TUNE_FOLDS, cross_fitted, tuned_threshold
+    from pipeline.evaluation.best_of_ranking import segment_counts
+
+    path, *_ = _table(spark, tmp_path, "p", 6)
+    df = spark.read.parquet(path)
+    fold = F.pmod(F.xxhash64("id"), F.lit(TUNE_FOLDS))
+    t = [tuned_threshold(segment_counts(df.filter(fold == k), 1, 0, 0), "f1") for k in range(2)]
+    assert t[0] != t[1]                                     # the folds disagree here, so the check bites
+    got = df.select("id", (fold).alias("k"), F.element_at("probs", 2).alias("s"),
+                    cross_fitted(df, 1, "f1").alias("d")).toPandas()
+    expected = np.where(got["s"] >= np.where(got["k"] == 0, t[1], t[0]), 1, 0)
+    np.testing.assert_array_equal(got["d"], expected)
