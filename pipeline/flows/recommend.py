@@ -52,6 +52,8 @@ from pipeline.train.predict import predict
 BASELINE = "baseline"
 PRIOR_SUFFIX = "+prior"
 TUNED_SUFFIX = "+tuned"
+#: methods a Tune trial cannot run (they train in stages of their own), and what their candidates use instead
+SINGLE_STAGE = {"two_phase": {"train.method": "baseline", "train.method_params": {}}}
 
 
 def _checked(cfg: Config) -> tuple[str, list[int], Path]:
@@ -367,12 +369,21 @@ def _recommend(cfg: Config, metric: str, seeds: list[int], out: Path, parent, t0
     info = read_info(data["train"])
     counts = [int((info.class_counts or {}).get(str(i), 0)) for i in range(info.n_classes)]
     cands = _candidates(cfg, counts)
+    if cfg.train.method in SINGLE_STAGE:
+        log("recommend: two-phase learning trains in two stages, which a search trial does not; every candidate, "
+            "the baseline included, trains in one (train.method: baseline)")
+        for c in cands:
+            c["overrides"] = {**SINGLE_STAGE[cfg.train.method], **c["overrides"]}
     for c in cands:
         c["config"] = candidate_config(cfg, c["overrides"], seeds[0], metric)
         try:
             validate_config(c["config"], "run", warn=lambda w: None)
         except ConfigError as e:
             raise ConfigError(f"recommend candidate {c['name']}: {e}") from None
+    same = [c["name"] for c in cands[1:] if c["config"].to_dict() == cands[0]["config"].to_dict()]
+    if same:   # e.g. `rus` when the config already undersamples: the baseline is that candidate
+        log(f"recommend: {', '.join(same)} would train the baseline's config; left out")
+        cands = [c for c in cands if c["name"] not in same]
     _training_sets(spark, cfg, cands, data, out)
     parallel = _parallel(cfg)
     search = _search(cfg, cands, data, out, seeds, parallel)

@@ -10,7 +10,9 @@ family                    candidates (``n_c``: rows of class c; ``ρ = max n_c /
 baseline                  plain cross-entropy on the data as it is (always a candidate)
 sampling (ρ ≥ 2)          ROS to balance; RUS to balance when the smallest class keeps ≥ 10 rows;
                           Lee et al.'s threshold (cap every class at the median count, or at
-                          4 · min n_c); a floor raising every class to max n_c / 4
+                          4 · min n_c); a floor raising every class to max n_c / 4. ROS and the
+                          floor only while the sampled set stays within 8 × the training rows
+                          (on WHOI-Plankton's profile ROS would make an epoch 20 × longer)
 cost-sensitive loss       class-weighted CE (inverse frequency, power 1 and 0.5); class-balanced
                           (β 0.99, 0.999); focal (γ 1, 2); LDAM with deferred re-weighting (margin
                           0.5, re-weighting from 2/3 of the epochs); logit-adjusted (τ 1);
@@ -41,6 +43,8 @@ from typing import Sequence
 RUS_MIN_ROWS = 10
 #: nearly balanced below this imbalance ratio
 BALANCED_RHO = 2.0
+#: an oversampled training set may hold at most this many times the training split's rows
+MAX_GROWTH = 8
 
 
 def imbalance_ratio(counts: Sequence[int]) -> float:
@@ -57,14 +61,17 @@ def _sampling(counts: list[int]) -> list[dict]:
     present = sorted(c for c in counts if c > 0)
     smallest, largest = present[0], present[-1]
     median = present[len(present) // 2]
-    out = [_candidate("ros", "sampling", **{"sample.strategy": "ros"})]
+    fits = (lambda rows: rows <= MAX_GROWTH * sum(present))   # an epoch at most MAX_GROWTH times the data's
+    out = []
+    if fits(largest * len(present)):
+        out.append(_candidate("ros", "sampling", **{"sample.strategy": "ros"}))
     if smallest >= RUS_MIN_ROWS:
         out.append(_candidate("rus", "sampling", **{"sample.strategy": "rus"}))
     caps = sorted({cap for cap in (median, 4 * smallest) if smallest < cap < largest})
     out += [_candidate(f"threshold_cap{cap}", "sampling", **{"sample.strategy": "threshold", "sample.cap": cap})
             for cap in caps]
     floor = largest // 4
-    if floor > smallest:
+    if floor > smallest and fits(sum(max(c, floor) for c in present)):
         out.append(_candidate(f"floor{floor}", "sampling", **{"sample.strategy": "floor", "sample.floor": floor}))
     return out
 
@@ -104,4 +111,4 @@ def auto_candidates(counts: Sequence[int], epochs: int) -> list[dict]:
     return baseline + _sampling(counts) + _losses(epochs, n_classes)
 
 
-__all__ = ["auto_candidates", "imbalance_ratio", "RUS_MIN_ROWS", "BALANCED_RHO"]
+__all__ = ["auto_candidates", "imbalance_ratio", "RUS_MIN_ROWS", "BALANCED_RHO", "MAX_GROWTH"]

@@ -5,7 +5,7 @@ from pipeline.config import Config, merge_overrides
 from pipeline.errors import ConfigError
 from pipeline.flows.recommend import budget_plan, candidate_config
 from pipeline.flows.recommend_search import EpochBudget
-from pipeline.flows.recommend_space import BALANCED_RHO, RUS_MIN_ROWS, auto_candidates, imbalance_ratio
+from pipeline.flows.recommend_space import BALANCED_RHO, MAX_GROWTH, RUS_MIN_ROWS, auto_candidates, imbalance_ratio
 from pipeline.flows.validate import validate_config
 
 
@@ -105,3 +105,12 @@ def test_epoch_budget_counts_the_unstarted_candidates_first_rung():
     assert stop.projected() == 2 + 2 * 2 + 2 + 4   # a's 2, b's and the baseline's grace, what the finalists lack
     assert stop.projected() > 10
     assert not stop("t", _result("a", 3, 0.9))     # a is the finalist: the budget never stops it
+
+
+def test_oversampling_that_would_grow_an_epoch_past_the_limit_is_left_out():
+    long_tail = [50_000] + [500] * 102                      # ROS: 103 × 50,000 rows, 51 × the data
+    names = _names(long_tail)
+    assert "ros" not in names and "rus" in names
+    assert not any(n.startswith("floor") for n in names)    # a floor at 12,500: 1,325,000 rows, 13 × the data
+    assert "ros" in _names([900, 9])                         # two classes: ROS doubles the data at most
+    assert MAX_GROWTH * sum(long_tail) < 103 * 50_000
