@@ -72,8 +72,10 @@ BINARY_METRICS = ["binary.pr_auc", "binary.roc_auc", "binary.recall_at_precision
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
-def method_entries(raw, what: str, section: str = "experiment") -> list[dict]:
-    """The entries of ``<section>.<what>``: each ``{name, overrides, rho, threshold_variant}``, checked."""
+def method_entries(raw, what: str, section: str = "experiment",
+                   keys: tuple = ("name", "overrides", "rho", "threshold_variant")) -> list[dict]:
+    """The entries of ``<section>.<what>``: each ``{name, overrides, rho, threshold_variant}``, checked
+    (an entry may hold only ``keys``)."""
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"config key '{section}.{what}' must be a non-empty list")
     out = []
@@ -82,7 +84,7 @@ def method_entries(raw, what: str, section: str = "experiment") -> list[dict]:
             e = {"name": e}
         if not isinstance(e, dict) or "name" not in e:
             raise ConfigError(f"config key '{section}.{what}[{i}]' needs a 'name'")
-        unknown = set(e) - {"name", "overrides", "rho", "threshold_variant"}
+        unknown = set(e) - set(keys)
         if unknown:
             raise ConfigError(f"unknown config key '{section}.{what}[{i}].{sorted(unknown)[0]}'")
         if not _NAME.match(str(e["name"])):

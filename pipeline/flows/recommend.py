@@ -75,6 +75,8 @@ def _checked(cfg: Config) -> tuple[str, list[int], Path]:
         raise ConfigError(f"config key 'recommend.budget_minutes' must be > 0, got {rc.budget_minutes!r}")
     if rc.methods != "auto" and not isinstance(rc.methods, list):
         raise ConfigError("config key 'recommend.methods' must be 'auto' or a list shaped like experiment.methods")
+    if rc.methods != "auto":
+        _given(rc.methods)
     out = local_path(rc.out or Path(cfg.run.root) / f"recommend-{cfg.run.id}").resolve()
     return rc.metric, seeds, out
 
@@ -83,10 +85,7 @@ def _candidates(cfg: Config, counts: list[int]) -> list[dict]:
     """The candidates, the baseline first (added when a given list lacks it)."""
     if cfg.recommend.methods == "auto":
         return auto_candidates(counts, cfg.train.epochs)
-    given = [{"name": m["name"], "overrides": m["overrides"], "family": "given"}
-             for m in method_entries(cfg.recommend.methods, "methods", section="recommend")]
-    if len({m["name"] for m in given}) != len(given):
-        raise ConfigError("config key 'recommend.methods': method names must be unique")
+    given = _given(cfg.recommend.methods)
     if BASELINE not in [m["name"] for m in given]:
         given.insert(0, {"name": BASELINE, "overrides": {}, "family": "baseline"})
     return sorted(given, key=lambda m: m["name"] != BASELINE)
@@ -96,6 +95,20 @@ def epoch_metric(metric: str) -> str:
     """The validation metric training reports per epoch, which the search cuts on and which picks a
     model's best epoch: the recommend metric itself, or PR AUC for the ``binary.*`` metrics."""
     return metric if metric in METRICS + ("pr_auc", "roc_auc") else "pr_auc"
+
+
+def _given(raw: list) -> list[dict]:
+    """The candidates a ``recommend.methods`` list names, checked: ``{name, overrides}`` each, the
+    names unique and free of the suffixes the free variants take."""
+    given = [{"name": m["name"], "overrides": m["overrides"], "family": "given"}
+             for m in method_entries(raw, "methods", section="recommend", keys=("name", "overrides"))]
+    if len({m["name"] for m in given}) != len(given):
+        raise ConfigError("config key 'recommend.methods': method names must be unique")
+    for m in given:
+        if m["name"].endswith((PRIOR_SUFFIX, TUNED_SUFFIX)):
+            raise ConfigError(f"config key 'recommend.methods': '{m['name']}' ends in {PRIOR_SUFFIX} or "
+                              f"{TUNED_SUFFIX}, which name the threshold-moving variants recommend adds itself")
+    return given
 
 
 def candidate_config(base: Config, overrides: dict, seed: int, metric: str) -> Config:

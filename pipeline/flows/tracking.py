@@ -68,11 +68,13 @@ def tracking_uri(cfg: Config) -> str:
 
 
 def artifact_root(cfg: Config) -> Optional[str]:
-    """Where a new experiment keeps artifacts: ``<run.root>/mlartifacts`` for the default store;
-    a server decides for itself (None)."""
-    if cfg.tracking.uri:
+    """Where a new experiment keeps artifacts: ``mlartifacts`` beside a local SQLite store (for the
+    default store ``<run.root>/mlartifacts``), not MLflow's ``./mlruns`` of whatever directory the
+    command ran in; a server decides for itself (None)."""
+    uri = tracking_uri(cfg)
+    if not uri.startswith("sqlite:///"):
         return None
-    return (local_path(cfg.run.root).resolve() / "mlartifacts").as_uri()
+    return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:

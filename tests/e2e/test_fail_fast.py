@@ -167,3 +167,26 @@ def test_an_unreachable_cluster_is_one_line_exit_2_within_its_wait(tmp_path, arg
     assert f"'{key}'" in lines[0] and address.format(port=port) in lines[0], lines[0]
     assert not root.exists(), list(root.rglob("*"))
     assert took < 60, f"{took:.1f}s"
+
+
+RECOMMEND_BAD = [
+    "recommend.metric=macro_f2",
+    "recommend.methods=[{name: ros, rho: 3}]",                 # rho and threshold_variant are experiment keys
+    "recommend.methods=[{name: ros+prior, overrides: {sample.strategy: ros}}]",
+    "recommend.methods=[{name: a}, {name: a}]",
+    "recommend.seeds=[0, 0]",
+    "recommend.finalists=0",
+    "recommend.budget_minutes=-5",
+]
+
+
+@pytest.mark.parametrize("bad", RECOMMEND_BAD)
+def test_a_bad_recommend_section_is_one_line_exit_2_and_writes_nothing(tmp_path, bad):
+    root, out = tmp_path / "runs", tmp_path / "out"
+    r = _imbalance(["recommend", "conf/recommend-digits.yaml", f"run.root={root}", f"recommend.out={out}", bad],
+                   timeout=60)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2, (bad, r.stderr[-2000:])
+    assert len(lines) == 1 and lines[0].startswith("imbalance recommend: error:"), (bad, lines)
+    assert "recommend." in lines[0], lines[0]
+    assert not root.exists() and not out.exists(), bad
