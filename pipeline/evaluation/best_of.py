@@ -159,7 +159,7 @@ def decisions_table(spark, methods: dict, label_col: str = "label", id_col: str 
     return joined, columns
 
 
-def _confusion_replicates(spark, methods: dict, metric: str, n_classes: int, replicates: int, seed: int,
+def _confusion_replicates(spark, methods: dict, metric: str, *, n_classes: int, replicates: int, seed: int,
                           label_col: str, id_col: str) -> tuple:
     """Per decision column: the score on all rows and per replicate (the confusion-count metrics)."""
     table, columns = decisions_table(spark, methods, label_col, id_col)
@@ -175,7 +175,7 @@ def _confusion_replicates(spark, methods: dict, metric: str, n_classes: int, rep
     return columns, points, reps, n_rows
 
 
-def _ranking_replicates(spark, methods: dict, metric: str, positive: int, replicates: int, seed: int,
+def _ranking_replicates(spark, methods: dict, metric: str, *, positive: int, replicates: int, seed: int,
                         label_col: str, id_col: str) -> tuple:
     """Per model: the ranking metric on all rows and per replicate (threshold moving leaves a ranking
     as it is, so a method's ``priors`` change nothing here)."""
@@ -201,11 +201,13 @@ def compare_methods(spark, methods: dict, baseline: str, metric: str, n_classes:
     ``metric``: one of :data:`METRICS`, or for two-class data a ranking metric of
     :mod:`pipeline.evaluation.best_of_ranking` of the class ``positive``."""
     if metric in METRICS:
-        columns, points, reps, n_rows = _confusion_replicates(spark, methods, metric, n_classes, replicates, seed,
-                                                              label_col, id_col)
+        columns, points, reps, n_rows = _confusion_replicates(spark, methods, metric, n_classes=n_classes,
+                                                              replicates=replicates, seed=seed, label_col=label_col,
+                                                              id_col=id_col)
     elif ranking_metric(metric) is not None and n_classes == 2 and positive is not None:
-        columns, points, reps, n_rows = _ranking_replicates(spark, methods, metric, positive, replicates, seed,
-                                                            label_col, id_col)
+        columns, points, reps, n_rows = _ranking_replicates(spark, methods, metric, positive=positive,
+                                                            replicates=replicates, seed=seed, label_col=label_col,
+                                                            id_col=id_col)
     else:
         raise ValueError(f"unknown metric {metric!r} for {n_classes}-class data (choose: {', '.join(METRICS)}"
                          f"{'' if n_classes != 2 else ', or a ranking metric: ' + ', '.join(RANKING)})")

@@ -183,8 +183,8 @@ def _search(cfg: Config, cands: list[dict], data: dict, out: Path, seeds: list[i
         f"{plan['budget']} epochs in all (a full grid: {plan['grid']})")
     t0 = time.time()
     per_epoch = f"val_{epoch_metric(rc.metric)}"
-    stopper = EpochBudget([c["name"] for c in cands], plan["budget"], epochs, rungs[0], plan["keep"],
-                          plan["reserve"], BASELINE, per_epoch)
+    stopper = EpochBudget([c["name"] for c in cands], plan["budget"], epochs=epochs, grace=rungs[0], keep=plan["keep"],
+                          reserve=plan["reserve"], baseline=BASELINE, metric=per_epoch)
     records = run_search(entries, out / "tune" / f"search-{key[:10]}", per_epoch, rungs, rc.reduction_factor, parallel,
                          time_budget_s=rc.budget_minutes * 60 if rc.budget_minutes else None, stopper=stopper)
     result = {"key": key, "metric": per_epoch, "max_epochs": epochs, "grace_epochs": rungs[0],
@@ -204,7 +204,7 @@ def _ranked(search: dict) -> list[str]:
     return [r["name"] for r in sorted(ok, key=last, reverse=True)]
 
 
-def _finalists(cfg: Config, cands: list[dict], search: dict, data: dict, out: Path, seeds: list[int],
+def _finalists(cfg: Config, cands: list[dict], search: dict, data: dict, out: Path, *, seeds: list[int],
                parallel: int) -> dict:
     """Every finalist's model directory per seed, training the seeds the search did not (a finalist's
     search trial that stopped early goes on from its last checkpoint as its first seed)."""
@@ -294,7 +294,7 @@ def _overrides_of(name: str, cands: list[dict], metric: str) -> dict:
     return ov
 
 
-def _recommendation(cfg: Config, cands: list[dict], search: dict, finals: dict, decision: dict,
+def _recommendation(cfg: Config, cands: list[dict], search: dict, finals: dict, decision: dict, *,
                     seeds: list[int], seconds: dict) -> dict:
     """``recommendation.json``'s content."""
     rc, m = cfg.recommend, decision["methods"]
@@ -402,14 +402,14 @@ def _recommend(cfg: Config, metric: str, seeds: list[int], out: Path, parent, t0
     search = _search(cfg, cands, data, out, seeds, parallel)
     _log_trials(parent, cfg, search["trials"], "search")
     t_search = time.time()
-    finals = _finalists(cfg, cands, search, data, out, seeds, parallel)
+    finals = _finalists(cfg, cands, search, data, out, seeds=seeds, parallel=parallel)
     _log_trials(parent, cfg, finals["trials"], "finalist")
     t_final = time.time()
     tables = _predict_val(spark, cfg, finals, data, out)
     decision = _decide(spark, cfg, cands, tables, info)
     seconds = {"search": search["seconds"], "finalists": round(t_final - t_search, 1),
                "compare": round(time.time() - t_final, 1), "total": round(time.time() - t0, 1)}
-    rec = _recommendation(cfg, cands, search, finals, decision, seeds, seconds)
+    rec = _recommendation(cfg, cands, search, finals, decision, seeds=seeds, seconds=seconds)
     _write_outputs(cfg, out, rec, search)
     return rec, search
 

@@ -160,7 +160,7 @@ class EpochBudget:
     epochs it trained beyond its rung can take the total a few epochs past ``budget``.
     """
 
-    def __init__(self, names: list[str], budget: int, epochs: int, grace: int, keep: int, reserve: int,
+    def __init__(self, names: list[str], budget: int, *, epochs: int, grace: int, keep: int, reserve: int,
                  baseline: str, metric: str):
         self.names, self.budget, self.epochs, self.grace = list(names), int(budget), int(epochs), int(grace)
         self.keep, self.reserve, self.baseline, self.metric = int(keep), int(reserve), baseline, metric

@@ -83,7 +83,7 @@ def _result(name, epoch, value):
 
 def test_epoch_budget_stops_only_non_finalists_past_their_first_rung():
     names = ["baseline", "a", "b", "c", "d"]
-    stop = EpochBudget(names, budget=20, epochs=6, grace=2, keep=1, reserve=0, baseline="baseline", metric="val_m")
+    stop = EpochBudget(names, 20, epochs=6, grace=2, keep=1, reserve=0, baseline="baseline", metric="val_m")
     for n, v in zip(names, (0.5, 0.9, 0.6, 0.7, 0.4)):
         assert not stop("t", _result(n, 1, v))     # before the first rung nothing is stopped
         assert stop.projected() <= 20
