@@ -7,29 +7,22 @@ that ``recommend`` never read, differ by about as little as the claim says.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.recommend.recommend_cli import ROOT, recommend
+
 CONFIG = ROOT / "conf" / "recommend-digits.yaml"
 SMALL_GAIN = 0.03      # macro F1: about one digit in thirty more or less often right per class
 
 
 @pytest.fixture(scope="module")
 def balanced(tmp_path_factory):
-    root = tmp_path_factory.mktemp("balanced")
-    out = root / "out"
-    cmd = [sys.executable, "-m", "pipeline.cli", "recommend", str(CONFIG), f"run.root={root}", f"recommend.out={out}",
-           "data.protocol=null", "train.epochs=6", "recommend.seeds=[0, 1, 2]", "recommend.finalists=2",
-           f"tracking.uri=sqlite:///{root}/mlflow.db"]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    return {"out": out, "rec": json.loads((out / "recommendation.json").read_text())}
+    return recommend(CONFIG, tmp_path_factory.mktemp("balanced"), "data.protocol=null", "train.epochs=6",
+                     "recommend.seeds=[0, 1, 2]", "recommend.finalists=2")
 
 
 def _test_score(spark, out: Path, candidate: dict, tmp: Path) -> float:

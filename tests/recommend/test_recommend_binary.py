@@ -5,16 +5,14 @@ of the exact metric of its models' validation predictions.
 """
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.metrics import precision_recall_curve
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.recommend.recommend_cli import ROOT, recommend
+
 CONFIG = ROOT / "conf" / "rare.yaml"
 METRIC = "binary.recall_at_precision.0.5"
 METHODS = ("[{name: baseline}, {name: ros, overrides: {sample.strategy: ros}}, "
@@ -23,17 +21,10 @@ METHODS = ("[{name: baseline}, {name: ros, overrides: {sample.strategy: ros}}, "
 
 @pytest.fixture(scope="module")
 def binary(tmp_path_factory):
-    root = tmp_path_factory.mktemp("binary")
-    out = root / "out"
-    cmd = [sys.executable, "-m", "pipeline.cli", "recommend", str(CONFIG), f"run.root={root}", f"recommend.out={out}",
-           "data.rows=20000", "data.positive_rate=0.02", "spark.shuffle_partitions=4", "spark.driver_memory=2g",
-           "sample.strategy=none", "stream.row_group_mb=0.5", "train.epochs=3", "train.num_workers=0",
-           f"recommend.metric={METRIC}", f"recommend.methods={METHODS}", "recommend.seeds=[0, 1]",
-           "recommend.finalists=2", f"tracking.uri=sqlite:///{root}/mlflow.db"]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    return {"out": out, "rec": json.loads((out / "recommendation.json").read_text()),
-            "search": json.loads((out / "search.json").read_text())}
+    return recommend(CONFIG, tmp_path_factory.mktemp("binary"), "data.rows=20000", "data.positive_rate=0.02",
+                     "spark.shuffle_partitions=4", "spark.driver_memory=2g", "sample.strategy=none",
+                     "stream.row_group_mb=0.5", "train.epochs=3", "train.num_workers=0", f"recommend.metric={METRIC}",
+                     f"recommend.methods={METHODS}", "recommend.seeds=[0, 1]", "recommend.finalists=2")
 
 
 def _recall_at_precision(path: Path, spark) -> float:
