@@ -26,6 +26,7 @@ MLflow holds a parent run with a nested run per trial.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from pathlib import Path
 from typing import Optional
@@ -45,7 +46,7 @@ from pipeline.flows.recommend_search import (
     EpochBudget, default_grace, epochs_of, finish_trial, rungs_for, run_search, run_trials, trial_entry)
 from pipeline.flows.recommend_space import auto_candidates
 from pipeline.flows.run import StageRunner, prepare_data, training_set
-from pipeline.flows.validate import validate_config
+from pipeline.flows.validate import pretrain_section, validate_config
 from pipeline.io import fingerprint, local_path, log, read_json, write_json, write_text
 from pipeline.train.predict import predict
 
@@ -127,19 +128,41 @@ def _yaml(v) -> str:
 
 
 def _training_sets(spark, cfg: Config, cands: list[dict], data: dict, out: Path) -> dict:
-    """Each candidate's materialized training set and its priors, built once per sample section."""
-    sets = {}
-    for c in cands:
-        ccfg = c["config"]
-        key = fingerprint({"split": data["split_fp"], "sample": ccfg.section("sample"),
+    """Each candidate's materialized training set and its priors (and a two-phase candidate's
+    pre-training set), built once per sample section."""
+    sets: dict = {}
+
+    def built(ccfg: Config, section: SampleSection) -> dict:
+        key = fingerprint({"split": data["split_fp"], "sample": dataclasses.asdict(section),
                            "row_group_mb": ccfg.stream.row_group_mb})[:10]
         if key not in sets:
             runner = StageRunner(out / "sets" / key)
-            path, _ = training_set(spark, ccfg, runner, "sample", SampleSection(**ccfg.section("sample")),
-                                   train_split=data["train"], split_fp=data["split_fp"])
+            path, _ = training_set(spark, ccfg, runner, "sample", section, train_split=data["train"],
+                                   split_fp=data["split_fp"])
             sets[key] = {"path": path, "priors": _unique_counts(out / "sets" / key, path)}
-        c["set"] = sets[key]
+        return sets[key]
+
+    for c in cands:
+        ccfg = c["config"]
+        c["set"] = built(ccfg, SampleSection(**ccfg.section("sample")))
+        if ccfg.train.method == "two_phase":
+            c["pretrain_set"] = built(ccfg, pretrain_section((ccfg.train.method_params or {}).get("pretrain")))
     return sets
+
+
+def _pretrain(c: dict) -> Optional[dict]:
+    """A two-phase candidate's first phase for :func:`trial_entry` (None for any other)."""
+    if "pretrain_set" not in c:
+        return None
+    mp, tc = c["config"].train.method_params or {}, c["config"].train
+    return {"train_path": c["pretrain_set"]["path"], "epochs": int(mp.get("pretrain_epochs", max(1, tc.epochs))),
+            "finetune_lr": mp.get("finetune_lr")}
+
+
+def total_epochs(c: dict) -> int:
+    """A candidate's epochs at full fidelity: ``train.epochs``, plus the first phase's for two-phase learning."""
+    pre = _pretrain(c)
+    return c["config"].train.epochs + (pre["epochs"] if pre else 0)
 
 
 def _unique_counts(set_dir: Path, path: str) -> list[int]:
@@ -149,21 +172,22 @@ def _unique_counts(set_dir: Path, path: str) -> list[int]:
     return [min(int(m["input_counts"].get(str(i), 0)), int(m["achieved"].get(str(i), 0))) for i in range(n)]
 
 
-def budget_plan(n_candidates: int, epochs: int, grace: int, finalists: int, seeds: int,
-                asked: Optional[int]) -> dict:
+def budget_plan(epochs: list[int], grace: int, finalists: int, seeds: int, asked: Optional[int]) -> dict:
     """The epoch budget: what a full grid of the candidates × seeds costs, the least a search can
     spend (every candidate's first rung, then the finalists and the baseline at full fidelity with
     every seed), and the budget itself: ``asked``, or by default a third of the grid (the least, when
-    that is more)."""
+    that is more). ``epochs``: each candidate's full-fidelity epochs, the baseline's first (the
+    least counts the baseline and the candidates with the fewest as the finalists)."""
+    n_candidates = len(epochs)
     keep = min(finalists, n_candidates - 1)
-    grid = n_candidates * seeds * epochs
-    least = (n_candidates - keep - 1) * grace + (keep + 1) * seeds * epochs
+    grid = seeds * sum(epochs)
+    least = (n_candidates - keep - 1) * grace + seeds * (epochs[0] + sum(sorted(epochs[1:])[:keep]))
     if asked is not None and asked < least:
         raise ConfigError(f"config key 'recommend.budget': {asked} epochs cannot give {n_candidates} candidates "
                           f"their first {grace} epochs and train {keep + 1} finalists (the baseline included) "
-                          f"{epochs} epochs with {seeds} seeds: it needs at least {least}")
+                          f"at full fidelity with {seeds} seeds: it needs at least {least}")
     return {"asked": asked, "budget": asked if asked is not None else max(grid // 3, least), "grid": grid,
-            "least": least, "keep": keep, "reserve": (keep + 1) * (seeds - 1) * epochs}
+            "least": least, "keep": keep}
 
 
 def _search(cfg: Config, cands: list[dict], data: dict, out: Path, seeds: list[int], parallel: int) -> dict:
@@ -171,9 +195,9 @@ def _search(cfg: Config, cands: list[dict], data: dict, out: Path, seeds: list[i
     rc, epochs, seed = cfg.recommend, cfg.train.epochs, seeds[0]
     grace = rc.grace_epochs or default_grace(epochs, rc.reduction_factor)
     rungs = rungs_for(epochs, grace, rc.reduction_factor)
-    plan = budget_plan(len(cands), epochs, rungs[0], rc.finalists, len(seeds), rc.budget)
+    plan = budget_plan([total_epochs(c) for c in cands], rungs[0], rc.finalists, len(seeds), rc.budget)
     entries = [trial_entry(c["name"], c["config"].to_dict(), c["set"]["path"], data["val"],
-                           str(out / "search" / c["name"]), epochs) for c in cands]
+                           str(out / "search" / c["name"]), epochs, pretrain=_pretrain(c)) for c in cands]
     key = fingerprint(entries, rungs, rc.reduction_factor, plan, rc.budget_minutes)
     path = out / "search.json"
     if path.is_file() and read_json(path).get("key") == key:
@@ -183,8 +207,9 @@ def _search(cfg: Config, cands: list[dict], data: dict, out: Path, seeds: list[i
         f"{plan['budget']} epochs in all (a full grid: {plan['grid']})")
     t0 = time.time()
     per_epoch = f"val_{epoch_metric(rc.metric)}"
-    stopper = EpochBudget([c["name"] for c in cands], plan["budget"], epochs=epochs, grace=rungs[0], keep=plan["keep"],
-                          reserve=plan["reserve"], baseline=BASELINE, metric=per_epoch)
+    stopper = EpochBudget([c["name"] for c in cands], plan["budget"], grace=rungs[0], keep=plan["keep"],
+                          epochs={c["name"]: total_epochs(c) for c in cands}, seeds=len(seeds), baseline=BASELINE,
+                          metric=per_epoch)
     records = run_search(entries, out / "tune" / f"search-{key[:10]}", per_epoch, rungs, rc.reduction_factor, parallel,
                          time_budget_s=rc.budget_minutes * 60 if rc.budget_minutes else None, stopper=stopper)
     result = {"key": key, "metric": per_epoch, "max_epochs": epochs, "grace_epochs": rungs[0],
@@ -222,11 +247,12 @@ def _finalists(cfg: Config, cands: list[dict], search: dict, data: dict, out: Pa
                 continue
             d = out / "finalists" / f"{n}__s{s}"
             entry = trial_entry(n, candidate_config(by_name[n]["config"], {}, s, rc.metric).to_dict(),
-                                by_name[n]["set"]["path"], data["val"], str(d), cfg.train.epochs)
+                                by_name[n]["set"]["path"], data["val"], str(d), cfg.train.epochs,
+                                pretrain=_pretrain(by_name[n]))
             models[n][s] = str(d / "model")
             if s == search["seed"] and n in started:
                 entry["resume_from"] = started[n]["checkpoint"]
-                if started[n]["epochs"] >= cfg.train.epochs:    # stopped at the last rung, before its model
+                if started[n]["epochs"] >= entry["total"]:    # stopped at the last rung, before its model
                     if not (d / "model" / "model.json").is_file():
                         finish_trial(entry)
                     continue
@@ -300,19 +326,20 @@ def _recommendation(cfg: Config, cands: list[dict], search: dict, finals: dict, 
     rc, m = cfg.recommend, decision["methods"]
     best = decision["best"] if decision["confident"] else BASELINE
     used = search["epochs"] + finals["epochs"]
-    grid = len(cands) * len(seeds) * cfg.train.epochs
+    grid = search["plan"]["grid"]
     message = (f"{best} beats the baseline on validation {rc.metric} with 95% confidence."
                if decision["confident"] else
                f"No method beats the baseline with 95% confidence on this data (the highest scoring was "
                f"{decision['best']}); the baseline is recommended.")
-    fidelity = {"epochs": cfg.train.epochs, "seeds": len(seeds)}
+    by_name = {c["name"]: c for c in cands}
     return {
         "metric": rc.metric, "split": "val", "test_split_read": False,
         "note": "models were compared on the validation split only; the test split was never read",
         "best": {"name": best, "overrides": _overrides_of(best, cands, rc.metric)},
         "highest_scoring": decision["best"],
         "candidates": [{"name": n, "overrides": _overrides_of(n, cands, rc.metric), "score": v["score"], "ci": v["ci"],
-                        "p_best": v["p_best"], "fidelity": fidelity,
+                        "p_best": v["p_best"],
+                        "fidelity": {"epochs": total_epochs(by_name[_base(n)]), "seeds": len(seeds)},
                         "models": [finals["models"][_base(n)][s] for s in seeds]}
                        for n, v in sorted(m.items(), key=lambda kv: -kv[1]["score"])],
         "baseline": {"name": BASELINE, "score": m[BASELINE]["score"], "ci": m[BASELINE]["ci"]},

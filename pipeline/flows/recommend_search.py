@@ -17,6 +17,7 @@ The finalists' seeds run through the same trainable without a scheduler (:func:`
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import math
@@ -33,15 +34,21 @@ from pipeline.train.loop import run_training
 from pipeline.train.trainer import write_model_artifact
 
 MODEL_DIR = "model"
+PHASE_FILE = "phase.txt"     # in a two-phase trial's checkpoint: "pretrain" or "finetune"
 
 
-def trial_entry(name: str, cfg: dict, train_path: str, val_path: str, out_dir: str, epochs: int) -> dict:
-    """What one Tune trial needs: its candidate's name, its config and its data."""
+def trial_entry(name: str, cfg: dict, train_path: str, val_path: str, out_dir: str, epochs: int, *,
+                pretrain: Optional[dict] = None) -> dict:
+    """What one Tune trial needs: its candidate's name, its config and its data. ``pretrain``
+    (two-phase learning): ``{"train_path", "epochs", "finetune_lr"}`` of the first phase, which
+    trains before the ``epochs`` on ``train_path``; ``total`` counts both."""
     # deferred: torch is slow to import (the hook registry builds torch modules)
     from pipeline.train.hooks import hook_module
 
+    total = int(epochs) + (int(pretrain["epochs"]) if pretrain else 0)
     return {"name": name, "cfg": cfg, "train_path": train_path, "val_path": val_path, "out_dir": out_dir,
-            "epochs": int(epochs), "hook_module": hook_module(cfg["train"]["method"])}
+            "epochs": int(epochs), "total": total, "pretrain": pretrain,
+            "hook_module": hook_module(cfg["train"]["method"])}
 
 
 def train_trial(config: dict) -> None:
@@ -77,7 +84,9 @@ def finish_trial(entry: dict) -> str:
 
 def _train_and_write(t: dict, report: Optional[Callable], resume_dir: Optional[str]) -> None:
     """Train the trial ``t`` (from ``resume_dir``, else from ``t["resume_from"]`` when it has one),
-    then write its model: the best epoch's weights, as ``imbalance train`` does."""
+    then write its model: the best epoch's weights, as ``imbalance train`` does. With ``pretrain``
+    the first phase trains and writes its model under ``pretrain/`` first, and the second starts
+    from it, as ``imbalance run`` does for two-phase learning; a checkpoint names its phase."""
     if t.get("hook_module"):  # a method registered outside pipeline.train (a user's own module)
         importlib.import_module(t["hook_module"])
     cfg = config_from_dict(t["cfg"])
@@ -85,16 +94,39 @@ def _train_and_write(t: dict, report: Optional[Callable], resume_dir: Optional[s
     if resume_dir is None and t.get("resume_from"):   # a finalist's first seed continues its search trial
         resume_dir = copied = tempfile.mkdtemp(prefix="imb-resume-")
         shutil.copytree(t["resume_from"], copied, dirs_exist_ok=True)
+    out, pre, init = Path(t["out_dir"]), t.get("pretrain"), None
     try:
-        r = run_training(cfg, t["train_path"], t["val_path"], t["out_dir"], report_fn=report,
-                         resume_dir=resume_dir, epochs=t["epochs"])
+        if pre:
+            tag = Path(resume_dir or "") / PHASE_FILE
+            if not (resume_dir and tag.is_file() and tag.read_text() == "finetune"):
+                _train_phase(cfg, pre["train_path"], t["val_path"], out / "pretrain", report, resume_dir,
+                             pre["epochs"], "pretrain")
+                resume_dir = None                       # the second phase starts from the first's model
+                init = str(out / "pretrain" / MODEL_DIR)
+                cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=init))
+            if pre.get("finetune_lr") is not None:
+                cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=float(pre["finetune_lr"])))
+        _train_phase(cfg, t["train_path"], t["val_path"], out, report, resume_dir, t["epochs"],
+                     "finetune" if pre else None, init_from=init)
     finally:
         if copied:
             shutil.rmtree(copied, ignore_errors=True)
+
+
+def _train_phase(cfg, train_path: str, val_path: str, out: Path, report: Optional[Callable],
+                 resume_dir: Optional[str], epochs: int, phase: Optional[str], *, init_from: Optional[str] = None):
+    """One :func:`run_training` (its checkpoints tagged with ``phase``), then its model under ``out``."""
+    def tagged(metrics: dict, ckpt_dir: Optional[str]) -> None:
+        if ckpt_dir and phase:
+            (Path(ckpt_dir) / PHASE_FILE).write_text(phase)
+        report(metrics, ckpt_dir)
+
+    r = run_training(cfg, train_path, val_path, str(out), report_fn=tagged if report else None,
+                     resume_dir=resume_dir, epochs=epochs, init_from=init_from)
     summary = {k: r[k] for k in ("best_epoch", "best_metrics", "history", "epochs_run", "stopped_early",
                                  "select_metric")}
-    write_model_artifact(Path(t["out_dir"]) / MODEL_DIR, cfg, t["train_path"], t["val_path"], r["best_state"],
-                         summary, centroids=r.get("centroids"), method_inference=r.get("method_inference"))
+    write_model_artifact(out / MODEL_DIR, cfg, train_path, val_path, r["best_state"], summary,
+                         centroids=r.get("centroids"), method_inference=r.get("method_inference"))
 
 
 class RungLines:
@@ -153,17 +185,19 @@ class EpochBudget:
 
     After every result it projects the whole run's cost: the epochs trained so far, ``grace``
     for every candidate not started yet, the epochs the current finalists (the top ``keep``
-    candidates by :func:`ranked` and the baseline) still lack, and ``reserve`` (the finalists'
-    other seeds). A trial that has had its ``grace`` epochs and is not a current finalist is
+    candidates by how far they got and the baseline) still lack, and the finalists' other
+    ``seeds - 1`` seeds. A trial that has had its ``grace`` epochs and is not a current finalist is
     stopped when one more epoch of it would take that projection past ``budget``; every candidate
     still gets its first rung. Under asynchronous halving a finalist may later be overtaken, so the
     epochs it trained beyond its rung can take the total a few epochs past ``budget``.
     """
 
-    def __init__(self, names: list[str], budget: int, *, epochs: int, grace: int, keep: int, reserve: int,
+    def __init__(self, names: list[str], budget: int, *, epochs, grace: int, keep: int, seeds: int,
                  baseline: str, metric: str):
-        self.names, self.budget, self.epochs, self.grace = list(names), int(budget), int(epochs), int(grace)
-        self.keep, self.reserve, self.baseline, self.metric = int(keep), int(reserve), baseline, metric
+        self.names, self.budget, self.grace = list(names), int(budget), int(grace)
+        # a candidate's full-fidelity epochs (two-phase learning: both phases)
+        self.epochs = {n: int(epochs[n] if isinstance(epochs, dict) else epochs) for n in self.names}
+        self.keep, self.seeds, self.baseline, self.metric = int(keep), int(seeds), baseline, metric
         self.reached: dict = {}     # name -> (epochs, metric at the last of them)
 
     def __call__(self, trial_id: str, result: dict) -> bool:
@@ -182,8 +216,9 @@ class EpochBudget:
     def projected(self) -> int:
         spent = sum(e for e, _ in self.reached.values())
         unstarted = sum(n not in self.reached for n in self.names) * self.grace
-        missing = sum(self.epochs - self.reached.get(n, (0,))[0] for n in self.finalists())
-        return spent + unstarted + missing + self.reserve
+        final = self.finalists()
+        missing = sum(self.epochs[n] - self.reached.get(n, (0,))[0] for n in final)
+        return spent + unstarted + missing + (self.seeds - 1) * sum(self.epochs[n] for n in final)
 
 
 def _as_stopper(budget: EpochBudget):
@@ -230,7 +265,7 @@ def run_search(entries: list[dict], storage: Path, metric: str, rungs: list[int]
 
     names = {e["out_dir"]: e["name"] for e in entries}
     # max_t one past the last epoch: a trial that survives every rung ends by itself and writes its model
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max(e["epochs"] for e in entries) + 1,
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max(e["total"] for e in entries) + 1,
                               grace_period=rungs[0], reduction_factor=reduction_factor)
     tune_config = tune.TuneConfig(metric=metric, mode="max", scheduler=scheduler, max_concurrent_trials=parallel,
                                   time_budget_s=time_budget_s, trial_dirname_creator=_dirname)
@@ -268,7 +303,7 @@ def _records(results, metric: str) -> list[dict]:
         model = Path(t["out_dir"]) / MODEL_DIR
         status = "ERROR" if r.error else ("TERMINATED" if (model / "model.json").is_file() else "STOPPED")
         out.append({"name": t["name"], "out_dir": t["out_dir"], "history": history, "epochs": epochs,
-                    "max_epochs": t["epochs"], "status": status, "stopped": status == "STOPPED",
+                    "max_epochs": t.get("total", t["epochs"]), "status": status, "stopped": status == "STOPPED",
                     "error": _first_line(r.error) if r.error else None,
                     "model_dir": str(model) if status == "TERMINATED" else None,
                     "checkpoint": r.checkpoint.path if r.checkpoint is not None and not r.error else None})

@@ -13,6 +13,9 @@ sampling (ρ ≥ 2)          ROS to balance; RUS to balance when the smallest cl
                           4 · min n_c); a floor raising every class to max n_c / 4. ROS and the
                           floor only while the sampled set stays within 8 × the training rows
                           (on WHOI-Plankton's profile ROS would make an epoch 20 × longer)
+two-phase (ρ ≥ 2)         pre-train on the ROS set (or, where ROS is left out, the set thresholded
+                          at the median count) for a third or two thirds of the epochs, then
+                          fine-tune on the data as it is (Lee et al.; Buda et al.)
 cost-sensitive loss       class-weighted CE (inverse frequency, power 1 and 0.5); class-balanced
                           (β 0.99, 0.999); focal (γ 1, 2); LDAM with deferred re-weighting (margin
                           0.5, re-weighting from 2/3 of the epochs); logit-adjusted (τ 1);
@@ -76,6 +79,23 @@ def _sampling(counts: list[int]) -> list[dict]:
     return out
 
 
+def _two_phase(counts: list[int], epochs: int) -> list[dict]:
+    """Two-phase learning: pre-train on the balanced (ROS) set, or on Lee et al.'s thresholded set
+    when ROS would grow the data too much, for a third or two thirds of ``epochs``; then fine-tune
+    ``epochs`` on the data as it is."""
+    present = sorted(c for c in counts if c > 0)
+    median = present[len(present) // 2]
+    if present[-1] * len(present) <= MAX_GROWTH * sum(present):
+        name, pre = "two_phase_ros", {"strategy": "ros"}
+    elif present[0] < median < present[-1]:
+        name, pre = f"two_phase_cap{median}", {"strategy": "threshold", "cap": median}
+    else:
+        return []
+    return [_candidate(f"{name}_p{p}", "two-phase", **{"train.method": "two_phase",
+                                                      "train.method_params": {"pretrain": pre, "pretrain_epochs": p}})
+            for p in sorted({max(1, epochs // 3), max(1, (2 * epochs) // 3)})]
+
+
 def _losses(epochs: int, n_classes: int) -> list[dict]:
     drw = max(1, (2 * epochs) // 3)
     out = [_candidate("weighted_ce", "loss", **{"train.loss": "weighted_ce"}),
@@ -108,7 +128,7 @@ def auto_candidates(counts: Sequence[int], epochs: int) -> list[dict]:
     baseline = [_candidate("baseline", "baseline")]
     if imbalance_ratio(counts) < BALANCED_RHO:
         return baseline + [c for c in _losses(epochs, n_classes) if c["name"] in ("weighted_ce", "focal_g2")]
-    return baseline + _sampling(counts) + _losses(epochs, n_classes)
+    return baseline + _sampling(counts) + _two_phase(counts, epochs) + _losses(epochs, n_classes)
 
 
 __all__ = ["auto_candidates", "imbalance_ratio", "RUS_MIN_ROWS", "BALANCED_RHO", "MAX_GROWTH"]

@@ -62,19 +62,25 @@ def test_every_candidate_is_a_valid_run_config():
 
 
 def test_budget_plan_defaults_to_a_third_of_the_grid():
-    plan = budget_plan(16, 18, 2, 3, 3, None)
+    plan = budget_plan([18] * 16, 2, 3, 3, None)
     assert plan["grid"] == 16 * 3 * 18 and plan["budget"] == plan["grid"] // 3
-    assert plan["least"] == 12 * 2 + 4 * 3 * 18 and plan["reserve"] == 4 * 2 * 18
+    assert plan["least"] == 12 * 2 + 4 * 3 * 18
+
+
+def test_budget_plan_counts_both_phases_of_two_phase_learning():
+    plan = budget_plan([18] * 14 + [24, 30], 2, 3, 3, None)   # two two-phase candidates: 6 and 12 epochs first
+    assert plan["grid"] == 3 * (14 * 18 + 24 + 30)
+    assert plan["least"] == 12 * 2 + 3 * 4 * 18                 # the cheapest finalists: one-phase ones
 
 
 def test_budget_plan_takes_the_least_when_a_third_is_too_little():
-    plan = budget_plan(3, 10, 1, 3, 2, None)       # every candidate is a finalist: a full grid
+    plan = budget_plan([10] * 3, 1, 3, 2, None)     # every candidate is a finalist: a full grid
     assert plan["keep"] == 2 and plan["budget"] == plan["least"] == plan["grid"] == 60
 
 
 def test_a_budget_below_the_least_is_a_config_error():
     with pytest.raises(ConfigError, match=r"recommend.budget.*at least 240"):
-        budget_plan(16, 18, 2, 3, 3, 200)
+        budget_plan([18] * 16, 2, 3, 3, 200)
 
 
 def _result(name, epoch, value):
@@ -83,7 +89,7 @@ def _result(name, epoch, value):
 
 def test_epoch_budget_stops_only_non_finalists_past_their_first_rung():
     names = ["baseline", "a", "b", "c", "d"]
-    stop = EpochBudget(names, 20, epochs=6, grace=2, keep=1, reserve=0, baseline="baseline", metric="val_m")
+    stop = EpochBudget(names, 20, epochs=6, grace=2, keep=1, seeds=1, baseline="baseline", metric="val_m")
     for n, v in zip(names, (0.5, 0.9, 0.6, 0.7, 0.4)):
         assert not stop("t", _result(n, 1, v))     # before the first rung nothing is stopped
         assert stop.projected() <= 20
@@ -99,7 +105,7 @@ def test_epoch_budget_stops_only_non_finalists_past_their_first_rung():
 
 
 def test_epoch_budget_counts_the_unstarted_candidates_first_rung():
-    stop = EpochBudget(["baseline", "a", "b"], budget=3 * 2 + 2 * 2, epochs=4, grace=2, keep=1, reserve=0,
+    stop = EpochBudget(["baseline", "a", "b"], budget=3 * 2 + 2 * 2, epochs=4, grace=2, keep=1, seeds=1,
                        baseline="baseline", metric="val_m")
     assert not stop("t", _result("a", 2, 0.9))
     assert stop.projected() == 2 + 2 * 2 + 2 + 4   # a's 2, b's and the baseline's grace, what the finalists lack
@@ -114,3 +120,21 @@ def test_oversampling_that_would_grow_an_epoch_past_the_limit_is_left_out():
     assert not any(n.startswith("floor") for n in names)    # a floor at 12,500: 1,325,000 rows, 13 × the data
     assert "ros" in _names([900, 9])                         # two classes: ROS doubles the data at most
     assert MAX_GROWTH * sum(long_tail) < 103 * 50_000
+
+
+def test_epoch_budget_reserves_the_finalists_other_seeds_at_their_own_length():
+    stop = EpochBudget(["baseline", "a", "tp"], 100, epochs={"baseline": 4, "a": 4, "tp": 7}, grace=1, keep=1,
+                       seeds=3, baseline="baseline", metric="val_m")
+    for n, v in (("baseline", 0.1), ("a", 0.2), ("tp", 0.3)):
+        stop("t", _result(n, 1, v))
+    assert stop.finalists() == ["tp", "baseline"]
+    assert stop.projected() == 3 + (6 + 3) + 2 * (7 + 4)      # spent, what tp and the baseline lack, 2 more seeds
+
+
+def test_two_phase_learning_pre_trains_for_a_third_or_two_thirds_of_the_epochs():
+    cands = {c["name"]: c["overrides"] for c in auto_candidates([500] * 5 + [5] * 5, 18)}
+    assert cands["two_phase_ros_p6"] == {"train.method": "two_phase", "train.method_params": {
+        "pretrain": {"strategy": "ros"}, "pretrain_epochs": 6}}
+    assert "two_phase_ros_p12" in cands
+    long_tail = {c["name"] for c in auto_candidates([50_000] + [3000] * 60 + [500] * 42, 18)}   # ROS: too large
+    assert "ros" not in long_tail and {"two_phase_cap3000_p6", "two_phase_cap3000_p12"} <= long_tail
