@@ -53,7 +53,7 @@ from pipeline.train.predict import predict
 BASELINE = "baseline"
 PRIOR_SUFFIX = "+prior"
 TUNED_SUFFIX = "+tuned"
-#: methods a Tune trial cannot run (they train in stages of their own), and what their candidates use instead
+#: a config's method that the search replaces with a one-stage baseline (two-phase learning is a candidate of its own)
 SINGLE_STAGE = {"two_phase": {"train.method": "baseline", "train.method_params": {}}}
 
 
@@ -410,8 +410,8 @@ def _recommend(cfg: Config, metric: str, seeds: list[int], out: Path, parent, t0
     counts = [int((info.class_counts or {}).get(str(i), 0)) for i in range(info.n_classes)]
     cands = _candidates(cfg, counts)
     if cfg.train.method in SINGLE_STAGE:
-        log("recommend: two-phase learning trains in two stages, which a search trial does not; every candidate, "
-            "the baseline included, trains in one (train.method: baseline)")
+        log("recommend: the config trains with two-phase learning; the methods are compared with a one-stage "
+            "baseline (train.method: baseline), and two-phase learning is a candidate of its own")
         for c in cands:
             c["overrides"] = {**SINGLE_STAGE[cfg.train.method], **c["overrides"]}
     for c in cands:
