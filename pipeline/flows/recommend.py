@@ -43,7 +43,7 @@ from pipeline.flows import tracking
 from pipeline.flows.experiment import method_entries
 from pipeline.flows.recommend_report import write_recommend_report
 from pipeline.flows.recommend_search import (
-    EpochBudget, default_grace, epochs_of, finish_trial, rungs_for, run_search, run_trials, trial_entry)
+    EpochBudget, default_grace, epochs_of, finish_trial, rungs_for, run_search, run_trials, standing, trial_entry)
 from pipeline.flows.recommend_space import auto_candidates
 from pipeline.flows.run import StageRunner, prepare_data, training_set
 from pipeline.flows.validate import pretrain_section, validate_config
@@ -207,7 +207,7 @@ def _search(cfg: Config, cands: list[dict], data: dict, out: Path, seeds: list[i
         f"{plan['budget']} epochs in all (a full grid: {plan['grid']})")
     t0 = time.time()
     per_epoch = f"val_{epoch_metric(rc.metric)}"
-    stopper = EpochBudget([c["name"] for c in cands], plan["budget"], grace=rungs[0], keep=plan["keep"],
+    stopper = EpochBudget([c["name"] for c in cands], plan["budget"], rungs=rungs, keep=plan["keep"],
                           epochs={c["name"]: total_epochs(c) for c in cands}, seeds=len(seeds), baseline=BASELINE,
                           metric=per_epoch)
     records = run_search(entries, out / "tune" / f"search-{key[:10]}", per_epoch, rungs, rc.reduction_factor, parallel,
@@ -220,10 +220,10 @@ def _search(cfg: Config, cands: list[dict], data: dict, out: Path, seeds: list[i
 
 
 def _ranked(search: dict) -> list[str]:
-    """Candidates by how far they got, then by their metric at the last epoch they reached."""
+    """Candidates by the rungs they reached, then by their metric at the last epoch they reached."""
     def last(r):   # as the search's budget stopper ranks them
         value = r["history"][-1]["value"] if r["history"] else None
-        return (r["epochs"], value if value is not None else float("-inf"))
+        return standing(r["epochs"], value if value is not None else float("-inf"), search["rungs"])
 
     ok = [r for r in search["trials"] if r["status"] != "ERROR"]
     return [r["name"] for r in sorted(ok, key=last, reverse=True)]

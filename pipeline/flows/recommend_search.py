@@ -192,9 +192,10 @@ class EpochBudget:
     epochs it trained beyond its rung can take the total a few epochs past ``budget``.
     """
 
-    def __init__(self, names: list[str], budget: int, *, epochs, grace: int, keep: int, seeds: int,
+    def __init__(self, names: list[str], budget: int, *, epochs, rungs: list[int], keep: int, seeds: int,
                  baseline: str, metric: str):
-        self.names, self.budget, self.grace = list(names), int(budget), int(grace)
+        self.names, self.budget, self.rungs = list(names), int(budget), [int(r) for r in rungs]
+        self.grace = self.rungs[0]
         # a candidate's full-fidelity epochs (two-phase learning: both phases)
         self.epochs = {n: int(epochs[n] if isinstance(epochs, dict) else epochs) for n in self.names}
         self.keep, self.seeds, self.baseline, self.metric = int(keep), int(seeds), baseline, metric
@@ -210,7 +211,8 @@ class EpochBudget:
         return self.projected() + 1 > self.budget    # its next epoch would not fit
 
     def finalists(self) -> list[str]:
-        order = sorted((n for n in self.reached if n != self.baseline), key=lambda n: self.reached[n], reverse=True)
+        order = sorted((n for n in self.reached if n != self.baseline),
+                       key=lambda n: standing(*self.reached[n], self.rungs), reverse=True)
         return order[:self.keep] + [self.baseline]
 
     def projected(self) -> int:
@@ -219,6 +221,12 @@ class EpochBudget:
         final = self.finalists()
         missing = sum(self.epochs[n] - self.reached.get(n, (0,))[0] for n in final)
         return spent + unstarted + missing + (self.seeds - 1) * sum(self.epochs[n] for n in final)
+
+
+def standing(epochs: int, value: float, rungs: list[int]) -> tuple:
+    """How far a trial got, for picking finalists: the rungs it reached, then its metric at its last
+    epoch (epochs past the last rung count as that rung: a two-phase trial's longer run is no lead)."""
+    return sum(int(epochs) >= r for r in rungs), value
 
 
 def _as_stopper(budget: EpochBudget):
@@ -334,6 +342,7 @@ def epochs_of(records: list[dict], skip: Callable[[dict], bool] = lambda r: Fals
     return sum(int(r["epochs"]) for r in records if not skip(r))
 
 
-__all__ = ["EpochBudget", "trial_entry", "train_trial", "finish_trial", "run_search", "run_trials", "rungs_for",
+__all__ = ["EpochBudget", "standing", "trial_entry", "train_trial", "finish_trial", "run_search", "run_trials",
+           "rungs_for",
            "default_grace", "epochs_of",
            "MODEL_DIR"]

@@ -89,7 +89,7 @@ def _result(name, epoch, value):
 
 def test_epoch_budget_stops_only_non_finalists_past_their_first_rung():
     names = ["baseline", "a", "b", "c", "d"]
-    stop = EpochBudget(names, 20, epochs=6, grace=2, keep=1, seeds=1, baseline="baseline", metric="val_m")
+    stop = EpochBudget(names, 20, epochs=6, rungs=[2, 6], keep=1, seeds=1, baseline="baseline", metric="val_m")
     for n, v in zip(names, (0.5, 0.9, 0.6, 0.7, 0.4)):
         assert not stop("t", _result(n, 1, v))     # before the first rung nothing is stopped
         assert stop.projected() <= 20
@@ -105,7 +105,7 @@ def test_epoch_budget_stops_only_non_finalists_past_their_first_rung():
 
 
 def test_epoch_budget_counts_the_unstarted_candidates_first_rung():
-    stop = EpochBudget(["baseline", "a", "b"], budget=3 * 2 + 2 * 2, epochs=4, grace=2, keep=1, seeds=1,
+    stop = EpochBudget(["baseline", "a", "b"], budget=3 * 2 + 2 * 2, epochs=4, rungs=[2, 4], keep=1, seeds=1,
                        baseline="baseline", metric="val_m")
     assert not stop("t", _result("a", 2, 0.9))
     assert stop.projected() == 2 + 2 * 2 + 2 + 4   # a's 2, b's and the baseline's grace, what the finalists lack
@@ -123,7 +123,7 @@ def test_oversampling_that_would_grow_an_epoch_past_the_limit_is_left_out():
 
 
 def test_epoch_budget_reserves_the_finalists_other_seeds_at_their_own_length():
-    stop = EpochBudget(["baseline", "a", "tp"], 100, epochs={"baseline": 4, "a": 4, "tp": 7}, grace=1, keep=1,
+    stop = EpochBudget(["baseline", "a", "tp"], 100, epochs={"baseline": 4, "a": 4, "tp": 7}, rungs=[1, 3], keep=1,
                        seeds=3, baseline="baseline", metric="val_m")
     for n, v in (("baseline", 0.1), ("a", 0.2), ("tp", 0.3)):
         stop("t", _result(n, 1, v))
@@ -138,3 +138,16 @@ def test_two_phase_learning_pre_trains_for_a_third_or_two_thirds_of_the_epochs()
     assert "two_phase_ros_p12" in cands
     long_tail = {c["name"] for c in auto_candidates([50_000] + [3000] * 60 + [500] * 42, 18)}   # ROS: too large
     assert "ros" not in long_tail and {"two_phase_cap3000_p6", "two_phase_cap3000_p12"} <= long_tail
+
+
+def test_finalists_rank_by_the_rungs_reached_then_the_metric():
+    from pipeline.flows.recommend_search import standing
+
+    rungs = [2, 6, 18]
+    assert standing(24, 0.5, rungs) < standing(18, 0.6, rungs)     # a longer two-phase run: no lead past the last rung
+    assert standing(6, 0.1, rungs) > standing(5, 0.9, rungs)       # a further rung beats a better metric
+    stop = EpochBudget(["baseline", "tp", "a"], 10**6, epochs={"baseline": 18, "tp": 30, "a": 18}, rungs=rungs, keep=1,
+                       seeds=1, baseline="baseline", metric="val_m")
+    stop("t", _result("tp", 24, 0.5))
+    stop("t", _result("a", 18, 0.6))
+    assert stop.finalists() == ["a", "baseline"]
