@@ -103,8 +103,8 @@ def tuned_threshold(seg: dict, tune_metric: str) -> float:
     tp = np.cumsum(seg["pos"][-1])
     fp = np.cumsum(seg["before"][-1] + seg["tie"][-1])
     P, N = tp[-1], fp[-1] + seg["tail"][-1]
-    if tune_metric == "f1":
-        value = 2 * tp / np.maximum(2 * tp + fp + (P - tp), 1e-300)
+    if tune_metric == "f1":    # the positive class's F1 alone
+        value = scores(tp[:, None], fp[:, None], (P - tp)[:, None], "macro_f1")
     else:   # classes (negative, positive): tp = (tn, tp), fp = (fn, fp), fn = (fp, fn)
         value = scores(np.stack([N - fp, tp], 1), np.stack([P - tp, fp], 1), np.stack([fp, P - tp], 1), tune_metric)
     return float(seg["scores"][int(np.argmax(value))])
@@ -142,20 +142,24 @@ def decisions_table(spark, methods: dict, label_col: str = "label", id_col: str 
     ``pred`` under :func:`prior_moved`, one with ``tuned`` under :func:`cross_fitted`. Returns
     (table, {name: [its columns]}).
     """
-    joined, columns = None, {}
+    per_path: dict = {}     # path -> (its table, its decision columns): each table is read and joined once
+    columns = {}
     for m, (name, spec) in enumerate(methods.items()):
         columns[name] = []
         for s, path in enumerate(spec["tables"]):
             col = f"_m{m}s{s}"
-            df = spark.read.parquet(path)
+            df, cols = per_path.setdefault(path, (spark.read.parquet(path), []))
             pred = F.col("pred")
             if spec.get("priors"):
                 pred = prior_moved("probs", spec["priors"])
             elif spec.get("tuned"):
                 pred = cross_fitted(df, *spec["tuned"], label_col=label_col, id_col=id_col)
-            t = df.select(F.col(id_col), F.col(label_col), pred.cast("long").alias(col))
-            joined = t if joined is None else joined.join(t.drop(label_col), [id_col])
+            cols.append(pred.cast("long").alias(col))
             columns[name].append(col)
+    joined = None
+    for df, cols in per_path.values():
+        t = df.select(F.col(id_col), F.col(label_col), *cols)
+        joined = t if joined is None else joined.join(t.drop(label_col), [id_col])
     return joined, columns
 
 

@@ -337,9 +337,9 @@ def default_grace(epochs: int, reduction_factor: int) -> int:
     return max(1, int(epochs) // max(2, int(reduction_factor)) ** 2)
 
 
-def epochs_of(records: list[dict], skip: Callable[[dict], bool] = lambda r: False) -> int:
+def epochs_of(records: list[dict]) -> int:
     """Training epochs the trials ran (the budget they used)."""
-    return sum(int(r["epochs"]) for r in records if not skip(r))
+    return sum(int(r["epochs"]) for r in records)
 
 
 __all__ = ["EpochBudget", "standing", "trial_entry", "train_trial", "finish_trial", "run_search", "run_trials",
