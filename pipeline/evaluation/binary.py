@@ -1,8 +1,8 @@
 """Rare-event metrics of two-class data: what a fraud or screening team reads off a model.
 
 Pure NumPy over the exact operating points of the positive class. The evaluate stage's rank
-pass (:mod:`pipeline.evaluation.metrics`) walks the distinct scores of the positive class from
-the highest down in contiguous groups; each group knows ``T``/``F``, the positives/negatives
+pass (:mod:`pipeline.evaluation.ranking`) walks the distinct scores of the positive class from
+the highest down in contiguous groups; each group knows the positives/negatives
 scoring strictly above it, and hands its operating points ``(TP_k, FP_k)`` (cumulative counts at
 threshold "score ≥ s_k") to :func:`group_partials`. The driver joins the small partials with
 :func:`combine`. Nothing here depends on how the rows were partitioned.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from pipeline.evaluation.metrics import GROUP_BASIS_TEXT, size_groups
+from pipeline.evaluation.metric_math import GROUP_BASIS_TEXT, size_groups
 
 
 def _sub(a: Optional[float], b: Optional[float]) -> Optional[float]:

@@ -9,8 +9,8 @@ from pipeline.evaluation.report import write_report
 from pipeline.io import atomic_dir
 
 
-def evaluate_predictions(spark, predictions, out, label_col: str = "label", pred_col: str = "pred",
-                         n_classes: Optional[int] = None, class_names=None, *,
+def evaluate_predictions(spark, predictions, out, *, label_col: str = "label", pred_col: str = "pred",
+                         n_classes: Optional[int] = None, class_names=None,
                          report: bool = False, distribution=None, curve_classes: int = 4,
                          target_group_rows: Optional[int] = None, adjust=None, calibration=None,
                          train_counts: Optional[dict] = None, binary_levels: Optional[dict] = None) -> dict:
@@ -26,8 +26,8 @@ def evaluate_predictions(spark, predictions, out, label_col: str = "label", pred
     ``binary_levels``: the levels of two-class data's ``binary`` section (``evaluate.precision_levels``,
     ``recall_levels``, ``alert_fractions``).
     """
-    metrics = compute_metrics(spark, predictions, label_col, pred_col, n_classes, class_names,
-                              curve_classes=curve_classes, target_group_rows=target_group_rows, adjust=adjust,
+    metrics = compute_metrics(spark, predictions, label_col=label_col, pred_col=pred_col, n_classes=n_classes,
+                              class_names=class_names, curve_classes=curve_classes, target_group_rows=target_group_rows, adjust=adjust,
                               calibration=calibration, train_counts=train_counts, binary_levels=binary_levels)
     with atomic_dir(out) as tmp:
         write_metrics(metrics, tmp)

@@ -49,6 +49,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
+from pyspark.sql import functions as F
 
 Z95 = 1.959963984540054
 LOW_SUPPORT = 20          # fewer test rows than this: the report warns that the class's numbers are noisy
@@ -151,9 +152,6 @@ def bootstrap_counts(df, pred_cols: Sequence[str], n_classes: int, replicates: i
     ``{col: {"tp": (B, C), "fp": (B, C), "fn": (B, C)}}`` as float arrays (weighted counts), computed
     in two narrow passes on the executors; only B × C sums per partition reach the driver.
     """
-    # deferred: pyspark is slow to import
-    from pyspark.sql import functions as F
-
     B, C = int(replicates), int(n_classes)
     # integer ids are used as they are; any other id type (strings, …) by its 64-bit hash
     integral = df.schema[id_col].dataType.typeName() in ("byte", "short", "integer", "long")
@@ -235,9 +233,6 @@ def bootstrap_intervals(spark, predictions, n_classes: int, pred_col: str = "pre
 
 
 def _support(df, n_classes: int, label_col: str) -> np.ndarray:
-    # deferred: pyspark is slow to import
-    from pyspark.sql import functions as F
-
     s = np.zeros(n_classes)
     for row in df.groupBy(F.col(label_col).cast("long").alias("c")).count().collect():  # ≤ C rows
         if 0 <= int(row["c"]) < n_classes:
@@ -275,9 +270,6 @@ def paired_deltas(spark, method_preds, reference_preds, n_classes: int, pred_col
     difference, not of two independent estimates. With several seeds the intervals are the
     two-level bootstrap's (module docstring): they cover the seeds as well as the test rows.
     """
-    # deferred: pyspark is slow to import
-    from pyspark.sql import functions as F
-
     def read(t):
         return t if not isinstance(t, str) else spark.read.parquet(t)
 
@@ -321,9 +313,6 @@ def blocked_deltas(spark, pairs: Sequence[tuple], n_classes: int, replicates: in
     averages their replicate deltas (:func:`seed_resampled`). Returns the mean delta over the seeds
     of each metric, its interval, and the number of seeds.
     """
-    # deferred: pyspark is slow to import
-    from pyspark.sql import functions as F
-
     def read(t):
         return t if not isinstance(t, str) else spark.read.parquet(t)
 

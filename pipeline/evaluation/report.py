@@ -23,7 +23,8 @@ import numpy as np
 from pipeline.engines import get_spark
 from pipeline.errors import InputError
 from pipeline.evaluation.intervals import LOW_SUPPORT, bootstrap_intervals, wilson_per_class
-from pipeline.evaluation.metrics import GROUP_BASIS_TEXT, pr_curves
+from pipeline.evaluation.metric_math import GROUP_BASIS_TEXT
+from pipeline.evaluation.ranking import pr_curves
 from pipeline.evaluation.report_binary import binary_section
 from pipeline.evaluation.report_calibration import calibration_section
 from pipeline.evaluation.report_sections import (

@@ -14,9 +14,11 @@ from __future__ import annotations
 from typing import Iterator, Optional
 
 import numpy as np
+import pyarrow as pa
+from pyspark.sql import functions as F
 
 from pipeline.evaluation.calibration import fixed_sum, from_fixed
-from pipeline.evaluation.metrics import arrow_probs, load_predictions
+from pipeline.evaluation.scan import arrow_probs, load_predictions
 from pipeline.errors import InputError
 from pipeline.data.prior_correction import corrected_logits, fit_temperature, nll_row_terms
 
@@ -26,9 +28,6 @@ _TERMS_SCHEMA = "n long, nll string, g string, h string"
 
 def _terms_fn(k: int, weights: Optional[np.ndarray], beta: float):
     def fn(batches: Iterator) -> Iterator:
-        # deferred: pyarrow is slow to import
-        import pyarrow as pa
-
         n, acc = 0, [0, 0, 0]
         for batch in batches:
             if batch.num_rows == 0:
@@ -52,9 +51,6 @@ def fit_temperature_on(spark, predictions, weights: Optional[np.ndarray] = None,
     ``predictions``: a predictions table (``label``, ``probs``), normally the validation split's;
     ``weights``: the prior correction applied first (None: the raw probabilities).
     """
-    # deferred: pyspark is slow to import
-    from pyspark.sql import functions as F
-
     loaded = load_predictions(spark, predictions, label_col, None, n_classes)
     df = loaded.df.where(F.col("label").isNotNull()).persist()
     try:

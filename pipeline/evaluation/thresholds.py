@@ -33,10 +33,14 @@ import shutil
 from typing import Optional, Sequence
 
 import numpy as np
+import pyarrow as pa
+from pyspark.sql import types as T
 
 from pipeline.data.schema import INFO_FILE, has_info, read_info
 from pipeline.errors import InputError
-from pipeline.evaluation.metrics import TUNE_METRICS, arrow_probs, load_predictions, ranking_stats, scan_predictions
+from pipeline.evaluation.metric_math import TUNE_METRICS
+from pipeline.evaluation.ranking import ranking_stats
+from pipeline.evaluation.scan import arrow_probs, load_predictions, scan_predictions
 from pipeline.io import atomic_dir, local_path, spark_uri
 
 RULES = ("prior", "cost", "tuned")
@@ -145,9 +149,6 @@ def _resolve(rule: str, n_classes: int, class_counts, cost, threshold):
 def add_pred_adjusted(df, rule: str, n_classes: int, class_counts=None,
                       cost: Optional[Sequence[float]] = None, threshold: Optional[float] = None):
     """Return ``df`` with a ``pred_adjusted`` column (long) computed from ``probs`` in Spark."""
-    # deferred: pyspark is slow to import
-    from pyspark.sql import types as T
-
     priors, threshold = _resolve(rule, n_classes, class_counts, cost, threshold)
     if "pred_adjusted" in df.columns:
         df = df.drop("pred_adjusted")
@@ -155,9 +156,6 @@ def add_pred_adjusted(df, rule: str, n_classes: int, class_counts=None,
     k = n_classes
 
     def fn(batches):
-        # deferred: pyarrow is slow to import
-        import pyarrow as pa
-
         for batch in batches:
             if batch.num_rows == 0:
                 pred = np.zeros(0, np.int64)
@@ -211,7 +209,7 @@ def tune_threshold(spark, val_predictions_path, metric: str = "f1", label_col: s
     if scan.hist_pos[1].sum() == 0 or scan.hist_neg[1].sum() == 0:
         raise InputError("validation predictions need both classes to tune a threshold")
     res = ranking_stats(spark, loaded, scan, [1], tune=metric, target_group_rows=target_group_rows)
-    return float(res["best"][1])
+    return float(res.best[1])
 
 
 def parse_class_counts(text: str):

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.evaluation.intervals import wilson_per_class
-from pipeline.evaluation.metrics import classwise_from_confusion, summarize
+from pipeline.evaluation.metric_math import classwise_from_confusion, summarize
 from pipeline.flows import tracking
 
 TABLE = "evaluate/per_class.json"

@@ -8,8 +8,8 @@ from sklearn.metrics import (average_precision_score, confusion_matrix,
                              precision_recall_fscore_support, roc_auc_score)
 
 from pipeline.errors import InputError
-from pipeline.evaluation.metrics import (N_BUCKETS, classwise_from_confusion, group_contributions,
-                               plan_groups, score_bucket, summarize, threshold_metric)
+from pipeline.evaluation.metric_math import (N_BUCKETS, classwise_from_confusion, group_contributions,
+                                                 plan_groups, score_bucket, summarize, threshold_metric)
 from pipeline.evaluation.thresholds import adjusted_pred, class_priors, cost_threshold, prior_adjust
 
 
@@ -54,7 +54,7 @@ def test_group_contributions_merge_duplicate_rows():
     s = np.array([0.3, 0.3, 0.5, 0.1, 0.5])
     pos = np.array([1, 0, 2, 0, 0])
     neg = np.array([0, 4, 1, 3, 2])
-    ds, p, q, tp, fp, auc2, ap = group_contributions(s, pos, neg, T=0, F=0)
+    ds, p, q, tp, fp, auc2, ap = group_contributions(s, pos, neg, pos_above=0, neg_above=0)
     assert ds.tolist() == [0.5, 0.3, 0.1] and p.tolist() == [2, 1, 0] and q.tolist() == [3, 4, 3]
     y = np.repeat([1, 0, 1, 0, 0], [2, 3, 1, 4, 3])
     sc = np.repeat([0.5, 0.5, 0.3, 0.3, 0.1], [2, 3, 1, 4, 3])
@@ -201,3 +201,11 @@ def test_l5_is_taken_by_training_rows_when_they_are_known():
     assert m["groups"]["rest"]["classes"] == [4, 5, 3]
     by_support = summarize(rows, cm)["groups"]
     assert by_support["basis"] == "support" and by_support["L5"]["classes"] == [0, 7, 1, 2, 3]
+
+
+def test_metric_math_imports_no_spark():
+    """The formulas module is NumPy only: importing it loads no pyspark."""
+    import subprocess
+    import sys
+    code = "import sys, pipeline.evaluation.metric_math; sys.exit('pyspark' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
