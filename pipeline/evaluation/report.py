@@ -8,6 +8,10 @@ these few points reach the driver), a row-normalised confusion-matrix heatmap or
 size, before/after threshold moving when ``adjusted`` exists, and the profile stage's class
 distribution chart when given. Figures are PNG files under ``figures/`` for the Markdown and
 base64-embedded in the HTML, so the HTML is one file that can be mailed around.
+
+This module only renders: the bootstrap intervals and any PR curves ``metrics.json`` lacks are
+computed by the evaluate stage (:func:`pipeline.evaluation.evaluate.report_inputs`) and handed to
+:func:`render_report` as :class:`ReportInputs`.
 """
 from __future__ import annotations
 
@@ -15,19 +19,20 @@ import base64
 import html
 import io
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from pipeline.engines import get_spark
 from pipeline.errors import InputError
-from pipeline.evaluation.intervals import LOW_SUPPORT, bootstrap_intervals, wilson_per_class
+from pipeline.evaluation.intervals import LOW_SUPPORT, wilson_per_class
 from pipeline.evaluation.metric_math import GROUP_BASIS_TEXT
-from pipeline.evaluation.ranking import pr_curves
 from pipeline.evaluation.report_binary import binary_section
 from pipeline.evaluation.report_calibration import calibration_section
 from pipeline.evaluation.report_sections import (
+    Cell,
+    Figure,
     Section,
     SORT_SCRIPT,
     comparison_section,
@@ -35,13 +40,11 @@ from pipeline.evaluation.report_sections import (
     seed_spread_section,
     errors_section,
     plot_training,
-    read_run,
     sortable_table,
     threshold_section,
-    train_counts,
     what_ran,
 )
-from pipeline.io import METHOD_SUMMARY_FILE, local_path, read_json, spark_uri, write_text
+from pipeline.io import METHOD_SUMMARY_FILE, local_path, read_json, write_text
 from pipeline.prep.profile import MINORITY_RULE, describe_counts, plot_distribution
 
 
@@ -236,7 +239,7 @@ def _ci(ci) -> str:
 
 
 def _table(metrics: dict, sizes: Optional[dict] = None, boot: Optional[dict] = None):
-    """Per-class rows as (text, sort value) cells, largest class first; and which rows are low-support.
+    """Per-class rows of :class:`Cell` values, largest class first; and which rows are low-support.
 
     ``sizes``: training rows per class (a column, and ρ_c and the order use it); ``boot``: the
     bootstrap intervals (an F1 interval column). Recall and precision intervals are Wilson's.
@@ -260,18 +263,18 @@ def _table(metrics: dict, sizes: Optional[dict] = None, boot: Optional[dict] = N
         rho = nmax / size(r) if size(r) else None
         w = wil[c]
         flag = "⚠ " if w["low_support"] else ""
-        row = [(flag + _name(r), c), (str(r["support"]), r["support"])]
+        row = [Cell(flag + _name(r), c), Cell(str(r["support"]), r["support"])]
         if sizes:
-            row.append((str(size(r)), size(r)))
-        row += [(_fmt(rho, 1), rho), (_fmt(r["precision"]), r["precision"]),
-                (_ci(w["precision_ci"]), w["precision_ci"][0]), (_fmt(r["recall"]), r["recall"]),
-                (_ci(w["recall_ci"]), w["recall_ci"][0]), (_fmt(r["f1"]), r["f1"])]
+            row.append(Cell(str(size(r)), size(r)))
+        row += [Cell(_fmt(rho, 1), rho), Cell(_fmt(r["precision"]), r["precision"]),
+                Cell(_ci(w["precision_ci"]), w["precision_ci"][0]), Cell(_fmt(r["recall"]), r["recall"]),
+                Cell(_ci(w["recall_ci"]), w["recall_ci"][0]), Cell(_fmt(r["f1"]), r["f1"])]
         if boot:
-            row.append((_ci(f1_ci[c]), f1_ci[c][0]))
-        row += [(_fmt(r["specificity"]), r["specificity"]), (_fmt(r["g_mean"]), r["g_mean"]),
-                (_fmt(r["roc_auc"]), r["roc_auc"]), (_fmt(r["pr_auc"]), r["pr_auc"])]
+            row.append(Cell(_ci(f1_ci[c]), f1_ci[c][0]))
+        row += [Cell(_fmt(r["specificity"]), r["specificity"]), Cell(_fmt(r["g_mean"]), r["g_mean"]),
+                Cell(_fmt(r["roc_auc"]), r["roc_auc"]), Cell(_fmt(r["pr_auc"]), r["pr_auc"])]
         if adj:
-            row += [(_fmt(adj[c]["recall"]), adj[c]["recall"]), (_fmt(adj[c]["f1"]), adj[c]["f1"])]
+            row += [Cell(_fmt(adj[c]["recall"]), adj[c]["recall"]), Cell(_fmt(adj[c]["f1"]), adj[c]["f1"])]
         rows.append(row)
         low.append("low" if w["low_support"] else "")
     return head, keys, rows, low
@@ -349,31 +352,38 @@ def learned_costs_section(predictions, per_class: list[dict]) -> Optional[Sectio
     return Section(md, frag)
 
 
-def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spark=None, *,
-                 label_col: str = "label", curve_classes: int = 4, run_dir=None,
-                 timings: Optional[dict] = None, source: Optional[dict] = None) -> dict:
-    """Write ``report.md``, ``report.html`` and ``figures/*.png`` into ``out_dir``.
+@dataclass
+class ReportInputs:
+    """What the evaluate stage computed for the report beyond ``metrics.json``: the bootstrap
+    ``intervals`` (:func:`pipeline.evaluation.intervals.bootstrap_intervals`, or None), the PR
+    ``curves`` to draw (``{class: {"recall": [...], "precision": [...]}}``) and what their classes
+    are rarest by (``"training rows"`` or ``"test support"``)."""
+    intervals: Optional[dict] = None
+    curves: dict = field(default_factory=dict)
+    curves_by: str = "test support"
 
-    ``metrics_dir`` holds ``metrics.json``. PR curves come from its ``pr_curves``; when it has
-    none and ``predictions`` is given they are computed in Spark for the rarest classes.
-    ``distribution``: the profile stage's chart (PNG), its ``distribution.json`` (path or dict),
-    or its output directory. Returns the paths written.
+
+def render_report(metrics: dict, out_dir, inputs: ReportInputs, *, run: Optional[dict] = None,
+                  sizes: Optional[dict] = None, distribution=None, timings: Optional[dict] = None,
+                  predictions=None) -> dict:
+    """Write ``report.md``, ``report.html`` and ``figures/*.png`` into ``out_dir`` from what the
+    evaluate stage computed; no Spark job runs here.
+
+    ``run``: the run directory's files (:func:`pipeline.evaluation.report_sections.read_run`);
+    ``sizes``: training rows per class; ``distribution``: the profile stage's chart (PNG), its
+    ``distribution.json`` (path or dict), or its output directory; ``predictions``: the table, whose
+    model's learned costs get a section. Returns the paths written (and writes ``intervals.json``
+    beside the report when there are intervals).
     """
-    mpath = local_path(metrics_dir) / "metrics.json"
-    if not mpath.is_file():
-        raise InputError(f"no metrics.json in {metrics_dir}")
-    metrics = read_json(mpath)
+    run = run or {}
     out = local_path(out_dir)
     figs = out / FIG_DIR
     figs.mkdir(parents=True, exist_ok=True)
-    run = read_run(local_path(run_dir)) if run_dir is not None else {}
-    if source is not None:     # the run's data source (pipeline.data.describe_source), when the caller knows it
-        run["source"] = source
-    sizes = train_counts(run) if run else None
-    boot = _bootstrap(metrics, predictions, spark, label_col, run)
-    curves, by = _rare_curves(metrics, predictions, spark, label_col, sizes, curve_classes)
-    figures = _figures(metrics, run, sizes, curves, by, distribution, figs)
-    sections = _sections(metrics, run, sizes, boot, timings, predictions, figs) + [_figure_section(figures)]
+    boot = inputs.intervals
+    figures = _figures(metrics, run=run, sizes=sizes, curves=inputs.curves, by=inputs.curves_by,
+                       distribution=distribution, figs=figs)
+    sections = _sections(metrics, run=run, sizes=sizes, boot=boot, timings=timings, predictions=predictions,
+                         figs=figs) + [_figure_section(figures)]
     title = "Class-wise evaluation report"
     write_text(out / "report.md", "\n".join([f"# {title}", ""] + [ln for sec in sections for ln in sec.md]) + "\n")
     parts = [_html_head(title)] + [sec.html for sec in sections] + [SORT_SCRIPT, "</body></html>"]
@@ -381,73 +391,49 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
     if boot:
         (out / "intervals.json").write_text(json.dumps(boot))
     return {"markdown": str(out / "report.md"), "html": str(out / "report.html"),
-            "figures": [str(figs / f) for sec in sections for _, f, _, _ in sec.figures]}
+            "figures": [str(figs / f.file) for sec in sections for f in sec.figures]}
 
 
-def _bootstrap(metrics: dict, predictions, spark, label_col: str, run: dict) -> Optional[dict]:
-    """Per-class F1 and macro intervals: Spark aggregates of a stratified bootstrap (no collect)."""
-    if predictions is None or (spark is None and not local_path(predictions).exists()):
-        return None
-    seed = int(run.get("config", {}).get("run", {}).get("seed", 0)) if run else 0
-    return bootstrap_intervals(spark or get_spark(), spark_uri(predictions), metrics["n_classes"],
-                               pred_col=metrics.get("pred_col", "pred"), label_col=label_col, seed=seed)
-
-
-def _rare_curves(metrics: dict, predictions, spark, label_col: str, sizes: Optional[dict],
-                 curve_classes: int) -> tuple[dict, str]:
-    """PR curves of the rarest classes (by training rows when known, as the test set may be
-    balanced, else by test support; ties broken by class index), and which of the two it was."""
-    per_class = metrics["per_class"]
-    present = [r["label"] for r in per_class if r["support"] > 0]
-    rarity = (lambda c: (sizes.get(c, 0), c)) if sizes else (lambda c: (per_class[c]["support"], c))
-    rare = sorted(present, key=rarity)[:curve_classes]
-    curves = metrics.get("pr_curves") or {}
-    if predictions is not None and sorted(int(c) for c in curves) != sorted(rare):
-        curves = {str(c): v for c, v in pr_curves(spark or get_spark(), predictions, rare, label_col=label_col,
-                                                  n_classes=metrics["n_classes"]).items()}
-    return curves, "training rows" if sizes else "test support"
-
-
-def _figures(metrics: dict, run: dict, sizes: Optional[dict], curves: dict, by: str, distribution,
-             figs: Path) -> list[tuple]:
-    """The report's closing figures ``(title, file name, png, caption)``, each drawn into ``figs``."""
+def _figures(metrics: dict, *, run: dict, sizes: Optional[dict], curves: dict, by: str, distribution,
+             figs: Path) -> list[Figure]:
+    """The report's closing figures, each drawn into ``figs``."""
     per_class = metrics["per_class"]
     figures = []
     history = (run.get("train_summary") or {}).get("history") if run else None
     train_png = plot_training(history, figs / "training.png", _save, _plt()) if history else None
     if train_png is not None:
-        figures.append(("Training curves", "training.png", train_png,
+        figures.append(Figure("Training curves", "training.png", train_png,
                         "Per epoch of the final training phase: train loss, validation macro F1 and balanced "
                         "accuracy, and each class's validation recall (rows: class index 0 at the top; grey: "
                         "class absent from validation)."))
-    figures.append(("Per-class F1 and recall vs class size", "f1_recall_vs_size.png",
+    figures.append(Figure("Per-class F1 and recall vs class size", "f1_recall_vs_size.png",
                     plot_vs_size(per_class, figs / "f1_recall_vs_size.png", sizes),
                     "Each point is a class; small classes sit on the left. The survey's point: "
                     "accuracy hides what happens here."))
     if curves:
-        figures.append(("PR curves of the rarest classes", "pr_curves.png",
+        figures.append(Figure("PR curves of the rarest classes", "pr_curves.png",
                         plot_pr_curves(curves, per_class, figs / "pr_curves.png", sizes),
                         f"The {len(curves)} rarest classes by {by} (ties broken by class index). Exact curve "
                         "points (thinned to ≤200 per class in Spark); the step area is the class's average precision."))
-    figures.append(("Confusion matrix (row-normalised)", "confusion_matrix.png",
+    figures.append(Figure("Confusion matrix (row-normalised)", "confusion_matrix.png",
                     plot_confusion(np.array(metrics["confusion_matrix"]), per_class,
                                    figs / "confusion_matrix.png", sizes),
                     "Rows: true class, columns: predicted class, both ordered by class size."))
     if "adjusted" in metrics:
-        figures.append(("Before / after threshold moving", "threshold_moving.png",
+        figures.append(Figure("Before / after threshold moving", "threshold_moving.png",
                         plot_threshold_moving(metrics, figs / "threshold_moving.png", sizes),
                         "Same scores, new decisions (pred_adjusted): no retraining."))
     if sizes:   # the training data's distribution (after any protocol), not the source's
         distribution = describe_counts({c: n for c, n in sizes.items() if n > 0})
     dist_png = _distribution_figure(distribution, figs)
     if dist_png is not None:
-        figures.append(("Class distribution of the training data" if sizes else "Class distribution (profile stage)",
-                        "class_distribution.png", dist_png,
-                        f"Class sizes, log scale. Red: the minority classes, {MINORITY_RULE}."))
+        title = "Class distribution of the training data" if sizes else "Class distribution (profile stage)"
+        figures.append(Figure(title, "class_distribution.png", dist_png,
+                              f"Class sizes, log scale. Red: the minority classes, {MINORITY_RULE}."))
     return figures
 
 
-def _sections(metrics: dict, run: dict, sizes: Optional[dict], boot: Optional[dict], timings: Optional[dict],
+def _sections(metrics: dict, *, run: dict, sizes: Optional[dict], boot: Optional[dict], timings: Optional[dict],
               predictions, figs: Path) -> list[Section]:
     """Every section before the figures, in the report's order."""
     names = {r["label"]: _name(r) for r in metrics["per_class"]}
@@ -494,7 +480,7 @@ def _per_class_section(metrics: dict, sizes: Optional[dict], boot: Optional[dict
     n_low = sum(1 for x in low if x)
     md = ["", "## Per-class metrics (sorted by class size)", "", note, "",
           "| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
-    md += ["| " + " | ".join(t for t, _ in r) + " |" for r in cells]
+    md += ["| " + " | ".join(cell.text for cell in r) + " |" for r in cells]
     e = html.escape
     parts = ["<h2>Per-class metrics (sorted by class size; click a column to sort)</h2>"
              f"<p class='cap'>{e(note)}</p>"
@@ -504,11 +490,12 @@ def _per_class_section(metrics: dict, sizes: Optional[dict], boot: Optional[dict
     return Section(md, "\n".join(parts))
 
 
-def _figure_section(figures: list[tuple]) -> Section:
+def _figure_section(figures: list[Figure]) -> Section:
     e = html.escape
-    md = [ln for t, fname, _, cap in figures for ln in ("", f"## {t}", "", f"![{t}]({FIG_DIR}/{fname})", "", cap)]
-    parts = [f"<h2>{e(t)}</h2><img alt='{e(t)}' src='data:image/png;base64,{base64.b64encode(data).decode('ascii')}'>"
-             f"<p class='cap'>{e(cap)}</p>" for t, _, data, cap in figures]
+    md = [ln for f in figures for ln in ("", f"## {f.title}", "", f"![{f.title}]({FIG_DIR}/{f.file})", "", f.caption)]
+    parts = [f"<h2>{e(f.title)}</h2><img alt='{e(f.title)}' "
+             f"src='data:image/png;base64,{base64.b64encode(f.png).decode('ascii')}'>"
+             f"<p class='cap'>{e(f.caption)}</p>" for f in figures]
     return Section(md, "\n".join(parts), figures)
 
 

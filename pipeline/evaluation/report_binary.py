@@ -5,7 +5,8 @@ exact PR-curve points (``metrics.json["pr_curves"]``). Draws the PR curve with t
 of the precision levels and alert fractions marked, and the alert budget: alerts raised (rows
 flagged) against positives caught. Returns a report
 :class:`~pipeline.evaluation.report_sections.Section` (Markdown lines, an HTML fragment and the
-figures ``(title, file, png, caption)``), like :mod:`pipeline.evaluation.report_calibration`.
+figures, each a :class:`~pipeline.evaluation.report_sections.Figure`), like
+:mod:`pipeline.evaluation.report_calibration`.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from pipeline.evaluation.binary import alert_rows
-from pipeline.evaluation.report_sections import Section
+from pipeline.evaluation.report_sections import Figure, Section
 
 NOTE = ("The positive class is label 1, or the class with fewer rows when the labels are strings. "
         "Recall at precision p: the share of positives caught when at most a share 1 − p of the alerts "
@@ -122,17 +123,18 @@ def binary_section(metrics: dict, figs: Path, save, plt) -> Optional[Section]:
     parts.append("</table>")
     figures = []
     if curve:
-        figures = [("PR curve with operating points", "pr_operating_points.png",
-                    plot_pr_operating_points(b, curve, figs / "pr_operating_points.png", save, plt),
-                    "Exact curve points (thinned to ≤200); circles: the best recall at each precision level, drawn at the level; "
-                    "squares: the alert fractions."),
-                   ("Alert budget", "alert_budget.png", plot_alert_budget(b, curve, figs / "alert_budget.png", save, plt),
-                    "How many positives the analysts see for the alerts they review; dotted: alerts at random, "
-                    "dashed: a perfect ranking.")]
-    for t, fname, png, cap in figures:
-        md += ["", f"![{t}](figures/{fname})", "", cap]
-        parts += [f"<img alt='{e(t)}' src='data:image/png;base64,{base64.b64encode(png).decode('ascii')}'>",
-                  f"<p class='cap'>{e(cap)}</p>"]
+        figures = [Figure("PR curve with operating points", "pr_operating_points.png",
+                          plot_pr_operating_points(b, curve, figs / "pr_operating_points.png", save, plt),
+                          "Exact curve points (thinned to ≤200); circles: the best recall at each precision level, "
+                          "drawn at the level; squares: the alert fractions."),
+                   Figure("Alert budget", "alert_budget.png",
+                          plot_alert_budget(b, curve, figs / "alert_budget.png", save, plt),
+                          "How many positives the analysts see for the alerts they review; dotted: alerts at random, "
+                          "dashed: a perfect ranking.")]
+    for f in figures:
+        md += ["", f"![{f.title}](figures/{f.file})", "", f.caption]
+        parts += [f"<img alt='{e(f.title)}' src='data:image/png;base64,{base64.b64encode(f.png).decode('ascii')}'>",
+                  f"<p class='cap'>{e(f.caption)}</p>"]
     return Section(md, "\n".join(parts), figures)
 
 

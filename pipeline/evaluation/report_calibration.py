@@ -12,7 +12,7 @@ import html
 from pathlib import Path
 from typing import Optional
 
-from pipeline.evaluation.report_sections import Section
+from pipeline.evaluation.report_sections import Figure, Section
 
 VARIANTS = (("raw", "raw (probs)"), ("prior_corrected", "prior-corrected"),
             ("temperature", "prior-corrected + temperature"))
@@ -79,7 +79,7 @@ def calibration_section(metrics: dict, figs: Path, save, plt) -> Optional[Sectio
     parts += [f"<tr><td>{e(label)}</td><td>{c['brier']:.4f}</td><td>{c['ece']:.4f}</td></tr>" for label, c in rows]
     parts += ["</table>", f"<img alt='Reliability diagram' src='data:image/png;base64,{b64}'>",
               f"<p class='cap'>{e(cap)}</p>"]
-    return Section(md, "\n".join(parts), [("Reliability diagram", fname, png, cap)])
+    return Section(md, "\n".join(parts), [Figure("Reliability diagram", fname, png, cap)])
 
 
 __all__ = ["calibration_section", "plot_reliability"]

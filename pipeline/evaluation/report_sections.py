@@ -4,8 +4,7 @@ the method-vs-reference comparison.
 Everything here reads files a run directory already holds — ``config.json``, the sample stage's
 ``manifest.json``, ``train/train_summary.json`` (per-epoch history written by training),
 ``comparison/comparison.json`` — so the evaluation package never imports the training code.
-Each section is a :class:`Section`: Markdown lines, an HTML fragment and its figures
-``(title, file, png, caption)``.
+Each section is a :class:`Section`: Markdown lines, an HTML fragment and its :class:`Figure` list.
 """
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ import base64
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -24,14 +23,27 @@ from pipeline.io import read_json
 from pipeline.prep.sampling import training_counts
 
 
+class Figure(NamedTuple):
+    """A figure the report drew: its title, file name under ``figures/``, PNG bytes and caption."""
+    title: str
+    file: str
+    png: bytes
+    caption: str
+
+
+class Cell(NamedTuple):
+    """A cell of a sortable table: the text shown and the value it sorts by (None sorts last)."""
+    text: str
+    sort: object
+
 
 @dataclass
 class Section:
     """One part of the report in both renderings: Markdown lines, an HTML fragment, and the figures
-    ``(title, file name, png bytes, caption)`` it wrote under ``figures/``."""
+    it wrote under ``figures/``."""
     md: list[str]
     html: str
-    figures: list = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
 
 
 THRESHOLD_RULES = {
@@ -330,7 +342,7 @@ def comparison_section(comp: dict, names: dict, figs: Path, save, plt) -> Sectio
         fname = f"delta_{ref}.png"
         png = plot_deltas(c["per_class"], figs / fname, save, plt)
         cap = "Each bar is a class's 95% interval of F1(method) − F1(reference); classes unlabeled, sorted by the delta."
-        figures.append((f"Per-class F1 change: {title}", fname, png, cap))
+        figures.append(Figure(f"Per-class F1 change: {title}", fname, png, cap))
         md += ["", f"![{title}](figures/{fname})", "", cap]
         b64 = base64.b64encode(png).decode("ascii")
         parts.append(f"<h2 id='compare-{e(ref)}'>{e(title)}</h2><p class='cap'>{e(note)}</p><table><tr><th>metric</th>"
@@ -344,11 +356,12 @@ def comparison_section(comp: dict, names: dict, figs: Path, save, plt) -> Sectio
                 "verdict"]
         body = []
         for x in c["per_class"]:
-            cells = [(names[x["label"]], x["label"]), (_n(x.get("train_rows")), x.get("train_rows")),
-                     (str(x["support"]), x["support"]), (_f(x["f1"]), x["f1"]),
-                     (_f(x["f1_ref"]), x["f1_ref"]), (_signed(x["f1_delta"]), x["f1_delta"]),
-                     (_ci(x["f1_delta_ci"]), x["f1_delta_ci"][0]), (_signed(x["recall_delta"]), x["recall_delta"]),
-                     (_ci(x["recall_delta_ci"]), x["recall_delta_ci"][0]), (x["verdict"], x["verdict"])]
+            cells = [Cell(names[x["label"]], x["label"]), Cell(_n(x.get("train_rows")), x.get("train_rows")),
+                     Cell(str(x["support"]), x["support"]), Cell(_f(x["f1"]), x["f1"]),
+                     Cell(_f(x["f1_ref"]), x["f1_ref"]), Cell(_signed(x["f1_delta"]), x["f1_delta"]),
+                     Cell(_ci(x["f1_delta_ci"]), x["f1_delta_ci"][0]),
+                     Cell(_signed(x["recall_delta"]), x["recall_delta"]),
+                     Cell(_ci(x["recall_delta_ci"]), x["recall_delta_ci"][0]), Cell(x["verdict"], x["verdict"])]
             body.append(cells)
         parts.append(sortable_table(head, body, table_id=f"cmp-{ref}",
                                     keys=["class", "train_rows", "support", "f1", "f1_ref", "df1", "df1_lo", "drecall",
@@ -356,9 +369,9 @@ def comparison_section(comp: dict, names: dict, figs: Path, save, plt) -> Sectio
     return Section(md, "".join(parts), figures)
 
 
-def sortable_table(head: list[str], rows: list[list[tuple]], table_id: str, keys: list[str],
+def sortable_table(head: list[str], rows: list[list[Cell]], table_id: str, keys: list[str],
                    row_class: Optional[list[str]] = None) -> str:
-    """An HTML table whose columns sort on a click (see SORT_SCRIPT); cells are (text, sort value)."""
+    """An HTML table whose columns sort on a click (see SORT_SCRIPT), one :class:`Cell` per value."""
     e = html.escape
     out = [f"<div class='scroll'><table class='sortable' id='{e(table_id)}'><thead><tr>"]
     out += [f"<th data-key='{e(k)}' title='click to sort'>{e(h)}</th>" for h, k in zip(head, keys)]
@@ -366,9 +379,10 @@ def sortable_table(head: list[str], rows: list[list[tuple]], table_id: str, keys
     for i, r in enumerate(rows):
         cls = f" class='{row_class[i]}'" if row_class and row_class[i] else ""
         cells = []
-        for text, val in r:
+        for cell in r:
+            val = cell.sort
             v = "" if val is None else (f"{val:.6g}" if isinstance(val, float) else str(val))
-            cells.append(f"<td data-v='{e(v)}'>{e(text)}</td>")
+            cells.append(f"<td data-v='{e(v)}'>{e(cell.text)}</td>")
         out.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
     out.append("</tbody></table></div>")
     return "".join(out)

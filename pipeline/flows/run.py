@@ -48,7 +48,7 @@ from pipeline.data.source import read_table
 from pipeline.engines import get_spark
 from pipeline.evaluation.binary import LEVEL_KEYS, format_binary
 from pipeline.evaluation.evaluate import evaluate_predictions
-from pipeline.evaluation.report import write_report
+from pipeline.evaluation.evaluate import write_report
 from pipeline.evaluation.thresholds import rule_adjuster, tune_threshold
 from pipeline.flows import tracking
 from pipeline.flows.calibrate import calibrate_model

@@ -198,7 +198,7 @@ def test_searched_costs_reach_spark_prediction(spark, biased, search_tables, tmp
 
     # the report shows the searched vector (found through the predictions' model directory)
     from pipeline.evaluation.evaluate import evaluate_predictions
-    from pipeline.evaluation.report import write_report
+    from pipeline.evaluation.evaluate import write_report
 
     evaluate_predictions(spark, str(tmp_path / "preds"), str(tmp_path / "eval"), n_classes=K)
     write_report(str(tmp_path / "eval"), str(tmp_path / "report"), predictions=str(tmp_path / "preds"), spark=spark)

@@ -111,7 +111,7 @@ def test_levels_reached_exactly_count(spark, tmp_path):
 
 
 def test_report_shows_the_rare_event_numbers_and_figures(spark, tmp_path):
-    from pipeline.evaluation.report import write_report
+    from pipeline.evaluation.evaluate import write_report
 
     y, probs, pred = rare_predictions(3000, 0.02, seed=4)
     path = write_table(tmp_path / "p", y, probs, pred, n_files=2)

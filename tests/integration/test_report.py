@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.evaluation.evaluate import evaluate_predictions
-from pipeline.evaluation.report import write_report
+from pipeline.evaluation.evaluate import write_report
 from tests.integration.test_evaluate import K, make_predictions, write_table
 
 PNG = b"\x89PNG\r\n\x1a\n"

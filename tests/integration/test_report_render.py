@@ -18,7 +18,7 @@ import pytest
 from pipeline.evaluation.compare_table import compare_metrics
 from pipeline.evaluation.evaluate import evaluate_predictions
 from pipeline.evaluation.intervals import paired_deltas
-from pipeline.evaluation.report import write_report
+from pipeline.evaluation.evaluate import write_report
 from tests.integration.test_evaluate import K, make_predictions, write_table
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
