@@ -170,7 +170,8 @@ def _confusion_replicates(spark, methods: dict, metric: str, *, n_classes: int, 
     table = table.cache()
     try:
         flat = [c for cols in columns.values() for c in cols]
-        counts = bootstrap_counts(table, flat, n_classes, replicates, seed, label_col, id_col)
+        counts = bootstrap_counts(table, flat, n_classes, replicates=replicates, seed=seed, label_col=label_col,
+                                  id_col=id_col)
         points = {c: float(scores(*_point(table, c, n_classes, label_col), metric)[0]) for c in flat}
         n_rows = table.count()
     finally:

@@ -57,9 +57,9 @@ def ranking_metric(metric: str) -> Optional[tuple[str, Optional[float]]]:
 def _value(kind: str, level: Optional[float], pos, tie, before, tail) -> np.ndarray:
     """The metric of (replicates, segments) counts, one value per replicate."""
     out = segment_metrics(pos, tie, before, tail,
-                          [level] if kind == "recall_at_precision" else [],
-                          [level] if kind == "precision_at_recall" else [],
-                          [level] if kind == "precision_at_k" else [])
+                          precision_levels=[level] if kind == "recall_at_precision" else [],
+                          recall_levels=[level] if kind == "precision_at_recall" else [],
+                          alert_fractions=[level] if kind == "precision_at_k" else [])
     if level is None:
         return out[kind]
     return next(v for k, v in out.items() if isinstance(k, tuple) and k[0] == kind)

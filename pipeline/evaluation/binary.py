@@ -55,7 +55,7 @@ def alert_rows(fraction: float, n: int) -> int:
     return max(1, math.ceil(Fraction(repr(float(fraction))) * n))
 
 
-def group_partials(tp: np.ndarray, fp: np.ndarray, above: int, P: int, precision_levels: Sequence[float],
+def group_partials(tp: np.ndarray, fp: np.ndarray, above: int, P: int, *, precision_levels: Sequence[float],
                    recall_levels: Sequence[float], alert_m: Sequence[int]) -> dict:
     """One group's share of the binary metrics, from its operating points (descending scores).
 

@@ -68,8 +68,8 @@ def join_segments(groups: Sequence[tuple]) -> tuple[np.ndarray, np.ndarray, np.n
     return cat(pos), cat(tie), cat(before), carry
 
 
-def segment_metrics(pos, tie, before, tail, precision_levels: Sequence[float], recall_levels: Sequence[float],
-                    alert_fractions: Sequence[float]) -> dict:
+def segment_metrics(pos, tie, before, tail, *, precision_levels: Sequence[float],
+                    recall_levels: Sequence[float], alert_fractions: Sequence[float]) -> dict:
     """The metrics of one or many replicates: arrays (replicates, segments) → a dict of (replicates,) arrays."""
     pos, tie, before = (np.atleast_2d(np.asarray(x, np.float64)) for x in (pos, tie, before))
     tail = np.atleast_1d(np.asarray(tail, np.float64))
@@ -107,7 +107,7 @@ def _precision_at_k(tp, flagged, before, n, fraction) -> np.ndarray:
     return res
 
 
-def binary_intervals(pos, tie, before, tail: int, precision_levels: Sequence[float],
+def binary_intervals(pos, tie, before, tail: int, *, precision_levels: Sequence[float],
                      recall_levels: Sequence[float], alert_fractions: Sequence[float],
                      replicates: int = DEFAULT_REPLICATES, seed: int = 0, level: float = 0.95) -> Optional[dict]:
     """95% percentile intervals of every binary metric under the Poisson bootstrap of the test rows.
@@ -122,8 +122,8 @@ def binary_intervals(pos, tie, before, tail: int, precision_levels: Sequence[flo
     for start in range(0, replicates, _CHUNK):
         b = min(_CHUNK, replicates - start)
         draw = [rng.poisson(np.broadcast_to(x, (b, len(x)))) for x in (pos, tie, before)]
-        got = segment_metrics(*draw, rng.poisson(float(tail), size=b), precision_levels, recall_levels,
-                              alert_fractions)
+        got = segment_metrics(*draw, rng.poisson(float(tail), size=b), precision_levels=precision_levels,
+                              recall_levels=recall_levels, alert_fractions=alert_fractions)
         for k, v in got.items():
             samples.setdefault(k, []).append(v)
     a = (1 - level) / 2

@@ -144,7 +144,7 @@ def _partial_sums(B: int, C: int, seed: int, n_preds: int, strata: Optional[tupl
     return fn
 
 
-def bootstrap_counts(df, pred_cols: Sequence[str], n_classes: int, replicates: int = DEFAULT_REPLICATES,
+def bootstrap_counts(df, pred_cols: Sequence[str], n_classes: int, *, replicates: int = DEFAULT_REPLICATES,
                      seed: int = 0, label_col: str = "label", id_col: str = "id") -> dict:
     """Per replicate and class, the stratified-bootstrap tp, fp, fn of each prediction column.
 
@@ -213,14 +213,15 @@ def _nums(x) -> list:
     return [None if (v is None or (isinstance(v, float) and math.isnan(v))) else float(v) for v in np.ravel(x)]
 
 
-def bootstrap_intervals(spark, predictions, n_classes: int, pred_col: str = "pred",
+def bootstrap_intervals(spark, predictions, n_classes: int, *, pred_col: str = "pred",
                         replicates: int = DEFAULT_REPLICATES, seed: int = 0, label_col: str = "label",
                         id_col: str = "id") -> dict:
     """95% stratified-bootstrap intervals of per-class F1/recall and of macro F1 / balanced accuracy
     for one predictions table (a path or a DataFrame)."""
     df = predictions if not isinstance(predictions, str) else spark.read.parquet(predictions)
     support = _support(df, n_classes, label_col)
-    counts = bootstrap_counts(df, [pred_col], n_classes, replicates, seed, label_col, id_col)[pred_col]
+    counts = bootstrap_counts(df, [pred_col], n_classes, replicates=replicates, seed=seed, label_col=label_col,
+                              id_col=id_col)[pred_col]
     m = replicate_metrics(counts, support)
     out = {"replicates": int(replicates), "seed": int(seed), "level": 0.95, "per_class": {}}
     for k in ("f1", "recall"):
@@ -258,7 +259,7 @@ def _as_list(x) -> list:
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
-def paired_deltas(spark, method_preds, reference_preds, n_classes: int, pred_col: str = "pred",
+def paired_deltas(spark, method_preds, reference_preds, n_classes: int, *, pred_col: str = "pred",
                   replicates: int = DEFAULT_REPLICATES, seed: int = 0, label_col: str = "label",
                   id_col: str = "id") -> dict:
     """Method − reference on the same test rows: per-class F1 and recall deltas and macro F1 /
@@ -279,7 +280,8 @@ def paired_deltas(spark, method_preds, reference_preds, n_classes: int, pred_col
     for t, c in zip(ms[1:] + rs, cols[1:]):
         joined = joined.join(t.select(F.col(id_col), F.col(pred_col).alias(c)), [id_col])
     support = _support(joined, n_classes, label_col)
-    counts = bootstrap_counts(joined, cols, n_classes, replicates, seed, label_col, id_col)
+    counts = bootstrap_counts(joined, cols, n_classes, replicates=replicates, seed=seed, label_col=label_col,
+                              id_col=id_col)
     rng = np.random.default_rng([int(seed), 0x5EED])
     a = seed_resampled([replicate_metrics(counts[c], support) for c in cols[:len(ms)]], rng)
     b = seed_resampled([replicate_metrics(counts[c], support) for c in cols[len(ms):]], rng)
@@ -301,7 +303,7 @@ def paired_deltas(spark, method_preds, reference_preds, n_classes: int, pred_col
     return out
 
 
-def blocked_deltas(spark, pairs: Sequence[tuple], n_classes: int, replicates: int = DEFAULT_REPLICATES,
+def blocked_deltas(spark, pairs: Sequence[tuple], n_classes: int, *, replicates: int = DEFAULT_REPLICATES,
                    seed: int = 0, label_col: str = "label", id_col: str = "id") -> dict:
     """Method − reference over seeds that each have *their own* test rows (an experiment's trials:
     a seed draws its own split): 95% two-level bootstrap intervals of the macro F1 and balanced
@@ -321,7 +323,8 @@ def blocked_deltas(spark, pairs: Sequence[tuple], n_classes: int, replicates: in
         joined = read(m_preds).select(F.col(id_col), F.col(label_col), F.col(m_col).alias("_pm")).join(
             read(r_preds).select(F.col(id_col), F.col(r_col).alias("_pr")), [id_col])
         support = _support(joined, n_classes, label_col)
-        counts = bootstrap_counts(joined, ["_pm", "_pr"], n_classes, replicates, seed, label_col, id_col)
+        counts = bootstrap_counts(joined, ["_pm", "_pr"], n_classes, replicates=replicates, seed=seed,
+                                  label_col=label_col, id_col=id_col)
         a, b = replicate_metrics(counts["_pm"], support), replicate_metrics(counts["_pr"], support)
         per_seed.append({k: a[k] - b[k] for k in ("macro_f1", "balanced_accuracy")})
     drawn = seed_resampled(per_seed, np.random.default_rng([int(seed), 0xB10C]))

@@ -138,8 +138,8 @@ def _rank_group_fn(groups: list, curve: set, tune: Optional[str], points: int,
                 rows.append(("pt", g, c, 0, 0.0, float(tp[i]) / n_pos, float(tp[i]) / float(tp[i] + fp[i]),
                              int(tp[i])))
         if binary is not None and c == binary.positive:
-            part = group_partials(tp, fp, pos_above + neg_above, n_pos, binary.precision_levels,
-                                  binary.recall_levels, binary.alert_m)
+            part = group_partials(tp, fp, pos_above + neg_above, n_pos, precision_levels=binary.precision_levels,
+                                  recall_levels=binary.recall_levels, alert_m=binary.alert_m)
             for kind in _BINARY_KINDS:
                 rows += [(kind, g, c, 0, 0.0, v, float("nan"), i) for i, v in enumerate(part[kind]) if v is not None]
             # the group's segments, for the bootstrap (pipeline.evaluation.binary_bootstrap): one row per
@@ -236,8 +236,8 @@ def _binary_intervals(res, binary: BinarySpec) -> Optional[dict]:
         groups.append((seg.t.to_numpy(np.int64), seg.auc2.to_numpy(np.int64), seg.ap.to_numpy().astype(np.int64),
                        int(rows[rows.kind == "tail"].auc2.sum())))
     pos, tie, before, tail = join_segments(groups)
-    return binary_intervals(pos, tie, before, tail, binary.precision_levels, binary.recall_levels,
-                            binary.alert_fractions)
+    return binary_intervals(pos, tie, before, tail, precision_levels=binary.precision_levels,
+                            recall_levels=binary.recall_levels, alert_fractions=binary.alert_fractions)
 
 
 def pr_curves(spark, predictions, classes: Sequence[int], label_col: str = "label",

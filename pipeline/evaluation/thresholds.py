@@ -170,7 +170,7 @@ def add_pred_adjusted(df, rule: str, n_classes: int, class_counts=None,
     return df.mapInArrow(fn, schema)
 
 
-def apply_threshold_moving(spark, predictions_path, out_path, rule: str, class_counts=None,
+def apply_threshold_moving(spark, predictions_path, out_path, rule: str, *, class_counts=None,
                            cost: Optional[Sequence[float]] = None,
                            threshold: Optional[float] = None,
                            n_classes: Optional[int] = None) -> str:
@@ -228,7 +228,7 @@ def parse_class_counts(text: str):
     raise InputError(f"--class-counts must be a JSON list/dict or a table directory with _dataset.json: {t}")
 
 
-def predictions_with_rule(spark, predictions, rule: str, class_counts=None, cost=None,
+def predictions_with_rule(spark, predictions, rule: str, *, class_counts=None, cost=None,
                           threshold: Optional[float] = None, val_predictions=None,
                           tune_metric: str = "f1", label_col: str = "label"):
     """Validated predictions DataFrame with ``pred_adjusted`` added in Spark (nothing written).

@@ -56,7 +56,7 @@ def training_priors(run_dir: Path, train_data: str) -> tuple[dict, dict]:
     return before, trained
 
 
-def calibrate_model(spark, cfg: Config, run_dir: Path, model_dir: str, train_data: str, val_split: Optional[str],
+def calibrate_model(spark, cfg: Config, run_dir: Path, model_dir: str, *, train_data: str, val_split: Optional[str],
                     out: Path, labels: list, log=print) -> dict:
     """Write the calibration block into ``model_dir/model.json`` and ``out/calibration.json``; return it.
 

@@ -59,7 +59,7 @@ def reference_config(cfg: Config, method: str, run_dir: Path) -> Config:
     return dataclasses.replace(cfg_ref, run=dataclasses.replace(cfg_ref.run, seeds=cfg.run.seeds))
 
 
-def run_comparisons(cfg: Config, run_dir: Path, data_dir: Path, protocol_name: str, runner,
+def run_comparisons(cfg: Config, run_dir: Path, data_dir: Path, protocol_name: str, runner, *,
                     run_fn: Callable[..., str], spark, methods: list[str],
                     replicates: int = DEFAULT_REPLICATES) -> str:
     """Train and evaluate each reference method, then the paired comparison stage; return its fingerprint.

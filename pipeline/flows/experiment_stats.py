@@ -329,7 +329,7 @@ def holm(p_values: Sequence[float], alpha: float = 0.05) -> tuple[np.ndarray, np
 
 
 def wilcoxon_holm(df: pd.DataFrame, metric: str, block_cols: Sequence[str] = ("level", "seed"),
-                  method_col: str = "method", alpha: float = 0.05, zero_method: str = "wilcox",
+                  method_col: str = "method", *, alpha: float = 0.05, zero_method: str = "wilcox",
                   higher_is_better: bool | None = None) -> list[dict]:
     """Pairwise two-sided Wilcoxon signed-rank tests (``scipy.stats.wilcoxon``) with Holm's correction.
 
@@ -714,9 +714,9 @@ def write_experiment_report(trials_df: pd.DataFrame, out_dir: str | os.PathLike,
         blocks += paired + _cost_blocks(trials_df, method_col) + _rank_blocks(all_stats, metrics, methods)
         levels = sorted(trials_df[level_cols[0]].unique(), key=lambda v: (str(type(v)), v)) if level_cols else []
         for m in metrics:
-            blocks += _metric_blocks(m, summary[summary["metric"] == m], all_stats["metrics"][m], methods, levels,
-                                     method_col, level_cols, alpha, tmp)
-        paths = _write_report_files(trials_df, summary, all_stats, blocks, title, tmp, out)
+            blocks += _metric_blocks(m, summary[summary["metric"] == m], all_stats["metrics"][m], methods=methods,
+                                     levels=levels, method_col=method_col, level_cols=level_cols, alpha=alpha, tmp=tmp)
+        paths = _write_report_files(trials_df, summary, all_stats, blocks, title=title, tmp=tmp, out=out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"paths": paths, "stats": _clean(all_stats), "summary": summary}
@@ -783,7 +783,7 @@ def _friedman_text(fr: dict) -> str:
             + f"), p = {_fmt_p(fr['p_value'])}; " + idv_text)
 
 
-def _metric_blocks(m: str, s: pd.DataFrame, st: dict, methods: list[str], levels: list, method_col: str,
+def _metric_blocks(m: str, s: pd.DataFrame, st: dict, *, methods: list[str], levels: list, method_col: str,
                    level_cols: list[str], alpha: float, tmp: Path) -> list[tuple]:
     """One metric's section: the summary table, its plot against ρ, Friedman, Nemenyi with the CD
     diagram, and the Wilcoxon–Holm pairs (PNGs are written into ``tmp``)."""
@@ -814,7 +814,7 @@ def _metric_blocks(m: str, s: pd.DataFrame, st: dict, methods: list[str], levels
     return blocks
 
 
-def _write_report_files(trials_df: pd.DataFrame, summary: pd.DataFrame, all_stats: dict, blocks: list[tuple],
+def _write_report_files(trials_df: pd.DataFrame, summary: pd.DataFrame, all_stats: dict, blocks: list[tuple], *,
                         title: str, tmp: Path, out: Path) -> dict[str, str]:
     """Write the tables, stats and both reports into ``tmp``, then move them into ``out``
     (``report.html`` last); returns ``{file name: path}``."""

@@ -264,7 +264,7 @@ def _scales(search: dict, trials: list[dict], box: tuple) -> tuple:
     return sx, sy, x_hi, (y_lo, y_hi)
 
 
-def _axes(sx, sy, x_hi: int, y_range: tuple, box: tuple, x_label: str, y_label: str) -> list[str]:
+def _axes(sx, sy, x_hi: int, y_range: tuple, box: tuple, *, x_label: str, y_label: str) -> list[str]:
     """The frame, ticks and axis labels of the halving chart."""
     left, top, right, bottom = box
     out = [f"<rect x='{left}' y='{top}' width='{right - left}' height='{bottom - top}' fill='none' stroke='#444'/>"]
@@ -347,7 +347,7 @@ def _halving_svg(search: dict, trials: list[dict]) -> str:
     n_stopped = sum(1 for t in trials if is_stopped(t) and trial_points(t))
     parts = [f"<svg class='halving' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
              f"viewBox='0 0 {width} {height}' role='img'>"]
-    parts += _axes(sx, sy, x_hi, y_range, box, "epoch", search.get("metric") or "validation metric")
+    parts += _axes(sx, sy, x_hi, y_range, box, x_label="epoch", y_label=search.get("metric") or "validation metric")
     parts += _rung_lines(search, sx, box)
     parts += lines
     parts += _legend(legend, box[2] + 16, box[1], n_stopped)

@@ -371,7 +371,8 @@ def _run_stages(cfg: Config, run_dir: Path, tr, references: list[str], data_dir:
     calibrate_fp = runner.stage(
         "calibrate", {"train": train_fp, "split": split_fp, "prior_correction": cfg.evaluate.prior_correction,
                       "calibrate": cfg.evaluate.calibrate, "target_prior": cfg.evaluate.target_prior},
-        lambda d: calibrate_model(spark, cfg, run_dir, model_dir, train_data, val_split, d, data["labels"], log=log))
+        lambda d: calibrate_model(spark, cfg, run_dir, model_dir, train_data=train_data, val_split=val_split, out=d,
+                                  labels=data["labels"], log=log))
     tracking.log_model(tr, Path(model_dir), redo="calibrate" in runner.ran)
 
     # ---- predict (test, and val for tuned thresholds)
@@ -422,7 +423,8 @@ def _run_stages(cfg: Config, run_dir: Path, tr, references: list[str], data_dir:
     if references:
         # each reference is its own MLflow run, nested under this one in the same store and experiment
         reference_run = functools.partial(run_pipeline, tracking_tags={"kind": "reference"}, parent_run_id=tr.run_id)
-        compare_fp = run_comparisons(cfg, run_dir, ddir, protocol_name, runner, reference_run, spark, references)
+        compare_fp = run_comparisons(cfg, run_dir, ddir, protocol_name, runner, run_fn=reference_run, spark=spark,
+                                     methods=references)
 
     # ---- report
 

@@ -13,6 +13,7 @@ from pipeline.evaluation.binary import alert_rows
 from pipeline.evaluation.binary_bootstrap import binary_intervals, group_segments, join_segments, segment_metrics
 
 PL, RL, AL = (0.5, 0.8), (0.5, 0.9), (0.01, 0.05)
+LEVELS = dict(precision_levels=PL, recall_levels=RL, alert_fractions=AL)
 
 
 def _data(n, rate, seed, decimals=None):
@@ -33,7 +34,7 @@ def _segments(y, s, cuts=()):
 @pytest.mark.parametrize("decimals,cuts", [(1, ()), (1, (2, 5, 11)), (None, (7, 100, 1500))])
 def test_segments_give_sklearns_metrics(decimals, cuts):
     y, s = _data(3000, 0.03, 1, decimals)
-    got = segment_metrics(*_segments(y, s, cuts), PL, RL, AL)
+    got = segment_metrics(*_segments(y, s, cuts), **LEVELS)
     assert got["pr_auc"][0] == pytest.approx(average_precision_score(y, s), abs=1e-12)
     assert got["roc_auc"][0] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
     precision, recall, _ = precision_recall_curve(y, s)
@@ -50,7 +51,7 @@ def test_segments_give_sklearns_metrics(decimals, cuts):
 
 def test_poisson_counts_bootstrap_matches_the_row_level_bootstrap():
     y, s = _data(2000, 0.05, 2, decimals=2)
-    ours = binary_intervals(*_segments(y, s), PL, RL, AL, replicates=400, seed=3)
+    ours = binary_intervals(*_segments(y, s), **LEVELS, replicates=400, seed=3)
     rng = np.random.default_rng(4)
     ap, auc = [], []
     for _ in range(400):
@@ -61,14 +62,14 @@ def test_poisson_counts_bootstrap_matches_the_row_level_bootstrap():
         lo, hi = np.percentile(ref, [2.5, 97.5])
         width = hi - lo
         assert abs(ours[key][0] - lo) < 0.2 * width and abs(ours[key][1] - hi) < 0.2 * width, (key, ours[key], lo, hi)
-    point = segment_metrics(*_segments(y, s), PL, RL, AL)
+    point = segment_metrics(*_segments(y, s), **LEVELS)
     assert ours["pr_auc"][0] < point["pr_auc"][0] < ours["pr_auc"][1]
     assert ours["replicates"] == 400
 
 
 def test_more_rows_give_narrower_intervals_and_the_same_seed_the_same_bits():
-    small = binary_intervals(*_segments(*_data(2000, 0.05, 5)), PL, RL, AL, seed=0)
-    large = binary_intervals(*_segments(*_data(20000, 0.05, 5)), PL, RL, AL, seed=0)
+    small = binary_intervals(*_segments(*_data(2000, 0.05, 5)), **LEVELS, seed=0)
+    large = binary_intervals(*_segments(*_data(20000, 0.05, 5)), **LEVELS, seed=0)
     width = lambda ci: ci[1] - ci[0]
     assert width(large["pr_auc"]) < 0.6 * width(small["pr_auc"])
-    assert binary_intervals(*_segments(*_data(2000, 0.05, 5)), PL, RL, AL, seed=0) == small
+    assert binary_intervals(*_segments(*_data(2000, 0.05, 5)), **LEVELS, seed=0) == small

@@ -53,7 +53,8 @@ def test_group_partials_combine_to_the_whole_curve(cuts):
     for lo, hi in zip([0] + cuts, cuts + [len(s)]):
         if lo < hi:
             above = int(tp[lo - 1] + fp[lo - 1]) if lo else 0
-            parts.append(group_partials(tp[lo:hi], fp[lo:hi], above, P, plv, rlv, m))
+            parts.append(group_partials(tp[lo:hi], fp[lo:hi], above, P, precision_levels=plv, recall_levels=rlv,
+                                        alert_m=m))
     got = combine(parts, plv, rlv, alv)
     precision, recall, _ = precision_recall_curve(y, score)
     for p in plv:
