@@ -34,12 +34,12 @@ def evaluate_predictions(spark, predictions, out, *, label_col: str = "label", p
     ``binary_levels``: the levels of two-class data's ``binary`` section (``evaluate.precision_levels``,
     ``recall_levels``, ``alert_fractions``).
     """
-    metrics = compute_metrics(spark, predictions, label_col=label_col, pred_col=pred_col, n_classes=n_classes,
-                              class_names=class_names, curve_classes=curve_classes,
-                              target_group_rows=target_group_rows, adjust=adjust,
-                              calibration=calibration, train_counts=train_counts, binary_levels=binary_levels)
+    result = compute_metrics(spark, predictions, label_col=label_col, pred_col=pred_col, n_classes=n_classes,
+                             class_names=class_names, curve_classes=curve_classes,
+                             target_group_rows=target_group_rows, adjust=adjust,
+                             calibration=calibration, train_counts=train_counts, binary_levels=binary_levels)
     with atomic_dir(out) as tmp:
-        write_metrics(metrics, tmp)
+        metrics = write_metrics(result, tmp)
         if report:
             write_report(tmp, tmp, distribution=distribution)
     return metrics

@@ -1,4 +1,4 @@
-"""The evaluate stage's metrics: a predictions table in, the ``metrics.json`` dictionary out.
+"""The evaluate stage's metrics: a predictions table in, a typed :class:`Evaluation` (``metrics.json``) out.
 
 The survey's central demand is that a model trained on imbalanced data be judged class by class,
 never by accuracy alone. :func:`compute_metrics` reads a predictions table (``id``, ``label``
@@ -38,6 +38,7 @@ References:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import pyarrow as pa
@@ -80,11 +81,56 @@ def calibration_summary(scan: Scan, variants: Sequence, block: Optional[dict]) -
     return out
 
 
+@dataclass
+class Evaluation:
+    """The metrics of one predictions table before they are written (:meth:`to_json` is ``metrics.json``).
+
+    ``summary``: :func:`pipeline.evaluation.metric_math.summarize` of the argmax decisions (per class,
+    averages, groups, confusion matrix); ``pr_curves``: thinned PR curves of the rarest classes by
+    class index; ``calibration``: Brier score, ECE and reliability bins per calibration variant;
+    ``binary``: the rare-event section of two-class data; ``adjusted``: the summary of the
+    threshold-moved decisions, without AUCs or Brier score.
+    """
+    pred_col: str
+    summary: dict
+    class_names: Optional[list] = None
+    pr_curves: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
+    binary: Optional[dict] = None
+    adjusted: Optional[dict] = None
+
+    def to_json(self) -> dict:
+        """The ``metrics.json`` dictionary (DESIGN.md's contract), keys in their written order."""
+        out = {"pred_col": self.pred_col, **self.summary}
+        if self.class_names is not None:
+            out["class_names"] = self.class_names
+        out["pr_curves"] = {str(c): v for c, v in self.pr_curves.items()}
+        out["calibration"] = self.calibration
+        if self.binary is not None:
+            out["binary"] = self.binary
+        if self.adjusted is not None:
+            out["adjusted"] = self.adjusted
+        return out
+
+
+def _adjusted_summary(cm_adjusted, names, train_counts: Optional[dict]) -> dict:
+    """The threshold-moved decisions' section: threshold rates only (no AUCs, no Brier score)."""
+    adj = classwise_table(cm_adjusted, names)
+    for r in adj:
+        r.pop("roc_auc")
+        r.pop("pr_auc")
+    out = summarize(adj, cm_adjusted, brier=None, keys=tuple(k for k in RATE_KEYS if k not in ("roc_auc", "pr_auc")),
+                    train_counts=train_counts)
+    out.pop("brier")
+    out.pop("field_notes")
+    return out
+
+
 def compute_metrics(spark, predictions, *, label_col: str = "label", pred_col: str = "pred",
                     n_classes: Optional[int] = None, class_names=None, curve_classes: int = 4,
                     target_group_rows: Optional[int] = None, adjust: Optional[Callable] = None,
                     calibration: Optional[dict] = None, train_counts: Optional[dict] = None,
-                    binary_levels: Optional[dict] = None) -> dict:
+                    binary_levels: Optional[dict] = None) -> Evaluation:
     """All metrics of a predictions table, without writing anything (see module docstring).
 
     ``adjust``: a threshold-moving rule (probs block → class indices, e.g.
@@ -100,37 +146,25 @@ def compute_metrics(spark, predictions, *, label_col: str = "label", pred_col: s
     loaded = load_predictions(spark, predictions, label_col, pred_col, n_classes, class_names)
     variants = calibration_variants(calibration)
     scan = scan_predictions(loaded, adjust, variants)
-    k = loaded.n_classes
     per_class = classwise_table(scan.cm, loaded.class_names)
     present = [r["label"] for r in per_class if r["support"] > 0]
     rare = sorted(present, key=lambda c: (per_class[c]["support"], c))[:max(0, curve_classes)]
-    binary = _binary_spec(loaded, scan, binary_levels) if k == 2 else None
+    binary = _binary_spec(loaded, scan, binary_levels) if loaded.n_classes == 2 else None
     rank = ranking_stats(spark, loaded, scan, present, curve_classes=rare,
                          target_group_rows=target_group_rows, binary=binary)
     for r in per_class:
-        c = r["label"]
-        r["roc_auc"] = rank.roc_auc.get(c)
-        r["pr_auc"] = rank.pr_auc.get(c)
-    metrics = summarize(per_class, scan.cm, brier=scan.brier_sum / scan.n, train_counts=train_counts)
-    metrics = {"pred_col": pred_col, **metrics}
-    if loaded.class_names is not None:
-        metrics["class_names"] = loaded.class_names
-    metrics["pr_curves"] = {str(c): rank.curves[c] for c in rare if c in rank.curves}
-    metrics["calibration"] = calibration_summary(scan, variants, calibration)
-    if binary is not None:
-        metrics["binary"] = binary_section(binary, per_class, rank.binary, loaded.class_names)
-    if scan.cm_adjusted is not None:
-        adj = classwise_table(scan.cm_adjusted, loaded.class_names)
-        for r in adj:
-            r.pop("roc_auc")
-            r.pop("pr_auc")
-        metrics["adjusted"] = summarize(adj, scan.cm_adjusted, brier=None,
-                                        keys=tuple(k_ for k_ in RATE_KEYS if k_ not in ("roc_auc", "pr_auc")),
-                                        train_counts=train_counts)
-        metrics["adjusted"].pop("brier")
-        metrics["adjusted"].pop("field_notes")
-    assert len(per_class) == k
-    return metrics
+        r["roc_auc"] = rank.roc_auc.get(r["label"])
+        r["pr_auc"] = rank.pr_auc.get(r["label"])
+    assert len(per_class) == loaded.n_classes
+    return Evaluation(
+        pred_col=pred_col,
+        summary=summarize(per_class, scan.cm, brier=scan.brier_sum / scan.n, train_counts=train_counts),
+        class_names=loaded.class_names,
+        pr_curves={c: rank.curves[c] for c in rare if c in rank.curves},
+        calibration=calibration_summary(scan, variants, calibration),
+        binary=binary_section(binary, per_class, rank.binary, loaded.class_names) if binary is not None else None,
+        adjusted=(_adjusted_summary(scan.cm_adjusted, loaded.class_names, train_counts)
+                  if scan.cm_adjusted is not None else None))
 
 
 def _per_class_table(per_class: list[dict]):
@@ -148,11 +182,14 @@ def _per_class_table(per_class: list[dict]):
     return pa.table(data)
 
 
-def write_metrics(metrics: dict, directory) -> None:
-    """``metrics.json`` plus ``metrics.parquet`` (one row per class; ``metrics_adjusted.parquet``)."""
+def write_metrics(evaluation: Evaluation, directory) -> dict:
+    """``metrics.json`` plus ``metrics.parquet`` (one row per class; ``metrics_adjusted.parquet``);
+    returns what ``metrics.json`` holds."""
+    metrics = evaluation.to_json()
     d = local_path(directory)
     write_json(d / "metrics.json", metrics)
     pq.write_table(_per_class_table(metrics["per_class"]), d / "metrics.parquet")
     if "adjusted" in metrics:
         pq.write_table(_per_class_table(metrics["adjusted"]["per_class"]), d / "metrics_adjusted.parquet")
+    return metrics
 

@@ -96,7 +96,7 @@ def sampled_run(spark, root: Path, x, y, n_classes: int, seed: int = 0, strategy
     write_json(Path(model_dir) / "model.json", {**meta, "calibration": block})
 
     preds = predict(spark, model_dir, str(root / "test"), str(root / "preds"))
-    return block, preds, compute_metrics(spark, preds, n_classes=n_classes, calibration=block)["calibration"]
+    return block, preds, compute_metrics(spark, preds, n_classes=n_classes, calibration=block).calibration
 
 
 def test_prior_correction_improves_calibration_on_photo_pixels(spark, tmp_path):

@@ -209,3 +209,18 @@ def test_metric_math_imports_no_spark():
     import sys
     code = "import sys, pipeline.evaluation.metric_math; sys.exit('pyspark' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_evaluation_writes_the_metrics_json_keys_in_order():
+    """The typed result gives metrics.json's keys in the written order, optional sections only when present."""
+    from pipeline.evaluation.metrics import Evaluation
+
+    cm = np.array([[3, 1], [0, 2]])
+    summary = summarize(classwise_from_confusion(cm), cm, brier=0.1)
+    bare = Evaluation(pred_col="pred", summary=summary, pr_curves={1: {"recall": [0.0], "precision": [1.0]}})
+    out = bare.to_json()
+    assert list(out)[:2] == ["pred_col", "n_rows"] and list(out)[-2:] == ["pr_curves", "calibration"]
+    assert "binary" not in out and "adjusted" not in out and "class_names" not in out
+    assert out["pr_curves"] == {"1": {"recall": [0.0], "precision": [1.0]}}
+    full = Evaluation(pred_col="pred", summary=summary, class_names=["a", "b"], binary={"x": 1}, adjusted={"y": 2})
+    assert list(full.to_json())[-5:] == ["class_names", "pr_curves", "calibration", "binary", "adjusted"]
