@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -77,7 +76,6 @@ from pipeline.train.hooks import METHOD_STATE_FILE, EpochContext, MethodHook, bu
 from pipeline.train.saved_model import CENTROIDS_FILE, load_weights
 from pipeline.train.table_pass import pick_device, table_once
 
-CRASH_ENV = "IMBALANCE_TEST_CRASH_AT"        # test-only: "epoch:step:rank" → os._exit(1) once
 METRICS_HIGHER = ("macro_f1", "balanced_accuracy", "accuracy", "g_mean", "macro_recall", "pr_auc", "roc_auc")
 #: two-class data only: the positive class's validation PR AUC and ROC AUC (binned, see ``confusion``)
 RANKING_METRICS = ("pr_auc", "roc_auc")
@@ -162,26 +160,6 @@ def class_counts_array(info: DatasetInfo) -> np.ndarray:
         if 0 <= i < info.n_classes:
             counts[i] = float(v)
     return counts
-
-
-def _crash_spec(crash_at: Optional[str]):
-    spec = crash_at if crash_at is not None else os.environ.get(CRASH_ENV)
-    if not spec:
-        return None
-    e, s, r = (int(v) for v in spec.split(":"))
-    return e, s, r
-
-
-def _maybe_crash(spec, epoch: int, step: int, rank: int, out_dir: Path) -> None:
-    """Test-only: kill this worker process (``os._exit(1)``) at (epoch, step, rank), once."""
-    if spec is None or (epoch, step, rank) != spec:
-        return
-    marker = out_dir / f".crashed-{epoch}-{step}-{rank}"
-    if marker.exists():
-        return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text("crashed here once (test hook)\n")
-    os._exit(1)
 
 
 class _RayBar:
@@ -627,7 +605,7 @@ def resume_training(s: TrainingSession, resume_dir: Optional[str]) -> None:
                      in_ray=s.report_fn is not None)
 
 
-def train_epoch(s: TrainingSession, epoch: int, crash) -> dict:
+def train_epoch(s: TrainingSession, epoch: int) -> dict:
     """One pass over this worker's shard: the method's start-of-epoch step, then every batch.
     Returns the epoch's history entry (loss, rows, rows/s summed over workers)."""
     tc, device = s.cfg.train, s.device
@@ -657,8 +635,7 @@ def train_epoch(s: TrainingSession, epoch: int, crash) -> dict:
     rows = 0
     loss_sum = torch.zeros((), device=device)
     steps = 0
-    for step, (x, y) in enumerate(loader):
-        _maybe_crash(crash, epoch, step, s.rank, s.out)
+    for x, y in loader:
         x = to_float(x, device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         loss = s.hook.batch_loss(s.model, x, y, s.loss_fn, s.autocast)
@@ -768,8 +745,7 @@ def finish_training(s: TrainingSession) -> dict:
 def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, rank: int = 0,
                  world_size: int = 1, device=None, init_from: Optional[str] = None,
                  report_fn: Optional[Callable[[dict, Optional[str]], None]] = None,
-                 resume_dir: Optional[str] = None, epochs: Optional[int] = None,
-                 crash_at: Optional[str] = None) -> dict:
+                 resume_dir: Optional[str] = None, epochs: Optional[int] = None) -> dict:
     """Train ``cfg.model`` with ``cfg.train`` on this worker's shard; return the run's summary.
 
     ``report_fn=None`` (plain process): checkpoints go to ``<out_dir>/checkpoints/`` and, with
@@ -781,11 +757,10 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
     """
     s = setup_training(cfg, train_path, val_path, out_dir, rank, world_size, device, init_from, report_fn, epochs)
     resume_training(s, resume_dir)
-    crash = _crash_spec(crash_at)
     for epoch in range(s.progress["epochs_done"], s.n_epochs):  # epoch: 0-based index, logged as epoch + 1
         if s.progress.get("stopped_early"):
             break
-        entry = train_epoch(s, epoch, crash)
+        entry = train_epoch(s, epoch)
         value = validate_epoch(s, entry)
         record_epoch(s, epoch, entry, value)
         _checkpoint(s, epoch)
@@ -849,5 +824,5 @@ def _report_checkpoint(s: TrainingSession, extra_metrics: Optional[dict] = None,
 
 
 __all__ = ["run_training", "evaluate_table", "metrics_from_confusion", "confusion_matrix",
-           "OPTIMIZERS", "build_optimizer", "check_amp_dtype", "split_loss_params", "CRASH_ENV", "read_sampling_spec",
+           "OPTIMIZERS", "build_optimizer", "check_amp_dtype", "split_loss_params", "read_sampling_spec",
            "epoch_read_rates", "static_read_rates", "compute_centroids", "centers_params"]

@@ -47,7 +47,7 @@ from pipeline.errors import InputError
 from pipeline.io import atomic_dir, fingerprint, local_path, read_json, write_json
 from pipeline.stream.readers import check_table
 from pipeline.train.hooks import METHOD_STATE_FILE, hook_module, save_inference_state
-from pipeline.train.loop import CRASH_ENV, centers_params, run_training, upgrade_progress
+from pipeline.train.loop import centers_params, run_training, upgrade_progress
 from pipeline.train.progress import BARS_ENV, bars_wanted
 from pipeline.train.worker_errors import (
     clear_worker_errors,
@@ -108,7 +108,7 @@ def _train_worker(config: dict) -> None:
     try:
         run_training(cfg, config["train_path"], config["val_path"], config["out_dir"], rank=rank,
                      world_size=world, device=device, init_from=config["init_from"], report_fn=report,
-                     resume_dir=resume_tmp, epochs=config["epochs"], crash_at=config["crash_at"])
+                     resume_dir=resume_tmp, epochs=config["epochs"])
     except InputError as e:
         # bad input is not a failure Ray should retry: hand it to the driver and end cleanly
         write_worker_input_error(config["out_dir"], rank, e)
@@ -257,7 +257,6 @@ def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
         "out_dir": str(out),
         "init_from": str(local_path(init_from).resolve()) if init_from else None,
         "epochs": epochs,
-        "crash_at": os.environ.get(CRASH_ENV),
         "hook_module": hook_module(tc.method),
         "bars": bars_wanted(),
     }
