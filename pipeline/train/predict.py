@@ -99,7 +99,7 @@ def predict_batches(batches: Iterator, model_dir: str, info: dict, batch_size: i
         yield pa.RecordBatch.from_arrays(cols, names=names)
 
 
-def predict(spark, model_dir: str, input_path: str, out_path: str, batch_size: int = 1024,
+def predict(spark, model_dir: str, input_path: str, out_path: str, *, batch_size: int = 1024,
             label_col: Optional[str] = None, corrected: bool = True) -> str:
     """Score every row of ``input_path`` with the model in ``model_dir``; write ``out_path``; return it.
 

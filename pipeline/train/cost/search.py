@@ -90,7 +90,7 @@ def _best_index(fit: np.ndarray) -> int:
     return int(np.lexsort(fit.T[::-1])[-1]) if fit.shape[1] > 1 else int(np.argmax(fit[:, 0]))
 
 
-def differential_evolution(score: Callable[[np.ndarray], np.ndarray], dim: int, population: int, generations: int,
+def differential_evolution(score: Callable[[np.ndarray], np.ndarray], dim: int, *, population: int, generations: int,
                            F: float, CR: float, lo: float, hi: float, seed: int,
                            init: Optional[np.ndarray] = None) -> dict:
     """Maximise ``score`` by DE/rand/1/bin. ``score`` maps a whole population (P, dim) to (P,)
@@ -306,8 +306,9 @@ def cost_search(model_dir: str, val_path: str, n_classes: int, params: dict, see
         return np.array([[_metric(cm, params["metric"]), _metric(cm, "macro_recall")] for cm in cms])
 
     ones = np.zeros((1, n_classes))
-    res = differential_evolution(score, n_classes, params["population"], params["generations"], params["F"],
-                                 params["CR"], lo, hi, seed, init=ones)
+    res = differential_evolution(score, n_classes, population=params["population"],
+                                 generations=params["generations"], F=params["F"], CR=params["CR"], lo=lo, hi=hi,
+                                 seed=seed, init=ones)
     base = score(ones)[0]
     vs.release()
     costs, improved = pick_costs(res, base)
