@@ -43,6 +43,10 @@ References:
 
 * S. Pouyanfar et al., "Dynamic sampling in convolutional neural networks for imbalanced data
   classification", IEEE MIPR 2018, https://doi.org/10.1109/MIPR.2018.00027
+* K. Cao, C. Wei, A. Gaidon, N. Arechiga, T. Ma, "Learning Imbalanced Datasets with
+  Label-Distribution-Aware Margin Loss", NeurIPS 2019, https://arxiv.org/abs/1906.07413
+* Zhang et al., "Image Classification with Category Centers in Class Imbalance Situation", 33rd Youth
+  Academic Annual Conference of Chinese Association of Automation (YAC) 2018 (survey: "Category centers")
 * J. M. Johnson, T. M. Khoshgoftaar, "Survey on deep learning with class imbalance", Journal of Big
   Data 6, 27 (2019), https://doi.org/10.1186/s40537-019-0192-5
 """
@@ -725,7 +729,8 @@ def validate_epoch(s: TrainingSession, entry: dict) -> float:
                          f"has {info.n_classes} classes")
     cm, vloss, hist = evaluate_table(s.model, s.val_path, info, s.device, s.eval_bs, reader=s.reader,
                                      rank=s.rank, world_size=s.world_size, autocast=s.autocast,
-                                     workers_count=s.cfg.stream.workers_count, predict_fn=_method_predict_fn(s.hook, s.device), positive=positive)
+                                     workers_count=s.cfg.stream.workers_count,
+                                     predict_fn=_method_predict_fn(s.hook, s.device), positive=positive)
     m = metrics_from_confusion(cm)
     m["val_loss"] = vloss
     if hist is not None:

@@ -26,6 +26,13 @@ and its validation metrics, history). :func:`pipeline.train.saved_model.load_mod
 ``centroids.pt`` — the (n_classes, feature_dim) class centroids of the deep features computed by
 the workers after training (handed over in one last checkpoint) — and ``model.json`` says how
 prediction uses them (``category_centers``: file, metric, temperature); (``saved_model.load_centroids``) reads them (``weights_only=True``).
+
+References:
+
+* Zhang et al., "Image Classification with Category Centers in Class Imbalance Situation", 33rd Youth
+  Academic Annual Conference of Chinese Association of Automation (YAC) 2018 (survey: "Category centers")
+* J. M. Johnson, T. M. Khoshgoftaar, "Survey on deep learning with class imbalance", Journal of Big
+  Data 6, 27 (2019), https://doi.org/10.1186/s40537-019-0192-5
 """
 from __future__ import annotations
 
