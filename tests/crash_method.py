@@ -4,7 +4,8 @@
 ``os._exit(1)`` just before its batch ``S`` (0-based) of epoch index ``E`` (0-based: the log's
 epoch E + 1), as a node failure would. It leaves ``DIR/.crashed-E-S-R`` behind first, so the
 restarted worker (and a rerun of the same command) trains on; otherwise it trains exactly as the
-baseline. Importing this module registers it (Ray workers import it by name: ``tests.crash_method``).
+baseline. A worker that resumes from a checkpoint leaves ``DIR/.resumed-after-K`` (K: the index of
+the checkpoint's last epoch), so a test can tell a resumed run from one that started over. Importing this module registers it (Ray workers import it by name: ``tests.crash_method``).
 """
 from __future__ import annotations
 
@@ -34,6 +35,13 @@ class CrashOnce(MethodHook):
             os._exit(1)
         self.step += 1
         return super().batch_loss(model, x, y, loss_fn, autocast)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.marker.parent.mkdir(parents=True, exist_ok=True)
+        (self.marker.parent / f".resumed-after-{state['epoch']}").write_text("resumed from a checkpoint\n")
 
 
 def crash_overrides(crash_at: str, marker_dir) -> list[str]:

@@ -51,6 +51,7 @@ def test_same_seed_same_weights_also_after_a_resume(ray_local, table, tmp_path):
     crash = load_config(None, CFG + crash_overrides("1:3:1", tmp_path / "c"))  # rank 1 dies at epoch 1, step 3
     c = train_model(crash, str(table / "train"), str(table / "val"), str(tmp_path / "c"))
     assert (tmp_path / "c" / ".crashed-1-3-1").is_file()           # it really died, and resumed
+    assert (tmp_path / "c" / ".resumed-after-0").is_file()
     snap = json.loads(next((tmp_path / "c" / "ray").glob("train-*/checkpoint_manager_snapshot.json")).read_text())
     assert [x["metrics"]["epoch"] for x in snap["checkpoint_results"]] == [1, 2]
     assert state_hash(c["model_dir"]) == state_hash(a["model_dir"])

@@ -115,6 +115,7 @@ def test_ray_two_workers_worker_killed_mid_epoch_recovers(ray_local, tabular, tm
                       + crash_overrides("1:2:1", tmp_path / "run"))   # rank 1 dies at epoch 1, step 2
     r = train_model(cfg, str(tabular / "train"), str(tabular / "val"), str(tmp_path / "run"))
     assert (tmp_path / "run" / ".crashed-1-2-1").is_file()        # the worker really died once
+    assert (tmp_path / "run" / ".resumed-after-0").is_file()      # and the new group resumed after epoch 1
     # resumed from epoch 0's checkpoint: three checkpoints were reported in all would mean a
     # restart from scratch (0, then 0 and 1 again); resuming reports epoch 0 once and epoch 1 once
     snap = json.loads(next((tmp_path / "run" / "ray").glob("train-*/checkpoint_manager_snapshot.json"))
