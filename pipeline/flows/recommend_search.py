@@ -99,22 +99,22 @@ def _train_and_write(t: dict, report: Optional[Callable], resume_dir: Optional[s
         if pre:
             tag = Path(resume_dir or "") / PHASE_FILE
             if not (resume_dir and tag.is_file() and tag.read_text() == "finetune"):
-                _train_phase(cfg, pre["train_path"], t["val_path"], out / "pretrain", report, resume_dir,
-                             pre["epochs"], "pretrain")
+                _train_phase(cfg, pre["train_path"], t["val_path"], out / "pretrain", report=report,
+                             resume_dir=resume_dir, epochs=pre["epochs"], phase="pretrain")
                 resume_dir = None                       # the second phase starts from the first's model
                 init = str(out / "pretrain" / MODEL_DIR)
                 cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=init))
             if pre.get("finetune_lr") is not None:
                 cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=float(pre["finetune_lr"])))
-        _train_phase(cfg, t["train_path"], t["val_path"], out, report, resume_dir, t["epochs"],
-                     "finetune" if pre else None, init_from=init)
+        _train_phase(cfg, t["train_path"], t["val_path"], out, report=report, resume_dir=resume_dir,
+                     epochs=t["epochs"], phase="finetune" if pre else None, init_from=init)
     finally:
         if copied:
             shutil.rmtree(copied, ignore_errors=True)
 
 
-def _train_phase(cfg, train_path: str, val_path: str, out: Path, report: Optional[Callable],
-                 resume_dir: Optional[str], epochs: int, phase: Optional[str], *, init_from: Optional[str] = None):
+def _train_phase(cfg, train_path: str, val_path: str, out: Path, *, report: Optional[Callable],
+                 resume_dir: Optional[str], epochs: int, phase: Optional[str], init_from: Optional[str] = None):
     """One :func:`run_training` (its checkpoints tagged with ``phase``), then its model under ``out``."""
     def tagged(metrics: dict, ckpt_dir: Optional[str]) -> None:
         if ckpt_dir and phase:

@@ -66,7 +66,7 @@ def parquet_stats(path: str | os.PathLike) -> dict:
             "max_row_group_rows": max(group_rows) if group_rows else 0}
 
 
-def materialize(spark, table: str, out: str, seed: int = 0, row_group_mb: float = 32.0,
+def materialize(spark, table: str, out: str, *, seed: int = 0, row_group_mb: float = 32.0,
                 label_col: str = "label", files: Optional[int] = None, min_files: int = 8,
                 file_mb: float = 128.0) -> dict:
     """Write ``table`` (Parquet) to ``out`` shuffled and chunked for Petastorm streaming.

@@ -728,8 +728,8 @@ def ray_dataset(path: str, info: DatasetInfo):
 
 
 # ------------------------------------------------------------------ the one entry point
-def make_loader(path: str, info: DatasetInfo, rank: int = 0, world_size: int = 1, batch_size: int = 256,
-                epoch: int = 0, seed: int = 0, shuffle: bool = True, reader: str = "petastorm", *,
+def make_loader(path: str, info: DatasetInfo, rank: int = 0, world_size: int = 1, batch_size: int = 256, *,
+                epoch: int = 0, seed: int = 0, shuffle: bool = True, reader: str = "petastorm",
                 fill: bool = True, with_ids: bool = False, raw: bool = False, workers_count: int = 2,
                 shuffle_buffer: int = 0, dataset_name: str = "train", rates=None, sample_seed: int = 0,
                 augment: Optional[dict] = None):

@@ -43,6 +43,10 @@ References:
 
 * S. Pouyanfar et al., "Dynamic sampling in convolutional neural networks for imbalanced data
   classification", IEEE MIPR 2018, https://doi.org/10.1109/MIPR.2018.00027
+* K. Cao, C. Wei, A. Gaidon, N. Arechiga, T. Ma, "Learning Imbalanced Datasets with
+  Label-Distribution-Aware Margin Loss", NeurIPS 2019, https://arxiv.org/abs/1906.07413
+* Zhang et al., "Image Classification with Category Centers in Class Imbalance Situation", 33rd Youth
+  Academic Annual Conference of Chinese Association of Automation (YAC) 2018 (survey: "Category centers")
 * J. M. Johnson, T. M. Khoshgoftaar, "Survey on deep learning with class imbalance", Journal of Big
   Data 6, 27 (2019), https://doi.org/10.1186/s40537-019-0192-5
 """
@@ -50,11 +54,10 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -77,7 +80,6 @@ from pipeline.train.hooks import METHOD_STATE_FILE, EpochContext, MethodHook, bu
 from pipeline.train.saved_model import CENTROIDS_FILE, load_weights
 from pipeline.train.table_pass import pick_device, table_once
 
-CRASH_ENV = "IMBALANCE_TEST_CRASH_AT"        # test-only: "epoch:step:rank" → os._exit(1) once
 METRICS_HIGHER = ("macro_f1", "balanced_accuracy", "accuracy", "g_mean", "macro_recall", "pr_auc", "roc_auc")
 #: two-class data only: the positive class's validation PR AUC and ROC AUC (binned, see ``confusion``)
 RANKING_METRICS = ("pr_auc", "roc_auc")
@@ -162,26 +164,6 @@ def class_counts_array(info: DatasetInfo) -> np.ndarray:
         if 0 <= i < info.n_classes:
             counts[i] = float(v)
     return counts
-
-
-def _crash_spec(crash_at: Optional[str]):
-    spec = crash_at if crash_at is not None else os.environ.get(CRASH_ENV)
-    if not spec:
-        return None
-    e, s, r = (int(v) for v in spec.split(":"))
-    return e, s, r
-
-
-def _maybe_crash(spec, epoch: int, step: int, rank: int, out_dir: Path) -> None:
-    """Test-only: kill this worker process (``os._exit(1)``) at (epoch, step, rank), once."""
-    if spec is None or (epoch, step, rank) != spec:
-        return
-    marker = out_dir / f".crashed-{epoch}-{step}-{rank}"
-    if marker.exists():
-        return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text("crashed here once (test hook)\n")
-    os._exit(1)
 
 
 class _RayBar:
@@ -357,7 +339,7 @@ def centers_params(train_cfg) -> Optional[dict]:
 
 
 @torch.no_grad()
-def compute_centroids(net: nn.Module, path: str, info: DatasetInfo, device: torch.device, batch_size: int,
+def compute_centroids(net: nn.Module, path: str, info: DatasetInfo, device: torch.device, batch_size: int, *,
                       reader: str = "petastorm", rank: int = 0, world_size: int = 1, autocast=None,
                       workers_count: int = 2) -> torch.Tensor:
     """Category centers (Zhang et al.): each class's mean deep feature over the table, every row once.
@@ -372,7 +354,8 @@ def compute_centroids(net: nn.Module, path: str, info: DatasetInfo, device: torc
     was_training = net.training
     net.eval()
     acc = CentroidAccumulator(info.n_classes, dim=int(net.feature_dim), device="cpu")
-    for x, y in table_once(path, info, device, batch_size, reader, rank, world_size, workers_count, "train"):
+    for x, y in table_once(path, info, device, batch_size, reader=reader, rank=rank, world_size=world_size,
+                            workers_count=workers_count, dataset_name="train"):
         with (autocast if autocast is not None else torch.autocast(device.type, enabled=False)):
             _, feats = net(x, return_features=True)
         acc.update(feats.float().cpu(), y)
@@ -421,7 +404,7 @@ def _cpu_state(model: nn.Module) -> dict:
 
 # ------------------------------------------------------------------ validation
 @torch.no_grad()
-def evaluate_table(model: nn.Module, path: str, info: DatasetInfo, device: torch.device, batch_size: int,
+def evaluate_table(model: nn.Module, path: str, info: DatasetInfo, device: torch.device, batch_size: int, *,
                    reader: str = "petastorm", rank: int = 0, world_size: int = 1,
                    autocast=None, workers_count: int = 2, predict_fn=None,
                    positive: Optional[int] = None) -> tuple[np.ndarray, float, Optional[np.ndarray]]:
@@ -442,7 +425,8 @@ def evaluate_table(model: nn.Module, path: str, info: DatasetInfo, device: torch
     cm = torch.zeros(c * c, dtype=torch.float64)
     loss_sum = torch.zeros(1, dtype=torch.float64)
     hist = torch.zeros(0 if positive is None else 2 * MARGIN_BINS, dtype=torch.float64)
-    for x, y in table_once(path, info, device, batch_size, reader, rank, world_size, workers_count, "val"):
+    for x, y in table_once(path, info, device, batch_size, reader=reader, rank=rank, world_size=world_size,
+                            workers_count=workers_count, dataset_name="val"):
         y = y.to(device)
         with (autocast if autocast is not None else torch.autocast(device.type, enabled=False)):
             logits = net(x)
@@ -464,26 +448,78 @@ def evaluate_table(model: nn.Module, path: str, info: DatasetInfo, device: torch
 
 
 # ------------------------------------------------------------------ checkpoints
-def save_checkpoint(directory: Path, model, optimizer, scaler, progress: dict, best_state: Optional[dict],
-                    method_state: Optional[dict] = None) -> None:
+PROGRESS_FILE = "progress.json"
+
+
+@dataclass
+class TrainingProgress:
+    """A run's progress, as a checkpoint's ``progress.json`` keeps it (same keys).
+
+    Epochs are numbered 1..N as the log's "epoch k/N" lines: ``epochs_done``, ``best_epoch`` and
+    ``history[].epoch``. ``config`` is the fingerprint a local checkpoint must match to be resumed;
+    ``best_value`` is ``train.select_metric`` at the best epoch; ``bad_epochs`` counts the epochs since
+    then (early stopping).
+    """
+
+    config: Optional[str] = None
+    epochs_done: int = 0
+    history: list = field(default_factory=list)
+    best_epoch: Optional[int] = None
+    best_value: Optional[float] = None
+    best_metrics: Optional[dict] = None
+    bad_epochs: int = 0
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainingProgress":
+        """Today's and older files: checkpoints written before the log's numbering kept ``epoch``
+        (0-based index of the last finished epoch) and 0-based epoch numbers, renumbered here."""
+        d = dict(d)
+        if "epochs_done" not in d and "epoch" in d:
+            d["epochs_done"] = int(d.pop("epoch")) + 1
+            if d.get("best_epoch") is not None:
+                d["best_epoch"] = int(d["best_epoch"]) + 1
+            d["history"] = [dict(h, epoch=int(h["epoch"]) + 1) for h in d.get("history", [])]
+            if d.get("best_metrics") and "epoch" in d["best_metrics"]:
+                d["best_metrics"] = dict(d["best_metrics"], epoch=int(d["best_metrics"]["epoch"]) + 1)
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+    def summary(self) -> dict:
+        """The run's result keys: best epoch and its metrics, history, epochs run, early stop."""
+        return {"best_epoch": self.best_epoch, "best_metrics": self.best_metrics, "history": self.history,
+                "epochs_run": self.epochs_done, "stopped_early": self.stopped_early}
+
+
+def read_progress(checkpoint_dir: str | Path) -> TrainingProgress:
+    """A checkpoint directory's ``progress.json`` (any version) as :class:`TrainingProgress`."""
+    return TrainingProgress.from_dict(read_json(Path(checkpoint_dir) / PROGRESS_FILE))
+
+
+def save_checkpoint(directory: Path, s: "TrainingSession", extra_files: Optional[dict] = None) -> None:
     """``state.pt`` (model, optimizer, scaler), ``best_model.pt``, ``progress.json`` and, for a
     method hook, ``method_state.pt`` = ``{"train": hook.state_dict(), "inference": the hook's
-    inference state at the best epoch}``."""
+    inference state at the best epoch}``; ``extra_files``: name → object saved with ``torch.save``."""
     directory.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else {}}, directory / "state.pt")
-    if best_state is not None:
-        torch.save(best_state, directory / "best_model.pt")
+    torch.save({"model": _unwrap(s.model).state_dict(), "optimizer": s.optimizer.state_dict(),
+                "scaler": s.scaler.state_dict() if s.scaler is not None else {}}, directory / "state.pt")
+    if s.best_state is not None:
+        torch.save(s.best_state, directory / "best_model.pt")
+    method_state = s.hook_state()
     if method_state is not None:
         torch.save(method_state, directory / METHOD_STATE_FILE)
-    write_json(directory / "progress.json", progress)
+    for name, obj in (extra_files or {}).items():
+        torch.save(obj, directory / name)
+    write_json(directory / PROGRESS_FILE, s.progress.to_dict())
 
 
 def latest_local_checkpoint(out_dir: Path) -> Optional[Path]:
     d = out_dir / "checkpoints"
     if not d.is_dir():
         return None
-    done = sorted(p for p in d.iterdir() if p.name.startswith("epoch-") and (p / "progress.json").is_file())
+    done = sorted(p for p in d.iterdir() if p.name.startswith("epoch-") and (p / PROGRESS_FILE).is_file())
     return done[-1] if done else None
 
 
@@ -518,7 +554,7 @@ class TrainingSession:
     config_fp: str
     eval_bs: int
     report_fn: Optional[Callable[[dict, Optional[str]], None]] = None
-    progress: dict = field(default_factory=dict)
+    progress: TrainingProgress = field(default_factory=TrainingProgress)
     best_state: Optional[dict] = None
     best_inference: Optional[dict] = None    # the hook's inference state at the best epoch
 
@@ -528,7 +564,7 @@ class TrainingSession:
         return {"train": self.hook.state_dict(), "inference": self.best_inference}
 
 
-def setup_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, rank: int, world_size: int,
+def setup_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, *, rank: int, world_size: int,
                    device, init_from: Optional[str], report_fn, epochs: Optional[int]) -> TrainingSession:
     """Check the inputs, build model, loss, method hook and optimizer (DDP-wrapped when distributed)."""
     # deferred: torch is slow to import
@@ -579,25 +615,8 @@ def setup_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, 
         hook=hook, optimizer=optimizer, autocast=autocast, scaler=scaler,
         config_fp=_config_fingerprint(cfg, train_path, val_path, init_from),
         eval_bs=max(tc.batch_size, cfg.stream.batch_size), report_fn=report_fn)
-    s.progress = {"config": s.config_fp, "epochs_done": 0, "history": [], "best_epoch": None, "best_value": None,
-                  "best_metrics": None, "bad_epochs": 0, "stopped_early": False}
+    s.progress = TrainingProgress(config=s.config_fp)
     return s
-
-
-def upgrade_progress(progress: dict) -> dict:
-    """A checkpoint's ``progress.json`` in today's numbering: epochs are numbered 1..N as the log's
-    "epoch k/N" lines (``epochs_done``, ``best_epoch``, ``history[].epoch``). Checkpoints written
-    before that kept ``epoch`` (0-based index of the last finished epoch) and 0-based numbers."""
-    if "epochs_done" in progress or "epoch" not in progress:
-        return progress
-    p = dict(progress)
-    p["epochs_done"] = int(p.pop("epoch")) + 1
-    if p.get("best_epoch") is not None:
-        p["best_epoch"] = int(p["best_epoch"]) + 1
-    p["history"] = [dict(h, epoch=int(h["epoch"]) + 1) for h in p.get("history", [])]
-    if p.get("best_metrics") and "epoch" in p["best_metrics"]:
-        p["best_metrics"] = dict(p["best_metrics"], epoch=int(p["best_metrics"]["epoch"]) + 1)
-    return p
 
 
 def resume_training(s: TrainingSession, resume_dir: Optional[str]) -> None:
@@ -605,7 +624,7 @@ def resume_training(s: TrainingSession, resume_dir: Optional[str]) -> None:
     ``train.resume``, the newest local one written for the same config."""
     if resume_dir is None and s.report_fn is None and s.cfg.train.resume:
         last = latest_local_checkpoint(s.out)
-        if last is not None and read_json(last / "progress.json").get("config") == s.config_fp:
+        if last is not None and read_progress(last).config == s.config_fp:
             resume_dir = str(last)
     if not resume_dir:
         return
@@ -615,7 +634,7 @@ def resume_training(s: TrainingSession, resume_dir: Optional[str]) -> None:
     s.optimizer.load_state_dict(st["optimizer"])
     if s.scaler is not None and st.get("scaler"):
         s.scaler.load_state_dict(st["scaler"])
-    s.progress = upgrade_progress(read_json(rd / "progress.json"))
+    s.progress = read_progress(rd)
     if (rd / "best_model.pt").is_file():
         s.best_state = load_weights(rd / "best_model.pt")
     if (rd / METHOD_STATE_FILE).is_file():
@@ -623,11 +642,11 @@ def resume_training(s: TrainingSession, resume_dir: Optional[str]) -> None:
         s.hook.load_state_dict(ms["train"])
         s.best_inference = ms.get("inference")
     if s.rank == 0 and s.cfg.train.progress:  # a restarted worker group says where it picks up (after a node failure, say)
-        console_line(f"resuming after epoch {s.progress['epochs_done']}/{s.n_epochs} from its checkpoint",
+        console_line(f"resuming after epoch {s.progress.epochs_done}/{s.n_epochs} from its checkpoint",
                      in_ray=s.report_fn is not None)
 
 
-def train_epoch(s: TrainingSession, epoch: int, crash) -> dict:
+def train_epoch(s: TrainingSession, epoch: int) -> dict:
     """One pass over this worker's shard: the method's start-of-epoch step, then every batch.
     Returns the epoch's history entry (loss, rows, rows/s summed over workers)."""
     tc, device = s.cfg.train, s.device
@@ -639,10 +658,11 @@ def train_epoch(s: TrainingSession, epoch: int, crash) -> dict:
     s.hook.start_epoch(EpochContext(
         model=_unwrap(s.model), epoch=epoch, n_classes=s.info.n_classes, class_counts=s.counts, device=device,
         rank=s.rank, world_size=s.world_size, autocast=s.autocast, all_reduce=lambda t: _all_reduce(t, device),
-        table_once=lambda: table_once(s.train_path, s.info, device, s.eval_bs, s.reader, s.rank, s.world_size,
-                                      s.cfg.stream.workers_count, "train")))
+        table_once=lambda: table_once(s.train_path, s.info, device, s.eval_bs, reader=s.reader, rank=s.rank,
+                                      world_size=s.world_size, workers_count=s.cfg.stream.workers_count,
+                                      dataset_name="train")))
     s.model.train()
-    rates = epoch_read_rates(s.read_spec, s.counts, epoch, s.progress["history"])
+    rates = epoch_read_rates(s.read_spec, s.counts, epoch, s.progress.history)
     if rates is not None:
         rates = _same_on_all_ranks(rates, s.rank, device)
     loader = make_loader(s.train_path, s.info, s.rank, s.world_size, tc.batch_size, epoch=epoch, seed=s.seed,
@@ -657,8 +677,7 @@ def train_epoch(s: TrainingSession, epoch: int, crash) -> dict:
     rows = 0
     loss_sum = torch.zeros((), device=device)
     steps = 0
-    for step, (x, y) in enumerate(loader):
-        _maybe_crash(crash, epoch, step, s.rank, s.out)
+    for x, y in loader:
         x = to_float(x, device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         loss = s.hook.batch_loss(s.model, x, y, s.loss_fn, s.autocast)
@@ -708,8 +727,9 @@ def validate_epoch(s: TrainingSession, entry: dict) -> float:
     if s.select in RANKING_METRICS and positive is None:
         raise InputError(f"train.select_metric '{s.select}' needs two-class data; the validation table "
                          f"has {info.n_classes} classes")
-    cm, vloss, hist = evaluate_table(s.model, s.val_path, info, s.device, s.eval_bs, s.reader, s.rank,
-                                     s.world_size, s.autocast, s.cfg.stream.workers_count,
+    cm, vloss, hist = evaluate_table(s.model, s.val_path, info, s.device, s.eval_bs, reader=s.reader,
+                                     rank=s.rank, world_size=s.world_size, autocast=s.autocast,
+                                     workers_count=s.cfg.stream.workers_count,
                                      predict_fn=_method_predict_fn(s.hook, s.device), positive=positive)
     m = metrics_from_confusion(cm)
     m["val_loss"] = vloss
@@ -726,16 +746,17 @@ def validate_epoch(s: TrainingSession, entry: dict) -> float:
 def record_epoch(s: TrainingSession, epoch: int, entry: dict, value: float) -> None:
     """Append the epoch to the history, keep the best epoch's weights, apply early stopping, log a line."""
     tc, progress = s.cfg.train, s.progress
-    progress["history"].append(entry)
-    progress["epochs_done"] = epoch + 1
-    if metric_better(s.select, value, progress["best_value"]) or progress["best_epoch"] is None:
-        progress.update(best_epoch=epoch + 1, best_value=value, best_metrics=entry, bad_epochs=0)
+    progress.history.append(entry)
+    progress.epochs_done = epoch + 1
+    if metric_better(s.select, value, progress.best_value) or progress.best_epoch is None:
+        progress.best_epoch, progress.best_value, progress.best_metrics = epoch + 1, value, entry
+        progress.bad_epochs = 0
         s.best_state = _cpu_state(s.model)
         s.best_inference = s.hook.inference_state()
     else:
-        progress["bad_epochs"] += 1
-    if tc.patience is not None and progress["bad_epochs"] >= tc.patience and epoch + 1 < s.n_epochs:
-        progress["stopped_early"] = True
+        progress.bad_epochs += 1
+    if tc.patience is not None and progress.bad_epochs >= tc.patience and epoch + 1 < s.n_epochs:
+        progress.stopped_early = True
     if s.rank == 0 and tc.progress:
         v = entry.get("val_macro_f1")
         console_line(f"epoch {epoch + 1}/{s.n_epochs}: loss {entry['train_loss']:.4f}"
@@ -751,25 +772,23 @@ def finish_training(s: TrainingSession) -> dict:
         net = copy.deepcopy(_unwrap(s.model))
         if s.best_state is not None:
             net.load_state_dict(s.best_state)
-        centroids = compute_centroids(net, s.train_path, s.info, s.device, s.eval_bs, s.reader, s.rank,
-                                      s.world_size, s.autocast, s.cfg.stream.workers_count)
+        centroids = compute_centroids(net, s.train_path, s.info, s.device, s.eval_bs, reader=s.reader, rank=s.rank,
+                                      world_size=s.world_size, autocast=s.autocast,
+                                      workers_count=s.cfg.stream.workers_count)
         del net
         if s.report_fn is not None:  # hand the centroids to the driver in one more (final) checkpoint
-            _report_checkpoint(s, {"category_centers": True}, {CENTROIDS_FILE: centroids})
+            _checkpoint(s, extra_metrics={"category_centers": True}, extra_files={CENTROIDS_FILE: centroids})
     rank0 = s.rank == 0
-    return {"history": progress["history"], "best_epoch": progress["best_epoch"],
-            "best_metrics": progress["best_metrics"], "epochs_run": progress["epochs_done"],
-            "stopped_early": progress["stopped_early"], "best_state": s.best_state if rank0 else None,
+    return {**progress.summary(), "best_state": s.best_state if rank0 else None,
             "select_metric": s.select, "info": s.info.to_dict(), "class_counts": s.counts.tolist(),
             "centroids": centroids if rank0 else None, "category_centers": s.centers,
             "method_inference": s.best_inference if rank0 else None}
 
 
-def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, rank: int = 0,
+def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, *, rank: int = 0,
                  world_size: int = 1, device=None, init_from: Optional[str] = None,
                  report_fn: Optional[Callable[[dict, Optional[str]], None]] = None,
-                 resume_dir: Optional[str] = None, epochs: Optional[int] = None,
-                 crash_at: Optional[str] = None) -> dict:
+                 resume_dir: Optional[str] = None, epochs: Optional[int] = None) -> dict:
     """Train ``cfg.model`` with ``cfg.train`` on this worker's shard; return the run's summary.
 
     ``report_fn=None`` (plain process): checkpoints go to ``<out_dir>/checkpoints/`` and, with
@@ -779,17 +798,17 @@ def run_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, ra
     "best_metrics", "epochs_run", "stopped_early", "best_state" (rank 0: state_dict on CPU)}``.
     The steps, in order: setup, resume, then per epoch train, validate, record, checkpoint; finish.
     """
-    s = setup_training(cfg, train_path, val_path, out_dir, rank, world_size, device, init_from, report_fn, epochs)
+    s = setup_training(cfg, train_path, val_path, out_dir, rank=rank, world_size=world_size, device=device,
+                       init_from=init_from, report_fn=report_fn, epochs=epochs)
     resume_training(s, resume_dir)
-    crash = _crash_spec(crash_at)
-    for epoch in range(s.progress["epochs_done"], s.n_epochs):  # epoch: 0-based index, logged as epoch + 1
-        if s.progress.get("stopped_early"):
+    for epoch in range(s.progress.epochs_done, s.n_epochs):  # epoch: 0-based index, logged as epoch + 1
+        if s.progress.stopped_early:
             break
-        entry = train_epoch(s, epoch, crash)
+        entry = train_epoch(s, epoch)
         value = validate_epoch(s, entry)
         record_epoch(s, epoch, entry, value)
-        _checkpoint(s, epoch)
-        if s.progress["stopped_early"]:
+        _checkpoint(s)
+        if s.progress.stopped_early:
             break
     return finish_training(s)
 
@@ -813,41 +832,43 @@ def _method_predict_fn(hook: MethodHook, device):
     return lambda net, x: type(hook).predict(state, net, x)
 
 
-def _checkpoint(s: TrainingSession, epoch: int) -> None:
-    """Epoch ``epoch``'s checkpoint: in a plain process rank 0 keeps the newest two under
-    ``<out>/checkpoints/``; under Ray Train every rank reports it (:func:`_report_checkpoint`)."""
-    if s.report_fn is not None:
-        _report_checkpoint(s)
+def _checkpoint(s: TrainingSession, *, extra_metrics: Optional[dict] = None,
+                extra_files: Optional[dict] = None) -> None:
+    """The last epoch's checkpoint (:func:`save_checkpoint`, plus ``extra_files``).
+
+    Under Ray Train every rank reports the epoch's scalar metrics (plus ``extra_metrics``) and rank 0
+    its checkpoint with them; in a plain process rank 0 keeps the newest two under ``<out>/checkpoints/``.
+    """
+    if s.report_fn is None:
+        if s.rank == 0:
+            _keep_local_checkpoint(s, extra_files)
         return
-    if s.rank == 0:
-        d = s.out / "checkpoints" / f"epoch-{epoch:04d}"
-        tmp = s.out / "checkpoints" / f".epoch-{epoch:04d}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_checkpoint(tmp, s.model, s.optimizer, s.scaler, s.progress, s.best_state, s.hook_state())
-        shutil.rmtree(d, ignore_errors=True)
-        tmp.rename(d)
-        for old in sorted((s.out / "checkpoints").glob("epoch-*"))[:-2]:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _report_checkpoint(s: TrainingSession, extra_metrics: Optional[dict] = None,
-                       extra_files: Optional[dict] = None) -> None:
-    """Ray Train: report the last epoch's scalar metrics on every rank, and rank 0's checkpoint
-    (weights, optimizer, progress, best weights, method state, plus ``extra_files``: name → object
-    saved with ``torch.save``) with them."""
     progress = s.progress
-    metrics = {k: v for k, v in progress["history"][-1].items() if not isinstance(v, list)}
-    metrics.update(best_epoch=progress["best_epoch"], stopped_early=progress["stopped_early"], **(extra_metrics or {}))
+    metrics = {k: v for k, v in progress.history[-1].items() if not isinstance(v, list)}
+    metrics.update(best_epoch=progress.best_epoch, stopped_early=progress.stopped_early, **(extra_metrics or {}))
     if s.rank != 0:
         s.report_fn(metrics, None)
         return
     with tempfile.TemporaryDirectory(prefix="imb-ckpt-") as tmp:
-        save_checkpoint(Path(tmp), s.model, s.optimizer, s.scaler, progress, s.best_state, s.hook_state())
-        for name, obj in (extra_files or {}).items():
-            torch.save(obj, Path(tmp) / name)
+        save_checkpoint(Path(tmp), s, extra_files)
         s.report_fn(metrics, tmp)
 
 
+def _keep_local_checkpoint(s: TrainingSession, extra_files: Optional[dict] = None) -> None:
+    """``<out>/checkpoints/epoch-NNNN`` (NNNN: the 0-based index of the last epoch), written whole
+    under a temporary name first; older ones beyond the newest two are removed."""
+    epoch = s.progress.epochs_done - 1
+    d = s.out / "checkpoints" / f"epoch-{epoch:04d}"
+    tmp = s.out / "checkpoints" / f".epoch-{epoch:04d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_checkpoint(tmp, s, extra_files)
+    shutil.rmtree(d, ignore_errors=True)
+    tmp.rename(d)
+    for old in sorted((s.out / "checkpoints").glob("epoch-*"))[:-2]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 __all__ = ["run_training", "evaluate_table", "metrics_from_confusion", "confusion_matrix",
-           "OPTIMIZERS", "build_optimizer", "check_amp_dtype", "split_loss_params", "CRASH_ENV", "read_sampling_spec",
-           "epoch_read_rates", "static_read_rates", "compute_centroids", "centers_params"]
+           "OPTIMIZERS", "build_optimizer", "check_amp_dtype", "split_loss_params", "read_sampling_spec",
+           "epoch_read_rates", "static_read_rates", "compute_centroids", "centers_params",
+           "TrainingProgress", "read_progress", "PROGRESS_FILE"]

@@ -25,7 +25,8 @@ Conventions shared by all losses
   or all-zero counts are an :class:`InputError`.
 * **Weights normalisation.** Per-class weights (``weighted_ce``, ``class_balanced``,
   :func:`drw_weights`, ``focal`` with ``alpha="balanced"``) are normalised to sum to C, so on
-  balanced data they are all 1 and the loss equals plain cross-entropy (as in Cui et al. 2019).
+  balanced data they are all 1 and the loss equals plain cross-entropy (as in Cui et al. 2019,
+  https://arxiv.org/abs/1901.05555).
 
 References:
 
@@ -102,7 +103,8 @@ def inverse_frequency_weights(class_counts: Any, power: float = 1.0) -> np.ndarr
 
 
 def class_balanced_weights(class_counts: Any, beta: float = 0.999) -> np.ndarray:
-    """Cui et al. 2019, "Class-Balanced Loss Based on Effective Number of Samples" (CVPR).
+    """Cui et al. 2019, "Class-Balanced Loss Based on Effective Number of Samples" (CVPR,
+    https://arxiv.org/abs/1901.05555).
 
     The effective number of samples of class c is E_c = (1 − β^{n_c}) / (1 − β); the weight is
     w_c = 1 / E_c = (1 − β) / (1 − β^{n_c}), normalised so that Σ_c w_c = C. β = 0 gives equal
@@ -122,7 +124,9 @@ def class_balanced_weights(class_counts: Any, beta: float = 0.999) -> np.ndarray
 
 
 def drw_weights(class_counts: Any, beta: float = 0.9999) -> np.ndarray:
-    """Per-class weights for the second stage of LDAM-DRW (deferred re-weighting, Cao et al. 2019).
+    """Per-class weights for the second stage of LDAM-DRW (deferred re-weighting, Cao et al. 2019,
+    "Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss", NeurIPS,
+    https://arxiv.org/abs/1906.07413).
 
     These are the class-balanced weights (1 − β)/(1 − β^{n_c}) normalised to sum to C, with the β
     of Cao et al.'s code (0.9999). Training uses weight 1 for every class first and switches to
@@ -133,7 +137,8 @@ def drw_weights(class_counts: Any, beta: float = 0.9999) -> np.ndarray:
 
 
 def ldam_margins(class_counts: Any, max_margin: float = 0.5) -> np.ndarray:
-    """LDAM margins of Cao et al. 2019: m_c = C' · n_c^{-1/4}, C' chosen so that max_c m_c = max_margin."""
+    """LDAM margins of Cao et al. 2019 (https://arxiv.org/abs/1906.07413): m_c = C' · n_c^{-1/4}, C' chosen
+    so that max_c m_c = max_margin."""
     n = _effective_counts(class_counts)
     m = n ** -0.25
     return m * (float(max_margin) / m.max())
@@ -243,7 +248,8 @@ class WeightedCrossEntropy(ImbalanceLoss):
     ``weighted_ce``: w_c ∝ n_c^{-power} (``power`` 1 = inverse class frequency, the classic
     cost-sensitive re-weighting reviewed in the survey's cost-sensitive section), normalised so that
     Σ_c w_c = C. ``class_balanced``: w_c ∝ (1 − β)/(1 − β^{n_c}) (Cui et al. 2019, "Class-Balanced
-    Loss Based on Effective Number of Samples", CVPR), normalised so that Σ_c w_c = C.
+    Loss Based on Effective Number of Samples", CVPR, https://arxiv.org/abs/1901.05555), normalised so that
+    Σ_c w_c = C.
     """
 
     def __init__(self, class_counts, reduction="mean", *, weights: np.ndarray, name: str):
@@ -313,8 +319,8 @@ class CostMatrixLoss(ImbalanceLoss):
 
 
 class FocalLoss(ImbalanceLoss):
-    """Focal loss over the softmax (Lin et al. 2017, "Focal Loss for Dense Object Detection", ICCV;
-    survey Eq. 16):
+    """Focal loss over the softmax (Lin et al. 2017, "Focal Loss for Dense Object Detection", ICCV,
+    https://doi.org/10.1109/ICCV.2017.324; survey Eq. 16):
 
         ℓ_i = −α_{y_i} (1 − p_t)^γ log p_t,   p_t = softmax(z_i)_{y_i}.
 
@@ -364,7 +370,8 @@ class FocalLoss(ImbalanceLoss):
 
 class MeanFalseError(ImbalanceLoss):
     """Mean (squared) false error, Wang et al. 2016, "Training deep neural networks on imbalanced data
-    sets" (IJCNN); survey Eqs. 12–15, generalised from two classes to C.
+    sets" (IJCNN, https://doi.org/10.1109/IJCNN.2016.7727770); survey Eqs. 12–15, generalised from two
+    classes to C.
 
     With l_i = ½ ‖softmax(z_i) − onehot(y_i)‖² (the per-sample MSE term of Wang et al., with its ½)
     and, for each class c present in the batch (n_c^B > 0 samples),
@@ -401,7 +408,7 @@ class MeanFalseError(ImbalanceLoss):
 
 class LDAMLoss(ImbalanceLoss):
     """Label-distribution-aware margin loss (Cao et al. 2019, "Learning Imbalanced Datasets with
-    Label-Distribution-Aware Margin Loss", NeurIPS):
+    Label-Distribution-Aware Margin Loss", NeurIPS, https://arxiv.org/abs/1906.07413):
 
         ℓ_i = −w_{y_i} log [ e^{s(z_{y_i} − m_{y_i})} / (e^{s(z_{y_i} − m_{y_i})} + Σ_{j≠y_i} e^{s z_j}) ],
         m_c = K · n_c^{-1/4},  K such that max_c m_c = ``max_margin``,
@@ -442,7 +449,7 @@ class LDAMLoss(ImbalanceLoss):
 
 class LogitAdjustedLoss(ImbalanceLoss):
     """Logit-adjusted softmax cross-entropy (Menon et al. 2021, "Long-tail learning via logit
-    adjustment", ICLR):
+    adjustment", ICLR, https://arxiv.org/abs/2007.07314):
 
         ℓ_i = −log softmax(z_i + τ log π)_{y_i},   π_c = n_c / Σ_k n_k.
 
@@ -467,7 +474,8 @@ class LogitAdjustedLoss(ImbalanceLoss):
 
 class BalancedSoftmaxLoss(ImbalanceLoss):
     """Balanced softmax (Ren et al. 2020, "Balanced Meta-Softmax for Long-Tailed Visual Recognition",
-    NeurIPS): ℓ_i = −log [ n_{y_i} e^{z_{y_i}} / Σ_j n_j e^{z_j} ] = CE(z_i + log n, y_i).
+    NeurIPS, https://arxiv.org/abs/2007.10740):
+    ℓ_i = −log [ n_{y_i} e^{z_{y_i}} / Σ_j n_j e^{z_j} ] = CE(z_i + log n, y_i).
 
     Equal to ``logit_adjusted`` with τ = 1 (log n and log π differ by a constant that softmax
     ignores). Predict with the raw logits.

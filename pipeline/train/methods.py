@@ -15,6 +15,8 @@ References:
 
 * S. Pouyanfar et al., "Dynamic sampling in convolutional neural networks for imbalanced data
   classification", IEEE MIPR 2018, https://doi.org/10.1109/MIPR.2018.00027
+* Zhang et al., "Image Classification with Category Centers in Class Imbalance Situation", 33rd Youth
+  Academic Annual Conference of Chinese Association of Automation (YAC) 2018 (survey: "Category centers")
 * J. M. Johnson, T. M. Khoshgoftaar, "Survey on deep learning with class imbalance", Journal of Big
   Data 6, 27 (2019), https://doi.org/10.1186/s40537-019-0192-5
 """

@@ -28,6 +28,21 @@ Models (``model.name``):
 after each hidden layer of the MLPs. ``model.classifier: cosine`` replaces the linear head by a
 cosine-similarity head (normalised features × normalised weights, no bias; logits in [−1, 1]), the
 head LDAM's scale s = 30 assumes (Cao et al. 2019).
+
+References:
+
+* Y. LeCun, L. Bottou, Y. Bengio, P. Haffner, "Gradient-based learning applied to document recognition",
+  Proceedings of the IEEE 86(11) (1998), https://doi.org/10.1109/5.726791
+* K. He, X. Zhang, S. Ren, J. Sun, "Deep Residual Learning for Image Recognition", CVPR 2016,
+  https://doi.org/10.1109/CVPR.2016.90
+* H. Wang, Z. Cui, Y. Chen, M. Avidan, A. Ben Abdallah, A. Kronzer, "Predicting Hospital Readmission via
+  Cost-Sensitive Deep Learning", IEEE/ACM Transactions on Computational Biology and Bioinformatics (2018)
+* W. Ding et al., "Facial action recognition using very deep networks for highly imbalanced class
+  distribution", APSIPA ASC 2017
+* K. Cao, C. Wei, A. Gaidon, N. Arechiga, T. Ma, "Learning Imbalanced Datasets with
+  Label-Distribution-Aware Margin Loss", NeurIPS 2019, https://arxiv.org/abs/1906.07413
+* J. M. Johnson, T. M. Khoshgoftaar, "Survey on deep learning with class imbalance", Journal of Big
+  Data 6, 27 (2019), https://doi.org/10.1186/s40537-019-0192-5
 """
 from __future__ import annotations
 

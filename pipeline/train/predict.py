@@ -23,6 +23,13 @@ classifier layer: ``pred`` = :func:`pipeline.train.methods.nearest_centroid_pred
 temperature T (``method_params.centroid_temperature``, default 1),
 p_k = exp(−‖f − c_k‖₂ / T) / Σ_j exp(−‖f − c_j‖₂ / T) (cosine metric: exp(cos(f, c_k) / T)
 normalised), so ``pred`` is still the argmax of ``probs``; a class without a centroid gets 0.
+
+References:
+
+* Zhang et al., "Image Classification with Category Centers in Class Imbalance Situation", 33rd Youth
+  Academic Annual Conference of Chinese Association of Automation (YAC) 2018 (survey: "Category centers")
+* J. M. Johnson, T. M. Khoshgoftaar, "Survey on deep learning with class imbalance", Journal of Big
+  Data 6, 27 (2019), https://doi.org/10.1186/s40537-019-0192-5
 """
 from __future__ import annotations
 
@@ -99,7 +106,7 @@ def predict_batches(batches: Iterator, model_dir: str, info: dict, batch_size: i
         yield pa.RecordBatch.from_arrays(cols, names=names)
 
 
-def predict(spark, model_dir: str, input_path: str, out_path: str, batch_size: int = 1024,
+def predict(spark, model_dir: str, input_path: str, out_path: str, *, batch_size: int = 1024,
             label_col: Optional[str] = None, corrected: bool = True) -> str:
     """Score every row of ``input_path`` with the model in ``model_dir``; write ``out_path``; return it.
 

@@ -13,7 +13,7 @@ def pick_device(device=None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def table_once(path: str, info: DatasetInfo, device: torch.device, batch_size: int, reader: str, rank: int,
+def table_once(path: str, info: DatasetInfo, device: torch.device, batch_size: int, *, reader: str, rank: int,
                 world_size: int, workers_count: int, dataset_name: str):
     """Batches (x on ``device``, y) covering the table once across workers, for evaluation passes.
 

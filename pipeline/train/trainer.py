@@ -26,6 +26,13 @@ and its validation metrics, history). :func:`pipeline.train.saved_model.load_mod
 ``centroids.pt`` — the (n_classes, feature_dim) class centroids of the deep features computed by
 the workers after training (handed over in one last checkpoint) — and ``model.json`` says how
 prediction uses them (``category_centers``: file, metric, temperature); (``saved_model.load_centroids``) reads them (``weights_only=True``).
+
+References:
+
+* Zhang et al., "Image Classification with Category Centers in Class Imbalance Situation", 33rd Youth
+  Academic Annual Conference of Chinese Association of Automation (YAC) 2018 (survey: "Category centers")
+* J. M. Johnson, T. M. Khoshgoftaar, "Survey on deep learning with class imbalance", Journal of Big
+  Data 6, 27 (2019), https://doi.org/10.1186/s40537-019-0192-5
 """
 from __future__ import annotations
 
@@ -44,10 +51,10 @@ from pipeline.config import Config, config_from_dict
 from pipeline.data.schema import read_info
 from pipeline.engines import get_ray, route_worker_logs
 from pipeline.errors import InputError
-from pipeline.io import atomic_dir, fingerprint, local_path, read_json, write_json
+from pipeline.io import atomic_dir, fingerprint, local_path, write_json
 from pipeline.stream.readers import check_table
 from pipeline.train.hooks import METHOD_STATE_FILE, hook_module, save_inference_state
-from pipeline.train.loop import CRASH_ENV, centers_params, run_training, upgrade_progress
+from pipeline.train.loop import centers_params, read_progress, run_training
 from pipeline.train.progress import BARS_ENV, bars_wanted
 from pipeline.train.worker_errors import (
     clear_worker_errors,
@@ -108,7 +115,7 @@ def _train_worker(config: dict) -> None:
     try:
         run_training(cfg, config["train_path"], config["val_path"], config["out_dir"], rank=rank,
                      world_size=world, device=device, init_from=config["init_from"], report_fn=report,
-                     resume_dir=resume_tmp, epochs=config["epochs"], crash_at=config["crash_at"])
+                     resume_dir=resume_tmp, epochs=config["epochs"])
     except InputError as e:
         # bad input is not a failure Ray should retry: hand it to the driver and end cleanly
         write_worker_input_error(config["out_dir"], rank, e)
@@ -196,33 +203,17 @@ def probe_storage(storage: str, what: str = "run.root") -> None:
                              f"needs {what} on storage it can write")
 
 
-def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: str,
-                init_from: Optional[str] = None, epochs: Optional[int] = None) -> dict:
-    """Train on Ray Train workers streaming Petastorm (or Ray Data) shards; write ``out_dir/model/``.
-
-    ``train.num_workers: 0`` trains in this process instead (:func:`train_local`), for data small
-    enough that Ray Train's start-up would dominate (e.g. experiment trials run as Ray tasks).
-
-    Returns ``{"model_dir", "best_epoch", "best_metrics", "history", "epochs_run", "run_dir",
-    "train_seconds"}``.
-    """
+def _ray_use_gpu(cfg: Config) -> bool:
+    """Check the worker counts against Ray (started or joined here); whether the workers get a GPU each."""
     # deferred: ray is slow to import
-    import ray.train
-    from ray.train.torch import TorchTrainer
+    import ray
 
-    _check_inputs(train_path, val_path, init_from)
-    _check_method(cfg, train_path, val_path)
     tc = cfg.train
-    if tc.num_workers == 0:  # small data: the same loop in this process (one experiment trial per CPU)
-        return train_local(cfg, train_path, val_path, out_dir, init_from=init_from, epochs=epochs)
     if tc.num_workers < 0:
         raise InputError(f"train.num_workers must be >= 0 (0: train in this process), got {tc.num_workers}")
     if tc.cpus_per_worker <= 0:
         raise InputError(f"train.cpus_per_worker must be > 0, got {tc.cpus_per_worker}")
     get_ray(cfg.ray)
-    # deferred: ray is slow to import
-    import ray
-
     have = ray.cluster_resources()
     use_gpu = tc.use_gpu if tc.use_gpu is not None else have.get("GPU", 0) > 0
     if cfg.ray.address is None:  # a local Ray cannot grow: a request it cannot meet would wait forever
@@ -232,12 +223,17 @@ def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
         if tc.num_workers * tc.cpus_per_worker > have.get("CPU", 0):
             raise InputError(f"train.num_workers × train.cpus_per_worker = {tc.num_workers * tc.cpus_per_worker:g} "
                              f"CPUs, but the local Ray has {have.get('CPU', 0):g}")
-    out = local_path(out_dir).resolve()
-    probe_storage(str(out / "ray"))  # before any epoch: a node that cannot write fails here, in one line
-    out.mkdir(parents=True, exist_ok=True)
-    name = run_name(cfg, train_path, val_path, init_from, epochs)
-    if not tc.resume and (out / "ray" / name).exists():  # train.resume=false: start this run afresh
-        shutil.rmtree(out / "ray" / name)
+    return bool(use_gpu)
+
+
+def _torch_trainer(cfg: Config, loop_config: dict, *, name: str, out: Path, use_gpu: bool, train_path: str,
+                   val_path: Optional[str]):
+    """Ray Train's ``TorchTrainer`` over :func:`_train_worker` (with Ray Data datasets for that reader)."""
+    # deferred: ray is slow to import
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    tc = cfg.train
     resources = {"CPU": float(tc.cpus_per_worker)}
     if use_gpu:
         resources["GPU"] = 1
@@ -250,6 +246,62 @@ def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
         if val_path:
             datasets["val"] = ray_dataset(val_path, read_info(val_path))
         data_config = ray.train.DataConfig(datasets_to_split=["train"])
+    return TorchTrainer(
+        _train_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=int(tc.num_workers), use_gpu=use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=str(out / "ray"),
+            failure_config=ray.train.FailureConfig(max_failures=int(tc.max_failures)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+        datasets=datasets, dataset_config=data_config)
+
+
+def _read_final_checkpoint(result, name: str, cfg: Config) -> tuple:
+    """(progress, best weights, centroids or None, method inference state or None) of a finished run."""
+    if result.error is not None:  # pragma: no cover - fit() raises in V2; kept for V1
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {name} ended without a checkpoint")
+    with tempfile.TemporaryDirectory(prefix="imb-final-") as tmp:
+        result.checkpoint.to_directory(tmp)
+        progress = read_progress(tmp)
+        best_state = load_weights(Path(tmp) / "best_model.pt")
+        centroids = None
+        if centers_params(cfg.train) is not None:
+            if not (Path(tmp) / CENTROIDS_FILE).is_file():
+                raise RuntimeError(f"training run {name} ended without the category centers' checkpoint")
+            centroids = load_weights(Path(tmp) / CENTROIDS_FILE)
+        method_inference = None
+        if (Path(tmp) / METHOD_STATE_FILE).is_file():
+            method_inference = torch.load(str(Path(tmp) / METHOD_STATE_FILE), map_location="cpu",
+                                          weights_only=False).get("inference")
+    return progress, best_state, centroids, method_inference
+
+
+def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: str,
+                init_from: Optional[str] = None, epochs: Optional[int] = None) -> dict:
+    """Train on Ray Train workers streaming Petastorm (or Ray Data) shards; write ``out_dir/model/``.
+
+    ``train.num_workers: 0`` trains in this process instead (:func:`train_local`), for data small
+    enough that Ray Train's start-up would dominate (e.g. experiment trials run as Ray tasks).
+
+    Returns ``{"model_dir", "best_epoch", "best_metrics", "history", "epochs_run", "run_dir",
+    "train_seconds"}``.
+    """
+    _check_inputs(train_path, val_path, init_from)
+    _check_method(cfg, train_path, val_path)
+    tc = cfg.train
+    if tc.num_workers == 0:  # small data: the same loop in this process (one experiment trial per CPU)
+        return train_local(cfg, train_path, val_path, out_dir, init_from=init_from, epochs=epochs)
+    use_gpu = _ray_use_gpu(cfg)
+    out = local_path(out_dir).resolve()
+    probe_storage(str(out / "ray"))  # before any epoch: a node that cannot write fails here, in one line
+    out.mkdir(parents=True, exist_ok=True)
+    name = run_name(cfg, train_path, val_path, init_from, epochs)
+    if not tc.resume and (out / "ray" / name).exists():  # train.resume=false: start this run afresh
+        shutil.rmtree(out / "ray" / name)
     loop_config = {
         "cfg": cfg.to_dict(),
         "train_path": str(local_path(train_path).resolve()),
@@ -257,20 +309,11 @@ def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
         "out_dir": str(out),
         "init_from": str(local_path(init_from).resolve()) if init_from else None,
         "epochs": epochs,
-        "crash_at": os.environ.get(CRASH_ENV),
         "hook_module": hook_module(tc.method),
         "bars": bars_wanted(),
     }
-    trainer = TorchTrainer(
-        _train_worker,
-        train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=int(tc.num_workers), use_gpu=bool(use_gpu),
-                                               resources_per_worker=resources),
-        run_config=ray.train.RunConfig(
-            name=name, storage_path=str(out / "ray"),
-            failure_config=ray.train.FailureConfig(max_failures=int(tc.max_failures)),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
-        datasets=datasets, dataset_config=data_config)
+    trainer = _torch_trainer(cfg, loop_config, name=name, out=out, use_gpu=use_gpu, train_path=train_path,
+                             val_path=val_path)
     t0 = time.perf_counter()
     # Ray's own lines (controller, placement-group cleaner, worker set-up) go to this file; the
     # console keeps the one line per epoch
@@ -283,24 +326,8 @@ def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
         raise
     raise_worker_input_error(out)
     seconds = time.perf_counter() - t0
-    if result.error is not None:  # pragma: no cover - fit() raises in V2; kept for V1
-        raise result.error
-    if result.checkpoint is None:
-        raise RuntimeError(f"training run {name} ended without a checkpoint")
-    with tempfile.TemporaryDirectory(prefix="imb-final-") as tmp:
-        result.checkpoint.to_directory(tmp)
-        progress = upgrade_progress(read_json(Path(tmp) / "progress.json"))
-        best_state = load_weights(Path(tmp) / "best_model.pt")
-        centroids = None
-        if centers_params(tc) is not None:
-            if not (Path(tmp) / CENTROIDS_FILE).is_file():
-                raise RuntimeError(f"training run {name} ended without the category centers' checkpoint")
-            centroids = load_weights(Path(tmp) / CENTROIDS_FILE)
-        method_inference = None
-        if (Path(tmp) / METHOD_STATE_FILE).is_file():
-            method_inference = torch.load(str(Path(tmp) / METHOD_STATE_FILE), map_location="cpu",
-                                          weights_only=False).get("inference")
-    summary = _summary_from_progress(progress)
+    progress, best_state, centroids, method_inference = _read_final_checkpoint(result, name, cfg)
+    summary = progress.summary()
     model_dir = write_model_artifact(out / "model", cfg, train_path, val_path, best_state, summary,
                                      init_from=init_from, world_size=int(tc.num_workers), centroids=centroids,
                                      method_inference=method_inference)
@@ -309,7 +336,7 @@ def train_model(cfg: Config, train_path: str, val_path: Optional[str], out_dir: 
             **summary}
 
 
-def train_local(cfg: Config, train_path: str, val_path: Optional[str], out_dir: str,
+def train_local(cfg: Config, train_path: str, val_path: Optional[str], out_dir: str, *,
                 init_from: Optional[str] = None, epochs: Optional[int] = None, device=None) -> dict:
     """The same training in this process, without Ray (one worker, CPU or GPU); same artifact."""
     _check_inputs(train_path, val_path, init_from)
@@ -335,14 +362,8 @@ def _after_fit(cfg: Config, model_dir, val_path: Optional[str]) -> None:
         HOOKS[cfg.train.method].after_fit(str(model_dir), cfg, val_path)
 
 
-def _summary_from_progress(progress: dict) -> dict:
-    return {"best_epoch": progress["best_epoch"], "best_metrics": progress["best_metrics"],
-            "history": progress["history"], "epochs_run": progress["epochs_done"],
-            "stopped_early": progress.get("stopped_early", False)}
-
-
 def write_model_artifact(model_dir: Path, cfg: Config, train_path: str, val_path: Optional[str],
-                         state_dict: dict, summary: dict, init_from: Optional[str] = None,
+                         state_dict: dict, summary: dict, *, init_from: Optional[str] = None,
                          world_size: int = 1, centroids: Optional[torch.Tensor] = None,
                          method_inference: Optional[dict] = None) -> Path:
     """``model.pt`` (best weights) + ``model.json`` (everything needed to rebuild and judge it),

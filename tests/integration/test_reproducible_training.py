@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipeline.config import load_config
-from pipeline.train.loop import CRASH_ENV
+from tests.crash_method import crash_overrides
 from tests.integration.test_stream import write_gaussian_table
 
 CFG = ["model.name=mlp", "model.hidden=[32]", "model.dropout=0.2", "train.batch_size=64", "train.lr=0.01",
@@ -40,7 +40,7 @@ def _val(r: dict) -> list:
     return [{k: v for k, v in h.items() if k.startswith("val_")} for h in r["history"]]
 
 
-def test_same_seed_same_weights_also_after_a_resume(ray_local, table, tmp_path, monkeypatch):
+def test_same_seed_same_weights_also_after_a_resume(ray_local, table, tmp_path):
     from pipeline.train.trainer import train_model
 
     cfg = load_config(None, CFG)
@@ -48,9 +48,10 @@ def test_same_seed_same_weights_also_after_a_resume(ray_local, table, tmp_path, 
     b = train_model(cfg, str(table / "train"), str(table / "val"), str(tmp_path / "b"))
     assert state_hash(a["model_dir"]) == state_hash(b["model_dir"])
     assert _val(a) == _val(b)
-    monkeypatch.setenv(CRASH_ENV, "1:3:1")                        # rank 1 dies at epoch 1, step 3
-    c = train_model(cfg, str(table / "train"), str(table / "val"), str(tmp_path / "c"))
+    crash = load_config(None, CFG + crash_overrides("1:3:1", tmp_path / "c"))  # rank 1 dies at epoch 1, step 3
+    c = train_model(crash, str(table / "train"), str(table / "val"), str(tmp_path / "c"))
     assert (tmp_path / "c" / ".crashed-1-3-1").is_file()           # it really died, and resumed
+    assert (tmp_path / "c" / ".resumed-after-0").is_file()
     snap = json.loads(next((tmp_path / "c" / "ray").glob("train-*/checkpoint_manager_snapshot.json")).read_text())
     assert [x["metrics"]["epoch"] for x in snap["checkpoint_results"]] == [1, 2]
     assert state_hash(c["model_dir"]) == state_hash(a["model_dir"])

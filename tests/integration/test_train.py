@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pipeline.config import load_config
-from pipeline.train.loop import CRASH_ENV
+from tests.crash_method import crash_overrides
 from tests.integration.test_stream import write_gaussian_table, write_image_table
 
 N_CLASSES = 4
@@ -108,13 +108,14 @@ def test_image_model_with_ldam_drw(tmp_path):
     assert len(r["history"][-1]["val_recall"]) == 3
 
 
-def test_ray_two_workers_worker_killed_mid_epoch_recovers(ray_local, tabular, tmp_path, monkeypatch):
+def test_ray_two_workers_worker_killed_mid_epoch_recovers(ray_local, tabular, tmp_path):
     from pipeline.train.trainer import train_model
 
-    monkeypatch.setenv(CRASH_ENV, "1:2:1")                        # rank 1 dies at epoch 1, step 2
-    cfg = load_config(None, TAB + ["train.epochs=2", "train.num_workers=2", "train.max_failures=2"])
+    cfg = load_config(None, TAB + ["train.epochs=2", "train.num_workers=2", "train.max_failures=2"]
+                      + crash_overrides("1:2:1", tmp_path / "run"))   # rank 1 dies at epoch 1, step 2
     r = train_model(cfg, str(tabular / "train"), str(tabular / "val"), str(tmp_path / "run"))
     assert (tmp_path / "run" / ".crashed-1-2-1").is_file()        # the worker really died once
+    assert (tmp_path / "run" / ".resumed-after-0").is_file()      # and the new group resumed after epoch 1
     # resumed from epoch 0's checkpoint: three checkpoints were reported in all would mean a
     # restart from scratch (0, then 0 and 1 again); resuming reports epoch 0 once and epoch 1 once
     snap = json.loads(next((tmp_path / "run" / "ray").glob("train-*/checkpoint_manager_snapshot.json"))
@@ -128,12 +129,12 @@ def test_ray_two_workers_worker_killed_mid_epoch_recovers(ray_local, tabular, tm
     assert meta["best_metrics"]["val_macro_f1"] > 0.6             # chance: 0.25
 
 
-def test_ray_stopped_run_resumes_from_its_directory(ray_local, tabular, tmp_path, monkeypatch):
+def test_ray_stopped_run_resumes_from_its_directory(ray_local, tabular, tmp_path):
     from pipeline.train.trainer import train_model
 
     out = tmp_path / "stopped"
-    cfg = load_config(None, TAB + ["train.epochs=2", "train.num_workers=1", "train.max_failures=0"])
-    monkeypatch.setenv(CRASH_ENV, "1:1:0")
+    cfg = load_config(None, TAB + ["train.epochs=2", "train.num_workers=1", "train.max_failures=0"]
+                      + crash_overrides("1:1:0", out))
     with pytest.raises(Exception):
         train_model(cfg, str(tabular / "train"), str(tabular / "val"), str(out))
     assert not (out / "model").exists()                           # no artifact from a failed run

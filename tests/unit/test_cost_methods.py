@@ -177,12 +177,14 @@ def test_de_improves_and_never_worsens():
     def score(pop):
         return -((pop - target) ** 2).sum(axis=1)
 
-    res = differential_evolution(score, 5, 12, 40, 0.5, 0.9, -2, 2, seed=0, init=np.zeros((1, 5)))
+    res = differential_evolution(score, 5, population=12, generations=40, F=0.5, CR=0.9, lo=-2, hi=2, seed=0,
+                                 init=np.zeros((1, 5)))
     best = [h["best"] for h in res["history"]]
     assert len(best) == 41 and all(b >= a for a, b in zip(best, best[1:]))
     assert best[-1] > best[0] and best[-1] > -0.05
     assert res["best_score"] == pytest.approx(score(res["best"][None])[0])
-    again = differential_evolution(score, 5, 12, 40, 0.5, 0.9, -2, 2, seed=0, init=np.zeros((1, 5)))
+    again = differential_evolution(score, 5, population=12, generations=40, F=0.5, CR=0.9, lo=-2, hi=2, seed=0,
+                                 init=np.zeros((1, 5)))
     np.testing.assert_array_equal(again["best"], res["best"])
 
 
@@ -191,7 +193,7 @@ def test_de_ties_go_to_the_second_score():
     def score(pop):
         return np.stack([np.zeros(len(pop)), -np.abs(pop).sum(axis=1)], axis=1)
 
-    res = differential_evolution(score, 3, 8, 30, 0.5, 0.9, -2, 2, seed=1)
+    res = differential_evolution(score, 3, population=8, generations=30, F=0.5, CR=0.9, lo=-2, hi=2, seed=1)
     tb = [h["best_tiebreak"][0] for h in res["history"]]
     assert all(b >= a for a, b in zip(tb, tb[1:])) and tb[-1] > tb[0]
 

@@ -256,7 +256,7 @@ def test_crl_is_zero_without_a_minority_and_only_touches_minority_anchors():
     logits = torch.randn(8, 3, requires_grad=True)
     feats = torch.randn(8, 4, requires_grad=True)
     one_class = torch.zeros(8, dtype=torch.long)
-    assert crl_loss(logits, feats, one_class, 3, "both", 3, 0.5).item() == 0.0
+    assert crl_loss(logits, feats, one_class, 3, level="both", hard_k=3, margin=0.5).item() == 0.0
     assert batch_imbalance(one_class) == 0.0
     # Ω_imb: counts 6/2 -> ½(|.75-.5| + |.25-.5|) = 0.25
     assert batch_imbalance(torch.tensor([0] * 6 + [1] * 2)) == pytest.approx(0.25)
@@ -291,7 +291,7 @@ def test_crl_class_loss_by_hand():
     logits = torch.log(torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.8, 0.2], [0.7, 0.3], [0.3, 0.7], [0.2, 0.8]]))
     feats = torch.randn(6, 3)
     m = 0.5
-    got = crl_loss(logits, feats, y, 2, "class", 1, m)
+    got = crl_loss(logits, feats, y, 2, level="class", hard_k=1, margin=m)
     # class 1: hard positive = lowest p1 among {4, 5} -> row 4 (0.7); hard negative = highest p1 among 0..3 -> row 1 (0.4)
     # triplets (5, 4, 1) only (anchor 4 = positive 4 is dropped): m + |.8-.7| - |.8-.4| = 0.2
     assert got.item() == pytest.approx(max(0.0, m + 0.1 - 0.4), abs=1e-6)
@@ -320,6 +320,6 @@ def test_crl_hook_combines_with_alpha():
     got = h.batch_loss(net, x, y, ce, torch.autocast("cpu", enabled=False))
     logits, f = net(x, return_features=True)
     alpha = min(1.0, 2.0 * 0.25)
-    want = alpha * crl_loss(logits, f, y, 2, "instance", 2, 0.5) + (1 - alpha) * ce(logits, y)
+    want = alpha * crl_loss(logits, f, y, 2, level="instance", hard_k=2, margin=0.5) + (1 - alpha) * ce(logits, y)
     torch.testing.assert_close(got, want)
     assert h.last_alpha == pytest.approx(0.5)

@@ -88,15 +88,17 @@ def test_decoders_are_exact():
 
 def test_old_checkpoints_progress_is_renumbered_like_the_log():
     """A progress.json written with 0-based epochs resumes with the 1-based numbering of the log."""
-    from pipeline.train.loop import upgrade_progress
+    from pipeline.train.loop import TrainingProgress
 
     old = {"config": "c", "epoch": 1, "best_epoch": 0, "history": [{"epoch": 0}, {"epoch": 1}],
            "best_metrics": {"epoch": 0}, "best_value": 0.5, "bad_epochs": 1}
-    new = upgrade_progress(old)
-    assert new["epochs_done"] == 2 and "epoch" not in new             # two epochs done: resume with "epoch 3/N"
-    assert new["best_epoch"] == 1 and new["best_metrics"]["epoch"] == 1
-    assert [h["epoch"] for h in new["history"]] == [1, 2]
-    assert upgrade_progress(new) == new                                # today's files are left alone
+    new = TrainingProgress.from_dict(old)
+    assert new.epochs_done == 2 and "epoch" not in new.to_dict()       # two epochs done: resume with "epoch 3/N"
+    assert new.best_epoch == 1 and new.best_metrics["epoch"] == 1
+    assert [h["epoch"] for h in new.history] == [1, 2]
+    assert TrainingProgress.from_dict(new.to_dict()) == new            # today's files are read as written
+    assert list(new.to_dict()) == ["config", "epochs_done", "history", "best_epoch", "best_value", "best_metrics",
+                                   "bad_epochs", "stopped_early"]     # progress.json's keys
 
 
 def test_ranking_from_histogram_equals_scikit_learn_on_binned_scores():

@@ -24,7 +24,14 @@ CNN (CoSen)"). The network weights θ and the costs ξ are learned alternately:
   centroid (larger: harder). ξ moves toward t by a gradient step on F(ξ) = ½‖t − ξ‖²:
   ξ ← (1 − γ)ξ + γ t, clipped to [min_cost, 1] and renormalised to max 1 (:func:`cosen_update`).
 
-**Cost search** (``train.method: cost_search``; Zhang et al., survey section "Cost-sensitive DBN
+The searched costs of ``train.method: cost_search`` live in :mod:`pipeline.train.cost.search`.
+
+References:
+
+* S. H. Khan, M. Hayat, M. Bennamoun, F. A. Sohel, R. Togneri, "Cost-Sensitive Learning of Deep Feature
+  Representations From Imbalanced Data", IEEE TNNLS 29(8) (2018), https://doi.org/10.1109/TNNLS.2017.2732482
+* J. M. Johnson, T. M. Khoshgoftaar, "Survey on deep learning with class imbalance", Journal of Big
+  Data 6, 27 (2019), https://doi.org/10.1186/s40537-019-0192-5
 """
 from __future__ import annotations
 

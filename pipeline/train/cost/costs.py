@@ -39,7 +39,7 @@ def predict_with_costs(state: dict, model, x: torch.Tensor) -> torch.Tensor:
 # =============================================================================================
 # parameter validation
 # =============================================================================================
-def check_number(method: str, key: str, v, lo=None, hi=None, lo_open=False, hi_open=False, integer=False):
+def check_number(method: str, key: str, v, lo=None, hi=None, *, lo_open=False, hi_open=False, integer=False):
     name = f"train.method_params.{key}"
     ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(float(v))
     if integer:

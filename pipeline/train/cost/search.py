@@ -1,4 +1,6 @@
-"""evolve a population of cost vectors by DE/rand/1/bin, scoring each by ``metric`` (default
+"""**Cost search** (``train.method: cost_search``; Zhang et al., survey section "Cost-sensitive DBN
+with differential evolution (CSDBN-DE)"): train normally, then in :meth:`CostSearchHook.after_fit`
+evolve a population of cost vectors by DE/rand/1/bin, scoring each by ``metric`` (default
 ``g_mean``, the measure Zhang et al. put into the DE objective) of the cost-scaled decision on the
 validation split, and save the best. Genes are log10 costs within ``cost_range``; member 0 of
 the first population is the all-ones vector (the plain argmax), and DE's one-to-one greedy
@@ -8,6 +10,13 @@ decreases. The validation rows never reach the driver: Ray tasks (one per group 
 compute the trained model's softmax outputs once and keep them in the Ray object store, one object
 per shard; each generation then runs (shard × population chunk) tasks that return the chunk's
 (C × C) confusion matrices, which the driver sums — O(population · C²) memory on the driver.
+
+References:
+
+* C. Zhang, K. C. Tan, H. Li, G. S. Hong, "A Cost-Sensitive Deep Belief Network for Imbalanced
+  Classification", IEEE TNNLS 30(1) (2019), https://doi.org/10.1109/TNNLS.2018.2832648
+* J. M. Johnson, T. M. Khoshgoftaar, "Survey on deep learning with class imbalance", Journal of Big
+  Data 6, 27 (2019), https://doi.org/10.1186/s40537-019-0192-5
 """
 from __future__ import annotations
 
@@ -90,7 +99,7 @@ def _best_index(fit: np.ndarray) -> int:
     return int(np.lexsort(fit.T[::-1])[-1]) if fit.shape[1] > 1 else int(np.argmax(fit[:, 0]))
 
 
-def differential_evolution(score: Callable[[np.ndarray], np.ndarray], dim: int, population: int, generations: int,
+def differential_evolution(score: Callable[[np.ndarray], np.ndarray], dim: int, *, population: int, generations: int,
                            F: float, CR: float, lo: float, hi: float, seed: int,
                            init: Optional[np.ndarray] = None) -> dict:
     """Maximise ``score`` by DE/rand/1/bin. ``score`` maps a whole population (P, dim) to (P,)
@@ -306,8 +315,9 @@ def cost_search(model_dir: str, val_path: str, n_classes: int, params: dict, see
         return np.array([[_metric(cm, params["metric"]), _metric(cm, "macro_recall")] for cm in cms])
 
     ones = np.zeros((1, n_classes))
-    res = differential_evolution(score, n_classes, params["population"], params["generations"], params["F"],
-                                 params["CR"], lo, hi, seed, init=ones)
+    res = differential_evolution(score, n_classes, population=params["population"],
+                                 generations=params["generations"], F=params["F"], CR=params["CR"], lo=lo, hi=hi,
+                                 seed=seed, init=ones)
     base = score(ones)[0]
     vs.release()
     costs, improved = pick_costs(res, base)

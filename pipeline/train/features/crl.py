@@ -95,7 +95,7 @@ def crl_instance_triplets(dist: torch.Tensor, y: torch.Tensor, minority: torch.T
     return t[ok]
 
 
-def crl_loss(logits: torch.Tensor, feats: torch.Tensor, y: torch.Tensor, n_classes: int, level: str, hard_k: int,
+def crl_loss(logits: torch.Tensor, feats: torch.Tensor, y: torch.Tensor, n_classes: int, *, level: str, hard_k: int,
              margin: float) -> torch.Tensor:
     """L_crl of a batch (0 when it has no minority class or no triplet): the mean triplet ranking
     hinge max(0, m + d(a,p) − d(a,n)); class level: d = |p_c(a) − p_c(x)| on the softmax score of the
@@ -151,7 +151,8 @@ class CRLHook(MethodHook):
         self.last_alpha = alpha
         if alpha == 0.0:
             return ce
-        l_crl = crl_loss(logits, feats, y, self.n_classes, self.p["level"], self.p["hard_k"], self.p["margin"])
+        l_crl = crl_loss(logits, feats, y, self.n_classes, level=self.p["level"], hard_k=self.p["hard_k"],
+                         margin=self.p["margin"])
         return alpha * l_crl + (1.0 - alpha) * ce
 
 

@@ -247,8 +247,8 @@ class LMLEHook(MethodHook):
         bs = max(cfg.train.batch_size, cfg.stream.batch_size)
 
         def once():
-            return table_once(train_path, info, device, bs, cfg.stream.reader, 0, 1, cfg.stream.workers_count,
-                               "train")
+            return table_once(train_path, info, device, bs, reader=cfg.stream.reader, rank=0, world_size=1,
+                              workers_count=cfg.stream.workers_count, dataset_name="train")
 
         ctx = EpochContext(model=model, epoch=0, n_classes=info.n_classes, class_counts=None, device=device, rank=0,
                            world_size=1, autocast=torch.autocast(device.type, enabled=False), table_once=once,
