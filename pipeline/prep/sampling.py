@@ -17,31 +17,20 @@ How the rows are chosen (:func:`sample_dataset`) — exact, reproducible and ske
   the ``N`` smallest-rank rows, once each, never repeated. ROS keeps every original row and each
   row appears ⌊N/n⌋ or ⌈N/n⌉ times — stratified ("systematic") replication, lower variance than
   i.i.d. bootstrap. ``copy`` numbers the instances 0, 1, … so ``(id, copy)`` is unique.
-* "The ``r`` smallest ranks" is decided by one threshold pair ``(k_c, id_c)`` per class, the
-  ``r``-th smallest ``(k, id)``: a row is picked iff ``(k, id) <= (k_c, id_c)``. The thresholds
-  are found from counts, without sorting a class. Main path, **one narrow pass** (reads only
-  ``id`` and the label):
+* "The ``r`` smallest ranks" is one cut-off per class of the exact hash-rank selection of
+  :mod:`pipeline.prep.keys` (the split's primitive too): the row of rank ``r`` is found from
+  counts, without sorting a class, and a row is picked iff its ``(k, id)`` is below that row's.
+  Main path, **one narrow pass** (reads only ``id`` and the label):
 
   1. class counts come from the table's ``_dataset.json`` (written by synth and split), else
      from one ``groupBy(label).count()``; the plan follows from them;
-  2. keys are uniform, so the ``r``-th smallest of ``n`` keys lies near the quantile ``r/n``
-     (the number of keys below ``x`` is Binomial(n, x)). A window of ±(8·sqrt(min(r, n−r)+1)
-     + 64) expected ranks around it misses the r-th row with probability ~e^-64;
-  3. one grouped count by (class, zone, candidate key) — a code-generated hash aggregate —
-     returns the exact class counts (checking the hint), the rows below each window, and the
-     candidates (about 16·sqrt(r) + 128 per class, capped overall by ``CANDIDATE_LIMIT``);
-     the driver picks the candidate of rank ``r − below``.
+  2. the keys' ``window`` method: one grouped count returns the exact class counts (checking
+     the hint) and the few candidates around each cut-off, from which the driver picks the row.
 
   Fallback (a stale hint is re-planned on the real counts; a missed window, a key shared by
-  two candidates or too many candidates go here; ``method="histogram"`` forces it), **two
-  narrow passes**, driver memory O(classes × 64) whatever the size:
-
-  a. a histogram of the key's top 6 bits per class; the driver finds the bin where the
-     cumulative count crosses ``r`` and the rank ``m`` of the wanted row inside it;
-  b. a boundary bin holding more than ``boundary_limit`` (50,000) rows is refined by another
-     64-bin histogram of the next key bits, restricted to the boundary rows;
-  c. the boundary rows alone (``n_c / 64`` for one level) are ranked with a window
-     partitioned by class; the ``m``-th row is the threshold.
+  two candidates or too many candidates go here; ``method="histogram"`` forces it): the keys'
+  ``bins`` method — a class count, a histogram of the keys per class, and a window over the
+  few boundary bins; driver memory O(classes) bins whatever the size.
 
   The write pass is then map-only: per-class constants as literals, a filter that reads only
   label, id and the key (rows not picked never have their payload copied), and an ``explode``
@@ -65,28 +54,25 @@ References:
 from __future__ import annotations
 
 import logging
-import math
 import numbers
 import time
 from typing import Any, Mapping, Optional
 
-import numpy as np
 
 from pipeline.data.schema import has_info, read_info, write_info
 from pipeline.errors import InputError
 from pipeline.io import atomic_dir, is_local, label_key, local_path, read_json, spark_uri, write_json
-from pipeline.prep.keys import python_scalar
-from pipeline.prep.literals import array_sql
+from pipeline.prep.keys import (CANDIDATE_LIMIT, bucket_col, expected_candidates, id_sql_type, key_id,
+                                python_scalar, rank_thresholds, window_thresholds, with_hash_key)
+from pipeline.prep.literals import int_lookup
 
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("none", "rus", "ros", "threshold", "floor", "hybrid")
 TARGET_KINDS = ("auto", "majority", "minority", "not minority", "not majority", "all")
-DEFAULT_BITS = 6           # 64 key bins per class and histogram level
-BOUNDARY_LIMIT = 50_000    # boundary bins larger than this are refined by another histogram
 SALT = "sample"            # keeps the sampling key independent of the split's (seed, id) key
 
-_KEY, _BIN, _N = "_skey", "_sbin", "_ncopies"
+_N = "_ncopies"
 
 
 # ---------------------------------------------------------------- the plan (pure)
@@ -247,7 +233,12 @@ def plan_counts(class_counts: Mapping, strategy: str, target: Any = "auto",
     rus/ros only, ``cap``/``floor`` only by the strategies that name them. Raises
     :class:`InputError` for a request imbalanced-learn would reject or that makes no sense.
     """
-    strategy, cap, floor = check_request(strategy, cap, floor)
+    return _plan(class_counts, check_request(strategy, cap, floor), target)
+
+
+def _plan(class_counts: Mapping, request: tuple, target: Any) -> dict:
+    """:func:`plan_counts` for a request already checked by :func:`check_request`."""
+    strategy, cap, floor = request
     counts = {}
     for lab, n in class_counts.items():
         n = _as_count(f"count of class {lab!r}", n)
@@ -331,125 +322,6 @@ def _read_input(spark, path: str, label_col: str):
     return df
 
 
-def _id_expr(df):
-    # deferred: pyspark is slow to import
-    from pyspark.sql import functions as F
-    from pyspark.sql import types as T
-
-    t = df.schema["id"].dataType
-    if isinstance(t, (T.ByteType, T.ShortType, T.IntegerType, T.LongType)):
-        return F.col("id").cast("long")   # same key whether a copy stored id as int or long
-    return F.col("id")
-
-
-def _with_key(df, seed: int):
-    # deferred: pyspark is slow to import
-    from pyspark.sql import functions as F
-
-    key = F.xxhash64(F.lit(int(seed)).cast("long"), F.lit(SALT), _id_expr(df))
-    return df.withColumn(_KEY, key)
-
-
-def _prefix(bits: int):
-    """The key's top ``bits`` bits; an arithmetic shift keeps the (signed) key order."""
-    # deferred: pyspark is slow to import
-    from pyspark.sql import functions as F
-
-    return F.shiftright(F.col(_KEY), 64 - bits)
-
-
-def _bin_counts(keyed, label_col: str, bits: int):
-    """Rows per (class, top-``bits`` key prefix) as a pandas frame sorted by class and bin."""
-    pdf = keyed.groupBy(label_col, _prefix(bits).alias(_BIN)).count().toPandas()
-    return pdf
-
-
-def _histogram(df, label_col: str, seed: int, bits: int):
-    """Pass 1: rows per (class, key bin). Returns ({label: count}, {label: (bins, counts)})."""
-    pdf = _bin_counts(_with_key(df.select(label_col, "id"), seed), label_col, bits)
-    if pdf[label_col].isna().any():
-        n_null = int(pdf.loc[pdf[label_col].isna(), "count"].sum())
-        raise InputError(f"{n_null} rows have a null label in column '{label_col}'")
-    counts, hist = {}, {}
-    for lab, grp in pdf.groupby(label_col, sort=True):
-        grp = grp.sort_values(_BIN)
-        lab = python_scalar(lab)
-        hist[lab] = (grp[_BIN].to_numpy(np.int64), grp["count"].to_numpy(np.int64))
-        counts[lab] = int(grp["count"].sum())
-    return counts, hist
-
-
-def _locate(bins, cnt, r: int) -> tuple:
-    """(bin holding the r-th smallest row, rank of that row inside the bin (1-based), bin size)."""
-    cum = np.cumsum(cnt)
-    i = int(np.searchsorted(cum, r))          # first bin whose cumulative count reaches r
-    before = int(cum[i - 1]) if i > 0 else 0
-    return int(bins[i]), r - before, int(cnt[i])
-
-
-def _thresholds(spark, df, label_col: str, seed: int, bits: int, hist: dict,
-                extra: Mapping, boundary_limit: int) -> dict:
-    """Per class, the ``extra[c]``-th smallest (key, id): the last row that gets an extra copy.
-
-    The boundary bin found in the pass-1 histogram is refined by further histograms of the next
-    ``bits`` key bits while it holds more than ``boundary_limit`` rows (only for very large
-    classes); then its rows alone are ranked exactly with a window partitioned by class.
-    """
-    # deferred: pyspark is slow to import
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-    from pyspark.sql import types as T
-
-    label_type = df.schema[label_col].dataType
-    # state per class: (prefix bits, prefix value, rank wanted inside it, rows in it)
-    state = {}
-    for lab, r in extra.items():
-        if r > 0:
-            b, m, size = _locate(*hist[lab], r)
-            state[lab] = (bits, b, m, size)
-    if not state:
-        return {}
-    keyed = _with_key(df.select(label_col, "id"), seed)
-
-    def boundary_rows(st):
-        rows = [(lab, pb, pv) for lab, (pb, pv, _, _) in st.items()]
-        bounds = spark.createDataFrame(rows, T.StructType([
-            T.StructField(label_col, label_type), T.StructField("_pb", T.IntegerType()),
-            T.StructField("_pv", T.LongType())]))
-        j = keyed.join(F.broadcast(bounds), on=label_col, how="inner")
-        return j.filter(F.expr(f"shiftright({_KEY}, 64 - _pb)") == F.col("_pv"))
-
-    while max(size for _, _, _, size in state.values()) > boundary_limit:
-        big = {lab: v for lab, v in state.items() if v[3] > boundary_limit and v[0] < 64}
-        if not big:
-            break
-        # refine every oversized boundary by the next bits (classes may sit at different depths)
-        sub = boundary_rows(big).withColumn("_depth", F.least(F.col("_pb") + bits, F.lit(64)))
-        pdf = (sub.groupBy(label_col, F.expr(f"shiftright({_KEY}, 64 - _depth)").alias(_BIN))
-                  .count().toPandas())
-        for lab, grp in pdf.groupby(label_col, sort=True):
-            lab = python_scalar(lab)
-            grp = grp.sort_values(_BIN)
-            old_bits, _, m, _ = state[lab]
-            b, m2, size = _locate(grp[_BIN].to_numpy(), grp["count"].to_numpy(), m)
-            state[lab] = (min(64, old_bits + bits), b, m2, size)
-
-    w = Window.partitionBy(label_col).orderBy(_KEY, "id")
-    ranks = spark.createDataFrame([(lab, m) for lab, (_, _, m, _) in state.items()],
-                                  T.StructType([T.StructField(label_col, label_type),
-                                                T.StructField("_m", T.LongType())]))
-    picked = (boundary_rows(state)
-              .withColumn("_rn", F.row_number().over(w))
-              .join(F.broadcast(ranks), on=label_col, how="inner")
-              .filter(F.col("_rn") == F.col("_m"))
-              .select(label_col, _KEY, "id").collect())
-    out = {python_scalar(r[0]): (int(r[1]), r[2]) for r in picked}
-    missing = [lab for lab in state if lab not in out]
-    if missing:  # pragma: no cover - would mean the histogram and pass 2 disagree
-        raise RuntimeError(f"no threshold row found for classes {missing}")
-    return out
-
-
 def _hint_counts(table: str, df, label_col: str) -> Optional[dict]:
     """Class counts recorded in the table's ``_dataset.json`` (keys cast to the label type)."""
     # deferred: pyspark is slow to import
@@ -483,126 +355,114 @@ def _plain_counts(df, label_col: str) -> dict:
     return {python_scalar(r[0]): int(r[1]) for r in rows}
 
 
-WINDOW_Z = 8.0             # candidate window half-width, in standard deviations (+ Z**2 rows)
-CANDIDATE_LIMIT = 1_000_000  # more expected candidates than this: use the histogram method
+def _extra_cut(plan: Mapping, counts: Mapping) -> dict:
+    """Per class, the one cut-off of the sampler: the ``N mod n`` rows of smallest rank get one more copy."""
+    return {c: [plan[c] % counts[c]] for c in plan}
 
 
-def _window_margin(r: int, n: int) -> float:
-    return WINDOW_Z * math.sqrt(min(r, n - r) + 1) + WINDOW_Z ** 2
+def _one_pass(keyed, label_col: str, hint: Optional[Mapping], make_plan):
+    """Counts (the hint, else one count) and the threshold rows in one narrow pass when possible.
 
-
-def expected_candidates(counts: Mapping, extra: Mapping) -> int:
-    """Rows the one-pass method brings to the driver (about 16·sqrt(r) + 128 per class)."""
-    return int(sum(2 * _window_margin(r, counts[c]) for c, r in extra.items()
-                   if 0 < r < counts[c]))
-
-
-def _window_pass(df, label_col: str, seed: int, counts: Mapping, extra: Mapping):
-    """One pass: exact class counts and, per class, the ``extra[c]``-th smallest (key, id).
-
-    With ``n`` rows of uniform keys, the ``r``-th smallest key lies near the quantile ``r / n``
-    (the number of keys below ``x`` is Binomial(n, x)). Rows whose key falls in a window of
-    ``±(Z·sqrt(min(r, n−r)+1) + Z²)`` expected ranks around ``r`` (Z = 8) are the candidates.
-    One grouped count (Spark's code-generated hash aggregate) by (class, zone, candidate key)
-    gives the class counts, the rows below each window and the candidates themselves — about
-    ``16·sqrt(r) + 128`` per class, bounded by ``CANDIDATE_LIMIT`` overall — and the driver
-    picks the candidate of rank ``r − below``. Returns ``(counts, thresholds)``; thresholds are
-    ``None`` when some class's r-th row fell outside its window (probability ~e^-64), two
-    candidates share a key, or the counts differ from ``counts``.
+    Returns ``(counts, plan, thresholds or None, path)``; None thresholds leave the rest to the
+    ``bins`` method (:func:`pipeline.prep.keys.rank_thresholds`) on real counts.
     """
-    # deferred: pyspark is slow to import
-    from pyspark.sql import functions as F
-    from pyspark.sql import types as T
-
-    lo, hi, want = {}, {}, {}
-    for c, r in extra.items():
-        n = counts[c]
-        if r <= 0 or r >= n:
-            continue
-        margin = _window_margin(r, n)
-        lo[c] = _quantile_key((r - margin) / n)
-        hi[c] = _quantile_key((r + margin) / n)
-        want[c] = r
-    keyed = _with_key(df.select(label_col, "id"), seed)
-    key = F.col(_KEY)
-    lo_c = _lookup(label_col, lo, T.LongType())
-    hi_c = _lookup(label_col, hi, T.LongType())
-    zone = (F.when(lo_c.isNull(), F.lit(None).cast("int"))
-             .when(key < lo_c, F.lit(0)).when(key > hi_c, F.lit(2)).otherwise(F.lit(1)))
-    ident = _id_expr(df)
-    pdf = (keyed.withColumn("_zone", zone)
-                .groupBy(label_col, "_zone",
-                         # never null, so pandas keeps the 64-bit keys as int64 (not float)
-                         F.when(F.col("_zone") == 1, key).otherwise(F.lit(0).cast("long"))
-                          .alias("_ck"))
-                .agg(F.count(F.lit(1)).alias("_n"), F.min(ident).alias("_id"))
-                .toPandas())
-    if pdf[label_col].isna().any():
-        nulls = int(pdf.loc[pdf[label_col].isna(), "_n"].sum())
-        raise InputError(f"{nulls} rows have a null label in column '{label_col}'")
-    real = {python_scalar(lab): int(n) for lab, n in pdf.groupby(label_col)["_n"].sum().items()}
-    if real != dict(counts):
-        return real, None
-    thr = {}
-    for lab, grp in pdf.groupby(label_col, sort=False):
-        lab = python_scalar(lab)
-        if lab not in want:
-            continue
-        below = int(grp.loc[grp["_zone"] == 0, "_n"].sum())
-        cands = grp[grp["_zone"] == 1]
-        if (cands["_n"] > 1).any():        # a key shared by two rows: order needs the id too
-            return real, None
-        m = want[lab] - below
-        if not (1 <= m <= len(cands)):
-            return real, None
-        keys = cands["_ck"].to_numpy(np.int64)
-        i = int(np.argsort(keys, kind="stable")[m - 1])
-        ident_v = cands["_id"].iloc[i]
-        thr[lab] = (int(keys[i]), python_scalar(ident_v))
-    return real, thr
+    counts = dict(hint) if hint else None
+    path = "one-pass (counts from _dataset.json)" if counts else "count + one-pass"
+    if not counts:
+        counts = _plain_counts(keyed, label_col)
+    try:
+        plan = make_plan(counts)
+    except InputError:
+        if path == "count + one-pass":
+            raise
+        return None, None, None, "histogram (stale _dataset.json counts)"  # decide on real counts
+    if expected_candidates(counts, _extra_cut(plan, counts)) > CANDIDATE_LIMIT:
+        return counts, plan, None, "histogram (too many candidates for one pass)"
+    real, thr = window_thresholds(keyed, label_col, counts, _extra_cut(plan, counts), widen=True)
+    if real != counts:                 # stale hint: plan again on the real counts
+        counts, plan = real, make_plan(real)
+        real, thr = window_thresholds(keyed, label_col, counts, _extra_cut(plan, counts), widen=True)
+        path = "count + one-pass (stale _dataset.json counts)"
+    if thr is None:
+        path = "histogram (window missed)"
+    return counts, plan, thr, path
 
 
-def _quantile_key(q: float) -> int:
-    """The signed 64-bit key at quantile ``q`` of the uniform key distribution (clamped)."""
-    k = math.floor(q * 2.0 ** 64) - 2 ** 63
-    return int(min(max(k, -(2 ** 63)), 2 ** 63 - 1))
+def _select(df, label_col: str, seed: int, make_plan, *, class_counts=None, method: str = "auto"):
+    """Class counts, the plan and the threshold rows (keys' plan) of the sampler; timings in seconds."""
+    keyed = with_hash_key(df.select(label_col, "id"), seed, salt=SALT, widen=True)
+    t0 = time.time()
+    counts, plan, thr, path = None, None, None, "histogram"
+    if method == "auto":
+        counts, plan, thr, path = _one_pass(keyed, label_col, class_counts, make_plan)
+    t_plan = time.time()
+    if thr is None:
+        if counts is None:
+            counts = _plain_counts(keyed, label_col)
+            plan = make_plan(counts)
+            t_plan = time.time()
+        thr = rank_thresholds(keyed, label_col, counts, _extra_cut(plan, counts), method="bins")
+    return counts, plan, thr, path, {"plan": round(t_plan - t0, 3), "thresholds": round(time.time() - t_plan, 3)}
 
 
-def _lookup(label_col: str, values: Mapping, dtype):
-    """A Column with ``values[label]`` for each row's label (null for labels not in ``values``).
+def _check_frame(df, label_col: str) -> None:
+    for col in (label_col, "id"):
+        if col not in df.columns:
+            raise InputError(f"the DataFrame has no '{col}' column (columns: {', '.join(df.columns)})")
+    if "copy" in df.columns:
+        raise InputError("the DataFrame already has a 'copy' column: it was sampled already")
 
-    Dense integer labels (the split stage's 0..K-1) index an array literal, O(1) per row; any
-    other labels use a map literal.
-    """
+
+def _resample_rows(df, label_col: str, seed: int, counts: Mapping, plan: Mapping, thr: Mapping):
+    """The sampled rows: ``N // n`` copies of every row, one more for the rows below the threshold."""
     # deferred: pyspark is slow to import
     from pyspark.sql import functions as F
 
-    none = F.lit(None).cast(dtype)
-    if not values:
-        return none
-    labels = list(values)
-    if all(isinstance(c, int) and not isinstance(c, bool) for c in labels) \
-            and min(labels) >= 0 and max(labels) < 4 * len(labels) + 16:
-        dense = [values.get(i) for i in range(max(labels) + 1)]
-        table = array_sql(dense, dtype.simpleString())   # one Py4J call instead of two per class
-        arr = F.expr(table) if table is not None else F.array(*[F.lit(v).cast(dtype) if v is not None else none
-                                                                for v in dense])
-        label = F.col(label_col).cast("int")
-        return F.when((label >= 0) & (label <= max(labels)), arr[label]).otherwise(none)
-    pairs = []
-    for c in labels:
-        pairs += [F.lit(c), F.lit(values[c]).cast(dtype)]
-    return F.create_map(*pairs)[F.col(label_col)]
+    whole = {c: plan[c] // counts[c] for c in plan}       # copies every row gets
+    extra = {c: plan[c] % counts[c] for c in plan}        # rows that get one more
+    # The plan as per-class constants (O(classes) literals in the query): the write pass is
+    # map-only, and the filter reads only label, id and the key, so rows that are not picked
+    # never have their payload copied.
+    below = bucket_col(thr, label_col, id_type=id_sql_type(df, "id", widen=True), id_column=key_id(df, widen=True))
+    ncopies = int_lookup(label_col, whole).cast("long") + F.when(below == 0, F.lit(1)).otherwise(F.lit(0))
+    cols = list(df.columns)
+    kept = with_hash_key(df, seed, salt=SALT, widen=True).withColumn(_N, ncopies).filter(F.col(_N) > 0)
+    max_copies = max(whole[c] + (1 if extra[c] else 0) for c in plan)
+    if max_copies > 1:   # ROS: one output row per copy
+        kept = kept.withColumn("copy", F.explode(F.sequence(F.lit(0), F.col(_N).cast("int") - 1)))
+    else:                # RUS / cap only: no generator on the hot path
+        kept = kept.withColumn("copy", F.lit(0))
+    return kept.select(*cols, F.col("copy").cast("int").alias("copy")), int(max_copies)
 
 
 def _counts_json(d: Mapping) -> dict:
     return {str(k): int(v) for k, v in d.items()}
 
 
+def _fit(df, request: tuple, sampling_strategy: Any, random_state: int, *, label_col: str,
+         class_counts: Optional[Mapping], method: str):
+    """:func:`fit_resample` on a request already checked by :func:`check_request`."""
+    if method not in ("auto", "histogram"):
+        raise InputError(f"method must be auto or histogram, got {method!r}")
+    strategy, cap, floor = request
+    _check_frame(df, label_col)
+
+    def make_plan(counts):
+        if not counts:
+            raise InputError("the input has no rows")
+        return _plan(counts, request, sampling_strategy)
+
+    counts, plan, thr, path, seconds = _select(df, label_col, random_state, make_plan,
+                                               class_counts=class_counts, method=method)
+    sampled, max_copies = _resample_rows(df, label_col, random_state, counts, plan, thr)
+    return sampled, {"strategy": strategy, "target": sampling_strategy, "cap": cap, "floor": floor,
+                     "seed": int(random_state), "input_counts": counts, "planned": plan, "max_copies": max_copies,
+                     "path": path, "seconds": seconds}
+
+
 def fit_resample(df, strategy: str, sampling_strategy: Any = "auto", cap: Optional[int] = None,
-                 floor: Optional[int] = None, random_state: int = 0, label_col: str = "label",
-                 class_counts: Optional[Mapping] = None, method: str = "auto", bits: int = DEFAULT_BITS,
-                 boundary_limit: int = BOUNDARY_LIMIT):
+                 floor: Optional[int] = None, random_state: int = 0, *, label_col: str = "label",
+                 class_counts: Optional[Mapping] = None, method: str = "auto"):
     """Resample a Spark DataFrame exactly; return ``(sampled, plan)`` — the library form of ``sample``.
 
     ``strategy``: ``none``, ``rus``, ``ros``, ``threshold`` (cap every class at ``cap``: Lee et
@@ -614,99 +474,19 @@ def fit_resample(df, strategy: str, sampling_strategy: Any = "auto", cap: Option
     result has its columns plus ``copy`` (0 for a row's first instance, 1, 2, … for ROS copies)
     and is lazy: nothing is collected, writing it runs one map-only pass. ``class_counts``: the
     classes' sizes when already known (verified on the data; a stale value costs one more pass).
+    ``method``: ``auto`` (the one-pass window method, falling back to key histograms when needed)
+    or ``histogram`` (always key histograms; same rows).
     ``plan``: ``input_counts``, ``planned`` (label → rows), ``max_copies``, ``path`` (how the
     thresholds were found) and ``seconds``.
     """
-    # deferred: pyspark is slow to import
-    from pyspark.sql import functions as F
-    from pyspark.sql import types as T
-
-    if not (1 <= int(bits) <= 16):
-        raise InputError(f"bits must be in 1..16, got {bits}")
-    if method not in ("auto", "histogram"):
-        raise InputError(f"method must be auto or histogram, got {method!r}")
-    strategy, cap, floor = check_request(strategy, cap, floor)   # fail before touching data
-    for col in (label_col, "id"):
-        if col not in df.columns:
-            raise InputError(f"the DataFrame has no '{col}' column (columns: {', '.join(df.columns)})")
-    if "copy" in df.columns:
-        raise InputError("the DataFrame already has a 'copy' column: it was sampled already")
-    seed, target = random_state, sampling_strategy
-    t0 = time.time()
-
-    def make_plan(counts):
-        if not counts:
-            raise InputError("the input has no rows")
-        return plan_counts(counts, strategy, target=target, cap=cap, floor=floor)
-
-    thr, path = None, "histogram"
-    if method == "auto":
-        # Counts: the given ones (e.g. the table's _dataset.json) or one count pass; then
-        # one pass finds every threshold. A stale hint or a missed window falls back below.
-        counts = dict(class_counts) if class_counts else None
-        path = "one-pass (counts from _dataset.json)" if counts else "count + one-pass"
-        if not counts:
-            counts = _plain_counts(df, label_col)
-        try:
-            plan = make_plan(counts)
-        except InputError:
-            if path == "count + one-pass":
-                raise
-            plan, path = None, "histogram (stale _dataset.json counts)"  # decide on real counts
-        if plan is not None and expected_candidates(
-                counts, {c: plan[c] % counts[c] for c in plan}) > CANDIDATE_LIMIT:
-            plan, path = None, "histogram (too many candidates for one pass)"
-        if plan is not None:
-            real, thr = _window_pass(df, label_col, seed, counts,
-                                     {c: plan[c] % counts[c] for c in plan})
-            if real != counts:                 # stale hint: plan again on the real counts
-                counts, plan = real, make_plan(real)
-                real, thr = _window_pass(df, label_col, seed, counts,
-                                         {c: plan[c] % counts[c] for c in plan})
-                path = "count + one-pass (stale _dataset.json counts)"
-            if thr is None:
-                path = "histogram (window missed)"
-    t_plan = time.time()
-    if thr is None:
-        counts, hist = _histogram(df, label_col, seed, bits)
-        plan = make_plan(counts)
-        t_plan = time.time()
-        thr = _thresholds(df.sparkSession, df, label_col, seed, bits, hist,
-                          {c: plan[c] % counts[c] for c in plan}, boundary_limit)
-    whole = {c: plan[c] // counts[c] for c in plan}       # copies every row gets
-    extra = {c: plan[c] % counts[c] for c in plan}        # rows that get one more
-    t_thr = time.time()
-
-    # The plan as per-class constants (O(classes) literals in the query): the write pass is
-    # map-only, and the filter reads only label, id and the key, so rows that are not picked
-    # never have their payload copied.
-    id_type = df.schema["id"].dataType
-    integral = isinstance(id_type, (T.ByteType, T.ShortType, T.IntegerType, T.LongType))
-    tid_type = T.LongType() if integral else id_type
-    q = _lookup(label_col, {c: int(whole[c]) for c in plan}, T.LongType())
-    tk = _lookup(label_col, {c: thr[c][0] for c in thr}, T.LongType())
-    tid = _lookup(label_col, {c: (int(thr[c][1]) if integral else thr[c][1]) for c in thr}, tid_type)
-    key = F.col(_KEY)
-    picked = tk.isNotNull() & ((key < tk) | ((key == tk) & (_id_expr(df) <= tid)))
-    ncopies = q + F.when(picked, F.lit(1)).otherwise(F.lit(0))
-    cols = list(df.columns)
-    kept = _with_key(df, seed).withColumn(_N, ncopies).filter(F.col(_N) > 0)
-    max_copies = max(whole[c] + (1 if extra[c] else 0) for c in plan)
-    if max_copies > 1:   # ROS: one output row per copy
-        kept = kept.withColumn("copy", F.explode(F.sequence(F.lit(0), F.col(_N).cast("int") - 1)))
-    else:                # RUS / cap only: no generator on the hot path
-        kept = kept.withColumn("copy", F.lit(0))
-    sampled = kept.select(*cols, F.col("copy").cast("int").alias("copy"))
-    return sampled, {"strategy": strategy, "target": target, "cap": cap, "floor": floor, "seed": int(seed),
-                     "input_counts": counts, "planned": plan, "max_copies": int(max_copies), "path": path,
-                     "seconds": {"plan": round(t_plan - t0, 3), "thresholds": round(t_thr - t_plan, 3)}}
+    request = check_request(strategy, cap, floor)   # fail before touching data
+    return _fit(df, request, sampling_strategy, random_state, label_col=label_col, class_counts=class_counts,
+                method=method)
 
 
 def sample_dataset(spark, table: str, out: str, strategy: str, target: Any = "auto",
                    cap: Optional[int] = None, floor: Optional[int] = None, seed: int = 0,
-                   label_col: str = "label", method: str = "auto", use_hint: bool = True,
-                   bits: int = DEFAULT_BITS,
-                   boundary_limit: int = BOUNDARY_LIMIT) -> dict:
+                   label_col: str = "label", method: str = "auto", use_hint: bool = True) -> dict:
     """Sample the Parquet table at ``table`` into ``out/data/`` and write ``out/manifest.json``.
 
     The rows are :func:`fit_resample`'s; achieved class sizes are measured on what was written
@@ -715,15 +495,13 @@ def sample_dataset(spark, table: str, out: str, strategy: str, target: Any = "au
 
     ``method``: ``auto`` (the one-pass window method, falling back to histograms when needed)
     or ``histogram`` (always histograms; same rows, used to cross-check). ``use_hint``: take
-    the class counts from ``_dataset.json`` when present (they are verified). ``bits`` and
-    ``boundary_limit`` tune the histogram method.
+    the class counts from ``_dataset.json`` when present (they are verified).
     """
-    check_request(strategy, cap, floor)   # fail before touching data
+    request = check_request(strategy, cap, floor)   # fail before touching data
     t0 = time.time()
     df = _read_input(spark, table, label_col)
-    sampled, fit = fit_resample(df, strategy, sampling_strategy=target, cap=cap, floor=floor, random_state=seed,
-                                label_col=label_col, class_counts=_hint_counts(table, df, label_col) if use_hint
-                                else None, method=method, bits=bits, boundary_limit=boundary_limit)
+    sampled, fit = _fit(df, request, target, seed, label_col=label_col, method=method,
+                        class_counts=_hint_counts(table, df, label_col) if use_hint else None)
     strategy, cap, floor = fit["strategy"], fit["cap"], fit["floor"]
     counts, plan, max_copies, path = fit["input_counts"], fit["planned"], fit["max_copies"], fit["path"]
     t_thr = time.time()

@@ -170,7 +170,7 @@ def test_partition_independent_and_seeded(spark, data, tmp_path):
     # window (default) and key histograms — here 1-bit bins refined level by level until a
     # boundary holds <= 20 rows
     d = sample_dataset(spark, data["many"], str(tmp_path / "d"), strategy, seed=11,
-                       method="histogram", bits=1, boundary_limit=20, **kw)
+                       method="histogram", **kw)
     assert "histogram" in d["method"] and "one-pass" in a["method"]
     assert d["achieved"] == a["achieved"]
     assert _pairs(spark, tmp_path / "d") == _pairs(spark, tmp_path / "a")
