@@ -43,7 +43,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipeline.errors import InputError
-from pipeline.prep.literals import class_lookup, int_lookup
+from pipeline.prep.literals import class_lookup, int_lookup, python_scalar
 
 TARGET_BIN_ROWS = 2000
 MAX_BITS = 16
@@ -282,11 +282,6 @@ def assign_buckets(df: DataFrame, label_col: str, class_counts: Mapping, cutoffs
                            label_col, class_counts, cutoffs, id_col, method=method)
     keyed = with_hash_key(df, seed, id_col, salt)
     return keyed.withColumn(BUCKET, bucket_col(plan, label_col, id_col, id_sql_type(df, id_col, False)))
-
-
-def python_scalar(v):
-    """numpy scalar → Python scalar (for dict keys and Spark literals)."""
-    return v.item() if hasattr(v, "item") else v
 
 
 def exact_counts(df: DataFrame, label_col: str) -> dict:

@@ -14,6 +14,11 @@ import numbers
 from typing import Mapping, Optional, Sequence
 
 
+def python_scalar(v):
+    """numpy scalar → Python scalar (for dict keys and Spark literals)."""
+    return v.item() if hasattr(v, "item") else v
+
+
 def number_sql(v, sql_type: str) -> Optional[str]:
     """A SQL literal of the number ``v`` as ``sql_type`` (``NULL`` for None), or None if ``v`` is not a number."""
     if v is None:
