@@ -99,7 +99,7 @@ class SampleManifest:
             "floor": req.floor,
             "seed": int(p.random_state),
             "label_col": self.label_col,
-            "input": str(input),
+            "input": str(self.table),
             "input_rows": int(sum(p.input_counts.values())),
             "input_counts": _counts_json(p.input_counts),
             "planned": _counts_json(p.planned),
