@@ -29,6 +29,7 @@ from pipeline.data.source import frame_info, label_index, read_table, table_info
 from pipeline.errors import InputError
 from pipeline.io import atomic_dir, local_path, spark_uri, write_json
 from pipeline.prep.keys import BUCKET, KEY, assign_buckets, split_cutoffs
+from pipeline.prep.literals import class_lookup
 
 SPLITS = ("train", "val", "test")
 SPLIT_COL = "split"
@@ -99,10 +100,7 @@ def _with_reasons(df: DataFrame, info: DatasetInfo, label_col: str, payload: boo
 
 
 def _index_labels(df: DataFrame, label_col: str, mapping: dict) -> DataFrame:
-    pairs = []
-    for lab, idx in mapping.items():
-        pairs += [F.lit(lab), F.lit(idx)]
-    return df.withColumn(label_col, F.create_map(*pairs)[F.col(label_col)].cast("long"))
+    return df.withColumn(label_col, class_lookup(label_col, mapping, "bigint"))
 
 
 def _check_fractions(val: float, test: float) -> None:
