@@ -2,7 +2,7 @@
 
 For each size, in one Spark session, each repeat runs (order alternated between repeats):
 
-* ``ours``: :func:`pipeline.sampling.sample_dataset` with ``threshold --cap C`` (Lee et al.'s
+* ``ours``: :func:`pipeline.prep.sampling.sample_dataset` with ``threshold --cap C`` (Lee et al.'s
   thresholded pre-training set), C = rows / 200 unless ``--cap`` is given — class counts from
   ``_dataset.json``, one narrow pass for counts check + thresholds, write, read-back check of
   the achieved counts, manifest; ``ours-count``: the same ignoring ``_dataset.json`` (a count
@@ -12,7 +12,7 @@ For each size, in one Spark session, each repeat runs (order alternated between 
   its count error against the plan is reported;
 * ``imblearn``: ``RandomUnderSampler`` with the same per-class targets on the label vector held
   in memory (label loading not timed) — a single-machine reference, not a competitor;
-* ``materialize``: :func:`pipeline.materialize.materialize` of our sampled set (MB/s written).
+* ``materialize``: :func:`pipeline.stream.materialize.materialize` of our sampled set (MB/s written).
 
     python bench/bench_sampling.py --rows 1000000 3400000 --repeats 3 --markdown docs/bench-sampling.md
 
@@ -53,7 +53,7 @@ def run_ours(spark, src, out, cap, seed, use_hint=True):
 
     _rm(out)
     t = time.perf_counter()
-    m = sample_dataset(spark, src, out, "threshold", cap=cap, seed=seed, use_hint=use_hint)
+    m = sample_dataset(spark, src, out, "threshold", cap=cap, random_state=seed, use_hint=use_hint)
     return time.perf_counter() - t, m
 
 

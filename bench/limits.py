@@ -278,7 +278,7 @@ def stage_runner(spark, cfg, root: Path, preset_cap: int):
         "split": lambda out: split_dataset(spark, str(root / "synth"), str(out), val=cfg.split.val,
                                            test=cfg.split.test, seed=seed, label_col=label),
         "sample": lambda out: sample_dataset(spark, str(root / "split" / "train"), str(out), strategy="threshold",
-                                             cap=cap, seed=seed, label_col=label),
+                                             cap=cap, random_state=seed, label_col=label),
         "materialize": lambda out: materialize(spark, str(root / "sample" / "data"), str(out), seed=seed,
                                                row_group_mb=cfg.stream.row_group_mb, label_col=label),
         "train": lambda out: train_model(cfg, str(root / "materialize"), None, str(out), epochs=1),

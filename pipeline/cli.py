@@ -128,8 +128,8 @@ def cmd_split(a: argparse.Namespace) -> int:
 
 
 def cmd_sample(a: argparse.Namespace) -> int:
-    manifest = sample_dataset(get_spark(), a.input, a.out, strategy=a.strategy, target=a.target,
-                              cap=a.cap, floor=a.floor, seed=a.seed, label_col=a.label_col)
+    manifest = sample_dataset(get_spark(), a.input, a.out, strategy=a.strategy, sampling_strategy=a.target,
+                              cap=a.cap, floor=a.floor, random_state=a.seed, label_col=a.label_col)
     print(format_manifest(manifest))
     return 0
 

@@ -261,8 +261,9 @@ def training_set(spark, cfg: Config, runner: StageRunner, name: str, sample_cfg:
     s_key = {"split": split_fp, "sample": dataclasses.asdict(sample_cfg), "seed": s_seed}
 
     def _sample(d: Path) -> None:
-        m = sample_dataset(spark, train_split, str(d), strategy=sample_cfg.strategy, target=sample_cfg.target,
-                           cap=sample_cfg.cap, floor=sample_cfg.floor, seed=s_seed, label_col=label)
+        m = sample_dataset(spark, train_split, str(d), strategy=sample_cfg.strategy,
+                           sampling_strategy=sample_cfg.target, cap=sample_cfg.cap, floor=sample_cfg.floor,
+                           random_state=s_seed, label_col=label)
         log(format_manifest(m))
 
     sample_fp = runner.stage(name, s_key, _sample)

@@ -8,7 +8,7 @@ pure :func:`plan_counts` (how many rows each class gets).
 import importlib
 
 _API = {"class_distribution": "pipeline.prep.profile", "split_frame": "pipeline.prep.split",
-        "fit_resample": "pipeline.prep.sampling", "plan_counts": "pipeline.prep.sampling"}
+        "fit_resample": "pipeline.prep.resample", "plan_counts": "pipeline.prep.sampling_plan"}
 __all__ = sorted(_API)
 
 

@@ -4,11 +4,19 @@ Built element by element, every ``F.lit(v).cast(t)`` is a few Py4J round trips (
 103-class table of cut-off rows took 1.5 s of the split stage and 0.7 s of each sample just to
 build its Column. Parsed by the JVM from one SQL string it is one call. Only numbers take this
 path; anything else (string ids or labels) returns None and the caller builds the Column itself.
+
+:func:`class_lookup` is the one per-class lookup Column (``values[label]`` for each row) that the
+split, the sampler and the protocols build their per-class constants with.
 """
 from __future__ import annotations
 
 import numbers
 from typing import Mapping, Optional, Sequence
+
+
+def python_scalar(v):
+    """numpy scalar → Python scalar (for dict keys and Spark literals)."""
+    return v.item() if hasattr(v, "item") else v
 
 
 def number_sql(v, sql_type: str) -> Optional[str]:
@@ -39,6 +47,42 @@ def map_sql(value_sql: Mapping, key_type: str) -> Optional[str]:
     return f"map({', '.join(parts)})" if parts else None
 
 
+def _dense(labels: list) -> bool:
+    """Whether integer labels are dense enough (the split's 0..K-1) to index an array literal."""
+    return (all(isinstance(c, int) and not isinstance(c, bool) for c in labels)
+            and min(labels) >= 0 and max(labels) < 4 * len(labels) + 16)
+
+
+def class_lookup(label_col: str, values: Mapping, sql_type: str):
+    """A Column with ``values[label]`` (as ``sql_type``) for each row's label, null for labels not in ``values``.
+
+    Dense integer labels index an array literal, O(1) per row; other labels use a map literal.
+    Numbers are parsed from one SQL string (one Py4J call); other values are built as literals.
+    """
+    # deferred: pyspark is slow to import, and the pure callers of this module never need it
+    from pyspark.sql import functions as F
+
+    none = F.lit(None).cast(sql_type)
+    if not values:
+        return none
+    labels = list(values)
+    if _dense(labels):
+        dense = [values.get(i) for i in range(max(labels) + 1)]
+        table = array_sql(dense, sql_type)
+        arr = F.expr(table) if table is not None else F.array(*[F.lit(v).cast(sql_type) if v is not None else none
+                                                                for v in dense])
+        label = F.col(label_col).cast("int")
+        return F.when((label >= 0) & (label <= max(labels)), arr[label]).otherwise(none)
+    integral = all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in labels)
+    table = map_sql({k: number_sql(v, sql_type) for k, v in values.items()}, "bigint") if integral else None
+    if table is not None:
+        return F.expr(table)[F.col(label_col)]
+    pairs = []
+    for c in labels:
+        pairs += [F.lit(c), F.lit(values[c]).cast(sql_type)]
+    return F.create_map(*pairs)[F.col(label_col)]
+
+
 def int_lookup(label_col: str, values: Mapping):
     """A Column with the int ``values[label]`` of each row's label, 0 for labels not in ``values``."""
     # deferred: pyspark is slow to import
@@ -46,10 +90,4 @@ def int_lookup(label_col: str, values: Mapping):
 
     if not values:
         return F.lit(0)
-    table = map_sql({k: number_sql(int(v), "int") for k, v in values.items()}, "bigint")
-    if table is not None:
-        return F.coalesce(F.expr(table)[F.col(label_col)], F.lit(0))
-    pairs = []
-    for k, v in values.items():
-        pairs += [F.lit(k), F.lit(int(v))]
-    return F.coalesce(F.create_map(*pairs)[F.col(label_col)], F.lit(0))
+    return F.coalesce(class_lookup(label_col, {k: int(v) for k, v in values.items()}, "int"), F.lit(0))

@@ -22,16 +22,19 @@ from typing import Optional
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from pipeline.config import DataSection
 from pipeline.data.images import check_options, decoded_frame, image_shape as decoded_shape
 from pipeline.data.schema import FEATURES_COL, IMAGE_COL, DatasetInfo, write_info
 from pipeline.data.source import frame_info, label_index, read_table, table_info, write_labels
 from pipeline.errors import InputError
 from pipeline.io import atomic_dir, local_path, spark_uri, write_json
 from pipeline.prep.keys import BUCKET, KEY, assign_buckets, split_cutoffs
+from pipeline.prep.literals import class_lookup
 
 SPLITS = ("train", "val", "test")
 SPLIT_COL = "split"
 BROADCAST_IDS = 1_000_000   # duplicated ids joined by broadcast up to this many
+MIN_SIZE = DataSection().min_size   # the same default as data.min_size and the CLI's --min-size
 
 
 def _reason_col(df: DataFrame, info: DatasetInfo, label_col: str, payload: bool = True) -> F.Column:
@@ -97,15 +100,59 @@ def _with_reasons(df: DataFrame, info: DatasetInfo, label_col: str, payload: boo
 
 
 def _index_labels(df: DataFrame, label_col: str, mapping: dict) -> DataFrame:
-    pairs = []
-    for lab, idx in mapping.items():
-        pairs += [F.lit(lab), F.lit(idx)]
-    return df.withColumn(label_col, F.create_map(*pairs)[F.col(label_col)].cast("long"))
+    return df.withColumn(label_col, class_lookup(label_col, mapping, "bigint"))
 
 
-def split_frame(df, val: float = 0.1, test: float = 0.2, random_state: int = 0, label_col: str = "label",
+def _check_fractions(val: float, test: float) -> None:
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise InputError(f"split fractions must satisfy 0 <= val, test and val + test < 1 (val={val}, test={test})")
+
+
+def _checked_frames(df, info: DatasetInfo, label_col: str, decode: dict, optimistic: bool):
+    """``(checked, cheap)``: the rows with their ``reason`` (null when valid; encoded images decoded),
+    and — when ``optimistic`` — the same rows checked on id and label alone (else None)."""
+    encoded = info.kind == "image" and info.image_shape is None
+    if encoded:
+        try:
+            check_options(decode["size"], decode["mode"], decode["resize"], decode["min_size"])
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        if IMAGE_COL not in df.columns:
+            raise InputError(f"input has no '{IMAGE_COL}' column")
+    dups = duplicate_ids(df, info)
+    checked = _with_reasons(df, info, label_col, True, dups)
+    cheap = _with_reasons(df, info, label_col, False, dups) if optimistic and not encoded else None
+    if encoded:  # decode the rows that passed (the decoder keeps a reason already set), one pass
+        checked = decoded_frame(checked, **decode)
+        info.image_shape = decoded_shape(decode["size"], decode["mode"])
+    if SPLIT_COL in df.columns:
+        def split_check(frame):
+            return frame.withColumn(
+                "reason", F.when(F.col("reason").isNull() & ~F.col(SPLIT_COL).isin(*SPLITS),
+                                 F.lit("split is not train/val/test")).otherwise(F.col("reason")))
+        checked = split_check(checked)
+        cheap = split_check(cheap) if cheap is not None else None
+    return checked, cheap
+
+
+def _tally(narrow: DataFrame, label_col: str):
+    """Valid rows per label and rejected rows per reason, from the narrow (id, label, reason) copy."""
+    counts: dict = {}
+    reasons: dict = {}
+    for reason, lab, c in narrow.groupBy("reason", label_col).count().collect():
+        if reason is None:
+            counts[lab] = counts.get(lab, 0) + int(c)
+        else:
+            reasons[reason] = reasons.get(reason, 0) + int(c)
+    if not counts:
+        why = f", mostly: {max(reasons, key=reasons.get)}" if reasons else ""
+        raise InputError(f"no valid row left ({sum(reasons.values())} rejected{why})")
+    return counts, reasons
+
+
+def split_frame(df, val: float = 0.1, test: float = 0.2, random_state: int = 0, label_col: str = "label", *,
                 info: Optional[DatasetInfo] = None, image_shape: Optional[list] = None, size: int = 32,
-                mode: str = "L", resize: str = "pad", min_size: int = 1, optimistic: bool = False):
+                mode: str = "L", resize: str = "pad", min_size: int = MIN_SIZE, optimistic: bool = False):
     """Split a Spark DataFrame exactly per class; return ``(split, rejected, summary)`` — the library form of ``split``.
 
     Each class's rows are ranked by a hash of (``random_state``, ``id``): the first
@@ -120,55 +167,25 @@ def split_frame(df, val: float = 0.1, test: float = 0.2, random_state: int = 0, 
 
     Encoded images: an ``image`` column of PNG/JPEG/... bytes with no shape is decoded and resized
     to ``size`` × ``size`` in ``mode`` by ``resize`` (:mod:`pipeline.data.images`, the decoder of
-    ``imbalance ingest``); rows that do not decode are rejected with the decoder's reason.
+    ``imbalance ingest``); rows that do not decode, or are narrower or lower than ``min_size``, are
+    rejected with the decoder's reason.
 
     ``optimistic``: count the classes from the id and label checks alone (the features or image
     column is not read for them) — exact only if no row fails a features/image check, which the
     caller must verify on what it wrote (``split_dataset`` compares the written total with
     ``summary["counts"]`` and redoes the split exactly when they differ).
     """
-    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
-        raise InputError(f"split fractions must satisfy 0 <= val, test and val + test < 1 (val={val}, test={test})")
+    _check_fractions(val, test)
     info = info or frame_info(df, label_col, image_shape)
-    encoded = info.kind == "image" and info.image_shape is None
-    if encoded:
-        try:
-            check_options(size, mode, resize, min_size)
-        except ValueError as e:
-            raise InputError(str(e)) from None
-        if IMAGE_COL not in df.columns:
-            raise InputError(f"input has no '{IMAGE_COL}' column")
-    dups = duplicate_ids(df, info)
-    checked = _with_reasons(df, info, label_col, True, dups)
-    cheap = _with_reasons(df, info, label_col, False, dups) if optimistic and not encoded else None
-    if encoded:  # decode the rows that passed (the decoder keeps a reason already set), one pass
-        checked = decoded_frame(checked, size=size, mode=mode, resize=resize, min_size=min_size)
-        info.image_shape = decoded_shape(size, mode)
-    if SPLIT_COL in df.columns:
-        def split_check(frame):
-            return frame.withColumn(
-                "reason", F.when(F.col("reason").isNull() & ~F.col(SPLIT_COL).isin(*SPLITS),
-                                 F.lit("split is not train/val/test")).otherwise(F.col("reason")))
-        checked = split_check(checked)
-        cheap = split_check(cheap) if cheap is not None else None
+    decode = {"size": size, "mode": mode, "resize": resize, "min_size": min_size}
+    checked, cheap = _checked_frames(df, info, label_col, decode, optimistic)
     valid = checked.where(F.col("reason").isNull()).drop("reason")
     rejected = checked.where(F.col("reason").isNotNull())
     # The counts and the rows at the cut-offs come from a narrow, persisted copy of (id, label,
     # reason): one read of the table for all of them; only the final write reads every column.
     narrow = (cheap if cheap is not None else checked).select("id", label_col, "reason").persist()
     try:
-        tally = narrow.groupBy("reason", label_col).count().collect()
-        counts: dict = {}
-        reasons: dict = {}
-        for reason, lab, c in tally:
-            if reason is None:
-                counts[lab] = counts.get(lab, 0) + int(c)
-            else:
-                reasons[reason] = reasons.get(reason, 0) + int(c)
-        n_rejected = sum(reasons.values())
-        if not counts:
-            why = f", mostly: {max(reasons, key=reasons.get)}" if reasons else ""
-            raise InputError(f"no valid row left ({n_rejected} rejected{why})")
+        counts, reasons = _tally(narrow, label_col)
         mapping = label_index(counts)
         indexed = _index_labels(valid, label_col, mapping)
         idx_counts = {mapping[k]: v for k, v in counts.items()}
@@ -186,7 +203,7 @@ def split_frame(df, val: float = 0.1, test: float = 0.2, random_state: int = 0, 
     # columns in the order the split has always written them: label (split) or id (pre-split) first
     first = ["id"] if SPLIT_COL in df.columns else [label_col, "id"]
     assigned = assigned.select(*first, *[c for c in assigned.columns if c not in first])
-    return assigned, rejected, {"labels": list(mapping), "counts": idx_counts, "rejected": int(n_rejected),
+    return assigned, rejected, {"labels": list(mapping), "counts": idx_counts, "rejected": sum(reasons.values()),
                                 "rejected_reasons": reasons, "info": info, "presplit": SPLIT_COL in df.columns,
                                 "optimistic": cheap is not None}
 
@@ -227,12 +244,13 @@ def split_dataset(
     val: float = 0.1,
     test: float = 0.2,
     seed: int = 0,
+    *,
     label_col: str = "label",
     image_shape: Optional[list] = None,
     size: int = 32,
     mode: str = "L",
     resize: str = "pad",
-    min_size: int = 1,
+    min_size: int = MIN_SIZE,
 ) -> dict:
     """Split ``table`` into ``out/{train,val,test}/`` exactly per class; invalid rows to ``out/rejected/``.
 
@@ -241,8 +259,7 @@ def split_dataset(
     The rows are :func:`split_frame`'s (which also decodes encoded images). Returns a summary ``{"counts": {split: {label_index: rows}},
     "rejected": n, "labels": [...]}`` also written to ``out/split.json``.
     """
-    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
-        raise InputError(f"split fractions must satisfy 0 <= val, test and val + test < 1 (val={val}, test={test})")
+    _check_fractions(val, test)
     if isinstance(table, dict):
         parts = []
         first = None

@@ -84,7 +84,7 @@ def sampled_run(spark, root: Path, x, y, n_classes: int, seed: int = 0, strategy
     for name, idx in (("train", tr), ("val", va), ("test", te)):
         _write(root / name, ids[idx], x[idx], y[idx], n_classes)
 
-    manifest = sample_dataset(spark, str(root / "train"), str(root / "sample"), strategy=strategy, seed=seed)
+    manifest = sample_dataset(spark, str(root / "train"), str(root / "sample"), strategy=strategy, random_state=seed)
     assert len(set(manifest["achieved"].values())) == 1                 # balanced by the sampler
     materialize(spark, str(root / "sample" / "data"), str(root / "mat"), seed=seed, row_group_mb=0.05)
     cfg = load_config(None, ["model.name=mlp", "model.hidden=[64]", "train.epochs=30", "train.batch_size=64",

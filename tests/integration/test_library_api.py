@@ -74,7 +74,7 @@ def test_fit_resample_counts_match_imbalanced_learn(user_df, strategy, imblearn_
     _, y_ref = getattr(mod, imblearn_name)(sampling_strategy=sampling_strategy, random_state=0).fit_resample(
         np.zeros((len(y), 1)), y)
     assert got == Counter(y_ref)
-    assert {k: int(v) for k, v in plan["planned"].items()} == dict(Counter(y_ref))
+    assert {k: int(v) for k, v in plan.planned.items()} == dict(Counter(y_ref))
     assert sampled.select("id", "copy").distinct().count() == sampled.count()   # (id, copy) unique
 
 
@@ -84,7 +84,7 @@ def test_the_path_stage_writes_the_library_rows(spark, user_df, tmp_path):
     df, _ = user_df
     df = df.where(~F.isnan(F.col("features")[0]))
     df.write.parquet(str(tmp_path / "table"))
-    manifest = sample_dataset(spark, str(tmp_path / "table"), str(tmp_path / "out"), "ros", seed=4)
+    manifest = sample_dataset(spark, str(tmp_path / "table"), str(tmp_path / "out"), "ros", random_state=4)
     sampled, _ = fit_resample(spark.read.parquet(str(tmp_path / "table")), "ros", random_state=4)
     written = spark.read.parquet(str(tmp_path / "out" / "data"))
     rows = lambda d: sorted(map(tuple, d.select("id", "copy").collect()))  # noqa: E731

@@ -32,7 +32,7 @@ def sampled(spark, tmp_path_factory):
     spark.createDataFrame(rows, "id long, label long, image binary").coalesce(2) \
         .write.parquet(str(src))
     write_info(src, DatasetInfo(kind="image", n_classes=3, image_shape=[8, 8]))
-    sample_dataset(spark, str(src), str(base / "s"), "ros", seed=0)
+    sample_dataset(spark, str(src), str(base / "s"), "ros", random_state=0)
     return base, str(base / "s" / "data")
 
 

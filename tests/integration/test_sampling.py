@@ -93,7 +93,7 @@ def _check_output(spark, out, rows, manifest):
 @pytest.mark.parametrize("target", ["not majority", {"0": 500, "2": 100}])
 def test_rus_matches_imblearn_and_never_repeats(spark, data, tmp_path, target):
     out = tmp_path / "out"
-    m = sample_dataset(spark, data["many"], str(out), "rus", target=target, seed=3)
+    m = sample_dataset(spark, data["many"], str(out), "rus", sampling_strategy=target, random_state=3)
     ref_target = {int(k): v for k, v in target.items()} if isinstance(target, dict) else target
     assert m["planned"] == _imblearn(COUNTS, "rus", ref_target)
     mult = _check_output(spark, out, data["rows"], m)
@@ -111,7 +111,7 @@ def test_rus_matches_imblearn_and_never_repeats(spark, data, tmp_path, target):
 @pytest.mark.parametrize("target", ["auto", {"4": 100, "3": 300}])
 def test_ros_matches_imblearn_keeps_all_rows_with_even_copies(spark, data, tmp_path, target):
     out = tmp_path / "out"
-    m = sample_dataset(spark, data["one"], str(out), "ros", target=target, seed=5)
+    m = sample_dataset(spark, data["one"], str(out), "ros", sampling_strategy=target, random_state=5)
     ref_target = {int(k): v for k, v in target.items()} if isinstance(target, dict) else target
     assert m["planned"] == _imblearn(COUNTS, "ros", ref_target)
     mult = _check_output(spark, out, data["rows"], m)
@@ -126,7 +126,7 @@ def test_binary_float_target(spark, data, tmp_path):
     rows = [r for r in data["rows"] if r[1] in (0, 3)]
     src = _write(spark, rows, tmp_path / "bin", 3)
     for sampler in ("rus", "ros"):
-        m = sample_dataset(spark, src, str(tmp_path / sampler), sampler, target=0.5, seed=1)
+        m = sample_dataset(spark, src, str(tmp_path / sampler), sampler, sampling_strategy=0.5, random_state=1)
         assert m["planned"] == _imblearn({0: 1200, 3: 97}, sampler, 0.5)
         _check_output(spark, tmp_path / sampler, rows, m)
 
@@ -138,7 +138,7 @@ def test_binary_float_target(spark, data, tmp_path):
 ])
 def test_threshold_floor_hybrid(spark, data, tmp_path, strategy, kw, want):
     out = tmp_path / "out"
-    m = sample_dataset(spark, data["one"], str(out), strategy, seed=2, **kw)
+    m = sample_dataset(spark, data["one"], str(out), strategy, random_state=2, **kw)
     assert m["planned"] == {str(k): v for k, v in want.items()}
     mult = _check_output(spark, out, data["rows"], m)
     for cls, n in COUNTS.items():
@@ -161,20 +161,20 @@ def _pairs(spark, path):
 def test_partition_independent_and_seeded(spark, data, tmp_path):
     # hybrid exercises both paths: classes 0, 1 are under-sampled, 3, 4 over-sampled, 2 kept
     strategy, kw = "hybrid", dict(cap=350, floor=120)
-    a = sample_dataset(spark, data["one"], str(tmp_path / "a"), strategy, seed=11, **kw)
-    b = sample_dataset(spark, data["many"], str(tmp_path / "b"), strategy, seed=11, **kw)
+    a = sample_dataset(spark, data["one"], str(tmp_path / "a"), strategy, random_state=11, **kw)
+    b = sample_dataset(spark, data["many"], str(tmp_path / "b"), strategy, random_state=11, **kw)
     assert a["achieved"] == b["achieved"]
     assert _pairs(spark, tmp_path / "a") == _pairs(spark, tmp_path / "b"), \
         "1-file and 7-file copies must give the same rows"
     # the two ways of finding thresholds select exactly the same rows: the one-pass candidate
     # window (default) and key histograms — here 1-bit bins refined level by level until a
     # boundary holds <= 20 rows
-    d = sample_dataset(spark, data["many"], str(tmp_path / "d"), strategy, seed=11,
-                       method="histogram", bits=1, boundary_limit=20, **kw)
+    d = sample_dataset(spark, data["many"], str(tmp_path / "d"), strategy, random_state=11,
+                       method="histogram", **kw)
     assert "histogram" in d["method"] and "one-pass" in a["method"]
     assert d["achieved"] == a["achieved"]
     assert _pairs(spark, tmp_path / "d") == _pairs(spark, tmp_path / "a")
-    c = sample_dataset(spark, data["one"], str(tmp_path / "c"), strategy, seed=12, **kw)
+    c = sample_dataset(spark, data["one"], str(tmp_path / "c"), strategy, random_state=12, **kw)
     assert c["achieved"] == a["achieved"]
     assert _pairs(spark, tmp_path / "c") != _pairs(spark, tmp_path / "a"), "the seed matters"
 
@@ -185,18 +185,18 @@ def test_stale_dataset_json_counts_are_not_trusted(spark, data, tmp_path):
     info = read_info(src)
     info.class_counts = {"0": 50, "1": 50}                  # wrong, and a class missing
     write_info(src, info)
-    m = sample_dataset(spark, src, str(tmp_path / "o"), "rus", target="all", seed=11)
+    m = sample_dataset(spark, src, str(tmp_path / "o"), "rus", sampling_strategy="all", random_state=11)
     assert m["input_counts"] == {str(k): v for k, v in COUNTS.items()}
     assert m["achieved"] == {str(k): 13 for k in COUNTS} and "stale" in m["method"]
-    ref = sample_dataset(spark, data["many"], str(tmp_path / "r"), "rus", target="all", seed=11)
+    ref = sample_dataset(spark, data["many"], str(tmp_path / "r"), "rus", sampling_strategy="all", random_state=11)
     assert _pairs(spark, tmp_path / "o") == _pairs(spark, tmp_path / "r")
 
 
 def test_ros_extra_copies_follow_the_rus_rule(spark, data, tmp_path):
     """ROS's (N mod n) extra copies go to the rows RUS would keep for a target of N mod n."""
     n = COUNTS[3]
-    sample_dataset(spark, data["one"], str(tmp_path / "ros"), "ros", target={"3": 2 * n + 40}, seed=9)
-    sample_dataset(spark, data["one"], str(tmp_path / "rus"), "rus", target={"3": 40}, seed=9)
+    sample_dataset(spark, data["one"], str(tmp_path / "ros"), "ros", sampling_strategy={"3": 2 * n + 40}, random_state=9)
+    sample_dataset(spark, data["one"], str(tmp_path / "rus"), "rus", sampling_strategy={"3": 40}, random_state=9)
     ros = Counter(i for i, y, _ in _read(spark, tmp_path / "ros" / "data") if y == 3)
     rus = {i for i, y, _ in _read(spark, tmp_path / "rus" / "data") if y == 3}
     assert {i for i, m in ros.items() if m == 3} == rus and len(rus) == 40
@@ -230,7 +230,7 @@ def test_bad_input_raises_and_writes_nothing(spark, data, tmp_path, case, messag
     elif case == "missing":
         src = str(tmp_path / "nope")
     elif case == "grow":
-        kw = dict(target={"1": 10_000})
+        kw = dict(sampling_strategy={"1": 10_000})
     elif case == "strategy":
         strategy = "smote"
     elif case == "negative_cap":
@@ -244,10 +244,10 @@ def test_bad_input_raises_and_writes_nothing(spark, data, tmp_path, case, messag
 
 def test_failure_keeps_previous_output(spark, data, tmp_path):
     out = tmp_path / "out"
-    sample_dataset(spark, data["one"], str(out), "rus", seed=1)
+    sample_dataset(spark, data["one"], str(out), "rus", random_state=1)
     before = (out / "manifest.json").read_text()
     with pytest.raises(InputError):
-        sample_dataset(spark, data["one"], str(out), "ros", target={"0": 5})
+        sample_dataset(spark, data["one"], str(out), "ros", sampling_strategy={"0": 5})
     assert (out / "manifest.json").read_text() == before
 
 

@@ -121,14 +121,14 @@ def test_bad_floats_rejected_like_imblearn(sampler, ratio):
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(strategy="smote"), "unknown sampling strategy"),
-    (dict(strategy="rus", target="most"), "unknown sampling target"),
-    (dict(strategy="rus", target={0: 501}), "rus cannot grow class 0"),
-    (dict(strategy="ros", target={4: 8}), "ros cannot shrink class 4"),
-    (dict(strategy="rus", target={7: 5}), "not in the data"),
-    (dict(strategy="rus", target={0: -1}), "negative"),
-    (dict(strategy="rus", target={0: 2.5}), "whole number"),
-    (dict(strategy="rus", target={}), "empty"),
-    (dict(strategy="rus", target=0.5), "binary"),
+    (dict(strategy="rus", sampling_strategy="most"), "unknown sampling target"),
+    (dict(strategy="rus", sampling_strategy={0: 501}), "rus cannot grow class 0"),
+    (dict(strategy="ros", sampling_strategy={4: 8}), "ros cannot shrink class 4"),
+    (dict(strategy="rus", sampling_strategy={7: 5}), "not in the data"),
+    (dict(strategy="rus", sampling_strategy={0: -1}), "negative"),
+    (dict(strategy="rus", sampling_strategy={0: 2.5}), "whole number"),
+    (dict(strategy="rus", sampling_strategy={}), "empty"),
+    (dict(strategy="rus", sampling_strategy=0.5), "binary"),
     (dict(strategy="threshold"), "needs --cap"),
     (dict(strategy="threshold", cap=-5), "--cap must be at least 1"),
     (dict(strategy="threshold", cap=0), "--cap must be at least 1"),
@@ -173,3 +173,18 @@ def test_format_manifest_abbreviates_many_classes():
     assert "79 more classes" in text
     assert len(text.splitlines()) == 2 + 24 + 1 + 2
     assert text.splitlines()[2].split()[0] == "0" and text.splitlines()[-3].split()[0] == "102"
+
+
+def test_the_plan_is_pure_and_the_request_checked_once():
+    import subprocess
+    import sys
+
+    from pipeline.prep.sampling_plan import SamplingRequest, check_request, planned_counts
+
+    code = ("import sys, pipeline.prep.sampling_plan, pipeline.prep.sampling, pipeline.prep.sampling_report; "
+            "sys.exit('pyspark' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "the plan must not import pyspark"
+    assert check_request(" Hybrid ", 200.0, 50) == SamplingRequest("hybrid", 200, 50)
+    assert check_request("rus", cap=7, floor=3) == SamplingRequest("rus")      # unused knobs are dropped
+    request = check_request("threshold", cap=100)
+    assert planned_counts(MULTI, request) == plan_counts(MULTI, "threshold", cap=100)
