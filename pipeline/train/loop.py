@@ -125,9 +125,22 @@ def build_optimizer(params, train_cfg) -> torch.optim.Optimizer:
     return OPTIMIZERS[name](params, train_cfg)
 
 
+def check_select_metric(name: str, n_classes: Optional[int] = None) -> str:
+    """``train.select_metric``: a name of :data:`METRICS_HIGHER` or :data:`METRICS_LOWER`; the
+    ranking metrics (:data:`RANKING_METRICS`) need two-class data (``n_classes``, when known).
+    Raises :class:`ConfigError`."""
+    known = METRICS_HIGHER + METRICS_LOWER
+    if name not in known:
+        raise ConfigError(f"unknown train.select_metric '{name}' (known: {', '.join(known)})")
+    if name in RANKING_METRICS and n_classes is not None and n_classes != 2:
+        raise ConfigError(f"train.select_metric '{name}' needs two-class data; the validation table "
+                          f"has {n_classes} classes")
+    return name
+
+
 def split_loss_params(train_cfg) -> tuple[dict, dict]:
     """(parameters for build_loss, DRW schedule) — ``drw_epoch``/``drw_beta`` may sit in
-    ``train.loss_params`` or ``train.method_params``."""
+    ``train.loss_params`` or ``train.method_params``. Raises :class:`ConfigError`."""
     params = dict(train_cfg.loss_params or {})
     drw = {k: params.pop(k) for k in DRW_KEYS if k in params}
     for k in DRW_KEYS:
@@ -135,10 +148,10 @@ def split_loss_params(train_cfg) -> tuple[dict, dict]:
             drw[k] = train_cfg.method_params[k]
     if drw.get("drw_epoch") is not None:
         if str(train_cfg.loss).lower() != "ldam":
-            raise InputError(f"train drw_epoch needs train.loss=ldam (got '{train_cfg.loss}')")
+            raise ConfigError(f"train drw_epoch needs train.loss=ldam (got '{train_cfg.loss}')")
         e = drw["drw_epoch"]
         if isinstance(e, bool) or not isinstance(e, int) or e < 0:
-            raise InputError(f"train drw_epoch must be a non-negative integer, got {e!r}")
+            raise ConfigError(f"train drw_epoch must be a non-negative integer, got {e!r}")
     return params, drw
 
 
@@ -705,9 +718,7 @@ def validate_epoch(s: TrainingSession, entry: dict) -> float:
     if info.n_classes == 2:
         support = [(info.class_counts or {}).get(str(i), 0) for i in range(2)]
         positive = positive_class(info.labels, support)
-    if s.select in RANKING_METRICS and positive is None:
-        raise InputError(f"train.select_metric '{s.select}' needs two-class data; the validation table "
-                         f"has {info.n_classes} classes")
+    check_select_metric(s.select, info.n_classes)
     cm, vloss, hist = evaluate_table(s.model, s.val_path, info, s.device, s.eval_bs, s.reader, s.rank,
                                      s.world_size, s.autocast, s.cfg.stream.workers_count,
                                      predict_fn=_method_predict_fn(s.hook, s.device), positive=positive)
@@ -849,5 +860,6 @@ def _report_checkpoint(s: TrainingSession, extra_metrics: Optional[dict] = None,
 
 
 __all__ = ["run_training", "evaluate_table", "metrics_from_confusion", "confusion_matrix",
-           "OPTIMIZERS", "build_optimizer", "check_amp_dtype", "split_loss_params", "CRASH_ENV", "read_sampling_spec",
+           "OPTIMIZERS", "build_optimizer", "check_amp_dtype", "split_loss_params", "check_select_metric",
+           "CRASH_ENV", "read_sampling_spec",
            "epoch_read_rates", "static_read_rates", "compute_centroids", "centers_params"]
