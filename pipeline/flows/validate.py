@@ -12,8 +12,10 @@ what                                      who owns the rule
                                           loss on stand-in class counts)
 ``model.*`` (name, depth, width, …)       :func:`pipeline.train.models.check_model_config`
 ``train.method``, ``method_params``       :func:`pipeline.train.hooks.build_hook` (hooks check
-                                          their own parameters); two_phase: :data:`TWO_PHASE_KEYS`
+                                          their own parameters); two_phase: :func:`two_phase_settings`
 ``train.optimizer``                       :func:`pipeline.train.loop.build_optimizer`
+``train.select_metric``                   :func:`pipeline.train.loop.check_select_metric`
+``data.train_path`` (val, test)           :func:`presplit_paths`
 ``train.read_sampling`` (and augment)     :func:`pipeline.train.loop.read_sampling_spec`
 ``sample.*``                              :func:`pipeline.prep.sampling.check_request` /
                                           :func:`~pipeline.prep.sampling.check_target`
@@ -31,6 +33,9 @@ and the rules that join keys: a method that needs validation data when there is 
 lenet/resnet on feature vectors, ``amp_dtype: fp16`` without a GPU (a warning: the setting has
 no effect on CPU). Inputs named by the config must exist. Every problem raises
 :class:`~pipeline.errors.ConfigError` (exit status 2 in the CLI).
+
+The stages use what these checks return as it is: :func:`two_phase_settings` (typed, defaults
+filled in) and :func:`presplit_paths` are what :mod:`pipeline.flows.run` reads.
 """
 from __future__ import annotations
 
@@ -162,8 +167,11 @@ def _images(d) -> None:
 
 
 def pretrain_section(raw: Optional[dict]) -> SampleSection:
-    """two_phase's pre-training set, ``train.method_params.pretrain``, over its default (Lee et
-    al.'s thresholded set: at most 5,000 rows per class); unknown keys are a ConfigError."""
+    """two_phase's pre-training set, ``train.method_params.pretrain``, over its default (the
+    thresholded set of Lee et al., "Plankton classification on imbalanced large scale database via
+    convolutional neural networks with transfer learning", ICIP 2016,
+    https://doi.org/10.1109/ICIP.2016.7533053: at most 5,000 rows per class); unknown keys are a
+    ConfigError."""
     default = SampleSection(strategy="threshold", cap=5000)
     if raw is None:
         return default
@@ -223,22 +231,19 @@ def _training(cfg: Config, kind: Optional[str], n_classes: Optional[int], has_va
     # deferred: torch is slow to import
     from pipeline.train.hooks import HOOKS
     # deferred: torch is slow to import
-    from pipeline.train.loop import centers_params, check_select_metric
+    from pipeline.train.loop import centers_params, check_select_metric, read_sampling_spec
 
     _model_loss_optimizer(cfg, kind, n_classes)
     if cfg.stream.reader not in READERS:
         raise ConfigError(f"unknown stream.reader '{cfg.stream.reader}' (known: {', '.join(READERS)})")
     check_select_metric(cfg.train.select_metric)
     method = _method(cfg, n_classes)
-    spec = _read_sampling(cfg)
+    _read_sampling(cfg)
     centers_params(cfg.train)
-    if not has_val:   # cross-key: methods that learn from validation data
-        if method in HOOKS and HOOKS[method].needs_validation:
-            raise ConfigError(f"train.method={method} needs validation data, but there is none "
-                              "(set split.val > 0, data.val_path or train.val_path)")
-        if spec is not None and spec["strategy"] == "dynamic":
-            raise ConfigError("dynamic sampling needs validation data (its per-class F1 sets the next epoch's "
-                              "rates), but there is none (set split.val > 0, data.val_path or train.val_path)")
+    if not has_val and method in HOOKS and HOOKS[method].needs_validation:   # learns from validation data
+        raise ConfigError(f"train.method={method} needs validation data, but there is none "
+                          "(set split.val > 0, data.val_path or train.val_path)")
+    read_sampling_spec(cfg.train, has_val=has_val)   # dynamic sampling learns from it too
 
 
 def _model_loss_optimizer(cfg: Config, kind: Optional[str], n_classes: Optional[int]) -> None:
@@ -292,9 +297,8 @@ def _method(cfg: Config, n_classes: Optional[int]) -> str:
     return method
 
 
-def _read_sampling(cfg: Config) -> Optional[dict]:
-    """``train.read_sampling`` (and two_phase's pre-training set or reader sampling); returns the
-    normalised read-sampling spec (None: off)."""
+def _read_sampling(cfg: Config) -> None:
+    """``train.read_sampling`` (and two_phase's pre-training set or reader sampling)."""
     # deferred: torch is slow to import
     from pipeline.train.loop import read_sampling_spec
 
@@ -307,9 +311,7 @@ def _read_sampling(cfg: Config) -> Optional[dict]:
         elif (tc.method_params or {}).get("pretrain") is not None:
             _sampling("train.method_params.pretrain", phase1.pretrain)
     _read_rule("train.read_sampling", spec)
-    if spec is not None and spec["strategy"] != "none" and cfg.stream.reader != "petastorm":
-        raise ConfigError(f"train.read_sampling needs stream.reader=petastorm, got {cfg.stream.reader!r}")
-    return spec
+    read_sampling_spec(tc, reader=cfg.stream.reader)
 
 
 def _read_rule(where: str, spec: Optional[dict]) -> None:

@@ -232,9 +232,21 @@ READ_STRATEGIES = ("none", "ros", "rus", "threshold", "floor", "hybrid", "rates"
 READ_KEYS = {"strategy", "target", "cap", "floor", "rates", "seed", "initial", "epoch_rows", "augment"}
 
 
-def read_sampling_spec(train_cfg) -> Optional[dict]:
+def read_sampling_spec(train_cfg, *, reader: Optional[str] = None, has_val: Optional[bool] = None) -> Optional[dict]:
     """``train.read_sampling`` normalised (None: off), with ``method_params.dynamic_sampling: true``
-    meaning ``{strategy: dynamic}``. Raises :class:`ConfigError` naming the bad key."""
+    meaning ``{strategy: dynamic}``. Raises :class:`ConfigError` naming the bad key. When given,
+    ``reader`` (``stream.reader``) must be petastorm for any sampling, and ``has_val`` (is there
+    validation data) true for dynamic sampling."""
+    spec = _read_sampling_spec(train_cfg)
+    if spec is not None and spec["strategy"] != "none" and reader is not None and reader != "petastorm":
+        raise ConfigError(f"train.read_sampling needs stream.reader=petastorm, got {reader!r}")
+    if spec is not None and spec["strategy"] == "dynamic" and has_val is False:
+        raise ConfigError("dynamic sampling needs validation data (its per-class F1 sets the next epoch's "
+                          "rates), but there is none (set split.val > 0, data.val_path or train.val_path)")
+    return spec
+
+
+def _read_sampling_spec(train_cfg) -> Optional[dict]:
     raw = train_cfg.read_sampling
     dyn = (train_cfg.method_params or {}).get("dynamic_sampling", False)
     if not isinstance(dyn, bool):
@@ -565,11 +577,7 @@ def setup_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, 
 
     counts = class_counts_array(info)
     loss_params, drw = split_loss_params(tc)
-    read_spec = read_sampling_spec(tc)
-    if read_spec is not None and read_spec["strategy"] == "dynamic" and not val_path:
-        raise InputError("dynamic sampling needs a validation table (its per-class F1 sets the next epoch's rates)")
-    if read_spec is not None and read_spec["strategy"] != "none" and reader != "petastorm":
-        raise InputError(f"train.read_sampling needs stream.reader=petastorm, got {reader!r}")
+    read_spec = read_sampling_spec(tc, reader=reader, has_val=bool(val_path))
     read_seed = int(read_spec.get("seed") if read_spec and read_spec.get("seed") is not None else seed)
     epoch_read_rates(read_spec, counts, 0, [])  # a bad target/cap/rates fails now, not after an epoch
     centers = centers_params(tc)

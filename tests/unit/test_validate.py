@@ -71,3 +71,17 @@ def test_one_rule_raises_one_exception_type_where_it_is_checked(override, match)
         split_loss_params(cfg.train)
     with pytest.raises(ConfigError, match="needs two-class data"):
         check_select_metric("pr_auc", 3)
+
+
+def test_read_sampling_rules_live_in_read_sampling_spec_for_validate_and_the_loop():
+    from pipeline.train.loop import read_sampling_spec
+
+    tc = load_config(None, ["train.read_sampling={strategy: dynamic}"]).train
+    with pytest.raises(ConfigError, match="needs stream.reader=petastorm"):
+        read_sampling_spec(tc, reader="ray_data")
+    with pytest.raises(ConfigError, match="dynamic sampling needs validation data"):
+        read_sampling_spec(tc, has_val=False)
+    assert read_sampling_spec(tc, reader="petastorm", has_val=True)["strategy"] == "dynamic"
+    with pytest.raises(ConfigError, match="dynamic sampling needs validation data"):
+        validate_config(load_config("conf/tabular.yaml", ["train.read_sampling={strategy: dynamic}", "split.val=0"]),
+                        "run", warn=lambda _: None)
