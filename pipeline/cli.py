@@ -159,7 +159,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
     cfg = load_config(a.config, overrides)
     if str(cfg.predict.model or "").startswith("models:/"):  # the registered model: its model directory
         out_dir = local_path(cfg.predict.out or ".")
-        cfg.predict.model = str(promotion.registered_model_dir(cfg, cfg.predict.model, out_dir.parent / f".{out_dir.name}.model"))
+        cfg.predict.model = str(promotion.registered_model_dir(cfg, cfg.predict.model,
+                                                               out_dir.parent / f".{out_dir.name}.model"))
     validate_config(cfg, "predict")
     out = predict_from_config(cfg)
     print(out)
@@ -332,7 +333,8 @@ def _add_synth(sub) -> None:
 
 def _add_ingest(sub) -> None:
     """``imbalance ingest``: image folders to a source table."""
-    s = sub.add_parser("ingest", help="image folders (<root>/<class>/<file>.png) -> source table, bad files to rejected/",
+    s = sub.add_parser("ingest",
+                       help="image folders (<root>/<class>/<file>.png) -> source table, bad files to rejected/",
                        description="Decode and resize a tree of images (PNG, JPEG, ...) with Spark into "
                                    "OUT/data (the source table), OUT/rejected, OUT/labels.json, OUT/ingest.json.")
     s.add_argument("--images", required=True, help="root of the image tree: <root>/<class name>/<image>")
@@ -374,7 +376,8 @@ def _add_split(sub) -> None:
     s.add_argument("--resize", choices=RESIZES, default="pad",
                    help="encoded images: pad (keep aspect, default), crop or stretch")
     s.add_argument("--min-size", type=int, default=MIN_SIZE,
-                   help=f"encoded images: reject images narrower or lower than this (default {MIN_SIZE}, as data.min_size)")
+                   help=f"encoded images: reject images narrower or lower than this (default {MIN_SIZE}, "
+                        "as data.min_size)")
     s.set_defaults(func=cmd_split)
 
 
@@ -438,7 +441,8 @@ def _add_registry(sub) -> None:
                    "to use (default: the built-in defaults: sqlite:///runs/mlflow.db, model 'imbalance')")
     s.add_argument("--model", default=None, help="registered model name (registry.model_name)")
     s.add_argument("--uri", default=None, help="tracking/registry URI (tracking.uri)")
-    s.add_argument("--set", action="append", metavar="key=value", help="config override (repeatable), e.g. run.root=runs-test")
+    s.add_argument("--set", action="append", metavar="key=value",
+                   help="config override (repeatable), e.g. run.root=runs-test")
     acts = s.add_subparsers(dest="action", metavar="ACTION", required=True)
     acts.add_parser("list", help="every version: production marker, macro-F1, gate verdict, aliases")
     a = acts.add_parser("show", help="one version's source, run, aliases and tags (JSON)")

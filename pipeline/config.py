@@ -302,7 +302,8 @@ class Config:
     registry: RegistrySection = _section(RegistrySection, "the MLflow Model Registry retrain promotes in")
     retrain: RetrainSection = _section(RetrainSection, "scheduled retraining over a lake, and its gate")
     experiment: ExperimentSection = _section(ExperimentSection, "a grid of methods x imbalance levels x seeds")
-    recommend: RecommendSection = _section(RecommendSection, "which method for this data: a successive-halving search, then finalists with seeds")
+    recommend: RecommendSection = _section(RecommendSection, "which method for this data: a successive-halving "
+                                                             "search, then finalists with seeds")
     tracking: TrackingSection = _section(TrackingSection, "MLflow tracking")
     source: Optional[str] = None        # the file it was loaded from (not a YAML key)
 

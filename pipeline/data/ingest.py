@@ -104,7 +104,8 @@ def _read_manifest(spark, manifest: str):
 
 
 def hidden(name: str) -> bool:
-    """True for the names Spark's file sources skip: ``_x`` (but not ``_k=v`` or ``_metadata``), ``.x``, ``x._COPYING_``."""
+    """True for the names Spark's file sources skip: ``_x`` (but not ``_k=v`` or ``_metadata``), ``.x``,
+    ``x._COPYING_``."""
     exclude = (name.startswith("_") and "=" not in name) or name.startswith(".") or name.endswith("._COPYING_")
     return exclude and not name.startswith(("_common_metadata", "_metadata"))
 

@@ -566,7 +566,8 @@ def _format_summary(s: dict) -> str:
     model = s.get("model")
     lines = [
         f"== {model['method']}, training seed {model['training_seed']} ==" if model else "",
-        f"macro F1 {f(m['macro_f1'])} | balanced accuracy (mean recall) {f(m['balanced_accuracy'])} | G-mean {f(m['g_mean'])} | "
+        f"macro F1 {f(m['macro_f1'])} | balanced accuracy (mean recall) {f(m['balanced_accuracy'])} | "
+        f"G-mean {f(m['g_mean'])} | "
         f"macro ROC AUC {f(m['macro_roc_auc'])} | macro PR AUC {f(m['macro_pr_auc'])} | accuracy {f(m['accuracy'])}",
         f"L5 F1 {f(m['l5_f1'])} | rest F1 {f(m['rest_f1'])}",
     ]
@@ -579,6 +580,7 @@ def _format_summary(s: dict) -> str:
     if cal:
         lines.append("calibration (Brier / ECE): " + " | ".join(
             f"{name.replace('_', '-')} {f(v['brier'])} / {f(v['ece'])}" for name, v in cal.items()))
-    lines.append(f"stages run: {', '.join(s['ran']) or 'none'}; skipped (up to date): {', '.join(s['skipped']) or 'none'}")
+    lines.append(f"stages run: {', '.join(s['ran']) or 'none'}; "
+                 f"skipped (up to date): {', '.join(s['skipped']) or 'none'}")
     lines.append(f"report: {s['report']}  ({s['total_seconds']:.0f}s)")
     return "\n".join(x for x in lines if x)
