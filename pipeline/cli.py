@@ -14,7 +14,9 @@ import sys
 import warnings
 from typing import Callable, Sequence
 
-from pipeline.config import DataSection, load_config
+from pipeline.config import DataSection, load_config, names
+from pipeline.data.images import MODES, RESIZES
+from pipeline.data.ingest import LABEL_FROM
 from pipeline.data.synth import PRESET_KINDS, PRESETS
 from pipeline.config_keys import config_keys, format_config, format_keys, with_suggestion
 from pipeline.engines import get_spark, stop_ray
@@ -22,7 +24,7 @@ from pipeline.errors import InputError
 from pipeline.evaluation.binary import (DEFAULT_ALERT_FRACTIONS, DEFAULT_PRECISION_LEVELS, DEFAULT_RECALL_LEVELS,
                                         LEVEL_KEYS, check_levels, format_binary)
 from pipeline.evaluation.evaluate import evaluate_predictions
-from pipeline.evaluation.thresholds import parse_class_counts, predictions_with_rule
+from pipeline.evaluation.thresholds import RULES, TUNE_METRICS, parse_class_counts, predictions_with_rule
 from pipeline.flows import promotion
 from pipeline.flows.experiment import run_experiment
 from pipeline.flows.recommend import run_recommend
@@ -157,7 +159,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
     cfg = load_config(a.config, overrides)
     if str(cfg.predict.model or "").startswith("models:/"):  # the registered model: its model directory
         out_dir = local_path(cfg.predict.out or ".")
-        cfg.predict.model = str(promotion.registered_model_dir(cfg, cfg.predict.model, out_dir.parent / f".{out_dir.name}.model"))
+        cfg.predict.model = str(promotion.registered_model_dir(cfg, cfg.predict.model,
+                                                               out_dir.parent / f".{out_dir.name}.model"))
     validate_config(cfg, "predict")
     out = predict_from_config(cfg)
     print(out)
@@ -330,17 +333,18 @@ def _add_synth(sub) -> None:
 
 def _add_ingest(sub) -> None:
     """``imbalance ingest``: image folders to a source table."""
-    s = sub.add_parser("ingest", help="image folders (<root>/<class>/<file>.png) -> source table, bad files to rejected/",
+    s = sub.add_parser("ingest",
+                       help="image folders (<root>/<class>/<file>.png) -> source table, bad files to rejected/",
                        description="Decode and resize a tree of images (PNG, JPEG, ...) with Spark into "
                                    "OUT/data (the source table), OUT/rejected, OUT/labels.json, OUT/ingest.json.")
     s.add_argument("--images", required=True, help="root of the image tree: <root>/<class name>/<image>")
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--size", type=int, default=32, help="output side in pixels (default 32)")
-    s.add_argument("--mode", choices=["L", "RGB"], default="L", help="L greyscale (default) or RGB")
-    s.add_argument("--resize", choices=["pad", "crop", "stretch"], default="pad",
+    s.add_argument("--mode", choices=MODES, default="L", help="L greyscale (default) or RGB")
+    s.add_argument("--resize", choices=RESIZES, default="pad",
                    help="pad: keep the aspect ratio, pad to a square (default); crop: centre square; "
                         "stretch: ignore the aspect ratio")
-    s.add_argument("--label-from", choices=["folder", "manifest"], default="folder",
+    s.add_argument("--label-from", choices=LABEL_FROM, default="folder",
                    help="class from the first folder under the root (default) or from --manifest")
     s.add_argument("--manifest", default=None, help="CSV or Parquet with path,label (paths relative to the root)")
     s.add_argument("--min-size", type=int, default=MIN_SIZE,
@@ -368,11 +372,12 @@ def _add_split(sub) -> None:
     s.add_argument("--label-col", default="label", help=LABEL_HELP)
     s.add_argument("--size", type=int, default=32,
                    help="encoded (PNG/JPEG) image column: decode and resize to SIZE x SIZE (default 32)")
-    s.add_argument("--mode", choices=["L", "RGB"], default="L", help="encoded images: L (default) or RGB")
-    s.add_argument("--resize", choices=["pad", "crop", "stretch"], default="pad",
+    s.add_argument("--mode", choices=MODES, default="L", help="encoded images: L (default) or RGB")
+    s.add_argument("--resize", choices=RESIZES, default="pad",
                    help="encoded images: pad (keep aspect, default), crop or stretch")
     s.add_argument("--min-size", type=int, default=MIN_SIZE,
-                   help=f"encoded images: reject images narrower or lower than this (default {MIN_SIZE}, as data.min_size)")
+                   help=f"encoded images: reject images narrower or lower than this (default {MIN_SIZE}, "
+                        "as data.min_size)")
     s.set_defaults(func=cmd_split)
 
 
@@ -436,7 +441,8 @@ def _add_registry(sub) -> None:
                    "to use (default: the built-in defaults: sqlite:///runs/mlflow.db, model 'imbalance')")
     s.add_argument("--model", default=None, help="registered model name (registry.model_name)")
     s.add_argument("--uri", default=None, help="tracking/registry URI (tracking.uri)")
-    s.add_argument("--set", action="append", metavar="key=value", help="config override (repeatable), e.g. run.root=runs-test")
+    s.add_argument("--set", action="append", metavar="key=value",
+                   help="config override (repeatable), e.g. run.root=runs-test")
     acts = s.add_subparsers(dest="action", metavar="ACTION", required=True)
     acts.add_parser("list", help="every version: production marker, macro-F1, gate verdict, aliases")
     a = acts.add_parser("show", help="one version's source, run, aliases and tags (JSON)")
@@ -462,7 +468,7 @@ def _add_evaluate(sub) -> None:
                    help="profile output for the report: its directory, distribution.json or the PNG chart")
     s.add_argument("--no-report", action="store_true",
                    help="write metrics.json / metrics.parquet only (no report.md / report.html)")
-    s.add_argument("--threshold-moving", choices=["prior", "cost", "tuned"], default=None,
+    s.add_argument("--threshold-moving", choices=RULES, default=None,
                    help="also evaluate post-hoc threshold moving (pred_adjusted): prior = p_c/pi_c "
                         "(needs --class-counts), cost = p1 >= c10/(c10+c01) (binary, needs --cost), "
                         "tuned = threshold tuned on --val-predictions (binary)")
@@ -472,8 +478,8 @@ def _add_evaluate(sub) -> None:
                    metavar="C10,C01", help="false-positive and false-negative costs for 'cost'")
     s.add_argument("--threshold", type=float, default=None, help="fixed threshold for 'tuned'")
     s.add_argument("--val-predictions", default=None, help="validation predictions to tune on ('tuned')")
-    s.add_argument("--tune-metric", default="f1",
-                   help="metric the tuned threshold maximises: f1, balanced_accuracy, g_mean, accuracy")
+    s.add_argument("--tune-metric", default="f1", choices=TUNE_METRICS,
+                   help=f"metric the tuned threshold maximises: {names(TUNE_METRICS, ', ')}")
     for flag, what, default in (
             ("precision-levels", "precisions recall_at_precision is reported at", DEFAULT_PRECISION_LEVELS),
             ("recall-levels", "recalls precision_at_recall is reported at", DEFAULT_RECALL_LEVELS),
@@ -487,6 +493,8 @@ def _add_evaluate(sub) -> None:
 # warnings (Spark, Ray, Petastorm, Arrow, PyTorch, MLflow, …) speak to their developers, not to a user.
 QUIET_CATEGORIES = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
 QUIET_MODULES = r"(py4j|pyspark|ray|petastorm|pyarrow|torch|mlflow|pandas|sklearn|matplotlib|google|pydantic)(\.|$)"
+#: Every module but ours: a deprecation notice raised anywhere else is a library's.
+NOT_OURS = r"(?!pipeline(\.|$))"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -503,7 +511,7 @@ def _quiet(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     if not verbose:
         for category in QUIET_CATEGORIES:
-            warnings.filterwarnings("ignore", category=category)
+            warnings.filterwarnings("ignore", category=category, module=NOT_OURS)
         warnings.filterwarnings("ignore", module=QUIET_MODULES)
     os.environ.setdefault("PYTHONWARNINGS", ",".join(f"ignore::{c.__name__}" for c in QUIET_CATEGORIES))
 

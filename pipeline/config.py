@@ -21,11 +21,26 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
 from pipeline.errors import ConfigError
+
+#: The accepted values of the config's enumerated keys. The modules that own each rule read their
+#: lists from here (``typing.get_args``), so a value is named once.
+ImageMode = Literal["L", "RGB"]
+Resize = Literal["pad", "crop", "stretch"]
+LabelFrom = Literal["folder", "manifest"]
+ImbalanceProtocol = Literal["step", "linear"]
+ProtocolScope = Literal["source", "train"]
+SynthPreset = Literal["plankton", "plankton_balanced", "tabular", "digits", "rare"]
+OptimizerName = Literal["adam", "adamw", "sgd"]
+
+
+def names(values: Any, sep: str = " | ") -> str:
+    """The accepted values of an enumerated key (a ``Literal`` type, or any sequence), as help lists them."""
+    return sep.join(typing.get_args(values) or values)
 
 
 def _key(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING) -> Any:
@@ -78,14 +93,14 @@ class DataSection:
                                       "else synthesize data.synth_preset")
     images: Optional[str] = _key(None, "image folder tree <root>/<class>/<file>.png, ingested by the source stage")
     size: int = _key(32, "encoded images (folders, or PNG/JPEG bytes in a table): output side in pixels")
-    mode: str = _key("L", "encoded images: L (greyscale) | RGB")
-    resize: str = _key("pad", "encoded images: pad (keep aspect, pad to square) | crop | stretch")
-    label_from: str = _key("folder", "images: the class from the folder name (folder) | data.manifest (manifest)")
+    mode: ImageMode = _key("L", "encoded images: L (greyscale) | RGB")
+    resize: Resize = _key("pad", "encoded images: pad (keep aspect, pad to square) | crop | stretch")
+    label_from: LabelFrom = _key("folder", "images: the class from the folder name (folder) | data.manifest (manifest)")
     manifest: Optional[str] = _key(None, "images: CSV/Parquet of path,label (paths relative to data.images)")
     min_size: int = _key(2, "images narrower or lower than this go to rejected/")
-    synth_preset: Optional[str] = _key("plankton", "synthetic data when no input is given: plankton | "
-                                                   "plankton_balanced | tabular | digits | rare; null: none "
-                                                   "(then data.input or data.images is required)")
+    synth_preset: Optional[SynthPreset] = _key("plankton", f"synthetic data when no input is given: "
+                                                           f"{names(SynthPreset)}; null: none "
+                                                           "(then data.input or data.images is required)")
     rows: int = _key(20000, "rows of synthetic data")
     positive_rate: float = _key(0.001, "synth_preset rare: share of positive rows")
     features: int = _key(32, "synth_preset rare: feature columns")
@@ -95,10 +110,10 @@ class DataSection:
                                            "(with data.val_path and data.test_path)")
     val_path: Optional[str] = _key(None, "data that already has a split: the validation table")
     test_path: Optional[str] = _key(None, "data that already has a split: the test table")
-    protocol: Optional[str] = _key(None, "impose imbalance: null | step | linear")
+    protocol: Optional[ImbalanceProtocol] = _key(None, "impose imbalance: null | step | linear")
     protocol_rho: float = _key(10.0, "the protocol's imbalance ratio (largest / smallest class)")
     protocol_mu: float = _key(0.5, "step protocol: fraction of classes that are minority")
-    protocol_scope: str = _key("source", "source: impose before the split | train: on train and val only, "
+    protocol_scope: ProtocolScope = _key("source", "source: impose before the split | train: on train and val only, "
                                          "the test split stays as it is")
 
 
@@ -117,6 +132,16 @@ class SampleSection:
     cap: Optional[int] = _key(None, "threshold/hybrid: cap every class at this many rows")
     floor: Optional[int] = _key(None, "floor/hybrid: raise every class to this many rows")
     seed: Optional[int] = _key(None, "sampling seed (null: run.seed)")
+
+
+@dataclass(frozen=True)
+class TwoPhaseSettings:
+    """``train.method: two_phase``'s keys of ``train.method_params``, checked, with their defaults
+    filled in (:func:`pipeline.flows.validate.two_phase_settings` builds it)."""
+    pretrain: Optional[SampleSection]   # phase 1's sampled set (None: it samples in the reader)
+    read_sampling: Optional[dict]       # ``pretrain_read_sampling``: phase 1's ``train.read_sampling``
+    epochs: int                         # ``pretrain_epochs`` (default: train.epochs, at least 1)
+    finetune_lr: Optional[float]        # phase 2's learning rate (None: train.lr)
 
 
 @dataclass
@@ -148,7 +173,7 @@ class TrainSection:
     epochs: int = _key(3, "training epochs")
     batch_size: int = _key(256, "training rows per batch and worker")
     lr: float = _key(1e-3, "learning rate")
-    optimizer: str = _key("adam", "adam | adamw | sgd")
+    optimizer: OptimizerName = _key("adam", names(OptimizerName))
     weight_decay: float = _key(0.0, "the optimizer's weight decay")
     num_workers: int = _key(2, "Ray Train workers")
     cpus_per_worker: float = _key(0.5, "CPUs per Ray Train worker (on 2 cores, 0.5 leaves Ray Data a CPU)")
@@ -277,7 +302,8 @@ class Config:
     registry: RegistrySection = _section(RegistrySection, "the MLflow Model Registry retrain promotes in")
     retrain: RetrainSection = _section(RetrainSection, "scheduled retraining over a lake, and its gate")
     experiment: ExperimentSection = _section(ExperimentSection, "a grid of methods x imbalance levels x seeds")
-    recommend: RecommendSection = _section(RecommendSection, "which method for this data: a successive-halving search, then finalists with seeds")
+    recommend: RecommendSection = _section(RecommendSection, "which method for this data: a successive-halving "
+                                                             "search, then finalists with seeds")
     tracking: TrackingSection = _section(TrackingSection, "MLflow tracking")
     source: Optional[str] = None        # the file it was loaded from (not a YAML key)
 
@@ -297,8 +323,10 @@ _YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 def _check_type(key: str, value: Any, annotation: Any) -> Any:
     """Validate (and lightly coerce) ``value`` against a field annotation."""
     if isinstance(annotation, str):
-        annotation = eval(annotation, vars(typing), {})  # noqa: S307 - annotations of this module only
+        annotation = eval(annotation, {**vars(typing), **globals()})  # noqa: S307 - this module's annotations
     origin = typing.get_origin(annotation)
+    if origin is Literal:   # the type here; which values are accepted, flows.validate checks (one place)
+        annotation = type(typing.get_args(annotation)[0])
     if origin in (Union, types.UnionType):
         args = typing.get_args(annotation)
         if value is None and type(None) in args:

@@ -45,6 +45,8 @@ def type_name(annotation: Any) -> str:
         return f"{text} or null" if len(args) < len(typing.get_args(annotation)) else text
     if annotation is Any:
         return "any"
+    if origin is typing.Literal:   # an enumerated key reads as its values' type
+        return type(typing.get_args(annotation)[0]).__name__
     if dataclasses.is_dataclass(annotation):
         return "section"
     base = origin or annotation

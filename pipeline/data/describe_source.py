@@ -26,7 +26,8 @@ def describe_source(data: dict, ingest: Optional[dict] = None) -> dict:
                     "rejected_reasons": ingest.get("rejected_reasons", {}), "classes": ingest["classes"]}
             reasons = "; ".join(f"{n} {r}" for r, n in out["rejected_reasons"].items())
             text += (f": {ingest['images']:,} images in {ingest['classes']} classes ingested from "
-                     f"{ingest['files']:,} files, {ingest['rejected']:,} rejected" + (f" ({reasons})" if reasons else ""))
+                     f"{ingest['files']:,} files, {ingest['rejected']:,} rejected"
+                     + (f" ({reasons})" if reasons else ""))
         return out | {"text": text}
     if data.get("input"):
         return {"kind": "table", "path": data["input"], "text": f"table {data['input']}"}

@@ -34,13 +34,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import typing
 from typing import Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
 
-MODES = ("L", "RGB")
-RESIZES = ("pad", "crop", "stretch")
+from pipeline.config import ImageMode, Resize
+
+MODES = typing.get_args(ImageMode)
+RESIZES = typing.get_args(Resize)
 EXTENSIONS = ("png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp")
 
 # rejection reasons (the ``reason`` column of rejected/)
@@ -165,7 +168,7 @@ def output_schema(schema: pa.Schema, image_col: str = "image", drop: tuple = ())
     return pa.schema(keep + [pa.field(n, t) for n, t in DECODED_FIELDS])
 
 
-def decode_batch(batch: pa.RecordBatch, size: int, mode: str, resize: str, min_size: int = 1,
+def decode_batch(batch: pa.RecordBatch, size: int, mode: str, resize: str, min_size: int = 1, *,
                  image_col: str = "image", drop: tuple = ()) -> pa.RecordBatch:
     """Decode the encoded ``image_col`` of an Arrow batch (see the module docstring for the columns).
 
@@ -215,12 +218,12 @@ def decode_batches(size: int, mode: str, resize: str, min_size: int = 1, image_c
 
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for b in batches:
-            yield decode_batch(b, size, mode, resize, min_size, image_col, drop)
+            yield decode_batch(b, size, mode, resize, min_size, image_col=image_col, drop=drop)
     return fn
 
 
 # ---------------------------------------------------------------- DataFrames (library API)
-def decoded_frame(df, size: int = 32, mode: str = "L", resize: str = "pad", min_size: int = 1,
+def decoded_frame(df, size: int = 32, mode: str = "L", resize: str = "pad", min_size: int = 1, *,
                   image_col: str = "image", drop: tuple = ()):
     """``df`` with ``image_col`` decoded in place, plus ``width``, ``height``, ``sha1``, ``reason``.
 
@@ -253,7 +256,7 @@ def decode_images(df, size: int = 32, mode: str = "L", resize: str = "pad", min_
     # deferred: pyspark is heavy
     from pyspark.sql import functions as F
 
-    dec = decoded_frame(df, size, mode, resize, min_size, image_col)
+    dec = decoded_frame(df, size, mode, resize, min_size, image_col=image_col)
     images = dec.where(F.col("reason").isNull()).drop("reason").withColumnRenamed("image", image_col)
     rejected = dec.where(F.col("reason").isNotNull()).drop("image", "width", "height")
     return images, rejected

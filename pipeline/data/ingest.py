@@ -39,10 +39,13 @@ import os
 import shutil
 import threading
 import time
-from typing import Iterator, Optional
+import typing
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
 
 import pyarrow as pa
 
+from pipeline.config import DataSection, LabelFrom
 from pipeline.data.images import (DECODED_FIELDS, EMPTY, EXTENSIONS, check_options, decode_values, decoded_frame,
                                   image_shape, output_schema)
 from pipeline.data.schema import DatasetInfo, write_info
@@ -56,7 +59,7 @@ REJECTED_DIR = "rejected"
 NO_CLASS_FOLDER = "not in a class folder"
 NOT_IN_MANIFEST = "not in the manifest"
 UNREADABLE = "file could not be read"
-LABEL_FROM = ("folder", "manifest")
+LABEL_FROM = typing.get_args(LabelFrom)
 REJECTED_COLS = ["path", "label", "id", "sha1", "reason"]
 DATA_COLS = ["id", "label", "image", "path", "width", "height", "sha1"]
 READERS = ("auto", "python", "spark")
@@ -101,7 +104,8 @@ def _read_manifest(spark, manifest: str):
 
 
 def hidden(name: str) -> bool:
-    """True for the names Spark's file sources skip: ``_x`` (but not ``_k=v`` or ``_metadata``), ``.x``, ``x._COPYING_``."""
+    """True for the names Spark's file sources skip: ``_x`` (but not ``_k=v`` or ``_metadata``), ``.x``,
+    ``x._COPYING_``."""
     exclude = (name.startswith("_") and "=" not in name) or name.startswith(".") or name.endswith("._COPYING_")
     return exclude and not name.startswith(("_common_metadata", "_metadata"))
 
@@ -358,20 +362,36 @@ def _partitions(total: int, files_per_task: int, cores: int) -> int:
     return cores * math.ceil(n / cores)
 
 
-def ingest_images(
-    spark,
-    images: str,
-    out: str,
-    size: int = 32,
-    mode: str = "L",
-    resize: str = "pad",
-    label_from: str = "folder",
-    manifest: Optional[str] = None,
-    min_size: int = 2,
-    files_per_task: int = 10_000,
-    progress: bool = True,
-    reader: str = "auto",
-) -> dict:
+@dataclass
+class _Ingest:
+    """One ingest: its request, and what the listing found (the steps of :func:`ingest_images` share it)."""
+    spark: Any
+    images: str
+    out: str
+    size: int
+    mode: str
+    resize: str
+    label_from: str
+    manifest: Optional[str]
+    min_size: int
+    files_per_task: int
+    progress: bool
+    direct: bool                  # the Python workers list and read a local root themselves
+    t0: float
+    m: Any = None                 # the manifest (path, label), or None for class folders
+    files: Any = None             # the listing with label and reason (and content when Spark read it)
+    raw: Any = None               # Spark's binaryFile frame (None when direct)
+    total: int = 0                # files listed
+    total_bytes: int = 0
+    n_empty: int = 0              # zero-byte files Spark's source skipped
+    empties: Any = None           # those files, found by walking a local tree
+    n_files: int = 0
+    manifest_missing: Optional[dict] = None
+
+
+def ingest_images(spark, images: str, out: str, *, size: int = 32, mode: str = "L", resize: str = "pad",
+                  label_from: str = "folder", manifest: Optional[str] = None, min_size: int = DataSection.min_size,
+                  files_per_task: int = 10_000, progress: bool = True, reader: str = "auto") -> dict:
     """Ingest the image tree at ``images`` into ``out/`` (see the module docstring); return the summary.
 
     ``label_from``: ``folder`` (the first folder under the root is the class) or ``manifest``
@@ -385,6 +405,37 @@ def ingest_images(
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
+    label_from = _check_request(images, size=size, mode=mode, resize=resize, label_from=label_from,
+                                manifest=manifest, min_size=min_size, reader=reader)
+    job = _Ingest(spark=spark, images=images, out=out, size=size, mode=mode, resize=resize, label_from=label_from,
+                  manifest=manifest, min_size=min_size, files_per_task=files_per_task, progress=progress,
+                  direct=reader == "python" or (reader == "auto" and is_local(images)), t0=time.time())
+    job.m = _read_manifest(spark, manifest) if label_from == "manifest" else None
+    cached = None
+    if job.direct:
+        # listing walked once on the executors and kept there: the decode reads the same listing
+        job.files = cached = _labelled(listed_files(spark, images), job.m).persist(StorageLevel.MEMORY_AND_DISK)
+    else:
+        prefix = _qualified_root(spark, images)
+        try:
+            job.raw = (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
+                       .option("pathGlobFilter", extension_glob()).load(spark_uri(images)))
+        except Exception as e:  # noqa: BLE001 - AnalysisException: path does not exist (remote roots)
+            raise InputError(f"cannot list images under {images}: {str(e).strip().splitlines()[0][:200]}") from None
+        job.files = _labelled(job.raw.withColumn("path", F.expr(f"substring(path, {len(prefix) + 2})")), job.m)
+    try:
+        _check_listing(job)
+        dec, conf = _decode_frame(job)
+        return _write(job, dec, conf)
+    finally:
+        if cached is not None:
+            cached.unpersist()
+
+
+def _check_request(images: str, *, size: int, mode: str, resize: str, label_from: str, manifest: Optional[str],
+                   min_size: int, reader: str) -> str:
+    """The decode options, the label source and the root; returns the label source (``manifest``
+    whenever a manifest is given)."""
     try:
         check_options(size, mode, resize, min_size)
     except ValueError as e:
@@ -405,101 +456,86 @@ def ingest_images(
             raise InputError(f"image root not found: {images}")
         if not p.is_dir():
             raise InputError(f"image root is not a directory: {images}")
-    direct = reader == "python" or (reader == "auto" and is_local(images))
-    t0 = time.time()
-    m = _read_manifest(spark, manifest) if label_from == "manifest" else None
-
-    cached = None
-    if direct:
-        # listing walked once on the executors and kept there: the decode reads the same listing
-        files = cached = _labelled(listed_files(spark, images), m).persist(StorageLevel.MEMORY_AND_DISK)
-        raw = None
-    else:
-        prefix = _qualified_root(spark, images)
-        try:
-            raw = (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
-                   .option("pathGlobFilter", extension_glob()).load(spark_uri(images)))
-        except Exception as e:  # noqa: BLE001 - AnalysisException: path does not exist (remote roots)
-            raise InputError(f"cannot list images under {images}: {str(e).strip().splitlines()[0][:200]}") from None
-        files = _labelled(raw.withColumn("path", F.expr(f"substring(path, {len(prefix) + 2})")), m)
-    try:
-        return _ingest(spark, images, out, files, raw, m, direct, size, mode, resize, label_from, manifest,
-                       min_size, files_per_task, progress, t0)
-    finally:
-        if cached is not None:
-            cached.unpersist()
+    return label_from
 
 
-def _ingest(spark, images, out, files, raw, m, direct, size, mode, resize, label_from, manifest, min_size,
-            files_per_task, progress, t0) -> dict:
-    """The listing checks, the decode + write job and the summary of :func:`ingest_images`."""
+def _check_listing(job: _Ingest) -> None:
+    """The listing's totals and the class check (no file contents read; zero-byte files have no class yet)."""
     # deferred: pyspark is heavy
     from pyspark.sql import functions as F
 
-    # ---- listing totals and the class check (no file contents read; zero-byte files have no class yet)
+    files, images = job.files, job.images
     listing = files.agg(F.count("*").alias("files"), F.sum("length").alias("bytes"),
                         F.count(F.when(F.col("length") > 0, 1)).alias("listed"),
                         F.countDistinct(F.when(F.col("length") > 0, F.col("label"))).alias("classes")).collect()[0]
-    total, total_bytes = int(listing["files"]), int(listing["bytes"] or 0)
-    n_empty, empties = 0, None
-    if not direct:
+    job.total, job.total_bytes = int(listing["files"]), int(listing["bytes"] or 0)
+    if not job.direct:
         # Spark's file sources never list zero-byte files: find them by walking the tree
-        n_empty = len(raw._jdf.inputFiles()) - total
-        if n_empty > 0 and is_local(images):
-            empties = _labelled(empty_files(spark, images), m).withColumn(
+        job.n_empty = len(job.raw._jdf.inputFiles()) - job.total
+        if job.n_empty > 0 and is_local(images):
+            job.empties = _labelled(empty_files(job.spark, images), job.m).withColumn(
                 "reason", F.coalesce(F.col("reason"), F.lit(EMPTY)))
-        elif n_empty > 0:
-            log(f"ingest: warning: {n_empty:,} zero-byte files under {images} are skipped by Spark "
+        elif job.n_empty > 0:
+            log(f"ingest: warning: {job.n_empty:,} zero-byte files under {images} are skipped by Spark "
                 f"(counted in the summary, not in {REJECTED_DIR}/: the root is not a local path)")
-    n_files = total + (n_empty if empties is not None else 0)
-    if total + max(n_empty, 0) == 0:
+    job.n_files = job.total + (job.n_empty if job.empties is not None else 0)
+    if job.total + max(job.n_empty, 0) == 0:
         raise InputError(f"no image files ({', '.join(EXTENSIONS)}) under {images}")
     if listing["classes"] < 2:
-        what = "class folder" if label_from == "folder" else "manifest label"
+        what = "class folder" if job.label_from == "folder" else "manifest label"
         raise InputError(f"{images} has {listing['classes']} {what}{'s' if listing['classes'] != 1 else ''} "
                          f"among its {int(listing['listed']):,} image files: need at least two classes")
-    log(f"ingest: listed {n_files:,} image files ({total_bytes / 1e6:,.1f} MB, {listing['classes']} classes) "
-        f"under {images} in {time.time() - t0:.1f}s")
-    manifest_missing = None
-    if m is not None:
-        gone = m.join(files.select("path"), on="path", how="left_anti")
-        if empties is not None:
-            gone = gone.join(empties.select("path"), on="path", how="left_anti")
-        manifest_missing = {"rows": gone.count(), "examples": [r[0] for r in gone.orderBy("path").limit(5).collect()]}
+    log(f"ingest: listed {job.n_files:,} image files ({job.total_bytes / 1e6:,.1f} MB, {listing['classes']} "
+        f"classes) under {images} in {time.time() - job.t0:.1f}s")
+    if job.m is not None:
+        gone = job.m.join(files.select("path"), on="path", how="left_anti")
+        if job.empties is not None:
+            gone = gone.join(job.empties.select("path"), on="path", how="left_anti")
+        job.manifest_missing = {"rows": gone.count(),
+                                "examples": [r[0] for r in gone.orderBy("path").limit(5).collect()]}
 
-    # ---- decode + write, one job
-    avg = total_bytes / max(1, total)
+
+def _decode_frame(job: _Ingest) -> tuple[Any, dict]:
+    """The decoded rows (with ``_ok``), and the Spark settings the decode + write job runs with."""
+    # deferred: pyspark is heavy
+    from pyspark.sql import functions as F
+
+    files, opts = job.files, {"size": job.size, "mode": job.mode, "resize": job.resize, "min_size": job.min_size}
+    avg = job.total_bytes / max(1, job.total)
     conf = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(max(16, min(1000, int(64e6 / max(avg, 1)))))}
-    if direct:
+    if job.direct:
         # tasks of ~files_per_task files spread by id (a hash of the path): every core busy, the
         # bytes read by the Python workers themselves
         files = files.withColumn("id", F.xxhash64(F.col("path").cast("string")))
-        parts = _partitions(total, files_per_task, spark.sparkContext.defaultParallelism)
+        parts = _partitions(job.total, job.files_per_task, job.spark.sparkContext.defaultParallelism)
         dec = read_decoded_frame(files.select("path", "label", "reason", "id").repartition(parts, "id"),
-                                 images, size=size, mode=mode, resize=resize, min_size=min_size)
+                                 job.images, **opts)
     else:
         # file partitions of ~files_per_task files (Spark packs files by bytes + an open cost each)
         open_cost = 4096
         conf["spark.sql.files.openCostInBytes"] = str(open_cost)
-        conf["spark.sql.files.maxPartitionBytes"] = str(int(max(1, files_per_task) * (avg + open_cost)))
-        dec = decoded_frame(files.select("path", "label", "reason", F.col("content").alias("image")),
-                            size=size, mode=mode, resize=resize, min_size=min_size)
-        if empties is not None:
-            dec = dec.unionByName(empties.select(
+        conf["spark.sql.files.maxPartitionBytes"] = str(int(max(1, job.files_per_task) * (avg + open_cost)))
+        dec = decoded_frame(files.select("path", "label", "reason", F.col("content").alias("image")), **opts)
+        if job.empties is not None:
+            dec = dec.unionByName(job.empties.select(
                 "path", "label", F.lit(None).cast("binary").alias("image"), F.lit(None).cast("int").alias("width"),
                 F.lit(None).cast("int").alias("height"), F.sha1(F.lit(b"")).alias("sha1"), "reason"))
         dec = dec.withColumn("id", F.xxhash64(F.col("path").cast("string")))
-    dec = dec.withColumn("_ok", F.col("reason").isNull())
+    return dec.withColumn("_ok", F.col("reason").isNull()), conf
+
+
+def _write(job: _Ingest, dec, conf: dict) -> dict:
+    """The decode + write job (one Spark job under ``conf``), then the tables and the summary."""
+    spark, n_files = job.spark, job.n_files
     old = {k: spark.conf.get(k, None) for k in conf}
     group = f"imbalance-ingest-{int(time.time() * 1000)}"
     t1 = time.time()
-    out_p = local_path(out)
-    with atomic_dir(out_p) as tmp:
+    with atomic_dir(local_path(job.out)) as tmp:
         for k, v in conf.items():
             spark.conf.set(k, v)
-        spark.sparkContext.setJobGroup(group, f"imbalance ingest {images}")
+        spark.sparkContext.setJobGroup(group, f"imbalance ingest {job.images}")
         try:
-            with (Progress(spark, group, n_files) if progress else contextlib.nullcontext()):
+            with (Progress(spark, group, n_files) if job.progress else contextlib.nullcontext()):
                 (dec.select(*DATA_COLS, "reason", "_ok").write.partitionBy("_ok")
                  .parquet(spark_uri(tmp / "_all")))
         finally:
@@ -511,52 +547,58 @@ def _ingest(spark, images, out, files, raw, m, direct, size, mode, resize, label
             spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
         dt = time.time() - t1
         log(f"ingest: decoded and wrote {n_files:,} files in {dt:.1f}s ({n_files / max(dt, 1e-9):,.0f} files/s)")
+        summary = _tables_and_summary(job, dec, tmp, dt)
+    return summary
 
-        # ---- the summary, from the written rows: one aggregate for counts and sizes
-        written = spark.read.parquet(spark_uri(tmp / "_all")).select(*[c for c in DATA_COLS if c != "image"], "reason")
-        counts, by_reason, sizes = _counts_and_sizes(written)
-        n_rejected = sum(by_reason.values())
-        ok_dir, bad_dir = tmp / "_all" / "_ok=true", tmp / "_all" / "_ok=false"
-        if bad_dir.exists():
-            bad = spark.read.parquet(spark_uri(bad_dir)).select(*REJECTED_COLS)
-            bad.write.parquet(spark_uri(tmp / REJECTED_DIR))
-        else:
-            spark.createDataFrame([], dec.select(*REJECTED_COLS).schema).write.parquet(spark_uri(tmp / REJECTED_DIR))
-        if not ok_dir.exists():
-            top = max(by_reason, key=by_reason.get)
-            raise InputError(f"no usable image under {images}: all {n_files:,} files rejected (mostly: {top})")
-        ok_dir.rename(tmp / DATA_DIR)
-        shutil.rmtree(tmp / "_all", ignore_errors=True)
-        if len(counts) < 2:
-            raise InputError(f"only one class left after rejecting bad files under {images} "
-                             f"({next(iter(counts))!r}, {n_rejected:,} rejected): need at least two")
-        mapping = label_index(counts)
-        labels = list(mapping)
-        info = DatasetInfo(kind="image", n_classes=len(labels), image_shape=image_shape(size, mode),
-                           labels=labels, class_counts={str(mapping[k]): v for k, v in counts.items()})
-        write_info(tmp / DATA_DIR, info)
-        write_labels(tmp, labels)
-        data = spark.read.parquet(spark_uri(tmp / DATA_DIR)).select("sha1", "label", "path")
-        rejected = spark.read.parquet(spark_uri(tmp / REJECTED_DIR))
-        summary = {
-            "root": str(images), "table": str(out_p / DATA_DIR), "files": n_files, "bytes": total_bytes,
-            "images": sum(counts.values()), "classes": len(labels),
-            "class_counts": {str(k): counts[k] for k in labels},
-            "rejected": n_rejected,
-            "rejected_reasons": dict(sorted(by_reason.items(), key=lambda kv: -kv[1])),
-            "rejected_examples": _examples(rejected, "reason") if n_rejected else {},
-            "sizes": sizes, "duplicates": _duplicates(data),
-            "options": {"size": size, "mode": mode, "resize": resize, "label_from": label_from,
-                        "manifest": manifest, "min_size": min_size},
-            "image_shape": info.image_shape, "output_bytes_per_image": math.prod(info.image_shape),
-            "seconds": round(time.time() - t0, 2), "decode_seconds": round(dt, 2),
-            "files_per_s": round(n_files / max(dt, 1e-9), 1),
-        }
-        if n_empty > 0 and empties is None:
-            summary["empty_files_not_listed"] = n_empty
-        if manifest_missing is not None:
-            summary["manifest_rows_without_file"] = manifest_missing
-        write_json(tmp / SUMMARY_FILE, summary)
+
+def _tables_and_summary(job: _Ingest, dec, tmp, dt: float) -> dict:
+    """From the written rows in ``tmp/_all``: the data and rejected tables, ``_dataset.json``, the
+    labels and the summary (one aggregate for counts and sizes)."""
+    spark, images, n_files = job.spark, job.images, job.n_files
+    written = spark.read.parquet(spark_uri(tmp / "_all")).select(*[c for c in DATA_COLS if c != "image"], "reason")
+    counts, by_reason, sizes = _counts_and_sizes(written)
+    n_rejected = sum(by_reason.values())
+    ok_dir, bad_dir = tmp / "_all" / "_ok=true", tmp / "_all" / "_ok=false"
+    if bad_dir.exists():
+        bad = spark.read.parquet(spark_uri(bad_dir)).select(*REJECTED_COLS)
+        bad.write.parquet(spark_uri(tmp / REJECTED_DIR))
+    else:
+        spark.createDataFrame([], dec.select(*REJECTED_COLS).schema).write.parquet(spark_uri(tmp / REJECTED_DIR))
+    if not ok_dir.exists():
+        top = max(by_reason, key=by_reason.get)
+        raise InputError(f"no usable image under {images}: all {n_files:,} files rejected (mostly: {top})")
+    ok_dir.rename(tmp / DATA_DIR)
+    shutil.rmtree(tmp / "_all", ignore_errors=True)
+    if len(counts) < 2:
+        raise InputError(f"only one class left after rejecting bad files under {images} "
+                         f"({next(iter(counts))!r}, {n_rejected:,} rejected): need at least two")
+    mapping = label_index(counts)
+    labels = list(mapping)
+    info = DatasetInfo(kind="image", n_classes=len(labels), image_shape=image_shape(job.size, job.mode),
+                       labels=labels, class_counts={str(mapping[k]): v for k, v in counts.items()})
+    write_info(tmp / DATA_DIR, info)
+    write_labels(tmp, labels)
+    data = spark.read.parquet(spark_uri(tmp / DATA_DIR)).select("sha1", "label", "path")
+    rejected = spark.read.parquet(spark_uri(tmp / REJECTED_DIR))
+    summary = {
+        "root": str(images), "table": str(local_path(job.out) / DATA_DIR), "files": n_files,
+        "bytes": job.total_bytes, "images": sum(counts.values()), "classes": len(labels),
+        "class_counts": {str(k): counts[k] for k in labels},
+        "rejected": n_rejected,
+        "rejected_reasons": dict(sorted(by_reason.items(), key=lambda kv: -kv[1])),
+        "rejected_examples": _examples(rejected, "reason") if n_rejected else {},
+        "sizes": sizes, "duplicates": _duplicates(data),
+        "options": {"size": job.size, "mode": job.mode, "resize": job.resize, "label_from": job.label_from,
+                    "manifest": job.manifest, "min_size": job.min_size},
+        "image_shape": info.image_shape, "output_bytes_per_image": math.prod(info.image_shape),
+        "seconds": round(time.time() - job.t0, 2), "decode_seconds": round(dt, 2),
+        "files_per_s": round(n_files / max(dt, 1e-9), 1),
+    }
+    if job.n_empty > 0 and job.empties is None:
+        summary["empty_files_not_listed"] = job.n_empty
+    if job.manifest_missing is not None:
+        summary["manifest_rows_without_file"] = job.manifest_missing
+    write_json(tmp / SUMMARY_FILE, summary)
     return summary
 
 

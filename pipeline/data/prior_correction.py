@@ -226,6 +226,7 @@ def fit_temperature(terms: Callable[[float], np.ndarray], max_iter: int = 30, to
     return 1.0 / beta
 
 
-__all__ = ["CORRECTION_MODES", "CALIBRATORS", "correction_mode", "check_calibrator", "check_target_prior", "target_counts", "prior_distribution", "prior_weights", "prior_changed", "corrected_logits", "softmax",
+__all__ = ["CORRECTION_MODES", "CALIBRATORS", "correction_mode", "check_calibrator", "check_target_prior",
+           "target_counts", "prior_distribution", "prior_weights", "prior_changed", "corrected_logits", "softmax",
            "correct_probs", "calibration_block", "scoring_transform", "nll_terms", "nll_row_terms",
            "fit_temperature"]

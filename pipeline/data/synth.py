@@ -48,11 +48,13 @@ from __future__ import annotations
 import io
 import math
 import os
+import typing
 from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
+from pipeline.config import SynthPreset
 from pipeline.data.schema import DatasetInfo, write_info
 from pipeline.data.synth_rare import check_rare_args, rare_batches, rare_params
 from pipeline.data.synth_rows import coprime_step, exact_counts, labels_for
@@ -67,7 +69,10 @@ TABULAR_DIM = 16
 #: Every synth preset and what it makes: (kind, classes); kind is "image" or "features".
 PRESET_KINDS = {"plankton": ("image", PLANKTON_CLASSES), "plankton_balanced": ("image", PLANKTON_CLASSES),
                 "tabular": ("features", TABULAR_CLASSES), "digits": ("image", 10), "rare": ("features", 2)}
-PRESETS = tuple(PRESET_KINDS)
+#: The presets, in the order ``data.synth_preset``'s type (:data:`pipeline.config.SynthPreset`) names them.
+PRESETS = typing.get_args(SynthPreset)
+if set(PRESET_KINDS) != set(PRESETS):
+    raise ImportError(f"synth presets {sorted(PRESET_KINDS)} differ from pipeline.config.SynthPreset {PRESETS}")
 
 
 def plankton_fractions() -> np.ndarray:
@@ -210,7 +215,7 @@ def synthesize(spark, preset: str, rows: int, seed: int, out: str, partitions: i
     if preset == "digits":
         return _write_digits(spark, out)
     if preset == "rare":
-        return _write_rare(spark, rows, seed, out, partitions, positive_rate, features)
+        return _write_rare(spark, rows, seed, out, partitions, positive_rate=positive_rate, features=features)
     if preset.startswith("plankton"):
         fractions = plankton_fractions()
         if preset == "plankton_balanced":
@@ -248,7 +253,7 @@ def synthesize(spark, preset: str, rows: int, seed: int, out: str, partitions: i
             "partitions": partitions}
 
 
-def _write_rare(spark, rows: int, seed: int, out: str, partitions: int | None, positive_rate: float,
+def _write_rare(spark, rows: int, seed: int, out: str, partitions: int | None, *, positive_rate: float,
                 features: int) -> dict:
     """The ``rare`` preset (:mod:`pipeline.data.synth_rare`), generated per partition like ``tabular``."""
     check_rare_args(positive_rate, features)
@@ -294,7 +299,7 @@ def class_folder(index: int) -> str:
     return f"class_{index:03d}"
 
 
-def _folder_writer(root: str, rows: int, seed: int, cum: np.ndarray, step: int, params: dict, corrupt: int):
+def _folder_writer(root: str, rows: int, seed: int, cum: np.ndarray, step: int, *, params: dict, corrupt: int):
     """mapInPandas function: draw each row's image at a random size and aspect, write it as a PNG.
 
     Rows ``0..corrupt-1`` (a hash-spread set of ids) get bad files instead: truncated PNGs,
@@ -335,7 +340,7 @@ def _folder_writer(root: str, rows: int, seed: int, cum: np.ndarray, step: int, 
     return gen
 
 
-def synthesize_image_folders(spark, preset: str, rows: int, seed: int, out: str, corrupt: int = 0,
+def synthesize_image_folders(spark, preset: str, rows: int, seed: int, out: str, *, corrupt: int = 0,
                              partitions: int | None = None) -> dict:
     """The ``plankton`` preset as a WHOI-Plankton-style tree: ``out/class_NNN/<id>.png``.
 
@@ -357,7 +362,7 @@ def synthesize_image_folders(spark, preset: str, rows: int, seed: int, out: str,
     if partitions is None:
         partitions = min(rows, max(2 * spark.sparkContext.defaultParallelism, math.ceil(rows / 20000)))
     with atomic_dir(local_path(out)) as tmp:
-        fn = _folder_writer(str(tmp.resolve()), rows, seed, cum, step, params, corrupt)
+        fn = _folder_writer(str(tmp.resolve()), rows, seed, cum, step, params=params, corrupt=corrupt)
         written = (spark.range(0, rows, numPartitions=partitions).mapInPandas(fn, "label long, kind string")
                    .groupBy("kind").count().collect())
     kinds = {r[0]: int(r[1]) for r in written}

@@ -5,7 +5,8 @@ Size and classes
 ``rows`` = N rows, ``positive_rate`` = p (default 0.001), ``features`` = F (default 32, at least 4).
 Label 1 (positive) has exactly round(N·p) rows (largest remainder via ``exact_counts``; at least
 one), label 0 the rest. Row ``i`` gets its label from the same affine permutation of ``0..N-1``
-as every preset (``labels_for`` / ``coprime_step`` of :mod:`pipeline.data.synth_rows`), so positives are spread over ids and files.
+as every preset (``labels_for`` / ``coprime_step`` of :mod:`pipeline.data.synth_rows`), so positives are
+spread over ids and files.
 
 Features (columns of the ``features`` array<float>, in this order)
 -------------------------------------------------------------------

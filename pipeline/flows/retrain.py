@@ -35,6 +35,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Optional
 
 from pipeline.config import Config
 from pipeline.data.source import read_table
@@ -135,6 +136,40 @@ def retrain(cfg: Config) -> dict:
         return {"status": "up_to_date", "production": prod_version, "partitions": parts}
     log(f"retrain: {len(new)} new partition(s): {', '.join(new[:10])}; production: {prod_version or 'none'}")
 
+    run_cfg, shift, prod_dir = _candidate_config(cfg, reg, prod, new)
+    run_dir = Path(run_pipeline(run_cfg, tracking_tags={"retrain.model": reg.name,
+                                                        "retrain.compared_with": prod_version or "none"}))
+    record = read_json(run_dir / RECORD) if (run_dir / RECORD).is_file() else {}
+    if "model" not in record.get("logged", []):
+        raise RuntimeError(f"retrain: the candidate's model was not logged to MLflow at {reg.uri} (see the "
+                           f"warning above); nothing registered, the run directory {run_dir} has it")
+    dist, now_counts, drift = _drift(run_dir, prod, shift)
+    candidate_metrics = read_json(run_dir / "evaluate" / "metrics.json")
+    passed, reasons = _judge(cfg, run_dir, dist, candidate_metrics, _production_metrics(cfg, run_dir, prod_dir))
+
+    f1 = (candidate_metrics.get("macro") or {}).get("f1")
+    tags = {"partitions": json.dumps(parts), "new_partitions": json.dumps(new),
+            "class_counts": json.dumps(now_counts), "drift": json.dumps(drift),
+            "data_fingerprint": path_fingerprint(cfg.retrain.lake), "run_dir": str(run_dir),
+            "macro_f1": f"{f1:.4f}" if isinstance(f1, (int, float)) else "-",
+            "gate.passed": str(passed).lower(), "gate.reasons": json.dumps(reasons),
+            "gate.compared_with": prod_version or "none",
+            "verdict": "pending" if passed else "rejected"}
+    version, status, reasons = _register(reg, record["run_id"], tags, drift=drift, passed=passed, reasons=reasons,
+                                         prod_version=prod_version)
+    now = promotion.production(reg)
+    summary = {"status": status, "version": version, "model": reg.name,
+               "production": str(now.version) if now else None, "previous_production": prod_version,
+               "new_partitions": new, "gate_passed": passed, "gate_reasons": reasons,
+               "run_dir": str(run_dir), "drift": drift}
+    write_json(run_dir / "retrain.json", summary)
+    return summary
+
+
+def _candidate_config(cfg: Config, reg, prod, new: list[str]) -> tuple[Config, Optional[dict], Optional[Path]]:
+    """The candidate's run config over the whole lake (its own run id; corrected to the new
+    partitions' prior when it moved; warm-started from production): (config, prior shift, the
+    production model's directory)."""
     run_cfg = copy.deepcopy(cfg)
     shift = _prior_shift(cfg, prod, new) if prod is not None else None
     if shift and shift["moved"] and cfg.evaluate.target_prior is None:
@@ -147,17 +182,16 @@ def retrain(cfg: Config) -> dict:
     run_cfg.run.id = f"retrain-{stamp}-{os.getpid()}"
     prod_dir = None
     if prod is not None:
-        prod_dir = promotion.download_model_dir(reg, prod, local_path(cfg.run.root) / run_cfg.run.id / "production_model")
+        prod_dir = promotion.download_model_dir(reg, prod,
+                                                local_path(cfg.run.root) / run_cfg.run.id / "production_model")
         if cfg.retrain.warm_start:
             run_cfg.train.init_from = str(prod_dir)
-    run_dir = Path(run_pipeline(run_cfg, tracking_tags={"retrain.model": reg.name,
-                                                        "retrain.compared_with": prod_version or "none"}))
-    record = read_json(run_dir / RECORD) if (run_dir / RECORD).is_file() else {}
-    if "model" not in record.get("logged", []):
-        raise RuntimeError(f"retrain: the candidate's model was not logged to MLflow at {reg.uri} (see the "
-                           f"warning above); nothing registered, the run directory {run_dir} has it")
+    return run_cfg, shift, prod_dir
 
-    # drift of the class distribution against the production model's training data
+
+def _drift(run_dir: Path, prod, shift: Optional[dict]) -> tuple[dict, dict, Optional[dict]]:
+    """Drift of the class distribution against the production model's training data:
+    (the run's distribution, its class counts, the drift — None without production)."""
     dist = read_json(run_dir / "profile" / "distribution.json")
     now_counts = _counts_from_distribution(dist)
     drift = class_drift(json.loads(prod.tags.get("class_counts") or "{}"), now_counts) if prod else None
@@ -166,18 +200,26 @@ def retrain(cfg: Config) -> dict:
         write_json(run_dir / "drift.json", drift)
         log(f"retrain: class-distribution drift TVD {drift['total_variation']:.4f}, "
             f"JS {drift['jensen_shannon']:.4f}, rho {drift['rho_before']:.1f} -> {drift['rho_after']:.1f}")
+    return dist, now_counts, drift
 
-    candidate_metrics = read_json(run_dir / "evaluate" / "metrics.json")
-    production_metrics = None
-    if prod is not None:
-        spark = get_spark(cfg.spark)
-        labels = read_json(run_dir / "split" / "labels.json")["labels"]
-        prod_preds = run_dir / "production_eval" / "predictions"
-        predict(spark, str(prod_dir), str(run_dir / "split" / "test"), str(prod_preds),
-                batch_size=cfg.predict.batch_size)
-        production_metrics = evaluate_predictions(spark, str(prod_preds), str(run_dir / "production_eval"),
-                                                  label_col=cfg.data.label_col, n_classes=len(labels),
-                                                  class_names=labels)
+
+def _production_metrics(cfg: Config, run_dir: Path, prod_dir: Optional[Path]) -> Optional[dict]:
+    """The production model scored on the candidate's test split (None without production)."""
+    if prod_dir is None:
+        return None
+    spark = get_spark(cfg.spark)
+    labels = read_json(run_dir / "split" / "labels.json")["labels"]
+    prod_preds = run_dir / "production_eval" / "predictions"
+    predict(spark, str(prod_dir), str(run_dir / "split" / "test"), str(prod_preds),
+            batch_size=cfg.predict.batch_size)
+    return evaluate_predictions(spark, str(prod_preds), str(run_dir / "production_eval"),
+                                label_col=cfg.data.label_col, n_classes=len(labels),
+                                class_names=labels)
+
+
+def _judge(cfg: Config, run_dir: Path, dist: dict, candidate_metrics: dict,
+           production_metrics: Optional[dict]) -> tuple[bool, list[str]]:
+    """The gate on the candidate against production (macro-F1 and minority recall), logged."""
     minority = dist.get("minority_classes")
     label_index = {str(lab): i for i, lab in enumerate(read_json(run_dir / "split" / "labels.json")["labels"])}
     minority_idx = [label_index[str(m)] for m in minority if str(m) in label_index] if minority else None
@@ -185,19 +227,16 @@ def retrain(cfg: Config) -> dict:
                            cfg.retrain.minority_recall_tolerance, minority_idx)
     for r in reasons:
         log(f"retrain gate: {r}")
+    return passed, reasons
 
-    f1 = (candidate_metrics.get("macro") or {}).get("f1")
-    tags = {"partitions": json.dumps(parts), "new_partitions": json.dumps(new),
-            "class_counts": json.dumps(now_counts), "drift": json.dumps(drift),
-            "data_fingerprint": path_fingerprint(cfg.retrain.lake), "run_dir": str(run_dir),
-            "macro_f1": f"{f1:.4f}" if isinstance(f1, (int, float)) else "-",
-            "gate.passed": str(passed).lower(), "gate.reasons": json.dumps(reasons),
-            "gate.compared_with": prod_version or "none",
-            "verdict": "pending" if passed else "rejected"}
-    mv = promotion.register(reg, record["run_id"], tags)
+
+def _register(reg, run_id: str, tags: dict, *, drift: Optional[dict], passed: bool, reasons: list[str],
+              prod_version: Optional[str]) -> tuple[str, str, list[str]]:
+    """Register the candidate and promote it when it passed: (version, status, the gate's reasons)."""
+    mv = promotion.register(reg, run_id, tags)
     version, status = str(mv.version), "promoted" if passed else "rejected"
     if drift:
-        reg.client.log_dict(record["run_id"], drift, "retrain/drift.json")
+        reg.client.log_dict(run_id, drift, "retrain/drift.json")
     if passed:
         try:
             promotion.promote(reg, version, reason="; ".join(reasons), expected=prod_version)
@@ -210,10 +249,4 @@ def retrain(cfg: Config) -> dict:
     else:
         log(f"retrain: version {version} registered but NOT promoted; production stays {prod_version}")
     reg.client.set_model_version_tag(reg.name, version, "verdict", status)
-    now = promotion.production(reg)
-    summary = {"status": status, "version": version, "model": reg.name,
-               "production": str(now.version) if now else None, "previous_production": prod_version,
-               "new_partitions": new, "gate_passed": passed, "gate_reasons": reasons,
-               "run_dir": str(run_dir), "drift": drift}
-    write_json(run_dir / "retrain.json", summary)
-    return summary
+    return version, status, reasons

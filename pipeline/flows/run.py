@@ -38,6 +38,7 @@ import dataclasses
 import functools
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -67,7 +68,7 @@ from pipeline.io import (
     write_json,
     write_success,
 )
-from pipeline.flows.validate import pretrain_section, validate_config
+from pipeline.flows.validate import presplit_paths, two_phase_settings, validate_config
 from pipeline.prep.sampling import format_manifest, read_training_counts, sample_dataset
 from pipeline.stream.materialize import materialize
 from pipeline.train import PIPELINE_METHODS
@@ -139,20 +140,45 @@ def data_stages(cfg: Config, spark, runner: "StageRunner", ddir: Path, protocol_
     train-only protocol when configured); ``split_fp`` / ``profile_fp``: fingerprints downstream
     stages key on; ``labels``: the class names by index.
     """
-    seed = cfg.run.seed
+    presplit = presplit_paths(cfg.data)
+    source, source_fp = _source_stage(cfg, spark, runner, ddir, presplit)
+    if cfg.data.protocol and cfg.data.protocol_scope == "source":
+        source_fp = runner.stage("protocol", {"source": source_fp, **_protocol_key(cfg)},
+                                 lambda d: _impose(spark, cfg, source, d))
+        source = str(ddir / "protocol")
+
+    # deferred: pyspark is slow to import
+    from pipeline.prep.profile import format_distribution, profile
+
     label = cfg.data.label_col
-    # ---- source: a given table (or pre-split tables), else the synthetic generator
-    presplit = None
-    if cfg.data.train_path or cfg.data.val_path or cfg.data.test_path:
-        presplit = {"train": cfg.data.train_path, "val": cfg.data.val_path, "test": cfg.data.test_path}
-        source = presplit["train"]
-        source_fp = fingerprint({k: path_fingerprint(v) for k, v in presplit.items()})
-    elif cfg.data.images:
+    profile_fp = runner.stage("profile", {"source": source_fp, "label": label},
+                              lambda d: profile(spark, source, str(d), label_col=label))
+    dist = read_json(ddir / "profile" / "distribution.json")
+    log(format_distribution(dist, top=4))
+    split_fp = _split_stage(cfg, spark, runner, presplit or source, source_fp)
+    splits = {name: str(ddir / "split" / name) for name in ("train", "val", "test")}
+    if cfg.data.protocol and cfg.data.protocol_scope == "train":
+        split_fp, dist = _train_protocol_stage(cfg, spark, runner, splits, ddir=ddir, split_fp=split_fp, dist=dist,
+                                               protocol_name=protocol_name)
+    return {**splits, "split_fp": split_fp, "profile_fp": profile_fp,
+            "labels": read_json(ddir / "split" / "labels.json")["labels"], "training_distribution": dist}
+
+
+def _protocol_key(cfg: Config) -> dict:
+    return {"protocol": cfg.data.protocol, "rho": cfg.data.protocol_rho, "mu": cfg.data.protocol_mu,
+            "seed": cfg.run.seed}
+
+
+def _source_stage(cfg: Config, spark, runner: StageRunner, ddir: Path, presplit: Optional[dict]) -> tuple[str, str]:
+    """The source: pre-split tables, an ingested image tree, a given table, else the synthetic
+    generator; return (the source table, its fingerprint)."""
+    d = cfg.data
+    if presplit is not None:
+        return presplit["train"], fingerprint({k: path_fingerprint(v) for k, v in presplit.items()})
+    if d.images:
         # deferred: the ingest stage imports pyspark, pyarrow and numpy
         from pipeline.data.ingest import DATA_DIR, format_summary, ingest_images
 
-        source = str(ddir / "source" / DATA_DIR)
-        d = cfg.data
         key = {"images": path_fingerprint(d.images), "manifest": d.manifest and path_fingerprint(d.manifest),
                "size": d.size, "mode": d.mode, "resize": d.resize, "label_from": d.label_from,
                "min_size": d.min_size}
@@ -162,72 +188,59 @@ def data_stages(cfg: Config, spark, runner: "StageRunner", ddir: Path, protocol_
                                     label_from=d.label_from, manifest=d.manifest, min_size=d.min_size)
             log(format_summary(summary))
 
-        source_fp = runner.stage("source", key, _ingest)
-    elif cfg.data.input:
-        source = cfg.data.input
-        source_fp = fingerprint(path_fingerprint(source))
-    else:
-        # deferred: pandas is slow to import
-        from pipeline.data.synth import synthesize
+        return str(ddir / "source" / DATA_DIR), runner.stage("source", key, _ingest)
+    if d.input:
+        return d.input, fingerprint(path_fingerprint(d.input))
+    # deferred: pandas is slow to import
+    from pipeline.data.synth import synthesize
 
-        source = str(ddir / "source")
-        key = {"preset": cfg.data.synth_preset, "rows": cfg.data.rows, "seed": seed}
-        rare = {}
-        if cfg.data.synth_preset == "rare":
-            rare = {"positive_rate": cfg.data.positive_rate, "features": cfg.data.features}
-            key.update(rare)
-        source_fp = runner.stage("source", key, lambda d: synthesize(
-            spark, cfg.data.synth_preset, cfg.data.rows, seed, str(d), **rare))
+    key = {"preset": d.synth_preset, "rows": d.rows, "seed": cfg.run.seed}
+    rare = {}
+    if d.synth_preset == "rare":
+        rare = {"positive_rate": d.positive_rate, "features": d.features}
+        key.update(rare)
+    return str(ddir / "source"), runner.stage("source", key, lambda out: synthesize(
+        spark, d.synth_preset, d.rows, cfg.run.seed, str(out), **rare))
 
-    protocol_key = {"protocol": cfg.data.protocol, "rho": cfg.data.protocol_rho, "mu": cfg.data.protocol_mu,
-                    "seed": seed}
-    if cfg.data.protocol and cfg.data.protocol_scope == "source":
-        source_fp = runner.stage("protocol", {"source": source_fp, **protocol_key},
-                                 lambda d: _impose(spark, cfg, source, d))
-        source = str(ddir / "protocol")
 
-    # ---- profile
-    from pipeline.prep.profile import describe_counts, format_distribution, profile
-
-    profile_fp = runner.stage("profile", {"source": source_fp, "label": label},
-                              lambda d: profile(spark, source, str(d), label_col=label))
-    dist = read_json(ddir / "profile" / "distribution.json")
-    log(format_distribution(dist, top=4))
-
-    # ---- split
+def _split_stage(cfg: Config, spark, runner: StageRunner, source, source_fp: str) -> str:
+    """The stratified split of ``source`` (a table, or the pre-split tables); return its fingerprint."""
+    # deferred: pyspark is slow to import
     from pipeline.prep.split import split_dataset
 
-    split_seed = cfg.split.seed if cfg.split.seed is not None else seed
-    split_fp = runner.stage(
+    d, label = cfg.data, cfg.data.label_col
+    split_seed = cfg.split.seed if cfg.split.seed is not None else cfg.run.seed
+    return runner.stage(
         "split", {"source": source_fp, "split": cfg.section("split"), "seed": split_seed, "label": label,
-                  "image_shape": cfg.data.image_shape,
-                  "decode": [cfg.data.size, cfg.data.mode, cfg.data.resize, cfg.data.min_size]},
-        lambda d: split_dataset(spark, presplit or source, str(d), val=cfg.split.val, test=cfg.split.test,
-                                seed=split_seed, label_col=label, image_shape=cfg.data.image_shape,
-                                size=cfg.data.size, mode=cfg.data.mode, resize=cfg.data.resize,
-                                min_size=cfg.data.min_size))
-    train_split = str(ddir / "split" / "train")
-    val_split = str(ddir / "split" / "val")
-    test_split = str(ddir / "split" / "test")
-    if cfg.data.protocol and cfg.data.protocol_scope == "train":
-        # Buda et al.: imbalance the training (and validation) data, keep the test set as it is
-        def _protocol_splits(d: Path) -> None:
-            d.mkdir(parents=True, exist_ok=True)
-            _impose(spark, cfg, train_split, d / "train")
-            _impose(spark, cfg, val_split, d / "val")
+                  "image_shape": d.image_shape, "decode": [d.size, d.mode, d.resize, d.min_size]},
+        lambda out: split_dataset(spark, source, str(out), val=cfg.split.val, test=cfg.split.test,
+                                  seed=split_seed, label_col=label, image_shape=d.image_shape,
+                                  size=d.size, mode=d.mode, resize=d.resize,
+                                  min_size=d.min_size))
 
-        split_fp = runner.stage(protocol_name, {"split": split_fp, **protocol_key}, _protocol_splits)
-        train_split = str(ddir / protocol_name / "train")
-        val_split = str(ddir / protocol_name / "val")
-        if has_info(train_split):   # the imbalance the model trains on, beside the source's
-            train_dist = describe_counts(read_info(train_split).class_counts)
-            head, minority = format_distribution(train_dist).splitlines()[:2]
-            log(f"training split after the protocol: {head} (the source: rho = {dist['rho']:.1f})\n{minority}")
-            dist = train_dist | {"source_rho": dist["rho"]}
 
-    return {"train": train_split, "val": val_split, "test": test_split, "split_fp": split_fp,
-            "profile_fp": profile_fp, "labels": read_json(ddir / "split" / "labels.json")["labels"],
-            "training_distribution": dist}
+def _train_protocol_stage(cfg: Config, spark, runner: StageRunner, splits: dict, *, ddir: Path, split_fp: str,
+                          dist: dict, protocol_name: str) -> tuple[str, dict]:
+    """Buda et al.'s train-only protocol: imbalance the training (and validation) data, keep the
+    test set as it is. Points ``splits`` at the imposed tables; returns (their fingerprint, the
+    class distribution the model trains on)."""
+    # deferred: pyspark is slow to import
+    from pipeline.prep.profile import describe_counts, format_distribution
+
+    def _protocol_splits(d: Path) -> None:
+        d.mkdir(parents=True, exist_ok=True)
+        _impose(spark, cfg, splits["train"], d / "train")
+        _impose(spark, cfg, splits["val"], d / "val")
+
+    split_fp = runner.stage(protocol_name, {"split": split_fp, **_protocol_key(cfg)}, _protocol_splits)
+    splits["train"] = str(ddir / protocol_name / "train")
+    splits["val"] = str(ddir / protocol_name / "val")
+    if has_info(splits["train"]):   # the imbalance the model trains on, beside the source's
+        train_dist = describe_counts(read_info(splits["train"]).class_counts)
+        head, minority = format_distribution(train_dist).splitlines()[:2]
+        log(f"training split after the protocol: {head} (the source: rho = {dist['rho']:.1f})\n{minority}")
+        dist = train_dist | {"source_rho": dist["rho"]}
+    return split_fp, dist
 
 
 def prepare_data(cfg: Config, data_dir: str, protocol_name: str = "protocol") -> dict:
@@ -303,98 +316,150 @@ def run_pipeline(cfg: Config, data_dir: Optional[str] = None, protocol_name: str
         raise
 
 
+@dataclass
+class RunContext:
+    """What the stages of one run share: its config, Spark session, stage runners and directories,
+    its open MLflow run, and the data stages' outputs (:func:`data_stages`)."""
+    cfg: Config
+    spark: Any
+    runner: StageRunner            # the run's own stages, in run_dir
+    data_runner: StageRunner       # the data stages, in ddir (the runner itself when they are not shared)
+    run_dir: Path
+    ddir: Path
+    protocol_name: str
+    tr: Any                        # the open MLflow run (pipeline.flows.tracking)
+    data: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def model_dir(self) -> str:
+        return str(self.run_dir / "train" / "model")
+
+
 def _run_stages(cfg: Config, run_dir: Path, tr, references: list[str], data_dir: Optional[str],
                 protocol_name: str) -> str:
     """The stages of :func:`run_pipeline`, logged to the open MLflow run ``tr``."""
-    method = cfg.train.method
     # config.json is (re)written only when a stage actually runs (StageRunner), so a failed or
     # up-to-date rerun never changes a finished run's record
     runner = StageRunner(run_dir, config=cfg.to_dict())
     ddir = run_dir if data_dir is None else local_path(data_dir)
-    data_runner = runner if data_dir is None else StageRunner(ddir)
-    spark = get_spark(cfg.spark)
-    seed = cfg.run.seed
-    label = cfg.data.label_col
+    ctx = RunContext(cfg=cfg, spark=get_spark(cfg.spark), runner=runner,
+                     data_runner=runner if data_dir is None else StageRunner(ddir), run_dir=run_dir, ddir=ddir,
+                     protocol_name=protocol_name, tr=tr)
     tracking.log_config(tr, cfg)
+    source = _data_stage(ctx)
+    train_data, train_data_fp, pretrain = _training_sets(ctx)
+    train_fp = _train_stage(ctx, train_data, train_data_fp, pretrain)
+    calibrate_fp = _calibrate_stage(ctx, train_fp, train_data)
+    predict_fp = _predict_stage(ctx, train_fp, calibrate_fp)
+    evaluate_fp = _evaluate_stage(ctx, predict_fp, train_data)
+    spread_fp = _seed_stage(ctx)
+    compare_fp = _compare_stage(ctx, references)
+    _report_stage(ctx, source, evaluate_fp=evaluate_fp, spread_fp=spread_fp, compare_fp=compare_fp)
+    _finish(ctx, source, references)
+    return str(run_dir)
 
-    data = data_stages(cfg, spark, data_runner, ddir, protocol_name)
-    train_split, val_split, test_split = data["train"], data["val"], data["test"]
-    split_fp, profile_fp = data["split_fp"], data["profile_fp"]
-    ingest = ddir / "source" / "ingest.json"
-    source = describe_source(cfg.to_dict()["data"], read_json(ingest) if ingest.is_file() else None)
-    tracking.log_data(tr, ddir, split_fp, data["training_distribution"], source, redo="profile" in data_runner.ran)
 
-    # ---- sample + materialize (one pair per training set)
+def _data_stage(ctx: RunContext) -> dict:
+    """The data stages (shared or the run's own), logged; returns the source's description."""
+    ctx.data = data = data_stages(ctx.cfg, ctx.spark, ctx.data_runner, ctx.ddir, ctx.protocol_name)
+    ingest = ctx.ddir / "source" / "ingest.json"
+    source = describe_source(ctx.cfg.to_dict()["data"], read_json(ingest) if ingest.is_file() else None)
+    tracking.log_data(ctx.tr, ctx.ddir, data["split_fp"], data["training_distribution"], source,
+                      redo="profile" in ctx.data_runner.ran)
+    return source
+
+
+def _training_sets(ctx: RunContext) -> tuple[str, str, Optional[dict]]:
+    """sample + materialize, one pair per training set: (the training set, its fingerprint, two_phase's
+    phase 1: ``{"settings", "data", "fp"}``, or None for other methods)."""
+    cfg, runner = ctx.cfg, ctx.runner
+
     def sampled_set(name: str, sample_cfg: SampleSection) -> tuple[str, str]:
-        return training_set(spark, cfg, runner, name, sample_cfg, train_split=train_split, split_fp=split_fp)
+        return training_set(ctx.spark, cfg, runner, name, sample_cfg, train_split=ctx.data["train"],
+                            split_fp=ctx.data["split_fp"])
 
     train_data, train_data_fp = sampled_set("sample", cfg.sample)
-    pretrain_data = pretrain_fp = None
-    mp = cfg.train.method_params or {}  # two_phase's keys were checked by validate_config
-    pre_read = mp.get("pretrain_read_sampling") if method == "two_phase" else None
-    if method == "two_phase" and pre_read is None:
-        pre_cfg = pretrain_section(mp.get("pretrain"))
-        pretrain_data, pretrain_fp = sampled_set("sample_pretrain", pre_cfg)
+    pretrain = None
+    if cfg.train.method == "two_phase":
+        phase1 = two_phase_settings(cfg.train)
+        pretrain = {"settings": phase1, "data": None, "fp": None}
+        if phase1.pretrain is not None:
+            pretrain["data"], pretrain["fp"] = sampled_set("sample_pretrain", phase1.pretrain)
     for name in ("sample", "sample_pretrain"):
-        tracking.log_manifest(tr, run_dir, name, redo=name in runner.ran)
+        tracking.log_manifest(ctx.tr, ctx.run_dir, name, redo=name in runner.ran)
+    return train_data, train_data_fp, pretrain
 
-    # ---- train
+
+def _train_stage(ctx: RunContext, train_data: str, train_data_fp: str, pretrain: Optional[dict]) -> str:
+    """The train stage (two_phase: pre-training, then fine-tuning from its weights); its fingerprint."""
+    # deferred: torch is slow to import
     from pipeline.train.trainer import train_model
 
-    train_key = {"data": train_data_fp, "pretrain": pretrain_fp, "val": split_fp, "model": cfg.section("model"),
-                 "train": cfg.section("train"), "stream": cfg.section("stream")}
+    cfg, val_split = ctx.cfg, ctx.data["val"]
+    train_key = {"data": train_data_fp, "pretrain": pretrain and pretrain["fp"], "val": ctx.data["split_fp"],
+                 "model": cfg.section("model"), "train": cfg.section("train"), "stream": cfg.section("stream")}
 
     def _train(d: Path) -> None:
         init = cfg.train.init_from
         fine_cfg = cfg
-        if method == "two_phase":
-            epochs = int(mp.get("pretrain_epochs", max(1, cfg.train.epochs)))
+        if pretrain is not None:
+            phase1, pretrain_data = pretrain["settings"], pretrain["data"]
             pre_cfg = cfg
-            if pre_read is not None:  # phase 1 samples (and may augment) in the reader over the full set
-                pre_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, read_sampling=pre_read))
-            where = pretrain_data or f"{train_data} sampled in the reader ({pre_read})"
-            log(f"two-phase learning: pre-training for {epochs} epochs on {where}")
-            pre = train_model(pre_cfg, pretrain_data or train_data, val_split, str(d / "pretrain"), epochs=epochs,
-                              init_from=init)
+            if phase1.read_sampling is not None:  # phase 1 samples (and may augment) in the reader over the full set
+                pre_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
+                                                                             read_sampling=phase1.read_sampling))
+            where = pretrain_data or f"{train_data} sampled in the reader ({phase1.read_sampling})"
+            log(f"two-phase learning: pre-training for {phase1.epochs} epochs on {where}")
+            pre = train_model(pre_cfg, pretrain_data or train_data, val_split, str(d / "pretrain"),
+                              epochs=phase1.epochs, init_from=init)
             init = pre["model_dir"]
-            if mp.get("finetune_lr") is not None:     # checked by validate_config
-                fine_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=float(mp["finetune_lr"])))
+            if phase1.finetune_lr is not None:
+                fine_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=phase1.finetune_lr))
             log(f"two-phase learning: fine-tuning on all training data from {init}")
         res = train_model(fine_cfg, train_data, val_split, str(d), init_from=init)
         write_json(d / "train_summary.json", {k: v for k, v in res.items() if k != "history"} | {
             "history": res.get("history")})
 
-    train_fp = runner.stage("train", train_key, _train)
-    model_dir = str(run_dir / "train" / "model")
-    tracking.log_training(tr, run_dir, redo="train" in runner.ran)
+    train_fp = ctx.runner.stage("train", train_key, _train)
+    tracking.log_training(ctx.tr, ctx.run_dir, redo="train" in ctx.runner.ran)
+    return train_fp
 
-    # ---- calibrate: the priors (and temperature) scoring applies, written into model.json
-    calibrate_fp = runner.stage(
-        "calibrate", {"train": train_fp, "split": split_fp, "prior_correction": cfg.evaluate.prior_correction,
-                      "calibrate": cfg.evaluate.calibrate, "target_prior": cfg.evaluate.target_prior},
-        lambda d: calibrate_model(spark, cfg, run_dir, model_dir, train_data=train_data, val_split=val_split, out=d,
-                                  labels=data["labels"], log=log))
-    tracking.log_model(tr, Path(model_dir), redo="calibrate" in runner.ran)
 
-    # ---- predict (test, and val for tuned thresholds)
+def _calibrate_stage(ctx: RunContext, train_fp: str, train_data: str) -> str:
+    """calibrate: the priors (and temperature) scoring applies, written into model.json."""
+    cfg, ev = ctx.cfg, ctx.cfg.evaluate
+    calibrate_fp = ctx.runner.stage(
+        "calibrate", {"train": train_fp, "split": ctx.data["split_fp"], "prior_correction": ev.prior_correction,
+                      "calibrate": ev.calibrate, "target_prior": ev.target_prior},
+        lambda d: calibrate_model(ctx.spark, cfg, ctx.run_dir, ctx.model_dir, train_data=train_data,
+                                  val_split=ctx.data["val"], out=d, labels=ctx.data["labels"], log=log))
+    tracking.log_model(ctx.tr, Path(ctx.model_dir), redo="calibrate" in ctx.runner.ran)
+    return calibrate_fp
 
+
+def _predict_stage(ctx: RunContext, train_fp: str, calibrate_fp: str) -> str:
+    """predict: the test split, and the validation split for tuned thresholds."""
     def _predict(d: Path) -> None:
         d.mkdir(parents=True, exist_ok=True)
-        for split_name, path in (("test", test_split), ("val", val_split)):
-            predict(spark, model_dir, path, str(d / split_name), batch_size=cfg.predict.batch_size)
+        for split_name in ("test", "val"):
+            predict(ctx.spark, ctx.model_dir, ctx.data[split_name], str(d / split_name),
+                    batch_size=ctx.cfg.predict.batch_size)
 
-    predict_fp = runner.stage("predict", {"train": train_fp, "calibrate": calibrate_fp, "split": split_fp,
-                                          "predict": cfg.section("predict")}, _predict)
+    return ctx.runner.stage("predict", {"train": train_fp, "calibrate": calibrate_fp, "split": ctx.data["split_fp"],
+                                        "predict": ctx.cfg.section("predict")}, _predict)
 
-    # ---- evaluate (+ threshold moving)
 
-    labels = data["labels"]
+def _evaluate_stage(ctx: RunContext, predict_fp: str, train_data: str) -> str:
+    """evaluate, with threshold moving scored in the evaluation's own scan (no adjusted copy of the
+    predictions is written)."""
+    cfg, run_dir, labels = ctx.cfg, ctx.run_dir, ctx.data["labels"]
+    spark, label, model_dir = ctx.spark, cfg.data.label_col, ctx.model_dir
 
     def _evaluate(d: Path) -> None:
         preds = str(run_dir / "predict" / "test")
         rule = cfg.evaluate.threshold_moving
         adjust = None
-        if rule:  # scored in the evaluation's own scan: no adjusted copy of the predictions is written
+        if rule:
             threshold = None
             if rule == "tuned":
                 threshold = tune_threshold(spark, str(run_dir / "predict" / "val"), metric=cfg.evaluate.tune_metric)
@@ -408,54 +473,67 @@ def _run_stages(cfg: Config, run_dir: Path, tr, references: list[str], data_dir:
     evaluate_key = {"predict": predict_fp, "evaluate": cfg.section("evaluate")}
     if cfg.evaluate.threshold_moving == "prior":
         evaluate_key["priors"] = "unique examples per class"  # see prior_counts
-    evaluate_fp = runner.stage("evaluate", evaluate_key, _evaluate)
-    tracking.log_evaluation(tr, run_dir, labels, redo="evaluate" in runner.ran)
+    evaluate_fp = ctx.runner.stage("evaluate", evaluate_key, _evaluate)
+    tracking.log_evaluation(ctx.tr, run_dir, labels, redo="evaluate" in ctx.runner.ran)
+    return evaluate_fp
 
-    # ---- the other training seeds (run.seeds), each a child run nested under this one
-    seeds = training_seeds(cfg)
-    spread_fp = None
-    if len(seeds) > 1:
-        seed_run = functools.partial(run_pipeline, parent_run_id=tr.run_id)
-        spread_fp = spread_stage(runner, seeds, train_other_seeds(cfg, run_dir, ddir, protocol_name, seed_run))
-        tracking.log_seed_spread(tr, run_dir, redo="seed_spread" in runner.ran)
 
-    # ---- reference models on the same data, and the paired comparison (run.compare_with)
-    compare_fp = None
-    if references:
-        # each reference is its own MLflow run, nested under this one in the same store and experiment
-        reference_run = functools.partial(run_pipeline, tracking_tags={"kind": "reference"}, parent_run_id=tr.run_id)
-        compare_fp = run_comparisons(cfg, run_dir, ddir, protocol_name, runner, run_fn=reference_run, spark=spark,
-                                     methods=references)
+def _seed_stage(ctx: RunContext) -> Optional[str]:
+    """The other training seeds (run.seeds), each a child run nested under this one; the spread's fingerprint."""
+    seeds = training_seeds(ctx.cfg)
+    if len(seeds) <= 1:
+        return None
+    seed_run = functools.partial(run_pipeline, parent_run_id=ctx.tr.run_id)
+    spread_fp = spread_stage(ctx.runner, seeds, train_other_seeds(ctx.cfg, ctx.run_dir, ctx.ddir, ctx.protocol_name,
+                                                                  seed_run))
+    tracking.log_seed_spread(ctx.tr, ctx.run_dir, redo="seed_spread" in ctx.runner.ran)
+    return spread_fp
 
-    # ---- report
 
-    report_key = {"evaluate": evaluate_fp, "profile": profile_fp, "comparison": compare_fp}
+def _compare_stage(ctx: RunContext, references: list[str]) -> Optional[str]:
+    """Reference models on the same data, and the paired comparison (run.compare_with)."""
+    if not references:
+        return None
+    # each reference is its own MLflow run, nested under this one in the same store and experiment
+    reference_run = functools.partial(run_pipeline, tracking_tags={"kind": "reference"}, parent_run_id=ctx.tr.run_id)
+    return run_comparisons(ctx.cfg, ctx.run_dir, ctx.ddir, ctx.protocol_name, ctx.runner, run_fn=reference_run,
+                           spark=ctx.spark, methods=references)
+
+
+def _report_stage(ctx: RunContext, source: dict, *, evaluate_fp: str, spread_fp: Optional[str],
+                  compare_fp: Optional[str]) -> None:
+    run_dir, runner = ctx.run_dir, ctx.runner
+    report_key = {"evaluate": evaluate_fp, "profile": ctx.data["profile_fp"], "comparison": compare_fp}
     if spread_fp:
         report_key["seed_spread"] = spread_fp
     runner.stage("report", report_key,
                  lambda d: write_report(str(run_dir / "evaluate"), str(d),
-                                        distribution=str(ddir / "profile" / "distribution.json"),
-                                        predictions=str(run_dir / "predict" / "test"), spark=spark, label_col=label,
-                                        run_dir=str(run_dir), timings=dict(runner.timings), source=source))
-    tracking.log_report(tr, run_dir, redo="report" in runner.ran)
+                                        distribution=str(ctx.ddir / "profile" / "distribution.json"),
+                                        predictions=str(run_dir / "predict" / "test"), spark=ctx.spark,
+                                        label_col=ctx.cfg.data.label_col, run_dir=str(run_dir),
+                                        timings=dict(runner.timings), source=source))
+    tracking.log_report(ctx.tr, run_dir, redo="report" in runner.ran)
 
+
+def _finish(ctx: RunContext, source: dict, references: list[str]) -> None:
+    """summary.json, the MLflow run closed, and the summary printed."""
+    runner, data_runner = ctx.runner, ctx.data_runner
     if data_runner is not runner:
         runner.skipped = data_runner.skipped + runner.skipped
         runner.ran = data_runner.ran + runner.ran
         runner.timings = {**data_runner.timings, **runner.timings}
-    summary = _summary(run_dir, runner)
-    summary["data_dir"] = str(ddir)
+    summary = _summary(ctx.run_dir, runner)
+    summary["data_dir"] = str(ctx.ddir)
     summary["source"] = source
-    summary["model"] = {"method": method, "training_seed": seeds[0]}
-    summary["mlflow_run_id"] = tr.run_id
-    write_json(run_dir / "summary.json", summary)
-    tr.finish()
+    summary["model"] = {"method": ctx.cfg.train.method, "training_seed": training_seeds(ctx.cfg)[0]}
+    summary["mlflow_run_id"] = ctx.tr.run_id
+    write_json(ctx.run_dir / "summary.json", summary)
+    ctx.tr.finish()
     print(_format_summary(summary))
     if "seeds" in summary:
         print(format_spread(summary["seeds"]))
     if references:
-        print(format_comparison(run_dir))
-    return str(run_dir)
+        print(format_comparison(ctx.run_dir))
 
 
 def _summary(run_dir: Path, runner: StageRunner) -> dict:
@@ -489,7 +567,8 @@ def _format_summary(s: dict) -> str:
     model = s.get("model")
     lines = [
         f"== {model['method']}, training seed {model['training_seed']} ==" if model else "",
-        f"macro F1 {f(m['macro_f1'])} | balanced accuracy (mean recall) {f(m['balanced_accuracy'])} | G-mean {f(m['g_mean'])} | "
+        f"macro F1 {f(m['macro_f1'])} | balanced accuracy (mean recall) {f(m['balanced_accuracy'])} | "
+        f"G-mean {f(m['g_mean'])} | "
         f"macro ROC AUC {f(m['macro_roc_auc'])} | macro PR AUC {f(m['macro_pr_auc'])} | accuracy {f(m['accuracy'])}",
         f"L5 F1 {f(m['l5_f1'])} | rest F1 {f(m['rest_f1'])}",
     ]
@@ -502,6 +581,7 @@ def _format_summary(s: dict) -> str:
     if cal:
         lines.append("calibration (Brier / ECE): " + " | ".join(
             f"{name.replace('_', '-')} {f(v['brier'])} / {f(v['ece'])}" for name, v in cal.items()))
-    lines.append(f"stages run: {', '.join(s['ran']) or 'none'}; skipped (up to date): {', '.join(s['skipped']) or 'none'}")
+    lines.append(f"stages run: {', '.join(s['ran']) or 'none'}; "
+                 f"skipped (up to date): {', '.join(s['skipped']) or 'none'}")
     lines.append(f"report: {s['report']}  ({s['total_seconds']:.0f}s)")
     return "\n".join(x for x in lines if x)

@@ -12,8 +12,10 @@ what                                      who owns the rule
                                           loss on stand-in class counts)
 ``model.*`` (name, depth, width, …)       :func:`pipeline.train.models.check_model_config`
 ``train.method``, ``method_params``       :func:`pipeline.train.hooks.build_hook` (hooks check
-                                          their own parameters); two_phase: :data:`TWO_PHASE_KEYS`
+                                          their own parameters); two_phase: :func:`two_phase_settings`
 ``train.optimizer``                       :func:`pipeline.train.loop.build_optimizer`
+``train.select_metric``                   :func:`pipeline.train.loop.check_select_metric`
+``data.train_path`` (val, test)           :func:`presplit_paths`
 ``train.read_sampling`` (and augment)     :func:`pipeline.train.loop.read_sampling_spec`
 ``sample.*``                              :func:`pipeline.prep.sampling.check_request` /
                                           :func:`~pipeline.prep.sampling.check_target`
@@ -31,15 +33,19 @@ and the rules that join keys: a method that needs validation data when there is 
 lenet/resnet on feature vectors, ``amp_dtype: fp16`` without a GPU (a warning: the setting has
 no effect on CPU). Inputs named by the config must exist. Every problem raises
 :class:`~pipeline.errors.ConfigError` (exit status 2 in the CLI).
+
+The stages use what these checks return as it is: :func:`two_phase_settings` (typed, defaults
+filled in) and :func:`presplit_paths` are what :mod:`pipeline.flows.run` reads.
 """
 from __future__ import annotations
 
 import dataclasses
 import sys
-from pathlib import Path
+import typing
 from typing import Callable, Optional
 
-from pipeline.config import Config, SampleSection
+from pipeline.config import (Config, DataSection, ImbalanceProtocol, ProtocolScope, SampleSection, TrainSection,
+                             TwoPhaseSettings)
 from pipeline.data.images import check_options
 from pipeline.data.ingest import LABEL_FROM
 from pipeline.data.schema import has_info, read_info
@@ -138,10 +144,12 @@ def _numbers(cfg: Config) -> None:
             check_rare_args(d.positive_rate, d.features)
         except InputError as e:
             raise ConfigError(str(e)) from None
-    if d.protocol not in (None, "step", "linear"):
-        raise ConfigError(f"unknown data.protocol '{d.protocol}' (known: step, linear, or null)")
-    if d.protocol_scope not in ("source", "train"):
-        raise ConfigError(f"config key 'data.protocol_scope': expected source or train, got '{d.protocol_scope}'")
+    protocols, scopes = typing.get_args(ImbalanceProtocol), typing.get_args(ProtocolScope)
+    if d.protocol is not None and d.protocol not in protocols:
+        raise ConfigError(f"unknown data.protocol '{d.protocol}' (known: {', '.join(protocols)}, or null)")
+    if d.protocol_scope not in scopes:
+        raise ConfigError(f"config key 'data.protocol_scope': expected {' or '.join(scopes)}, "
+                          f"got '{d.protocol_scope}'")
 
 
 def _images(d) -> None:
@@ -159,8 +167,11 @@ def _images(d) -> None:
 
 
 def pretrain_section(raw: Optional[dict]) -> SampleSection:
-    """two_phase's pre-training set, ``train.method_params.pretrain``, over its default (Lee et
-    al.'s thresholded set: at most 5,000 rows per class); unknown keys are a ConfigError."""
+    """two_phase's pre-training set, ``train.method_params.pretrain``, over its default (the
+    thresholded set of Lee et al., "Plankton classification on imbalanced large scale database via
+    convolutional neural networks with transfer learning", ICIP 2016,
+    https://doi.org/10.1109/ICIP.2016.7533053: at most 5,000 rows per class); unknown keys are a
+    ConfigError."""
     default = SampleSection(strategy="threshold", cap=5000)
     if raw is None:
         return default
@@ -171,6 +182,38 @@ def pretrain_section(raw: Optional[dict]) -> SampleSection:
         if k not in fields:
             raise ConfigError(f"unknown config key 'train.method_params.pretrain.{k}'")
     return SampleSection(**{**dataclasses.asdict(default), **raw})
+
+
+def two_phase_settings(tc: TrainSection) -> TwoPhaseSettings:
+    """``train.method: two_phase``'s keys of ``train.method_params``, checked (a :class:`ConfigError`
+    naming the key) and with their defaults filled in: the stages use them as they are."""
+    mp = tc.method_params or {}
+    if "pretrain" in mp and "pretrain_read_sampling" in mp:
+        raise ConfigError("train.method_params: give two_phase either 'pretrain' (a sampled set) or "
+                          "'pretrain_read_sampling' (sampling in the reader), not both")
+    epochs = mp.get("pretrain_epochs")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise ConfigError(f"config key 'train.method_params.pretrain_epochs': expected an integer >= 1, "
+                          f"got {epochs!r}")
+    lr = mp.get("finetune_lr")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+        raise ConfigError(f"config key 'train.method_params.finetune_lr': expected a number > 0, got {lr!r}")
+    read = mp.get("pretrain_read_sampling")
+    return TwoPhaseSettings(pretrain=None if read is not None else pretrain_section(mp.get("pretrain")),
+                            read_sampling=read, epochs=int(epochs if epochs is not None else max(1, tc.epochs)),
+                            finetune_lr=None if lr is None else float(lr))
+
+
+def presplit_paths(d: DataSection) -> Optional[dict]:
+    """``{"train", "val", "test"}``: the tables of data that already has a split (None: the run
+    splits its source). All three or none (a :class:`ConfigError` naming the missing one)."""
+    paths = {"train": d.train_path, "val": d.val_path, "test": d.test_path}
+    if not any(paths.values()):
+        return None
+    missing = [f"{k}_path" for k, v in paths.items() if not v]
+    if missing:
+        raise ConfigError(f"config keys data.train_path/val_path/test_path: '{missing[0]}' is missing")
+    return paths
 
 
 def _sampling(where: str, section: SampleSection) -> None:
@@ -184,13 +227,31 @@ def _sampling(where: str, section: SampleSection) -> None:
 def _training(cfg: Config, kind: Optional[str], n_classes: Optional[int], has_val: bool) -> None:
     """The per-worker rules (model, loss, optimizer, method, read sampling), checked on the driver."""
     # deferred: torch is slow to import (the registries below build torch modules)
-    import torch
-    # deferred: torch is slow to import
     from pipeline.stream.readers import READERS
     # deferred: torch is slow to import
-    from pipeline.train.hooks import HOOKS, build_hook, hook_names
+    from pipeline.train.hooks import HOOKS
     # deferred: torch is slow to import
-    from pipeline.train.loop import METRICS_HIGHER, METRICS_LOWER, build_optimizer, centers_params, check_amp_dtype, read_sampling_spec, split_loss_params  # noqa: E501
+    from pipeline.train.loop import centers_params, check_select_metric, read_sampling_spec
+
+    _model_loss_optimizer(cfg, kind, n_classes)
+    if cfg.stream.reader not in READERS:
+        raise ConfigError(f"unknown stream.reader '{cfg.stream.reader}' (known: {', '.join(READERS)})")
+    check_select_metric(cfg.train.select_metric)
+    method = _method(cfg, n_classes)
+    _read_sampling(cfg)
+    centers_params(cfg.train)
+    if not has_val and method in HOOKS and HOOKS[method].needs_validation:   # learns from validation data
+        raise ConfigError(f"train.method={method} needs validation data, but there is none "
+                          "(set split.val > 0, data.val_path or train.val_path)")
+    read_sampling_spec(cfg.train, has_val=has_val)   # dynamic sampling learns from it too
+
+
+def _model_loss_optimizer(cfg: Config, kind: Optional[str], n_classes: Optional[int]) -> None:
+    """``model.*``, ``train.loss`` with its parameters, ``train.optimizer`` and ``train.amp_dtype``."""
+    # deferred: torch is slow to import (the registries below build torch modules)
+    import torch
+    # deferred: torch is slow to import
+    from pipeline.train.loop import build_optimizer, check_amp_dtype, split_loss_params
     # deferred: torch is slow to import
     from pipeline.train.losses import check_loss
     # deferred: torch is slow to import
@@ -211,59 +272,56 @@ def _training(cfg: Config, kind: Optional[str], n_classes: Optional[int], has_va
     except ValueError as e:  # torch's own range checks (lr, momentum, weight decay)
         raise ConfigError(f"train.optimizer {tc.optimizer}: {e}") from None
     check_amp_dtype(tc.amp_dtype)
-    if cfg.stream.reader not in READERS:
-        raise ConfigError(f"unknown stream.reader '{cfg.stream.reader}' (known: {', '.join(READERS)})")
-    if tc.select_metric not in METRICS_HIGHER + METRICS_LOWER:
-        raise ConfigError(f"unknown train.select_metric '{tc.select_metric}' "
-                          f"(known: {', '.join(METRICS_HIGHER + METRICS_LOWER)})")
 
-    method, mp = tc.method, dict(tc.method_params or {})
+
+def _method(cfg: Config, n_classes: Optional[int]) -> str:
+    """``train.method`` and its ``train.method_params`` (two_phase: :func:`two_phase_settings`),
+    ``run.compare_with`` and ``run.seeds``; returns the method."""
+    # deferred: torch is slow to import (the hook registry builds torch modules)
+    from pipeline.train.hooks import build_hook, hook_names
+
+    method, mp = cfg.train.method, dict(cfg.train.method_params or {})
     known = list(PIPELINE_METHODS) + hook_names()
     if method not in known:
         raise ConfigError(f"config key 'train.method': unknown method '{method}' (choose from: {', '.join(known)})")
     compare_methods(cfg, known)  # run.compare_with names known methods
     training_seeds(cfg)          # run.seeds: distinct integers
-    if method in PIPELINE_METHODS:
-        allowed = TWO_PHASE_KEYS if method == "two_phase" else LOOP_KEYS
-        for k in mp:
-            if k not in allowed:
-                raise ConfigError(f"unknown config key 'train.method_params.{k}' for {method} "
-                                  f"(known: {', '.join(sorted(allowed))})")
-    else:
+    if method not in PIPELINE_METHODS:
         _build_hook(build_hook, method, mp, n_classes)
+        return method
+    allowed = TWO_PHASE_KEYS if method == "two_phase" else LOOP_KEYS
+    for k in mp:
+        if k not in allowed:
+            raise ConfigError(f"unknown config key 'train.method_params.{k}' for {method} "
+                              f"(known: {', '.join(sorted(allowed))})")
+    return method
+
+
+def _read_sampling(cfg: Config) -> None:
+    """``train.read_sampling`` (and two_phase's pre-training set or reader sampling)."""
+    # deferred: torch is slow to import
+    from pipeline.train.loop import read_sampling_spec
+
+    tc = cfg.train
     spec = read_sampling_spec(tc)
-    centers_params(tc)
-    if method == "two_phase":
-        if "pretrain" in mp and "pretrain_read_sampling" in mp:
-            raise ConfigError("train.method_params: give two_phase either 'pretrain' (a sampled set) or "
-                              "'pretrain_read_sampling' (sampling in the reader), not both")
-        if "pretrain_read_sampling" in mp:
-            read_sampling_spec(dataclasses.replace(tc, read_sampling=mp["pretrain_read_sampling"]))
-        elif mp.get("pretrain") is not None:
-            _sampling("train.method_params.pretrain", pretrain_section(mp["pretrain"]))
-        for key in ("pretrain_epochs",):
-            v = mp.get(key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ConfigError(f"config key 'train.method_params.{key}': expected an integer >= 1, got {v!r}")
-        lr = mp.get("finetune_lr")
-        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
-            raise ConfigError(f"config key 'train.method_params.finetune_lr': expected a number > 0, got {lr!r}")
+    if tc.method == "two_phase":
+        phase1 = two_phase_settings(tc)
+        if phase1.read_sampling is not None:
+            read_sampling_spec(dataclasses.replace(tc, read_sampling=phase1.read_sampling))
+        elif (tc.method_params or {}).get("pretrain") is not None:
+            _sampling("train.method_params.pretrain", phase1.pretrain)
+    _read_rule("train.read_sampling", spec)
+    read_sampling_spec(tc, reader=cfg.stream.reader)
+
+
+def _read_rule(where: str, spec: Optional[dict]) -> None:
+    """A read-sampling spec's sampler request (the strategies the Spark sampler shares)."""
     if spec is not None and spec["strategy"] in ("ros", "rus", "threshold", "floor", "hybrid"):
         try:
             check_request(spec["strategy"], spec.get("cap"), spec.get("floor"))
             check_target(spec["strategy"], spec.get("target", "auto"))
         except InputError as e:
-            raise _fail("train.read_sampling", e) from None
-    if spec is not None and spec["strategy"] != "none" and cfg.stream.reader != "petastorm":
-        raise ConfigError(f"train.read_sampling needs stream.reader=petastorm, got {cfg.stream.reader!r}")
-    # cross-key: methods that learn from validation data
-    if not has_val:
-        if method in HOOKS and HOOKS[method].needs_validation:
-            raise ConfigError(f"train.method={method} needs validation data, but there is none "
-                              "(set split.val > 0, data.val_path or train.val_path)")
-        if spec is not None and spec["strategy"] == "dynamic":
-            raise ConfigError("dynamic sampling needs validation data (its per-class F1 sets the next epoch's "
-                              "rates), but there is none (set split.val > 0, data.val_path or train.val_path)")
+            raise _fail(where, e) from None
 
 
 def _build_hook(build_hook: Callable, method: str, params: dict, n_classes: Optional[int]) -> None:
@@ -299,101 +357,126 @@ def _check_values(cfg: Config, command: str, warn: Callable[[str], None]) -> lis
     """Every rule on the config's values and inputs (see :func:`validate_config`)."""
     if command not in COMMANDS:
         raise ValueError(f"validate_config: unknown command {command!r}")
-    warnings: list[str] = []
     _numbers(cfg)
-    d = cfg.data
     if command in ("run", "experiment"):
-        if d.train_path or d.val_path or d.test_path:
-            missing = [k for k, v in (("train_path", d.train_path), ("val_path", d.val_path),
-                                      ("test_path", d.test_path)) if not v]
-            if missing:
-                raise ConfigError(f"config keys data.train_path/val_path/test_path: '{missing[0]}' is missing")
-            for k in ("train_path", "val_path", "test_path"):
-                _exists(f"data.{k}", getattr(d, k))
-        elif d.input and d.images:
-            raise ConfigError("config keys data.input and data.images: give one source, not both")
-        elif d.images:
-            _images(d)
-        else:
-            _exists("data.input", d.input)
+        _source(cfg.data)
     if command == "experiment" and cfg.run.seeds is not None:
         raise ConfigError("config key 'run.seeds': an experiment takes its seeds from experiment.seeds")
     if command == "retrain":
-        if not cfg.retrain.lake:
-            raise ConfigError("config key 'retrain.lake' is required: the partitioned lake table to train on")
-        _exists("retrain.lake", cfg.retrain.lake)
-        if not cfg.tracking.enabled:
-            raise ConfigError("tracking.enabled: retrain registers its candidates in the MLflow Model Registry, "
-                              "so tracking must be on")
-        name = cfg.registry.model_name
-        if not isinstance(name, str) or not name.strip() or any(ch in name for ch in "/:'\"%"):
-            raise ConfigError(f"registry.model_name: {name!r} is not a registered model name "
-                              "(non-empty, without / : ' \" %)")
-        for key, value in (("retrain.tolerance", cfg.retrain.tolerance), ("retrain.prior_shift", cfg.retrain.prior_shift),
-                           ("retrain.minority_recall_tolerance", cfg.retrain.minority_recall_tolerance),
-                           ("registry.lock_timeout", cfg.registry.lock_timeout)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-                raise ConfigError(f"{key} must be a number >= 0, got {value!r}")
+        _retrain(cfg)
     if command == "train":
-        if not cfg.train.train_path:
-            raise ConfigError("train.train_path is not set (the materialized training table)")
-        if not cfg.train.out:
-            raise ConfigError("train.out is not set (where checkpoints and the model go)")
-        _exists("train.train_path", cfg.train.train_path)
-        _exists("train.val_path", cfg.train.val_path)
+        _standalone_train(cfg)
     for key in ("init_from",):
         path = getattr(cfg.train, key)
         _exists(f"train.{key}", path)
         if path and is_local(path) and not (local_path(path) / "model.pt").is_file():
             raise ConfigError(f"train.{key}: {path} has no model.pt: not a model directory")
     if command == "predict":
-        if not cfg.predict.model:
-            raise ConfigError("predict.model is not set (the model directory)")
-        if not cfg.predict.input:
-            raise ConfigError("predict.input is not set (the table to predict)")
-        if not cfg.predict.out:
-            raise ConfigError("predict.out is not set (where the predictions go)")
-        _exists("predict.model", cfg.predict.model)
-        _exists("predict.input", cfg.predict.input)
-        return warnings
+        _standalone_predict(cfg)
+        return []
 
     kind, n_classes = data_kind(cfg, command)
     if command != "train":
-        has_val = bool(d.val_path) or cfg.split.val > 0
+        has_val = bool(cfg.data.val_path) or cfg.split.val > 0
         _sampling("sample", cfg.sample)
-        try:
-            check_rule(cfg.evaluate.threshold_moving, cfg.evaluate.cost, cfg.evaluate.tune_metric, n_classes)
-        except InputError as e:
-            raise _fail("evaluate.threshold_moving", e) from None
-        for key, check in (("prior_correction", correction_mode), ("calibrate", check_calibrator),
-                           ("target_prior", check_target_prior)):
-            try:
-                check(getattr(cfg.evaluate, key))
-            except ValueError as e:
-                raise ConfigError(f"config key 'evaluate.{key}': {e}") from None
-        for key in ("precision_levels", "recall_levels", "alert_fractions"):
-            try:
-                check_levels(getattr(cfg.evaluate, key))
-            except ValueError as e:
-                raise ConfigError(f"config key 'evaluate.{key}': {e}") from None
-        if check_calibrator(cfg.evaluate.calibrate) and not has_val:
-            raise ConfigError("config key 'evaluate.calibrate': temperature scaling is fitted on the validation "
-                              "split, and this run has none (split.val is 0)")
+        _evaluation(cfg, n_classes, has_val)
     else:
         has_val = bool(cfg.train.val_path)
     _training(cfg, kind, n_classes, has_val)
-
-    tc = cfg.train
-    if tc.amp and str(tc.amp_dtype).lower() in ("fp16", "float16", "half") and tc.use_gpu is False:
-        warnings.append("warning: train.amp_dtype=fp16 has no effect without a GPU (train.use_gpu is false): "
-                        "training runs in float32")
-    elif tc.amp and str(tc.amp_dtype).lower() in ("fp16", "float16", "half") and tc.use_gpu is None \
-            and cfg.ray.address is None and not _cuda():
-        warnings.append("warning: train.amp_dtype=fp16 has no effect without a GPU (none is visible): "
-                        "training runs in float32")
+    warnings = _amp_warnings(cfg)
     for w in warnings:
         warn(w)
     return warnings
+
+
+def _source(d: DataSection) -> None:
+    """The run's source: pre-split tables (all three), a table or an image tree (one of them), and that it exists."""
+    paths = presplit_paths(d)
+    if paths is not None:
+        for k, path in paths.items():
+            _exists(f"data.{k}_path", path)
+    elif d.input and d.images:
+        raise ConfigError("config keys data.input and data.images: give one source, not both")
+    elif d.images:
+        _images(d)
+    else:
+        _exists("data.input", d.input)
+
+
+def _retrain(cfg: Config) -> None:
+    """``imbalance retrain``: the lake, tracking on, the registered model's name and the gate's tolerances."""
+    if not cfg.retrain.lake:
+        raise ConfigError("config key 'retrain.lake' is required: the partitioned lake table to train on")
+    _exists("retrain.lake", cfg.retrain.lake)
+    if not cfg.tracking.enabled:
+        raise ConfigError("tracking.enabled: retrain registers its candidates in the MLflow Model Registry, "
+                          "so tracking must be on")
+    name = cfg.registry.model_name
+    if not isinstance(name, str) or not name.strip() or any(ch in name for ch in "/:'\"%"):
+        raise ConfigError(f"registry.model_name: {name!r} is not a registered model name "
+                          "(non-empty, without / : ' \" %)")
+    for key, value in (("retrain.tolerance", cfg.retrain.tolerance), ("retrain.prior_shift", cfg.retrain.prior_shift),
+                       ("retrain.minority_recall_tolerance", cfg.retrain.minority_recall_tolerance),
+                       ("registry.lock_timeout", cfg.registry.lock_timeout)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+            raise ConfigError(f"{key} must be a number >= 0, got {value!r}")
+
+
+def _standalone_train(cfg: Config) -> None:
+    if not cfg.train.train_path:
+        raise ConfigError("train.train_path is not set (the materialized training table)")
+    if not cfg.train.out:
+        raise ConfigError("train.out is not set (where checkpoints and the model go)")
+    _exists("train.train_path", cfg.train.train_path)
+    _exists("train.val_path", cfg.train.val_path)
+
+
+def _standalone_predict(cfg: Config) -> None:
+    if not cfg.predict.model:
+        raise ConfigError("predict.model is not set (the model directory)")
+    if not cfg.predict.input:
+        raise ConfigError("predict.input is not set (the table to predict)")
+    if not cfg.predict.out:
+        raise ConfigError("predict.out is not set (where the predictions go)")
+    _exists("predict.model", cfg.predict.model)
+    _exists("predict.input", cfg.predict.input)
+
+
+def _evaluation(cfg: Config, n_classes: Optional[int], has_val: bool) -> None:
+    """``evaluate.*``: threshold moving, prior correction, calibration, the target prior and the levels."""
+    ev = cfg.evaluate
+    try:
+        check_rule(ev.threshold_moving, ev.cost, ev.tune_metric, n_classes)
+    except InputError as e:
+        raise _fail("evaluate.threshold_moving", e) from None
+    for key, check in (("prior_correction", correction_mode), ("calibrate", check_calibrator),
+                       ("target_prior", check_target_prior)):
+        try:
+            check(getattr(ev, key))
+        except ValueError as e:
+            raise ConfigError(f"config key 'evaluate.{key}': {e}") from None
+    for key in ("precision_levels", "recall_levels", "alert_fractions"):
+        try:
+            check_levels(getattr(ev, key))
+        except ValueError as e:
+            raise ConfigError(f"config key 'evaluate.{key}': {e}") from None
+    if check_calibrator(ev.calibrate) and not has_val:
+        raise ConfigError("config key 'evaluate.calibrate': temperature scaling is fitted on the validation "
+                          "split, and this run has none (split.val is 0)")
+
+
+def _amp_warnings(cfg: Config) -> list[str]:
+    """``amp_dtype: fp16`` without a GPU: a warning (the setting has no effect on CPU)."""
+    tc = cfg.train
+    if not (tc.amp and str(tc.amp_dtype).lower() in ("fp16", "float16", "half")):
+        return []
+    if tc.use_gpu is False:
+        return ["warning: train.amp_dtype=fp16 has no effect without a GPU (train.use_gpu is false): "
+                "training runs in float32"]
+    if tc.use_gpu is None and cfg.ray.address is None and not _cuda():
+        return ["warning: train.amp_dtype=fp16 has no effect without a GPU (none is visible): "
+                "training runs in float32"]
+    return []
 
 
 def _cuda() -> bool:
@@ -403,4 +486,5 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-__all__ = ["validate_config", "data_kind", "pretrain_section", "TWO_PHASE_KEYS", "LOOP_KEYS"]
+__all__ = ["validate_config", "data_kind", "pretrain_section", "presplit_paths", "two_phase_settings",
+           "TWO_PHASE_KEYS", "LOOP_KEYS"]

@@ -127,9 +127,22 @@ def build_optimizer(params, train_cfg) -> torch.optim.Optimizer:
     return OPTIMIZERS[name](params, train_cfg)
 
 
+def check_select_metric(name: str, n_classes: Optional[int] = None) -> str:
+    """``train.select_metric``: a name of :data:`METRICS_HIGHER` or :data:`METRICS_LOWER`; the
+    ranking metrics (:data:`RANKING_METRICS`) need two-class data (``n_classes``, when known).
+    Raises :class:`ConfigError`."""
+    known = METRICS_HIGHER + METRICS_LOWER
+    if name not in known:
+        raise ConfigError(f"unknown train.select_metric '{name}' (known: {', '.join(known)})")
+    if name in RANKING_METRICS and n_classes is not None and n_classes != 2:
+        raise ConfigError(f"train.select_metric '{name}' needs two-class data; the validation table "
+                          f"has {n_classes} classes")
+    return name
+
+
 def split_loss_params(train_cfg) -> tuple[dict, dict]:
     """(parameters for build_loss, DRW schedule) — ``drw_epoch``/``drw_beta`` may sit in
-    ``train.loss_params`` or ``train.method_params``."""
+    ``train.loss_params`` or ``train.method_params``. Raises :class:`ConfigError`."""
     params = dict(train_cfg.loss_params or {})
     drw = {k: params.pop(k) for k in DRW_KEYS if k in params}
     for k in DRW_KEYS:
@@ -137,10 +150,10 @@ def split_loss_params(train_cfg) -> tuple[dict, dict]:
             drw[k] = train_cfg.method_params[k]
     if drw.get("drw_epoch") is not None:
         if str(train_cfg.loss).lower() != "ldam":
-            raise InputError(f"train drw_epoch needs train.loss=ldam (got '{train_cfg.loss}')")
+            raise ConfigError(f"train drw_epoch needs train.loss=ldam (got '{train_cfg.loss}')")
         e = drw["drw_epoch"]
         if isinstance(e, bool) or not isinstance(e, int) or e < 0:
-            raise InputError(f"train drw_epoch must be a non-negative integer, got {e!r}")
+            raise ConfigError(f"train drw_epoch must be a non-negative integer, got {e!r}")
     return params, drw
 
 
@@ -201,9 +214,21 @@ READ_STRATEGIES = ("none", "ros", "rus", "threshold", "floor", "hybrid", "rates"
 READ_KEYS = {"strategy", "target", "cap", "floor", "rates", "seed", "initial", "epoch_rows", "augment"}
 
 
-def read_sampling_spec(train_cfg) -> Optional[dict]:
+def read_sampling_spec(train_cfg, *, reader: Optional[str] = None, has_val: Optional[bool] = None) -> Optional[dict]:
     """``train.read_sampling`` normalised (None: off), with ``method_params.dynamic_sampling: true``
-    meaning ``{strategy: dynamic}``. Raises :class:`ConfigError` naming the bad key."""
+    meaning ``{strategy: dynamic}``. Raises :class:`ConfigError` naming the bad key. When given,
+    ``reader`` (``stream.reader``) must be petastorm for any sampling, and ``has_val`` (is there
+    validation data) true for dynamic sampling."""
+    spec = _read_sampling_spec(train_cfg)
+    if spec is not None and spec["strategy"] != "none" and reader is not None and reader != "petastorm":
+        raise ConfigError(f"train.read_sampling needs stream.reader=petastorm, got {reader!r}")
+    if spec is not None and spec["strategy"] == "dynamic" and has_val is False:
+        raise ConfigError("dynamic sampling needs validation data (its per-class F1 sets the next epoch's "
+                          "rates), but there is none (set split.val > 0, data.val_path or train.val_path)")
+    return spec
+
+
+def _read_sampling_spec(train_cfg) -> Optional[dict]:
     raw = train_cfg.read_sampling
     dyn = (train_cfg.method_params or {}).get("dynamic_sampling", False)
     if not isinstance(dyn, bool):
@@ -588,11 +613,7 @@ def setup_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, 
 
     counts = class_counts_array(info)
     loss_params, drw = split_loss_params(tc)
-    read_spec = read_sampling_spec(tc)
-    if read_spec is not None and read_spec["strategy"] == "dynamic" and not val_path:
-        raise InputError("dynamic sampling needs a validation table (its per-class F1 sets the next epoch's rates)")
-    if read_spec is not None and read_spec["strategy"] != "none" and reader != "petastorm":
-        raise InputError(f"train.read_sampling needs stream.reader=petastorm, got {reader!r}")
+    read_spec = read_sampling_spec(tc, reader=reader, has_val=bool(val_path))
     read_seed = int(read_spec.get("seed") if read_spec and read_spec.get("seed") is not None else seed)
     epoch_read_rates(read_spec, counts, 0, [])  # a bad target/cap/rates fails now, not after an epoch
     centers = centers_params(tc)
@@ -724,9 +745,7 @@ def validate_epoch(s: TrainingSession, entry: dict) -> float:
     if info.n_classes == 2:
         support = [(info.class_counts or {}).get(str(i), 0) for i in range(2)]
         positive = positive_class(info.labels, support)
-    if s.select in RANKING_METRICS and positive is None:
-        raise InputError(f"train.select_metric '{s.select}' needs two-class data; the validation table "
-                         f"has {info.n_classes} classes")
+    check_select_metric(s.select, info.n_classes)
     cm, vloss, hist = evaluate_table(s.model, s.val_path, info, s.device, s.eval_bs, reader=s.reader,
                                      rank=s.rank, world_size=s.world_size, autocast=s.autocast,
                                      workers_count=s.cfg.stream.workers_count,
@@ -869,6 +888,6 @@ def _keep_local_checkpoint(s: TrainingSession, extra_files: Optional[dict] = Non
 
 
 __all__ = ["run_training", "evaluate_table", "metrics_from_confusion", "confusion_matrix",
-           "OPTIMIZERS", "build_optimizer", "check_amp_dtype", "split_loss_params", "read_sampling_spec",
-           "epoch_read_rates", "static_read_rates", "compute_centroids", "centers_params",
+           "OPTIMIZERS", "build_optimizer", "check_amp_dtype", "split_loss_params", "check_select_metric",
+           "read_sampling_spec", "epoch_read_rates", "static_read_rates", "compute_centroids", "centers_params",
            "TrainingProgress", "read_progress", "PROGRESS_FILE"]

@@ -134,4 +134,6 @@ def test_without_verbose_the_console_drops_library_notices_and_keeps_ours(monkey
         warnings.warn("a library's deprecation", DeprecationWarning)
         warnings.warn_explicit("a library's notice", UserWarning, "x.py", 1, module="pyspark.sql")
         warnings.warn_explicit("our warning", UserWarning, "x.py", 1, module="pipeline.train.loop")
-    assert [str(w.message) for w in seen] == ["our warning"]
+        warnings.warn_explicit("a dependency's notice", FutureWarning, "y.py", 1, module="tqdm.std")
+        warnings.warn_explicit("our deprecation", FutureWarning, "x.py", 2, module="pipeline.config")
+    assert [str(w.message) for w in seen] == ["our warning", "our deprecation"]

@@ -35,6 +35,8 @@ TYPE_NAMES = {
     "Any": "any", "Optional[str]": "str or null", "Optional[int]": "int or null",
     "Optional[bool]": "bool or null", "Optional[list]": "list or null", "Optional[dict]": "mapping or null",
     "Optional[float]": "float or null",
+    "ImageMode": "str", "Resize": "str", "LabelFrom": "str", "Optional[ImbalanceProtocol]": "str or null",
+    "ProtocolScope": "str", "Optional[SynthPreset]": "str or null", "OptimizerName": "str",
 }
 
 
