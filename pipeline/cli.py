@@ -14,8 +14,8 @@ import sys
 import warnings
 from typing import Callable, Sequence
 
-from pipeline.config import DataSection, load_config, names
-from pipeline.data.images import MODES, RESIZES
+from pipeline.config import load_config, names
+from pipeline.data.images import MIN_SIZE, MODES, RESIZES
 from pipeline.data.ingest import LABEL_FROM
 from pipeline.data.synth import PRESET_KINDS, PRESETS
 from pipeline.config_keys import config_keys, format_config, format_keys, with_suggestion
@@ -40,7 +40,6 @@ LABEL_HELP = "name of the label column (default: label)"
 CONFIG_HELP = ("Every config key with its type, default and meaning: imbalance config keys; the resolved "
                "config: imbalance config show CONFIG [key=value ...].")
 
-MIN_SIZE = DataSection().min_size          # one default for ingest, split and data.min_size
 
 
 def _levels(text: str) -> list[float]:

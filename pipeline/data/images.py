@@ -40,7 +40,9 @@ from typing import Iterator, Optional
 import numpy as np
 import pyarrow as pa
 
-from pipeline.config import ImageMode, Resize
+from pipeline.config import DataSection, ImageMode, Resize
+
+MIN_SIZE = DataSection().min_size   # the default of data.min_size, the CLI's --min-size and every function here
 
 MODES = typing.get_args(ImageMode)
 RESIZES = typing.get_args(Resize)
@@ -63,7 +65,7 @@ class BadImage(ValueError):
         self.reason = reason
 
 
-def check_options(size: int, mode: str, resize: str, min_size: int = 1) -> None:
+def check_options(size: int, mode: str, resize: str, min_size: int = MIN_SIZE) -> None:
     """Validate decode options (``ValueError`` naming the bad one)."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"image size must be a positive integer, got {size!r}")
@@ -80,7 +82,7 @@ def image_shape(size: int, mode: str) -> list:
     return [size, size] if mode == "L" else [size, size, 3]
 
 
-def open_image(data: Optional[bytes], mode: str = "L", min_size: int = 1):
+def open_image(data: Optional[bytes], mode: str = "L", min_size: int = MIN_SIZE):
     """Decode ``data`` fully into a Pillow image in ``mode``; :class:`BadImage` if it cannot be used."""
     # deferred: Pillow is only needed where images are decoded (executors), not to import the package
     from PIL import Image, UnidentifiedImageError
@@ -139,7 +141,7 @@ def resize_image(img, size: int, resize: str = "pad"):
 
 
 def decode_resize(data: Optional[bytes], size: int = 32, mode: str = "L", resize: str = "pad",
-                  min_size: int = 1) -> np.ndarray:
+                  min_size: int = MIN_SIZE) -> np.ndarray:
     """Decode encoded image bytes and resize them: uint8 array (size, size) for L, (size, size, 3) for RGB.
 
     Raises :class:`BadImage` (``.reason``) for a missing or empty value, bytes that are not an
@@ -149,7 +151,7 @@ def decode_resize(data: Optional[bytes], size: int = 32, mode: str = "L", resize
 
 
 def decode_with_size(data: Optional[bytes], size: int, mode: str, resize: str,
-                     min_size: int = 1) -> tuple[np.ndarray, int, int]:
+                     min_size: int = MIN_SIZE) -> tuple[np.ndarray, int, int]:
     """:func:`decode_resize` plus the original (width, height)."""
     img = open_image(data, mode, min_size)
     w, h = img.size
@@ -168,7 +170,7 @@ def output_schema(schema: pa.Schema, image_col: str = "image", drop: tuple = ())
     return pa.schema(keep + [pa.field(n, t) for n, t in DECODED_FIELDS])
 
 
-def decode_batch(batch: pa.RecordBatch, size: int, mode: str, resize: str, min_size: int = 1, *,
+def decode_batch(batch: pa.RecordBatch, size: int, mode: str, resize: str, min_size: int = MIN_SIZE, *,
                  image_col: str = "image", drop: tuple = ()) -> pa.RecordBatch:
     """Decode the encoded ``image_col`` of an Arrow batch (see the module docstring for the columns).
 
@@ -184,7 +186,7 @@ def decode_batch(batch: pa.RecordBatch, size: int, mode: str, resize: str, min_s
     return pa.RecordBatch.from_arrays(cols + decode_values(data, pre, size, mode, resize, min_size), schema=schema)
 
 
-def decode_values(data: list, pre: list, size: int, mode: str, resize: str, min_size: int = 1) -> list:
+def decode_values(data: list, pre: list, size: int, mode: str, resize: str, min_size: int = MIN_SIZE) -> list:
     """The decoded columns (``DECODED_FIELDS``, as Arrow arrays) of encoded ``data`` (bytes or None).
 
     ``pre``: a reason already known for each value (None to decode it); such values are not
@@ -211,7 +213,7 @@ def decode_values(data: list, pre: list, size: int, mode: str, resize: str, min_
             pa.array(digests, pa.string()), pa.array(reasons, pa.string())]
 
 
-def decode_batches(size: int, mode: str, resize: str, min_size: int = 1, image_col: str = "image",
+def decode_batches(size: int, mode: str, resize: str, min_size: int = MIN_SIZE, image_col: str = "image",
                    drop: tuple = ()):
     """A ``mapInArrow`` function: :func:`decode_batch` over every batch of a partition."""
     check_options(size, mode, resize, min_size)
@@ -223,7 +225,7 @@ def decode_batches(size: int, mode: str, resize: str, min_size: int = 1, image_c
 
 
 # ---------------------------------------------------------------- DataFrames (library API)
-def decoded_frame(df, size: int = 32, mode: str = "L", resize: str = "pad", min_size: int = 1, *,
+def decoded_frame(df, size: int = 32, mode: str = "L", resize: str = "pad", min_size: int = MIN_SIZE, *,
                   image_col: str = "image", drop: tuple = ()):
     """``df`` with ``image_col`` decoded in place, plus ``width``, ``height``, ``sha1``, ``reason``.
 
@@ -241,7 +243,7 @@ def decoded_frame(df, size: int = 32, mode: str = "L", resize: str = "pad", min_
     return df.mapInArrow(decode_batches(size, mode, resize, min_size, image_col, drop), out)
 
 
-def decode_images(df, size: int = 32, mode: str = "L", resize: str = "pad", min_size: int = 1,
+def decode_images(df, size: int = 32, mode: str = "L", resize: str = "pad", min_size: int = MIN_SIZE,
                   image_col: str = "image"):
     """Decode and resize a DataFrame's encoded images: ``(images_df, rejected_df)``.
 

@@ -45,9 +45,9 @@ from typing import Any, Iterator, Optional
 
 import pyarrow as pa
 
-from pipeline.config import DataSection, LabelFrom
-from pipeline.data.images import (DECODED_FIELDS, EMPTY, EXTENSIONS, check_options, decode_values, decoded_frame,
-                                  image_shape, output_schema)
+from pipeline.config import LabelFrom
+from pipeline.data.images import (DECODED_FIELDS, EMPTY, EXTENSIONS, MIN_SIZE, check_options, decode_values,
+                                  decoded_frame, image_shape, output_schema)
 from pipeline.data.schema import DatasetInfo, write_info
 from pipeline.data.source import label_index, write_labels
 from pipeline.errors import InputError
@@ -390,7 +390,7 @@ class _Ingest:
 
 
 def ingest_images(spark, images: str, out: str, *, size: int = 32, mode: str = "L", resize: str = "pad",
-                  label_from: str = "folder", manifest: Optional[str] = None, min_size: int = DataSection.min_size,
+                  label_from: str = "folder", manifest: Optional[str] = None, min_size: int = MIN_SIZE,
                   files_per_task: int = 10_000, progress: bool = True, reader: str = "auto") -> dict:
     """Ingest the image tree at ``images`` into ``out/`` (see the module docstring); return the summary.
 

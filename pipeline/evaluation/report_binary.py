@@ -77,21 +77,22 @@ def plot_pr_operating_points(b: dict, curve: dict, path: Path, save, plt) -> byt
 
 def plot_alert_budget(b: dict, curve: dict, path: Path, save, plt) -> bytes:
     """Alerts raised (rows flagged) against positives caught, log-scaled alerts."""
-    P = b["positives"]
+    positives = b["positives"]
     alerts, caught = [], []
     for r, p in zip(curve["recall"], curve["precision"]):
         if r > 0 and p > 0:
-            caught.append(r * P)
-            alerts.append(r * P / p)
+            caught.append(r * positives)
+            alerts.append(r * positives / p)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     ax.plot(alerts, caught, marker=".", ms=3, color="#1f77b4", label="this model")
-    top = max(alerts + [float(P)])
-    ax.plot([1, top], [1 * P / b["rows"], top * P / b["rows"]], color="#999", ls=":", label="random alerts")
-    ax.plot([1, P, top], [1, P, P], color="#2ca02c", ls="--", lw=1, label="perfect ranking")
+    top = max(alerts + [float(positives)])
+    rate = positives / b["rows"]
+    ax.plot([1, top], [rate, top * rate], color="#999", ls=":", label="random alerts")
+    ax.plot([1, positives, top], [1, positives, positives], color="#2ca02c", ls="--", lw=1, label="perfect ranking")
     for k, p in b["precision_at_k"].items():
         if p is not None:
             m = _alerts(b, k)
-            ax.plot([m], [p * m], "s", ms=6, label=f"top {float(k):.2%}: {p * m:.0f} of {P} caught")
+            ax.plot([m], [p * m], "s", ms=6, label=f"top {float(k):.2%}: {p * m:.0f} of {positives} caught")
     ax.set_xscale("log")
     ax.set_xlabel("alerts raised (rows flagged, highest scores first)")
     ax.set_ylabel("positives caught")

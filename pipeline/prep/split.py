@@ -22,8 +22,7 @@ from typing import Optional
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipeline.config import DataSection
-from pipeline.data.images import check_options, decoded_frame, image_shape as decoded_shape
+from pipeline.data.images import MIN_SIZE, check_options, decoded_frame, image_shape as decoded_shape
 from pipeline.data.schema import FEATURES_COL, IMAGE_COL, DatasetInfo, write_info
 from pipeline.data.source import frame_info, label_index, read_table, table_info, write_labels
 from pipeline.errors import InputError
@@ -34,7 +33,6 @@ from pipeline.prep.literals import class_lookup
 SPLITS = ("train", "val", "test")
 SPLIT_COL = "split"
 BROADCAST_IDS = 1_000_000   # duplicated ids joined by broadcast up to this many
-MIN_SIZE = DataSection().min_size   # the same default as data.min_size and the CLI's --min-size
 
 
 def _reason_col(df: DataFrame, info: DatasetInfo, label_col: str, payload: bool = True) -> F.Column:

@@ -123,7 +123,7 @@ def build_optimizer(params, train_cfg) -> torch.optim.Optimizer:
     weight decay and (sgd) momentum."""
     name = str(train_cfg.optimizer).lower()
     if name not in OPTIMIZERS:
-        raise InputError(f"unknown train.optimizer '{train_cfg.optimizer}' (known: {', '.join(OPTIMIZERS)})")
+        raise ConfigError(f"unknown train.optimizer '{train_cfg.optimizer}' (known: {', '.join(OPTIMIZERS)})")
     return OPTIMIZERS[name](params, train_cfg)
 
 
@@ -281,14 +281,14 @@ def static_read_rates(spec: dict, counts: np.ndarray) -> np.ndarray:
             for lab, v in given.items():
                 i = int(lab)
                 if not 0 <= i < k:
-                    raise InputError(f"train.read_sampling.rates names class {lab!r}; classes are 0..{k - 1}")
+                    raise ConfigError(f"train.read_sampling.rates names class {lab!r}; classes are 0..{k - 1}")
                 r[i] = float(v)
         else:
             if len(given) != k:
-                raise InputError(f"train.read_sampling.rates has {len(given)} rates for {k} classes")
+                raise ConfigError(f"train.read_sampling.rates has {len(given)} rates for {k} classes")
             r = np.asarray(given, dtype=float)
         if np.any(~np.isfinite(r)) or np.any(r < 0):
-            raise InputError(f"train.read_sampling.rates must be finite and >= 0, got {r.tolist()}")
+            raise ConfigError(f"train.read_sampling.rates must be finite and >= 0, got {r.tolist()}")
         return r
     plan = plan_counts({i: int(n) for i, n in enumerate(counts)}, strategy, spec.get("target", "auto"),
                        cap=spec.get("cap"), floor=spec.get("floor"))
@@ -410,13 +410,13 @@ def _autocast(device: torch.device, train_cfg):
 
 
 def check_amp_dtype(value) -> str:
-    """``train.amp_dtype`` normalised to bf16 or fp16 (InputError otherwise)."""
+    """``train.amp_dtype`` normalised to bf16 or fp16 (ConfigError otherwise)."""
     dt = str(value).lower()
     if dt in ("fp16", "float16", "half"):
         return "fp16"
     if dt in ("bf16", "bfloat16"):
         return "bf16"
-    raise InputError(f"train.amp_dtype must be bf16 or fp16, got {value!r}")
+    raise ConfigError(f"train.amp_dtype must be bf16 or fp16, got {value!r}")
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -604,9 +604,9 @@ def setup_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, 
     info = read_info(train_path)
     n_epochs = int(epochs if epochs is not None else tc.epochs)
     if n_epochs < 1:
-        raise InputError(f"train.epochs must be >= 1, got {n_epochs}")
+        raise ConfigError(f"train.epochs must be >= 1, got {n_epochs}")
     if tc.batch_size < 1:
-        raise InputError(f"train.batch_size must be >= 1, got {tc.batch_size}")
+        raise ConfigError(f"train.batch_size must be >= 1, got {tc.batch_size}")
     select = tc.select_metric                     # checked by validate_config
     seed = tc.seed if tc.seed is not None else cfg.run.seed
     reader = cfg.stream.reader
