@@ -46,7 +46,7 @@ from pipeline.flows.recommend_search import (
     EpochBudget, default_grace, epochs_of, finish_trial, rungs_for, run_search, run_trials, standing, trial_entry)
 from pipeline.flows.recommend_space import auto_candidates
 from pipeline.flows.run import StageRunner, prepare_data, training_set
-from pipeline.flows.validate import pretrain_section, validate_config
+from pipeline.flows.validate import pretrain_section, two_phase_settings, validate_config
 from pipeline.io import fingerprint, local_path, log, read_json, write_json, write_text
 from pipeline.train.predict import predict
 
@@ -154,9 +154,8 @@ def _pretrain(c: dict) -> Optional[dict]:
     """A two-phase candidate's first phase for :func:`trial_entry` (None for any other)."""
     if "pretrain_set" not in c:
         return None
-    mp, tc = c["config"].train.method_params or {}, c["config"].train
-    return {"train_path": c["pretrain_set"]["path"], "epochs": int(mp.get("pretrain_epochs", max(1, tc.epochs))),
-            "finetune_lr": mp.get("finetune_lr")}
+    two = two_phase_settings(c["config"].train)
+    return {"train_path": c["pretrain_set"]["path"], "epochs": two.epochs, "finetune_lr": two.finetune_lr}
 
 
 def total_epochs(c: dict) -> int:
