@@ -1,9 +1,10 @@
 """The evaluate stage: a predictions table in, ``metrics.json`` (+ ``metrics.parquet``, and the report
 when asked) out, written atomically. The metrics themselves are :mod:`pipeline.evaluation.metrics`;
-the report's bootstrap intervals and PR curves are computed here too, and
-:mod:`pipeline.evaluation.report` only renders them."""
+the report's bootstrap intervals and PR curves are computed here too (``report_inputs.json``, beside
+``metrics.json``), and :mod:`pipeline.evaluation.report` only renders them."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 from pipeline.engines import get_spark
@@ -14,7 +15,9 @@ from pipeline.evaluation.ranking import pr_curves
 from pipeline.evaluation.report import ReportInputs, render_report
 from pipeline.evaluation.report_sections import read_run
 from pipeline.evaluation.report_sections import train_counts as training_rows
-from pipeline.io import atomic_dir, local_path, read_json, spark_uri
+from pipeline.io import atomic_dir, local_path, read_json, spark_uri, write_json
+
+REPORT_INPUTS_FILE = "report_inputs.json"   # the report's intervals and PR curves, from the evaluate stage
 
 
 def evaluate_predictions(spark, predictions, out, *, label_col: str = "label", pred_col: str = "pred",
@@ -75,9 +78,11 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
                  timings: Optional[dict] = None, source: Optional[dict] = None) -> dict:
     """Write ``report.md``, ``report.html`` and ``figures/*.png`` into ``out_dir``.
 
-    ``metrics_dir`` holds ``metrics.json``. PR curves come from its ``pr_curves``; when it has
-    none and ``predictions`` is given they are computed in Spark for the rarest classes
-    (:func:`report_inputs`, with the bootstrap intervals). ``distribution``: the profile stage's chart
+    ``metrics_dir`` holds ``metrics.json``, and where the evaluate stage wrote it
+    ``report_inputs.json`` (:func:`write_report_inputs`), which the report then only renders. Without
+    that file the intervals and the PR curves of the rarest classes are computed here from
+    ``predictions`` (:func:`report_inputs`); with neither, the report has no intervals and draws the
+    curves ``metrics.json`` holds. ``distribution``: the profile stage's chart
     (PNG), its ``distribution.json`` (path or dict), or its output directory. Returns the paths written.
     """
     mpath = local_path(metrics_dir) / "metrics.json"
@@ -88,10 +93,27 @@ def write_report(metrics_dir, out_dir, distribution=None, predictions=None, spar
     if source is not None:     # the run's data source (pipeline.data.describe_source), when the caller knows it
         run["source"] = source
     sizes = training_rows(run) if run else None
-    inputs = report_inputs(metrics, predictions, spark, label_col=label_col, run=run, sizes=sizes,
-                           curve_classes=curve_classes)
+    saved = local_path(metrics_dir) / REPORT_INPUTS_FILE
+    if saved.is_file():         # computed by the evaluate stage (write_report_inputs)
+        inputs = ReportInputs(**read_json(saved))
+    else:
+        inputs = report_inputs(metrics, predictions, spark, label_col=label_col, run=run, sizes=sizes,
+                               curve_classes=curve_classes)
     return render_report(metrics, out_dir, inputs, run=run, sizes=sizes, distribution=distribution,
                          timings=timings, predictions=predictions)
 
 
-__all__ = ["evaluate_predictions", "report_inputs", "write_report"]
+def write_report_inputs(metrics_dir, predictions, spark=None, *, label_col: str = "label", run_dir=None,
+                        curve_classes: int = 4) -> ReportInputs:
+    """The evaluate stage's work for the report: :func:`report_inputs` of ``metrics_dir/metrics.json``
+    and ``predictions`` (the run's seed and training rows from ``run_dir``), written to
+    ``metrics_dir/report_inputs.json``; returned."""
+    metrics = read_json(local_path(metrics_dir) / "metrics.json")
+    run = read_run(local_path(run_dir)) if run_dir is not None else {}
+    inputs = report_inputs(metrics, predictions, spark, label_col=label_col, run=run,
+                           sizes=training_rows(run) if run else None, curve_classes=curve_classes)
+    write_json(local_path(metrics_dir) / REPORT_INPUTS_FILE, dataclasses.asdict(inputs))
+    return inputs
+
+
+__all__ = ["evaluate_predictions", "report_inputs", "write_report", "write_report_inputs", "REPORT_INPUTS_FILE"]

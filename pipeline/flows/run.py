@@ -48,8 +48,7 @@ from pipeline.data.schema import has_info, read_info, write_info
 from pipeline.data.source import read_table
 from pipeline.engines import get_spark
 from pipeline.evaluation.binary import LEVEL_KEYS, format_binary
-from pipeline.evaluation.evaluate import evaluate_predictions
-from pipeline.evaluation.evaluate import write_report
+from pipeline.evaluation.evaluate import evaluate_predictions, write_report, write_report_inputs
 from pipeline.evaluation.thresholds import rule_adjuster, tune_threshold
 from pipeline.flows import tracking
 from pipeline.flows.calibrate import calibrate_model
@@ -469,6 +468,7 @@ def _evaluate_stage(ctx: RunContext, predict_fp: str, train_data: str) -> str:
                              adjust=adjust, calibration=read_json(Path(model_dir) / "model.json").get("calibration"),
                              train_counts=read_training_counts(run_dir / "sample"),
                              binary_levels={k: getattr(cfg.evaluate, k) for k in LEVEL_KEYS})
+        write_report_inputs(d, preds, spark, label_col=label, run_dir=run_dir)
 
     evaluate_key = {"predict": predict_fp, "evaluate": cfg.section("evaluate")}
     if cfg.evaluate.threshold_moving == "prior":

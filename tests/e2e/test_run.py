@@ -53,6 +53,8 @@ def test_demo_runs_every_stage_and_prints_run_dir_last(demo_run):
     assert len(metrics["confusion_matrix"]) == 103
     assert "adjusted" in metrics                      # demo preset moves thresholds by priors
     assert (run_dir / "report" / "report.html").stat().st_size > 10_000
+    # the evaluate stage computed the report's intervals and curves; the report only rendered them
+    assert (run_dir / "evaluate" / "report_inputs.json").is_file() and (run_dir / "report" / "intervals.json").is_file()
     assert (run_dir / "profile" / "distribution.json").exists()
     manifest = json.loads((run_dir / "sample_pretrain" / "manifest.json").read_text())
     assert max(manifest["achieved"].values()) <= 60    # thresholded pre-training set

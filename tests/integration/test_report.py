@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.evaluation.evaluate import evaluate_predictions
-from pipeline.evaluation.evaluate import write_report
+from pipeline.evaluation.evaluate import REPORT_INPUTS_FILE, evaluate_predictions, write_report, write_report_inputs
 from tests.integration.test_evaluate import K, make_predictions, write_table
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -66,6 +65,23 @@ def test_report_computes_pr_curves_in_spark_when_metrics_lack_them(spark, table,
     assert any(f.endswith("pr_curves.png") for f in res["figures"])
     png = tmp_path / "r" / "figures" / "class_distribution.png"
     assert not png.exists()
+
+
+def test_report_renders_the_intervals_and_curves_the_evaluate_stage_wrote(spark, table, tmp_path):
+    path, _ = table
+    m_dir = tmp_path / "m"
+    evaluate_predictions(spark, str(path), str(m_dir), curve_classes=0)
+    computed = tmp_path / "computed"           # the report computing them itself, for reference
+    write_report(m_dir, computed, predictions=str(path), spark=spark)
+    inputs = write_report_inputs(m_dir, str(path), spark)
+    assert (m_dir / REPORT_INPUTS_FILE).is_file() and inputs.intervals and inputs.curves
+    # no predictions and no Spark at report time: it renders the saved intervals and curves
+    res = write_report(m_dir, tmp_path / "r")
+    assert any(f.endswith("pr_curves.png") for f in res["figures"])
+    saved = json.loads((tmp_path / "r" / "intervals.json").read_text())
+    assert saved == json.loads((computed / "intervals.json").read_text())
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert md == (computed / "report.md").read_text()
 
 
 def test_cli_and_job_exit_codes(spark, table, tmp_path, capsys):
