@@ -36,6 +36,8 @@ ImbalanceProtocol = Literal["step", "linear"]
 ProtocolScope = Literal["source", "train"]
 SynthPreset = Literal["plankton", "plankton_balanced", "tabular", "digits", "rare"]
 OptimizerName = Literal["adam", "adamw", "sgd"]
+SamplingMethod = Literal["none", "rus", "ros", "threshold", "floor", "hybrid"]
+StreamReader = Literal["petastorm", "ray_data"]
 
 
 def names(values: Any, sep: str = " | ") -> str:
@@ -126,7 +128,7 @@ class SplitSection:
 
 @dataclass
 class SampleSection:
-    strategy: str = _key("none", "sampling of the training split: none | rus | ros | threshold | floor | hybrid")
+    strategy: SamplingMethod = _key("none", f"sampling of the training split: {names(SamplingMethod)}")
     target: Any = _key("auto", "rus/ros: auto | majority | not minority | not majority | all | a float "
                                "(binary) | a mapping label -> count")
     cap: Optional[int] = _key(None, "threshold/hybrid: cap every class at this many rows")
@@ -146,7 +148,7 @@ class TwoPhaseSettings:
 
 @dataclass
 class StreamSection:
-    reader: str = _key("petastorm", "how workers read the training set: petastorm | ray_data")
+    reader: StreamReader = _key("petastorm", f"how workers read the training set: {names(StreamReader)}")
     row_group_mb: float = _key(32.0, "Parquet row group size of the materialized training set (MB)")
     batch_size: int = _key(256, "rows per batch when reading validation and test data")
     shuffle: bool = _key(True, "shuffle rows while reading")

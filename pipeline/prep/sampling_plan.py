@@ -19,12 +19,14 @@ References:
 from __future__ import annotations
 
 import numbers
+import typing
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from pipeline.config import SamplingMethod
 from pipeline.errors import InputError
 
-STRATEGIES = ("none", "rus", "ros", "threshold", "floor", "hybrid")
+STRATEGIES = typing.get_args(SamplingMethod)
 TARGET_KINDS = ("auto", "majority", "minority", "not minority", "not majority", "all")
 
 

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import math
 import re
+import typing
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -65,13 +66,14 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
+from pipeline.config import StreamReader
 from pipeline.data.schema import DatasetInfo
 from pipeline.errors import InputError
 from pipeline.io import file_url, local_path
 from pipeline.stream.delivery_order import id_key, in_delivery_order, ventilation_order
 from pipeline.stream.read_sampling import row_multiplicity
 
-READERS = ("petastorm", "ray_data")
+READERS = typing.get_args(StreamReader)
 
 # Petastorm 0.12 drives pyarrow 14's legacy dataset API, which warns on every call.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"(petastorm|pipeline\.stream)")

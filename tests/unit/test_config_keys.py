@@ -37,6 +37,7 @@ TYPE_NAMES = {
     "Optional[float]": "float or null",
     "ImageMode": "str", "Resize": "str", "LabelFrom": "str", "Optional[ImbalanceProtocol]": "str or null",
     "ProtocolScope": "str", "Optional[SynthPreset]": "str or null", "OptimizerName": "str",
+    "SamplingMethod": "str", "StreamReader": "str",
 }
 
 
