@@ -136,6 +136,24 @@ class SampleSection:
     seed: Optional[int] = _key(None, "sampling seed (null: run.seed)")
 
 
+ReadStrategy = Literal["none", "ros", "rus", "threshold", "floor", "hybrid", "rates", "dynamic"]
+
+
+@dataclass(frozen=True)
+class ReadSampling:
+    """``train.read_sampling`` checked and normalised, with its defaults filled in
+    (:func:`pipeline.train.loop.read_sampling_spec` builds it; the loop and the readers trust it)."""
+    strategy: ReadStrategy
+    target: Any = "auto"                 # ros/rus: as sample.target
+    cap: Optional[int] = None            # threshold/hybrid
+    floor: Optional[int] = None          # floor/hybrid
+    rates: Union[list, dict, None] = None    # rates: one per class, or class -> rate
+    seed: Optional[int] = None           # the draw's seed (None: the training seed)
+    initial: Literal["ones", "balanced"] = "ones"   # dynamic: epoch 0's rates
+    epoch_rows: Union[int, float, str, None] = None  # dynamic: rows per epoch (None: the mean class size)
+    augment: Optional[dict] = None       # the duplicates' augmentation (pipeline.stream.augment.augment_spec)
+
+
 @dataclass(frozen=True)
 class TwoPhaseSettings:
     """``train.method: two_phase``'s keys of ``train.method_params``, checked, with their defaults

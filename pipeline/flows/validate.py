@@ -44,8 +44,8 @@ import sys
 import typing
 from typing import Callable, Optional
 
-from pipeline.config import (Config, DataSection, ImbalanceProtocol, ProtocolScope, SampleSection, TrainSection,
-                             TwoPhaseSettings)
+from pipeline.config import (Config, DataSection, ImbalanceProtocol, ProtocolScope, ReadSampling, SampleSection,
+                             TrainSection, TwoPhaseSettings)
 from pipeline.data.images import check_options
 from pipeline.data.ingest import LABEL_FROM
 from pipeline.data.schema import has_info, read_info
@@ -314,12 +314,12 @@ def _read_sampling(cfg: Config) -> None:
     read_sampling_spec(tc, reader=cfg.stream.reader)
 
 
-def _read_rule(where: str, spec: Optional[dict]) -> None:
+def _read_rule(where: str, spec: Optional[ReadSampling]) -> None:
     """A read-sampling spec's sampler request (the strategies the Spark sampler shares)."""
-    if spec is not None and spec["strategy"] in ("ros", "rus", "threshold", "floor", "hybrid"):
+    if spec is not None and spec.strategy in ("ros", "rus", "threshold", "floor", "hybrid"):
         try:
-            check_request(spec["strategy"], spec.get("cap"), spec.get("floor"))
-            check_target(spec["strategy"], spec.get("target", "auto"))
+            check_request(spec.strategy, spec.cap, spec.floor)
+            check_target(spec.strategy, spec.target)
         except InputError as e:
             raise _fail(where, e) from None
 

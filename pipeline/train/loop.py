@@ -57,6 +57,7 @@ import math
 import shutil
 import tempfile
 import time
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -67,16 +68,17 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from pipeline.config import ReadSampling, ReadStrategy
 from pipeline.data.schema import DatasetInfo, positive_class, read_info
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import console_line, fingerprint, read_json, write_json
-from pipeline.train.progress import NoBar, bars_wanted
-from pipeline.prep.sampling import plan_counts
+from pipeline.prep.sampling_plan import plan_counts
 from pipeline.stream.read_sampling import epoch_sampling_plan
 from pipeline.stream.readers import check_table, make_loader, to_float
 from pipeline.train.confusion import (MARGIN_BINS, confusion_matrix, margin_histogram, metrics_from_confusion,
                                       ranking_from_histogram)
 from pipeline.train.hooks import METHOD_STATE_FILE, EpochContext, MethodHook, build_hook
+from pipeline.train.progress import NoBar, bars_wanted
 from pipeline.train.saved_model import CENTROIDS_FILE, load_weights
 from pipeline.train.table_pass import pick_device, table_once
 
@@ -210,31 +212,32 @@ def _progress_bar(total: int, desc: str, in_ray: bool):
 
 
 # ------------------------------------------------------------------ read-time sampling
-READ_STRATEGIES = ("none", "ros", "rus", "threshold", "floor", "hybrid", "rates", "dynamic")
+READ_STRATEGIES = typing.get_args(ReadStrategy)
 READ_KEYS = {"strategy", "target", "cap", "floor", "rates", "seed", "initial", "epoch_rows", "augment"}
 
 
-def read_sampling_spec(train_cfg, *, reader: Optional[str] = None, has_val: Optional[bool] = None) -> Optional[dict]:
+def read_sampling_spec(train_cfg, *, reader: Optional[str] = None,
+                       has_val: Optional[bool] = None) -> Optional[ReadSampling]:
     """``train.read_sampling`` normalised (None: off), with ``method_params.dynamic_sampling: true``
     meaning ``{strategy: dynamic}``. Raises :class:`ConfigError` naming the bad key. When given,
     ``reader`` (``stream.reader``) must be petastorm for any sampling, and ``has_val`` (is there
     validation data) true for dynamic sampling."""
     spec = _read_sampling_spec(train_cfg)
-    if spec is not None and spec["strategy"] != "none" and reader is not None and reader != "petastorm":
+    if spec is not None and spec.strategy != "none" and reader is not None and reader != "petastorm":
         raise ConfigError(f"train.read_sampling needs stream.reader=petastorm, got {reader!r}")
-    if spec is not None and spec["strategy"] == "dynamic" and has_val is False:
+    if spec is not None and spec.strategy == "dynamic" and has_val is False:
         raise ConfigError("dynamic sampling needs validation data (its per-class F1 sets the next epoch's "
                           "rates), but there is none (set split.val > 0, data.val_path or train.val_path)")
     return spec
 
 
-def _read_sampling_spec(train_cfg) -> Optional[dict]:
+def _read_sampling_spec(train_cfg) -> Optional[ReadSampling]:
     raw = train_cfg.read_sampling
     dyn = (train_cfg.method_params or {}).get("dynamic_sampling", False)
     if not isinstance(dyn, bool):
         raise ConfigError(f"config key 'train.method_params.dynamic_sampling': expected true/false, got {dyn!r}")
     if raw is None:
-        return {"strategy": "dynamic"} if dyn else None
+        return ReadSampling(strategy="dynamic") if dyn else None
     if not isinstance(raw, dict):
         raise ConfigError(f"config key 'train.read_sampling' must be a mapping or null, got {raw!r}")
     for k in raw:
@@ -266,16 +269,16 @@ def _read_sampling_spec(train_cfg) -> Optional[dict]:
     from pipeline.stream.augment import augment_spec
 
     spec["augment"] = augment_spec(spec.get("augment"))
-    return spec
+    return ReadSampling(**spec)
 
 
-def static_read_rates(spec: dict, counts: np.ndarray) -> np.ndarray:
+def static_read_rates(spec: ReadSampling, counts: np.ndarray) -> np.ndarray:
     """Per-class rates of a fixed strategy: ``plan_counts`` target / class size (explicit ``rates``
     as given; classes a mapping does not name keep rate 1). An empty class gets rate 0."""
     k = len(counts)
-    strategy = spec["strategy"]
+    strategy = spec.strategy
     if strategy == "rates":
-        given = spec["rates"]
+        given = spec.rates
         r = np.ones(k)
         if isinstance(given, dict):
             for lab, v in given.items():
@@ -290,8 +293,8 @@ def static_read_rates(spec: dict, counts: np.ndarray) -> np.ndarray:
         if np.any(~np.isfinite(r)) or np.any(r < 0):
             raise ConfigError(f"train.read_sampling.rates must be finite and >= 0, got {r.tolist()}")
         return r
-    plan = plan_counts({i: int(n) for i, n in enumerate(counts)}, strategy, spec.get("target", "auto"),
-                       cap=spec.get("cap"), floor=spec.get("floor"))
+    plan = plan_counts({i: int(n) for i, n in enumerate(counts)}, strategy, spec.target, cap=spec.cap,
+                       floor=spec.floor)
     rates = np.zeros(k)
     for i, n in enumerate(counts):
         if n > 0:
@@ -299,10 +302,10 @@ def static_read_rates(spec: dict, counts: np.ndarray) -> np.ndarray:
     return rates
 
 
-def dynamic_n_star(spec: dict, counts: np.ndarray) -> float:
+def dynamic_n_star(spec: ReadSampling, counts: np.ndarray) -> float:
     """N* of Eq. 11: the rows one epoch draws. Default the average class size (the survey's N*);
     ``epoch_rows: table`` draws as many rows as the table has, a number that many rows."""
-    e = spec.get("epoch_rows")
+    e = spec.epoch_rows
     if e is None:
         return float(counts.mean())
     if e == "table":
@@ -310,7 +313,7 @@ def dynamic_n_star(spec: dict, counts: np.ndarray) -> float:
     return float(e)
 
 
-def epoch_read_rates(spec: Optional[dict], counts: np.ndarray, epoch: int, history: list) -> Optional[np.ndarray]:
+def epoch_read_rates(spec: Optional[ReadSampling], counts: np.ndarray, epoch: int, history: list) -> Optional[np.ndarray]:
     """This epoch's per-class read rates (None: read every row once).
 
     Dynamic sampling (Pouyanfar et al., Eq. 11): epoch 0 uses rate 1 (``initial: ones``) or the
@@ -320,14 +323,14 @@ def epoch_read_rates(spec: Optional[dict], counts: np.ndarray, epoch: int, histo
     # deferred: torch is slow to import
     from pipeline.train.methods import dynamic_sampling_rates
 
-    if spec is None or spec["strategy"] == "none":
+    if spec is None or spec.strategy == "none":
         return None
-    if spec["strategy"] != "dynamic":
+    if spec.strategy != "dynamic":
         return static_read_rates(spec, counts)
     n_star = dynamic_n_star(spec, counts)
     prev = history[-1] if history else None
     if prev is None or epoch == 0:
-        if spec.get("initial", "ones") == "ones":
+        if spec.initial == "ones":
             return np.where(counts > 0, 1.0, 0.0)
         return dynamic_sampling_rates(np.zeros(len(counts)), counts, n_star)
     f1 = [float("nan") if v is None else float(v) for v in prev["val_f1_per_class"]]
@@ -567,7 +570,7 @@ class TrainingSession:
     reader: str
     counts: np.ndarray
     drw: dict
-    read_spec: Optional[dict]
+    read_spec: Optional[ReadSampling]
     read_seed: int
     centers: Optional[dict]
     model: nn.Module
@@ -614,7 +617,7 @@ def setup_training(cfg, train_path: str, val_path: Optional[str], out_dir: str, 
     counts = class_counts_array(info)
     loss_params, drw = split_loss_params(tc)
     read_spec = read_sampling_spec(tc, reader=reader, has_val=bool(val_path))
-    read_seed = int(read_spec.get("seed") if read_spec and read_spec.get("seed") is not None else seed)
+    read_seed = int(read_spec.seed if read_spec and read_spec.seed is not None else seed)
     epoch_read_rates(read_spec, counts, 0, [])  # a bad target/cap/rates fails now, not after an epoch
     centers = centers_params(tc)
     torch.manual_seed(seed)
@@ -690,7 +693,7 @@ def train_epoch(s: TrainingSession, epoch: int) -> dict:
                          shuffle=s.cfg.stream.shuffle, reader=s.reader, raw=True,
                          workers_count=s.cfg.stream.workers_count, shuffle_buffer=s.cfg.stream.shuffle_buffer,
                          rates=None if rates is None else rates.tolist(), sample_seed=s.read_seed,
-                         augment=s.read_spec.get("augment") if s.read_spec else None)
+                         augment=s.read_spec.augment if s.read_spec else None)
     bar = None
     if s.rank == 0 and tc.progress:
         bar = _progress_bar(len(loader), f"epoch {epoch + 1}/{s.n_epochs}", in_ray=s.report_fn is not None)

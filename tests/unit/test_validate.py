@@ -81,7 +81,7 @@ def test_read_sampling_rules_live_in_read_sampling_spec_for_validate_and_the_loo
         read_sampling_spec(tc, reader="ray_data")
     with pytest.raises(ConfigError, match="dynamic sampling needs validation data"):
         read_sampling_spec(tc, has_val=False)
-    assert read_sampling_spec(tc, reader="petastorm", has_val=True)["strategy"] == "dynamic"
+    assert read_sampling_spec(tc, reader="petastorm", has_val=True).strategy == "dynamic"
     with pytest.raises(ConfigError, match="dynamic sampling needs validation data"):
         validate_config(load_config("conf/tabular.yaml", ["train.read_sampling={strategy: dynamic}", "split.val=0"]),
                         "run", warn=lambda _: None)
