@@ -142,7 +142,15 @@ def check_select_metric(name: str, n_classes: Optional[int] = None) -> str:
     return name
 
 
-def split_loss_params(train_cfg) -> tuple[dict, dict]:
+@dataclass(frozen=True)
+class DrwSchedule:
+    """LDAM-DRW's deferred re-weighting (Cao et al. 2019): class-balanced weights with ``beta`` from
+    epoch ``epoch`` on (None: never)."""
+    epoch: Optional[int] = None
+    beta: float = 0.9999
+
+
+def split_loss_params(train_cfg) -> tuple[dict, DrwSchedule]:
     """(parameters for build_loss, DRW schedule) — ``drw_epoch``/``drw_beta`` may sit in
     ``train.loss_params`` or ``train.method_params``. Raises :class:`ConfigError`."""
     params = dict(train_cfg.loss_params or {})
@@ -156,18 +164,21 @@ def split_loss_params(train_cfg) -> tuple[dict, dict]:
         e = drw["drw_epoch"]
         if isinstance(e, bool) or not isinstance(e, int) or e < 0:
             raise ConfigError(f"train drw_epoch must be a non-negative integer, got {e!r}")
-    return params, drw
+    b = drw.get("drw_beta", DrwSchedule.beta)
+    if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 <= b < 1:
+        raise ConfigError(f"train drw_beta must be a number in [0, 1), got {b!r}")
+    return params, DrwSchedule(epoch=drw.get("drw_epoch"), beta=float(b))
 
 
-def drw_weight_for_epoch(epoch: int, drw: dict, counts: np.ndarray) -> Optional[np.ndarray]:
+def drw_weight_for_epoch(epoch: int, drw: DrwSchedule, counts: np.ndarray) -> Optional[np.ndarray]:
     """LDAM-DRW schedule (Cao et al. 2019): weights 1 (None) before ``drw_epoch``, then the
     class-balanced weights (1 − β)/(1 − β^{n_c}) (normalised to sum to C) of ``losses.drw_weights``."""
     # deferred: torch is slow to import
     from pipeline.train.losses import drw_weights
 
-    if drw.get("drw_epoch") is None or epoch < drw["drw_epoch"]:
+    if drw.epoch is None or epoch < drw.epoch:
         return None
-    return drw_weights(counts, drw.get("drw_beta", 0.9999))
+    return drw_weights(counts, drw.beta)
 
 
 def class_counts_array(info: DatasetInfo) -> np.ndarray:
@@ -569,7 +580,7 @@ class TrainingSession:
     seed: int
     reader: str
     counts: np.ndarray
-    drw: dict
+    drw: DrwSchedule
     read_spec: Optional[ReadSampling]
     read_seed: int
     centers: Optional[dict]
@@ -677,7 +688,7 @@ def train_epoch(s: TrainingSession, epoch: int) -> dict:
     # dropout and the methods' draws depend on (seed, epoch, rank) only, so an epoch resumed from a
     # checkpoint draws the same numbers as in an uninterrupted run
     torch.manual_seed((s.seed * 1_000_003 + epoch * 7919 + s.rank) % (2**63 - 1))
-    if s.drw.get("drw_epoch") is not None and hasattr(s.loss_fn, "set_weight"):
+    if s.drw.epoch is not None and hasattr(s.loss_fn, "set_weight"):
         s.loss_fn.set_weight(drw_weight_for_epoch(epoch, s.drw, s.counts))
     s.hook.start_epoch(EpochContext(
         model=_unwrap(s.model), epoch=epoch, n_classes=s.info.n_classes, class_counts=s.counts, device=device,
@@ -891,6 +902,6 @@ def _keep_local_checkpoint(s: TrainingSession, extra_files: Optional[dict] = Non
 
 
 __all__ = ["run_training", "evaluate_table", "metrics_from_confusion", "confusion_matrix",
-           "OPTIMIZERS", "build_optimizer", "check_amp_dtype", "split_loss_params", "check_select_metric",
+           "OPTIMIZERS", "build_optimizer", "check_amp_dtype", "split_loss_params", "DrwSchedule", "check_select_metric",
            "read_sampling_spec", "epoch_read_rates", "static_read_rates", "compute_centroids", "centers_params",
            "TrainingProgress", "read_progress", "PROGRESS_FILE"]

@@ -9,6 +9,7 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix as sk_conf
 from pipeline.config import load_config
 from pipeline.errors import InputError
 from pipeline.train.loop import (
+    DrwSchedule,
     build_optimizer,
     confusion_matrix,
     drw_weight_for_epoch,
@@ -47,7 +48,7 @@ def test_metric_direction():
 def test_drw_schedule_and_params():
     cfg = load_config(None, ["train.loss=ldam", "train.loss_params={max_margin: 0.5, drw_epoch: 2}"])
     params, drw = split_loss_params(cfg.train)
-    assert params == {"max_margin": 0.5} and drw == {"drw_epoch": 2}
+    assert params == {"max_margin": 0.5} and drw == DrwSchedule(epoch=2, beta=0.9999)
     counts = np.array([1000.0, 100.0, 10.0])
     assert drw_weight_for_epoch(0, drw, counts) is None and drw_weight_for_epoch(1, drw, counts) is None
     w = drw_weight_for_epoch(2, drw, counts)
@@ -56,6 +57,9 @@ def test_drw_schedule_and_params():
     np.testing.assert_allclose(w, ref / ref.sum() * 3, rtol=1e-9)
     cfg = load_config(None, ["train.loss=ce", "train.method_params={drw_epoch: 1}"])
     with pytest.raises(InputError, match="ldam"):
+        split_loss_params(cfg.train)
+    cfg = load_config(None, ["train.loss=ldam", "train.loss_params={drw_epoch: 1, drw_beta: 1.5}"])
+    with pytest.raises(InputError, match="drw_beta"):
         split_loss_params(cfg.train)
 
 
