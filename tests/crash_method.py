@@ -5,7 +5,8 @@
 epoch E + 1), as a node failure would. It leaves ``DIR/.crashed-E-S-R`` behind first, so the
 restarted worker (and a rerun of the same command) trains on; otherwise it trains exactly as the
 baseline. A worker that resumes from a checkpoint leaves ``DIR/.resumed-after-K`` (K: the index of
-the checkpoint's last epoch), so a test can tell a resumed run from one that started over. Importing this module registers it (Ray workers import it by name: ``tests.crash_method``).
+the checkpoint's last epoch), so a test can tell a resumed run from one that started over.
+Importing this module registers it (Ray workers import it by name: ``tests.crash_method``).
 """
 from __future__ import annotations
 
